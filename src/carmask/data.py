@@ -1,0 +1,176 @@
+"""Training data: Kaggle-layout discovery, splits by car, an input cache, augmentation.
+
+Model inputs are computed once, one car at a time, into memory-mapped arrays
+on disk: memory stays bounded by one car whatever the dataset's size, and
+every epoch after the first reads ready inputs instead of decoding JPEGs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from carmask.io import (ImageError, group_by_car, find_photos, mask_path, masks_dir_for,
+                        photos_dir_for, read_frame, read_mask)
+from carmask.views import InputSpec, crop, resize, set_inputs
+
+
+@dataclass
+class Example:
+    photo: Path
+    mask: Path
+
+
+def discover(data_dir) -> dict[str, list[Example]]:
+    """{car: examples} for a Kaggle layout (`train/` + `train_masks/`)."""
+    photos_dir = photos_dir_for(data_dir)
+    masks_dir = masks_dir_for(photos_dir)
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(f"no masks folder for {photos_dir} (expected {masks_dir})")
+    cars = {}
+    for photo_set in group_by_car(find_photos([photos_dir])):
+        if photo_set.car is None:
+            continue  # photos not named <car>_<NN> cannot be grouped for training
+        cars[photo_set.car] = [Example(p, mask_path(p, masks_dir)) for p in photo_set.paths]
+    if not cars:
+        raise FileNotFoundError(f"no <car>_<NN>.jpg photos found in {photos_dir}")
+    return cars
+
+
+def split_by_car(cars: list[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Shuffle the cars (never the images) and hold `val_fraction` of them out."""
+    order = sorted(cars)
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(order) * val_fraction)) if val_fraction > 0 and len(order) > 1 else 0
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+class InputCache:
+    """Model inputs (N x H x W x C uint8) and soft targets (N x H x W uint8,
+    probability x 255) for a list of cars, memory-mapped from `folder`."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.index = json.loads((self.folder / "index.json").read_text())
+        self.inputs = np.load(self.folder / "inputs.npy", mmap_mode="r")
+        self.targets = np.load(self.folder / "targets.npy", mmap_mode="r")
+        self.names = self.index["names"]
+        self.cars = self.index["cars"]
+        self.skipped = self.index["skipped"]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def build(cls, cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
+              progress: bool = True) -> "InputCache":
+        """Compute (or reuse) the cache for these cars and this input spec."""
+        key = hashlib.sha1(json.dumps([spec.to_dict(), sorted(
+            (str(e.photo) for ex in cars.values() for e in ex))]).encode()).hexdigest()[:16]
+        folder = Path(folder) / key
+        if (folder / "index.json").exists():
+            return cls(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        total = sum(len(v) for v in cars.values())
+        width, height = spec.size
+        inputs = np.lib.format.open_memmap(folder / "inputs.tmp.npy", "w+", np.uint8,
+                                           (total, height, width, spec.in_channels))
+        targets = np.lib.format.open_memmap(folder / "targets.tmp.npy", "w+", np.uint8,
+                                            (total, height, width))
+        names, car_of, skipped, n = [], [], [], 0
+        for car, examples in tqdm(sorted(cars.items()), desc="preparing inputs", unit="car",
+                                  disable=not progress):
+            frames, masks, kept = [], [], []
+            for example in examples:
+                try:
+                    frame, size = read_frame(example.photo, spec.frame)
+                    masks.append(read_mask(example.mask, expected_size=size))
+                    frames.append(frame)
+                    kept.append(example)
+                except ImageError as exc:
+                    skipped.append(str(exc))
+            try:
+                x, boxes = set_inputs(np.stack(frames), spec) if frames else (None, [])
+            except ValueError as exc:  # too few readable views for a background
+                skipped += [f"{e.photo}: {exc}" for e in kept]
+                continue
+            for i, (example, mask, box) in enumerate(zip(kept, masks, boxes)):
+                soft = resize(mask.astype(np.float32), spec.frame)
+                inputs[n] = x[i]
+                targets[n] = np.round(resize(crop(soft, box), spec.size) * 255).clip(0, 255)
+                names.append(example.photo.name)
+                car_of.append(car)
+                n += 1
+        inputs.flush(), targets.flush()
+        del inputs, targets
+        _shrink(folder / "inputs.tmp.npy", folder / "inputs.npy", n)
+        _shrink(folder / "targets.tmp.npy", folder / "targets.npy", n)
+        (folder / "index.json").write_text(json.dumps(
+            {"names": names, "cars": car_of, "skipped": skipped, "spec": spec.to_dict()}))
+        return cls(folder)
+
+    def channel_stats(self, rows: np.ndarray, sample: int = 512) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std over (a sample of) the given rows."""
+        rng = np.random.default_rng(0)
+        pick = np.sort(rng.choice(rows, size=min(sample, len(rows)), replace=False))
+        x = np.asarray(self.inputs[pick], dtype=np.float64).reshape(-1, self.inputs.shape[-1])
+        return x.mean(0).tolist(), np.maximum(x.std(0), 1.0).tolist()
+
+    def batch(self, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs N x C x H x W float in [0, 255] and targets N x 1 x H x W in [0, 1]."""
+        rows = np.sort(rows)  # memory-mapped reads in file order
+        x = torch.from_numpy(np.ascontiguousarray(self.inputs[rows])).to(device)
+        y = torch.from_numpy(np.ascontiguousarray(self.targets[rows])).to(device)
+        return x.permute(0, 3, 1, 2).float(), y[:, None].float() / 255.0
+
+
+def _shrink(tmp: Path, final: Path, n: int) -> None:
+    """Copy the first n rows of a memmapped array into its final file."""
+    source = np.load(tmp, mmap_mode="r")
+    target = np.lib.format.open_memmap(final, "w+", source.dtype, (n, *source.shape[1:]))
+    for start in range(0, n, 256):
+        target[start:start + 256] = source[start:start + 256]
+    target.flush()
+    del source, target
+    tmp.unlink()
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, spec: InputSpec, generator: torch.Generator,
+            shift: float = 0.06, scale: float = 0.1, degrees: float = 5.0, jitter: float = 0.15
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips, shift/scale/rotation and colour jitter on a batch.
+
+    Every channel moves with the same geometry. Jitter is an affine change
+    a*photo + b applied alike to the photo and its background, so the
+    difference channels become a*diff: they stay consistent with the photo.
+    """
+    n, device = x.shape[0], x.device
+
+    def uniform(low, high, size=(n,)):
+        return torch.rand(size, generator=generator).to(device) * (high - low) + low
+
+    flip = torch.rand(n, generator=generator).to(device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    y = torch.where(flip[:, None, None, None], y.flip(-1), y)
+    angle = uniform(-degrees, degrees) * math.pi / 180
+    zoom = uniform(1 - scale, 1 + scale)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, uniform(-shift, shift)], 1),
+                         torch.stack([sin, cos, uniform(-shift, shift)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    y = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gain = uniform(1 - jitter, 1 + jitter)[:, None, None, None]
+    offset = uniform(-jitter, jitter)[:, None, None, None] * 255
+    channels = np.repeat(spec.channels, 3)
+    is_rgb = torch.tensor(channels == "rgb", device=device)[None, :, None, None]
+    x = torch.where(is_rgb, x * gain + offset, x * gain).clamp(0, 255)
+    return x, y

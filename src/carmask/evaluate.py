@@ -1,0 +1,93 @@
+"""Scoring: mean per-image dice on a Kaggle-layout dataset, and the resize loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from carmask.io import (ImageError, PhotoSet, find_photos, group_by_car, mask_path, masks_dir_for,
+                        photos_dir_for, read_mask)
+from carmask.metrics import dice
+from carmask.postprocess import resize_probs
+from carmask.predict import Predictor
+
+
+@dataclass
+class Scores:
+    dice: dict[str, float] = field(default_factory=dict)   # photo name -> dice
+    skipped: list[str] = field(default_factory=list)       # reasons, naming the file
+    worst: list[tuple[float, Path, Path, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.dice.values()))) if self.dice else float("nan")
+
+
+def scored_sets(data_dir, masks_dir=None, cars: Iterable[str] | None = None
+                ) -> tuple[list[PhotoSet], Path]:
+    """The car sets of a dataset that have at least one mask (whole sets: the
+    background needs every view, even those without a mask)."""
+    photos_dir = photos_dir_for(data_dir)
+    masks_dir = Path(masks_dir) if masks_dir else masks_dir_for(photos_dir)
+    if not masks_dir.is_dir():
+        raise FileNotFoundError(f"no masks folder {masks_dir}")
+    wanted = set(cars) if cars is not None else None
+    sets = [s for s in group_by_car(find_photos([photos_dir]))
+            if (wanted is None or s.car in wanted)
+            and any(mask_path(p, masks_dir).exists() for p in s.paths)]
+    return sets, masks_dir
+
+
+def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
+             cars=None, keep_worst: int = 8, progress=None) -> Scores:
+    """Predict every photo of the scored sets and compare with its mask."""
+    sets, masks_dir = scored_sets(data_dir, masks_dir, cars)
+    scores = Scores()
+    for prediction in predictor.predict_sets(sets, output_size=output_size):
+        if progress:
+            progress()
+        truth_path = mask_path(prediction.path, masks_dir)
+        if prediction.error:
+            scores.skipped.append(prediction.error)
+            continue
+        if not truth_path.exists():
+            continue  # a view without a mask: it only served the background
+        try:
+            height, width = prediction.probs.shape
+            truth = read_mask(truth_path, expected_size=(width, height))
+        except ImageError as exc:
+            scores.skipped.append(str(exc))
+            continue
+        score = dice(prediction.mask, truth)
+        scores.dice[prediction.path.name] = score
+        scores.worst = sorted(scores.worst + [(score, prediction.path, truth_path,
+                                               _small(prediction.probs))],
+                              key=lambda t: t[0])[:keep_worst]
+    return scores
+
+
+def _small(probs: np.ndarray, width: int = 480) -> np.ndarray:
+    """A light copy of probabilities for the gallery (full-size ones are 10 MB)."""
+    height = max(1, round(probs.shape[0] * width / probs.shape[1]))
+    return resize_probs(torch.from_numpy(probs)[None, None], (width, height))[0, 0].numpy()
+
+
+def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict[str, float]:
+    """Mean dice of true masks after a trip down to `size` and back: resizing
+    the soft mask (bilinear, then threshold) against resizing the hard mask
+    (nearest, as the seed did)."""
+    soft, hard = [], []
+    for path in masks:
+        truth = read_mask(path)
+        height, width = truth.shape
+        t = torch.from_numpy(truth.astype(np.float32))[None, None]
+        down = resize_probs(t, size)
+        soft.append(dice(resize_probs(down, (width, height))[0, 0].numpy() > 0.5, truth))
+        hard_down = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode="nearest")
+        hard_up = torch.nn.functional.interpolate(hard_down, size=(height, width), mode="nearest")
+        hard.append(dice(hard_up[0, 0].numpy() > 0.5, truth))
+    return {"soft": float(np.mean(soft)) if soft else float("nan"),
+            "hard": float(np.mean(hard)) if hard else float("nan"), "masks": len(soft)}

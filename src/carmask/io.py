@@ -1,0 +1,223 @@
+"""Reading and writing photos and masks; the Kaggle layout and its names.
+
+Every reading error becomes an `ImageError` that names the file, so that batch
+commands can report it and go on with the rest.
+"""
+from __future__ import annotations
+
+import glob
+import io as _io
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# Larger than any camera: refuses decompression bombs before they are decoded.
+MAX_PIXELS = 64_000_000
+_VIEW_NAME = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
+
+
+class ImageError(ValueError):
+    """A photo or mask that cannot be used; `path` names it."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def parse_view_name(path) -> tuple[str, int] | None:
+    """(car id, view number) for a name like `<car>_<NN>.jpg`, else None."""
+    match = _VIEW_NAME.match(Path(path).stem)
+    return (match["car"], int(match["view"])) if match else None
+
+
+def _open(source, name) -> Image.Image:
+    """Open a path or bytes, refusing non-images and oversized images early."""
+    try:
+        data = _io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        if isinstance(source, (bytes, bytearray)) and not source:
+            raise ImageError(name, "empty file (0 bytes)")
+        if not isinstance(data, _io.BytesIO) and os.path.getsize(data) == 0:
+            raise ImageError(name, "empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(data)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(name, "image has too many pixels (decompression bomb?)") from None
+    except FileNotFoundError:
+        raise ImageError(name, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(name, "is a folder, not an image") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(name, f"not a readable image ({exc})") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(name, f"image is {width}x{height}, over the limit of {MAX_PIXELS:,} pixels")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode (grayscale, palette, RGBA, 16-bit, CMYK) to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit and 32-bit grey: scale to 8 bits instead of clipping.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        grey = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return image.convert("RGBA").convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _decode(source, name, draft_size) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode to an upright RGB image; also return the photo's full upright size."""
+    image = _open(source, name)
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+        swapped = orientation in (5, 6, 7, 8)  # these orientations swap the axes
+        full_size = image.size[::-1] if swapped else image.size
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", tuple(draft_size[::-1]) if swapped else tuple(draft_size))
+        return _to_rgb(ImageOps.exif_transpose(image)), full_size
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(name, f"corrupt or truncated image ({exc})") from None
+
+
+def _name(source, name):
+    return name or ("<upload>" if isinstance(source, (bytes, bytearray)) else str(source))
+
+
+def read_photo(source, *, name: str | None = None) -> np.ndarray:
+    """Read a photo (path or bytes) as a uint8 HxWx3 RGB array, EXIF-upright."""
+    return np.asarray(_decode(source, _name(source, name), None)[0])
+
+
+def read_frame(source, size: tuple[int, int], *, name: str | None = None
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read a photo straight at (width, height) `size`; also return its own size.
+
+    A JPEG is decoded at the smallest scale that still covers `size` (JPEG
+    draft mode): several times faster when the model needs less than the photo.
+    """
+    image, full_size = _decode(source, _name(source, name), size)
+    if image.size != tuple(size):
+        image = image.resize(tuple(size), Image.BILINEAR)
+    return np.asarray(image), full_size
+
+
+def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a mask (0/1 or 0/255) as uint8 0/1; `expected_size` is (width, height)."""
+    image = _open(path, str(path))
+    try:
+        values = np.asarray(image if image.mode in ("P", "L", "1") else image.convert("L"))
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(path, f"corrupt or truncated mask ({exc})") from None
+    if expected_size and image.size != tuple(expected_size):
+        raise ImageError(path, f"mask is {image.size[0]}x{image.size[1]}, "
+                               f"expected {expected_size[0]}x{expected_size[1]}")
+    if values.dtype == bool:
+        return values.astype(np.uint8)
+    present = np.unique(values)
+    if not (set(present.tolist()) <= {0, 1} or set(present.tolist()) <= {0, 255}):
+        raise ImageError(path, f"mask values must be 0/1 or 0/255, found {present[:6].tolist()}")
+    return (values > 0).astype(np.uint8)
+
+
+def atomic_write(path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_image(path, array: np.ndarray, **params) -> None:
+    """Save an array as an image (format from the suffix), atomically."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params))
+
+
+def find_photos(inputs: Iterable) -> list[Path]:
+    """Photo files named by `inputs`: files, folders (not recursive) or globs, sorted."""
+    found: list[Path] = []
+    for item in inputs:
+        item = str(item)
+        if any(ch in item for ch in "*?["):
+            found += [Path(p) for p in glob.glob(item) if Path(p).suffix.lower() in PHOTO_SUFFIXES]
+        elif Path(item).is_dir():
+            found += [p for p in Path(item).iterdir()
+                      if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".")]
+        else:
+            found.append(Path(item))  # a missing file is reported when it is read
+    return sorted(dict.fromkeys(found))
+
+
+@dataclass
+class PhotoSet:
+    """Photos of one car (`car` set) or a single photo of unknown car (`car` None)."""
+    car: str | None
+    paths: list[Path]
+
+    @property
+    def is_multiview(self) -> bool:
+        return self.car is not None and len(self.paths) > 1
+
+
+def group_by_car(paths: Iterable[Path]) -> list[PhotoSet]:
+    """Group `<car>_<NN>` photos by car (views sorted); other photos stand alone."""
+    cars: dict[tuple[Path, str], list[tuple[int, Path]]] = {}
+    singles: list[PhotoSet] = []
+    for path in paths:
+        parsed = parse_view_name(path)
+        if parsed is None:
+            singles.append(PhotoSet(None, [Path(path)]))
+        else:
+            cars.setdefault((Path(path).parent, parsed[0]), []).append((parsed[1], Path(path)))
+    sets = [PhotoSet(car, [p for _, p in sorted(views)]) for (_, car), views in sorted(cars.items())]
+    return sets + singles
+
+
+def mask_path(photo: Path, masks_dir: Path) -> Path:
+    """Kaggle mask name for a photo: `<car>_<NN>_mask.gif` in `masks_dir`."""
+    return Path(masks_dir) / f"{Path(photo).stem}_mask.gif"
+
+
+def masks_dir_for(data_dir: Path) -> Path:
+    """`train_masks/` beside `train/`, given either the dataset root or `train/`."""
+    data_dir = Path(data_dir)
+    if (data_dir / "train_masks").is_dir():
+        return data_dir / "train_masks"
+    return data_dir.parent / f"{data_dir.name}_masks"
+
+
+def photos_dir_for(data_dir: Path) -> Path:
+    """The photo folder of a dataset root (`train/`), or the folder itself."""
+    data_dir = Path(data_dir)
+    return data_dir / "train" if (data_dir / "train").is_dir() else data_dir
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'1918x1280' -> (1918, 1280) as (width, height)."""
+    if not text:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise ValueError(f"size must look like WIDTHxHEIGHT, e.g. 1918x1280, not {text!r}")
+    return int(match[1]), int(match[2])

@@ -1,0 +1,173 @@
+"""The predictor: the one way to turn photos into probabilities and masks.
+
+The CLI, the HTTP service and the Python API all call `Predictor`. It streams
+one car's set of views at a time (bounded memory), decoding the next sets in
+worker threads while the current one is computed.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from carmask import models
+from carmask.io import ImageError, PhotoSet, read_frame
+from carmask.postprocess import full_size
+from carmask.views import MIN_VIEWS, NotEnoughViews, resize, set_inputs
+
+# Shipped models in order of preference, for sets of views and for single photos.
+MULTIVIEW_DEFAULTS = ("multiview", "seed")
+SINGLE_DEFAULTS = ("rgb",)
+
+
+@dataclass
+class Prediction:
+    """The outcome for one photo: probabilities at output size, or an error."""
+    path: Path
+    probs: np.ndarray | None = None
+    error: str | None = None
+
+    @property
+    def mask(self) -> np.ndarray:
+        return (self.probs > 0.5).astype(np.uint8)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+class Predictor:
+    """Photos to probabilities with one model, or the shipped defaults.
+
+    `model`: a shipped name, a checkpoint path, or None for the defaults (the
+    multi-view model for sets of at least 3 views of a car, the single-photo
+    model otherwise). `output_size` (width, height) defaults to each photo's own.
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
+                 batch_size: int = 16, workers: int | None = None):
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.model_name = model
+        self._models: dict[str, models.Segmenter] = {}
+
+    # -- models ---------------------------------------------------------------
+    def _load(self, name) -> models.Segmenter:
+        key = str(name)
+        if key not in self._models:
+            model, _ = models.load(name)
+            model = model.to(self.device)
+            if self.device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            self._models[key] = model
+        return self._models[key]
+
+    def model_for(self, views: int) -> models.Segmenter:
+        """The model for a photo that comes with `views` views of its car."""
+        if self.model_name is not None:
+            return self._load(self.model_name)
+        shipped = models.shipped()
+        preference = MULTIVIEW_DEFAULTS + SINGLE_DEFAULTS if views >= MIN_VIEWS else SINGLE_DEFAULTS
+        for name in preference:
+            if name in shipped:
+                return self._load(name)
+        raise NotEnoughViews(f"no shipped single-photo model: give a set of at least {MIN_VIEWS} "
+                             f"views of the car (named <car>_<NN>.jpg), or name a model")
+
+    # -- arrays ---------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, model: models.Segmenter, inputs: np.ndarray) -> np.ndarray:
+        """N x H x W x C uint8 inputs -> N x H x W float32 probabilities."""
+        out = []
+        for start in range(0, len(inputs), self.batch_size):
+            batch = torch.from_numpy(inputs[start:start + self.batch_size]).to(self.device)
+            batch = batch.permute(0, 3, 1, 2).float()
+            if self.device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    logits = model(batch)
+            else:
+                logits = model(batch)
+            out.append(torch.sigmoid(logits.float())[:, 0].cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0,) + inputs.shape[1:3], np.float32)
+
+    def predict_frames(self, frames: np.ndarray, sizes: Sequence[tuple[int, int]],
+                       output_size: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """Frames of one car (or one photo) -> probabilities at output size."""
+        model = self.model_for(len(frames))
+        spec = model.spec
+        frames = np.stack([resize(f, spec.frame) for f in frames])
+        if spec.needs_views or len(frames) == 1:
+            inputs, boxes = set_inputs(frames, spec)
+        else:  # a photo-only model on a set: each view on its own
+            pairs = [set_inputs(f[None], spec) for f in frames]
+            inputs, boxes = np.concatenate([p[0] for p in pairs]), [p[1][0] for p in pairs]
+        probs = self.probabilities(model, inputs)
+        return [full_size(p, box, spec.frame, output_size or size)
+                for p, box, size in zip(probs, boxes, sizes)]
+
+    def predict_photo(self, photo: np.ndarray, output_size: tuple[int, int] | None = None,
+                      views: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """One RGB photo (H x W x 3 uint8) -> probabilities; `views`: the car's other views."""
+        photos = [photo, *views]
+        sizes = [(p.shape[1], p.shape[0]) for p in photos]
+        return self.predict_frames(np.stack([resize(p, self._frame_for(len(photos))) for p in photos]),
+                                   sizes, output_size)[0]
+
+    def _frame_for(self, views: int) -> tuple[int, int]:
+        return self.model_for(views).spec.frame
+
+    # -- files ----------------------------------------------------------------
+    def predict_sets(self, photo_sets: Iterable[PhotoSet],
+                     output_size: tuple[int, int] | None = None,
+                     lookahead: int = 2) -> Iterator[Prediction]:
+        """Stream predictions for sets of photo files, one set in memory at a time
+        (plus `lookahead` sets being decoded). Unreadable photos come back as
+        errors; the rest of their set still gets its background from the others."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending: deque[tuple[PhotoSet, list[Future]]] = deque()
+            sets = iter(photo_sets)
+
+            def submit_next() -> None:
+                photo_set = next(sets, None)
+                if photo_set is not None:
+                    frame = self._frame_for(len(photo_set.paths))
+                    pending.append((photo_set, [pool.submit(read_frame, p, frame)
+                                                for p in photo_set.paths]))
+
+            for _ in range(lookahead + 1):
+                submit_next()
+            while pending:
+                photo_set, futures = pending.popleft()
+                submit_next()
+                yield from self._predict_loaded(photo_set, futures, output_size)
+
+    def _predict_loaded(self, photo_set: PhotoSet, futures: list[Future],
+                        output_size) -> Iterator[Prediction]:
+        loaded, failed = [], []
+        for path, future in zip(photo_set.paths, futures):
+            try:
+                loaded.append((path, *future.result()))
+            except ImageError as exc:
+                failed.append(Prediction(path, error=str(exc)))
+        yield from failed
+        if not loaded:
+            return
+        try:
+            probs = self.predict_frames(np.stack([f for _, f, _ in loaded]),
+                                        [s for _, _, s in loaded], output_size)
+        except (NotEnoughViews, ValueError) as exc:
+            yield from (Prediction(path, error=f"{path}: {exc}") for path, _, _ in loaded)
+            return
+        yield from (Prediction(path, p) for (path, _, _), p in zip(loaded, probs))
