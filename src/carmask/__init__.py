@@ -2,9 +2,10 @@
 
 The Python API is a thin layer over one predictor::
 
-    from carmask import Predictor, cutout
+    from carmask import Predictor, remove
     predictor = Predictor()                 # shipped default models
     probs = predictor.predict_photo(photo)  # HxW float probabilities
+    rgba = remove(photo)                    # the cut-out, transparent background
 """
 __version__ = "0.1.0"
 
@@ -17,10 +18,10 @@ def __getattr__(name):
     if name == "Predictor":
         from carmask.predict import Predictor
         return Predictor
-    if name == "cutout":
-        from carmask.cutout import cutout
-        return cutout
+    if name == "remove":
+        from carmask.cutout import remove
+        return remove
     raise AttributeError(name)
 
 
-__all__ = ["ImageError", "NotEnoughViews", "Predictor", "cutout", "read_photo", "__version__"]
+__all__ = ["ImageError", "NotEnoughViews", "Predictor", "remove", "read_photo", "__version__"]

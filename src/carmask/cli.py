@@ -281,6 +281,18 @@ def train(data_dir, run_dir, arch, inputs, size, frame, crop, width, depth, epoc
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@model_option
+@device_option
+def serve(host, port, model, device):
+    """Serve the HTTP API and the web page (POST /api/cutout, GET /health, GET /)."""
+    _check_model(model)
+    from carmask.serve import run
+    run(host=host, port=port, model=model, device=device)
+
+
+@main.command()
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cars", default=4, show_default=True, help="Cars with masks (train/).")
 @click.option("--test-cars", default=1, show_default=True, help="Cars without masks (test/).")

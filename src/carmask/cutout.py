@@ -64,7 +64,7 @@ def _cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return scaled[top:top + size[1], left:left + size[0]]
 
 
-def cutout(photo, predictor=None, background="transparent", views=()) -> np.ndarray:
+def remove(photo, predictor=None, background="transparent", views=()) -> np.ndarray:
     """One photo (array, path or bytes) to a cut-out; `views`: the car's other views."""
     from carmask.predict import Predictor
     photo = photo if isinstance(photo, np.ndarray) else read_photo(photo)

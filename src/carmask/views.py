@@ -45,7 +45,7 @@ class InputSpec:
     size: tuple[int, int] = (100, 100)
     frame: tuple[int, int] | None = None
     crop: bool = False
-    crop_fuzz: float = 0.27
+    crop_fuzz: float = 0.15
     crop_margin: float = 0.03
 
     def __post_init__(self):
@@ -99,12 +99,12 @@ def abs_diff(photo: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.abs(photo.astype(np.int16) - background.astype(np.int16)).astype(np.uint8)
 
 
-def crop_box(mean_diff: np.ndarray, fuzz: float = 0.27, margin: float = 0.03) -> Box:
+def crop_box(diff: np.ndarray, fuzz: float = 0.15, margin: float = 0.03) -> Box:
     """Bounding box of the pixels that differ from the background by more than
-    `fuzz` (RMS over channels, as ImageMagick's `-fuzz 27% -trim` did), grown by
+    `fuzz` (RMS over channels, like ImageMagick's `-fuzz N% -trim`), grown by
     `margin` of the frame on each side. The whole frame when nothing differs."""
-    height, width = mean_diff.shape[:2]
-    distance = np.sqrt((mean_diff.astype(np.float32) ** 2).mean(axis=-1))
+    height, width = diff.shape[:2]
+    distance = np.sqrt((diff.astype(np.float32) ** 2).mean(axis=-1))
     rows = np.flatnonzero((distance > fuzz * 255).any(axis=1))
     cols = np.flatnonzero((distance > fuzz * 255).any(axis=0))
     if rows.size == 0:
@@ -132,7 +132,9 @@ def model_input(frame: np.ndarray, spec: InputSpec,
         diffs = {"median_diff": abs_diff(frame, background.median),
                  "mean_diff": abs_diff(frame, background.mean)}
     height, width = frame.shape[:2]
-    box = crop_box(diffs["mean_diff"], spec.crop_fuzz, spec.crop_margin) if spec.crop \
+    # The seed trimmed the mean difference at 27%; on the real data that cut
+    # off part of the car in 3% of views. The median difference at 15% does not.
+    box = crop_box(diffs["median_diff"], spec.crop_fuzz, spec.crop_margin) if spec.crop \
         else Box(0, 0, width, height)
     planes = [frame if name == "rgb" else diffs[name] for name in spec.channels]
     return np.concatenate([resize(crop(p, box), spec.size) for p in planes], axis=-1), box

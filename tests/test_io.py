@@ -1,0 +1,125 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from carmask.io import (ImageError, find_photos, group_by_car, parse_size, parse_view_name,
+                        read_frame, read_mask, read_photo)
+
+
+def jpeg_bytes(array, **params) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "JPEG", **params)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def photo():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)
+
+
+def test_names_and_grouping(tmp_path):
+    assert parse_view_name("00087a6bd4dc_07.jpg") == ("00087a6bd4dc", 7)
+    assert parse_view_name("holiday.jpg") is None
+    for name in ["b_02.jpg", "b_01.jpg", "a_01.jpg", "a_02.jpg", "a_03.jpg", "solo.png", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    photos = find_photos([tmp_path])
+    assert [p.name for p in photos] == ["a_01.jpg", "a_02.jpg", "a_03.jpg", "b_01.jpg", "b_02.jpg", "solo.png"]
+    sets = group_by_car(photos)
+    assert [(s.car, [p.name for p in s.paths]) for s in sets] == [
+        ("a", ["a_01.jpg", "a_02.jpg", "a_03.jpg"]), ("b", ["b_01.jpg", "b_02.jpg"]), (None, ["solo.png"])]
+    assert [p.name for p in find_photos([str(tmp_path / "a_*.jpg")])] == ["a_01.jpg", "a_02.jpg", "a_03.jpg"]
+
+
+def test_parse_size():
+    assert parse_size("1918x1280") == (1918, 1280)
+    with pytest.raises(ValueError):
+        parse_size("1918by1280")
+
+
+def test_reads_rgb_jpeg(tmp_path, photo):
+    path = tmp_path / "car_01.jpg"
+    path.write_bytes(jpeg_bytes(photo, quality=100))
+    out = read_photo(path)
+    assert out.shape == photo.shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "empty"),
+    (b"this is not a photo at all", "not a readable image"),
+])
+def test_unreadable_files_name_the_file(tmp_path, content, reason):
+    path = tmp_path / "car_01.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageError, match=reason) as info:
+        read_photo(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_jpeg_is_a_clear_error(tmp_path, photo):
+    path = tmp_path / "cut_01.jpg"
+    path.write_bytes(jpeg_bytes(photo)[:400])
+    with pytest.raises(ImageError, match="cut_01.jpg"):
+        read_photo(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        read_photo(tmp_path / "nope.jpg")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    buffer = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buffer, "PNG")  # 81 Mpx that compress to almost nothing
+    with pytest.raises(ImageError, match="pixels"):
+        read_photo(buffer.getvalue(), name="bomb.png")
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16"])
+def test_other_modes_become_rgb(mode, photo):
+    if mode == "I;16":
+        image = Image.fromarray(photo[..., 0].astype(np.uint16) * 257)
+    else:
+        image = Image.fromarray(photo).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF" if mode == "CMYK" else "PNG")
+    out = read_photo(buffer.getvalue(), name=f"photo.{mode}")
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    if mode == "I;16":  # 16-bit scaled down, not clipped
+        assert abs(int(out[..., 0].astype(int).mean()) - int(photo[..., 0].mean())) <= 1
+
+
+def test_exif_orientation_is_honoured(photo):
+    image = Image.fromarray(photo)  # 90 wide, 60 high
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    assert read_photo(buffer.getvalue()).shape == (90, 60, 3)
+    frame, size = read_frame(buffer.getvalue(), (30, 45))
+    assert frame.shape == (45, 30, 3) and size == (60, 90)
+
+
+def test_read_frame_reports_full_size(tmp_path):
+    big = np.full((1280, 1918, 3), 128, np.uint8)
+    frame, size = read_frame(jpeg_bytes(big), (480, 320))
+    assert frame.shape == (320, 480, 3) and size == (1918, 1280)
+
+
+def test_masks(tmp_path):
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:20, 5:30] = 1
+    gif = tmp_path / "car_01_mask.gif"
+    Image.fromarray(mask, mode="P").save(gif)
+    assert np.array_equal(read_mask(gif), mask)
+    png = tmp_path / "m.png"
+    Image.fromarray(mask * 255).save(png)
+    assert np.array_equal(read_mask(png), mask)
+    with pytest.raises(ImageError, match="expected 60x40"):
+        read_mask(gif, expected_size=(60, 40))
+    grey = tmp_path / "grey.png"
+    Image.fromarray((mask * 100 + 7).astype(np.uint8)).save(grey)
+    with pytest.raises(ImageError, match="0/1"):
+        read_mask(grey)
