@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -196,8 +197,12 @@ def cutout(inputs, output, background, model, device, batch_size, overwrite):
     single_file = len(photos) == 1 and output.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
     suffix = ".png" if isinstance(back, str) else ".jpg"
 
+    stems = Counter(p.stem for p in photos)
+
     def target(photo: Path) -> Path:
-        return output if single_file else output / f"{photo.stem}{suffix}"
+        # car_01.jpg and car_01.png in one run must not share an output file.
+        name = photo.stem if stems[photo.stem] == 1 else photo.name
+        return output if single_file else output / f"{name}{suffix}"
 
     todo = [p for p in photos if overwrite or not target(p).exists()]
     if len(todo) < len(photos):

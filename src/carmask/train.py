@@ -7,6 +7,7 @@ step) -> validation dice per epoch -> metrics.csv, curve.png, last.pt, best.pt.
 from __future__ import annotations
 
 import csv
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ from tqdm import tqdm
 
 from carmask import models
 from carmask.data import InputCache, augment, discover, split_by_car
+from carmask.io import atomic_write
 from carmask.predict import pick_device
+from carmask.report import plot_curves
 from carmask.views import InputSpec
 
 # The seed's recipe: 480x320 frame, auto-crop, 100x100 input, photo + median diff.
@@ -98,6 +101,7 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
     torch.manual_seed(config.seed)
     cars = discover(data_dir)
     train_cars, val_cars = split_by_car(list(cars), config.val_fraction, config.seed)
+    (run_dir / "split.json").write_text(json.dumps({"train": train_cars, "val": val_cars}, indent=1))
     cache = InputCache.build({c: cars[c] for c in train_cars + val_cars}, config.spec,
                              Path(cache_dir or run_dir / "cache"), progress=progress)
     in_val = np.isin(cache.cars, val_cars)
@@ -168,13 +172,11 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
             best_dice = val_dice
             models.save(model, run_dir / "best.pt", epoch_meta)
         models.save(model, run_dir / "model.pt", epoch_meta)
-        from carmask.io import atomic_write
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None,
                  "epoch": epoch + 1, "best_dice": best_dice, "elapsed": elapsed}
         atomic_write(last, lambda tmp: torch.save(state, tmp))
         if config.max_minutes and elapsed > 60 * config.max_minutes:
             break
-    from carmask.report import plot_curves
     plot_curves(log, run_dir / "curve.png")
     return run_dir / "best.pt"
