@@ -33,7 +33,7 @@ def rgb_model(synth_data, tmp_path_factory) -> Path:
     """A small U-Net on the photo alone, for single photos."""
     return _train(synth_data, tmp_path_factory.mktemp("rgb-run"), arch="unet",
                   arch_kwargs={"width": 8, "depth": 3}, spec=InputSpec(("rgb",), size=(96, 64)),
-                  lr=1e-2, dice_weight=1.0, schedule="onecycle", epochs=10)
+                  lr=1e-2, dice_weight=1.0, schedule="cosine", epochs=10)
 
 
 @pytest.fixture

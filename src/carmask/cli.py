@@ -251,7 +251,7 @@ def cutout(inputs, output, background, model, device, batch_size, overwrite):
 @click.option("--val-fraction", default=0.15, show_default=True, help="Share of cars held out.")
 @click.option("--augment/--no-augment", default=None, help="Flips, shift/scale/rotation, colour "
                                                            "jitter (default: on for unet).")
-@click.option("--max-minutes", type=float, help="Stop after the epoch that crosses this time budget.")
+@click.option("--max-minutes", type=float, help="Time budget: the learning-rate schedule follows it, then training stops.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the prepared-input cache (default: RUN_DIR/cache).")
 @click.option("--seed", default=0, show_default=True, help="Random seed (split, init, order).")
@@ -277,7 +277,7 @@ def train(data_dir, run_dir, arch, inputs, size, frame, crop, width, depth, epoc
                          val_fraction=val_fraction, seed=seed,
                          augment=unet if augment is None else augment,
                          dice_weight=1.0 if unet else 0.0, edge_weight=2.0 if unet else 0.0,
-                         schedule="onecycle" if unet else "constant", max_minutes=max_minutes)
+                         schedule="cosine" if unet else "constant", max_minutes=max_minutes)
     try:
         best = run_training(data_dir, run_dir, config, device=device, resume=resume, cache_dir=cache)
     except (FileNotFoundError, ValueError) as exc:

@@ -55,9 +55,10 @@ class Predictor:
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int = 16, workers: int | None = None):
+                 batch_size: int = 16, workers: int | None = None, tta: bool = False):
         self.device = pick_device(device)
         self.batch_size = batch_size
+        self.tta = tta  # also predict the mirrored photo and average
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.model_name = model
         self._models: dict[str, models.Segmenter] = {}
@@ -93,14 +94,18 @@ class Predictor:
         for start in range(0, len(inputs), self.batch_size):
             batch = torch.from_numpy(inputs[start:start + self.batch_size]).to(self.device)
             batch = batch.permute(0, 3, 1, 2).float()
-            if self.device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    logits = model(batch)
-            else:
-                logits = model(batch)
-            out.append(torch.sigmoid(logits.float())[:, 0].cpu().numpy())
+            probs = self._run(model, batch)
+            if self.tta:
+                probs = (probs + self._run(model, batch.flip(-1)).flip(-1)) / 2
+            out.append(probs[:, 0].cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0,) + inputs.shape[1:3], np.float32)
+
+    def _run(self, model, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.sigmoid(model(batch))
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return torch.sigmoid(model(batch).float())
 
     def predict_frames(self, frames: np.ndarray, sizes: Sequence[tuple[int, int]],
                        output_size: tuple[int, int] | None = None) -> list[np.ndarray]:

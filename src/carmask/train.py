@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,9 +43,9 @@ class TrainConfig:
     dice_weight: float = 0.0   # 0: plain BCE (the seed); >0 adds soft-dice loss
     edge_weight: float = 0.0   # extra BCE weight on pixels near the car's edge
     augment: bool = False
-    schedule: str = "constant"  # or "onecycle"
+    schedule: str = "constant"  # or "cosine" (warm-up, then cosine decay)
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    max_minutes: float | None = None  # stop after the epoch that crosses this budget
+    max_minutes: float | None = None  # a time budget: the schedule follows it, then stop
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -92,9 +93,23 @@ def autocast(device, config: TrainConfig):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def learning_rate(config: TrainConfig, progress: float) -> float:
+    """Constant (the seed), or a short warm-up then cosine decay over `progress` in [0, 1]."""
+    if config.schedule == "constant":
+        return config.lr
+    warmup = 0.05
+    if progress < warmup:
+        return config.lr * (0.1 + 0.9 * progress / warmup)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup)))))
+
+
 def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: bool = False,
           cache_dir=None, progress: bool = True) -> Path:
-    """Train a model and return the path of its best checkpoint (`best.pt`)."""
+    """Train a model and return the path of its best checkpoint (`best.pt`).
+
+    With `config.max_minutes` the run is budgeted in time: the schedule follows
+    the elapsed share of the budget, and training stops when it is spent.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
@@ -114,16 +129,13 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(train_rows) // config.batch_size)
-    scheduler = (torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * steps_per_epoch)
-                 if config.schedule == "onecycle" else None)
+    budget = 60 * config.max_minutes if config.max_minutes else None
     start_epoch, best_dice, elapsed = 0, -1.0, 0.0
     last = run_dir / "last.pt"
     if resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if scheduler and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_dice, elapsed = state["epoch"], state["best_dice"], state["elapsed"]
     generator = torch.Generator().manual_seed(config.seed + start_epoch)
     log = run_dir / "metrics.csv"
@@ -134,6 +146,7 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "config": {k: v for k, v in asdict(config).items() if k != "spec"},
             "skipped": len(cache.skipped)}
+    out_of_time = False
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -142,6 +155,13 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
         for step in bar:
+            done = (elapsed + time.perf_counter() - t0) / budget if budget else \
+                (epoch * steps_per_epoch + step) / (config.epochs * steps_per_epoch)
+            if done >= 1:
+                out_of_time = True
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, done)
             rows = train_rows[order[step * config.batch_size:(step + 1) * config.batch_size]]
             x, y = cache.batch(rows, device)
             if config.augment:
@@ -153,12 +173,10 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if scheduler:
-                scheduler.step()
             total, seen = total + loss.item() * len(rows), seen + len(rows)
             bar.set_postfix(loss=f"{total / seen:.4f}")
-        val_loss, val_dice = evaluate_cache(model, cache, val_rows, config, device)
         elapsed += time.perf_counter() - t0
+        val_loss, val_dice = evaluate_cache(model, cache, val_rows, config, device)
         with open(log, "a", newline="") as f:
             csv.writer(f).writerow([epoch + 1, f"{total / max(seen, 1):.5f}", f"{val_loss:.5f}",
                                     f"{val_dice:.5f}", f"{optimizer.param_groups[0]['lr']:.2e}",
@@ -173,10 +191,9 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
             models.save(model, run_dir / "best.pt", epoch_meta)
         models.save(model, run_dir / "model.pt", epoch_meta)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler else None,
                  "epoch": epoch + 1, "best_dice": best_dice, "elapsed": elapsed}
         atomic_write(last, lambda tmp: torch.save(state, tmp))
-        if config.max_minutes and elapsed > 60 * config.max_minutes:
+        if out_of_time:
             break
     plot_curves(log, run_dir / "curve.png")
     return run_dir / "best.pt"
