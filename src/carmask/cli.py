@@ -311,5 +311,23 @@ def synth(output, cars, test_cars, views, size, seed):
     click.echo(f"wrote {output}")
 
 
+@main.command("export")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ONNX file to write, e.g. model.onnx.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset version.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def export_onnx(model, output, opset, overwrite):
+    """Export MODEL (a shipped name or a checkpoint) to ONNX, for onnxruntime or --model."""
+    from carmask.onnx_export import export
+    if output.exists() and not overwrite:
+        raise click.UsageError(f"{output} exists; --overwrite replaces it")
+    try:
+        export(model, output, opset=opset)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"wrote {output}")
+
+
 if __name__ == "__main__":
     main()

@@ -67,6 +67,10 @@ def shipped() -> list[str]:
 def load(name_or_path, map_location="cpu") -> tuple[Segmenter, dict]:
     """Load a checkpoint safely; returns the model (eval mode) and its meta."""
     path = resolve(name_or_path)
+    if path.suffix.lower() == ".onnx":  # an export: run by onnxruntime (carmask[onnx])
+        from carmask.onnx_export import OnnxSegmenter
+        model = OnnxSegmenter(path)
+        return model, model.meta
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncation, a non-checkpoint file

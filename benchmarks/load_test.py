@@ -1,0 +1,195 @@
+"""Load test for `carmask serve`: throughput, latency and the server's memory.
+
+Starts the server (the `carmask serve` verb, in a subprocess) on 127.0.0.1,
+posts a synthetic photo to /api/cutout from `--concurrency` threads until
+`--requests` requests were sent or `--seconds` passed, whichever comes first,
+and prints requests/s, latency p50/p90/p99 and the server process's RSS
+before and after (and the peak seen while sampling).
+
+    python benchmarks/load_test.py                       # shipped default models
+    python benchmarks/load_test.py --model runs/x/best.pt --size 1918x1280 --requests 200
+
+Loopback only: the server binds 127.0.0.1 and the client talks to nothing else.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+from PIL import Image
+
+HOST = "127.0.0.1"
+
+
+def synthetic_photo(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A synthetic turntable view at (width, height), as JPEG bytes."""
+    from carmask.synth import random_car, render_view, studio_background
+    background = studio_background(*size, seed=seed)
+    photo, _ = render_view(background, random_car(np.random.default_rng(seed)), 3, 16)
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory of a process: psutil if installed, else /proc/<pid>/status."""
+    try:
+        import psutil
+        return psutil.Process(pid).memory_info().rss
+    except ImportError:
+        pass
+    except Exception:  # noqa: BLE001 - the process is gone
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def start_server(port: int, model: str | None, device: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "carmask.cli", "serve", "--host", HOST, "--port", str(port),
+               "--device", device]
+    if model:
+        command += ["--model", model]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited ({process.returncode}):\n{process.stderr.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the server did not answer /health within {timeout:.0f} s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="Shipped model name or checkpoint path (default: shipped defaults).")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--requests", type=int, default=500, help="Stop after this many requests.")
+    parser.add_argument("--concurrency", type=int, default=8, help="Client threads.")
+    parser.add_argument("--seconds", type=float, default=60, help="Stop after this long.")
+    parser.add_argument("--size", default="1918x1280", help="Synthetic photo size, WxH.")
+    parser.add_argument("--bg", default="transparent", help="Background sent with every request.")
+    parser.add_argument("--port", type=int, default=0, help="Loopback port (default: a free one).")
+    args = parser.parse_args(argv)
+
+    from carmask.io import parse_size
+    size = parse_size(args.size)
+    photo = synthetic_photo(size)
+    port = args.port or free_port()
+    url = f"http://{HOST}:{port}"
+    print(f"photo: synthetic {size[0]}x{size[1]} JPEG, {len(photo) / 1024:.0f} KB; server: {url}")
+
+    server = start_server(port, args.model, args.device)
+    try:
+        wait_ready(server, url)
+        # One request first: loads lazily created state, and shows whether the model copes at all.
+        with httpx.Client(timeout=300) as client:
+            first = client.post(url + "/api/cutout", files={"file": ("car_03.jpg", photo, "image/jpeg")},
+                                data={"bg": args.bg})
+        if first.status_code != 200:
+            print(f"the first request failed: {first.status_code} {first.text[:300]}", file=sys.stderr)
+            return 1
+        rss_before = rss_bytes(server.pid)
+        peak = [rss_before or 0]
+        timeline: list[tuple[int, int]] = []  # (requests finished, RSS)
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.25):
+                rss = rss_bytes(server.pid) or 0
+                peak[0] = max(peak[0], rss)
+                timeline.append((len(latencies), rss))
+
+        lock = threading.Lock()
+        sent = [0]
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        start = time.perf_counter()
+        stop_at = start + args.seconds
+
+        def worker():
+            with httpx.Client(timeout=300) as client:
+                while True:
+                    with lock:
+                        if sent[0] >= args.requests or time.perf_counter() >= stop_at:
+                            return
+                        sent[0] += 1
+                    t0 = time.perf_counter()
+                    try:
+                        status = client.post(url + "/api/cutout", data={"bg": args.bg},
+                                             files={"file": ("car_03.jpg", photo, "image/jpeg")}).status_code
+                    except httpx.HTTPError:
+                        status = -1
+                    elapsed = time.perf_counter() - t0
+                    with lock:
+                        latencies.append(elapsed)
+                        statuses[status] = statuses.get(status, 0) + 1
+
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            for future in [pool.submit(worker) for _ in range(args.concurrency)]:
+                future.result()
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        rss_after = rss_bytes(server.pid)
+        peak[0] = max(peak[0], rss_after or 0)
+
+        ok = statuses.get(200, 0)
+        print(f"requests: {len(latencies)} in {wall:.1f} s with {args.concurrency} clients "
+              f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))})")
+        print(f"throughput: {len(latencies) / wall:.2f} requests/s ({ok / wall:.2f} successful/s)")
+        ms = [x * 1000 for x in latencies]
+        print(f"latency: p50 {percentile(ms, 50):.0f} ms, p90 {percentile(ms, 90):.0f} ms, "
+              f"p99 {percentile(ms, 99):.0f} ms")
+        print(f"server RSS: before {mib(rss_before)}, after {mib(rss_after)}, peak {mib(peak[0] or None)}")
+        if timeline:  # flat after warm-up means no per-request growth
+            marks = [timeline[min(len(timeline) - 1, len(timeline) * q // 4)] for q in (1, 2, 3)]
+            print("server RSS during the run: " + ", ".join(f"{mib(r)} after {n} requests" for n, r in marks))
+        return 0 if ok == len(latencies) else 1
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

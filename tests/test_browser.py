@@ -1,0 +1,117 @@
+"""The web page in a real headless browser (Debian chromium + chromedriver, selenium).
+
+Skipped when chromium, chromedriver or selenium are not installed:
+    apt-get install -y chromium chromium-driver && pip install selenium
+Leaves screenshots in artifacts/ (git-ignored).
+"""
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+uvicorn = pytest.importorskip("uvicorn")
+if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
+    pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
+
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from carmask.predict import Predictor  # noqa: E402
+from carmask.serve import create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(rgb_model):
+    """The app under uvicorn on a free loopback port, in a background thread."""
+    app = create_app(Predictor(model=rgb_model, device="cpu"))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    profile = tempfile.mkdtemp(prefix="carmask-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                 "--window-size=1280,1000", "--hide-scrollbars"):
+        options.add_argument(flag)
+    # An explicit driver path: selenium-manager never runs, nothing is downloaded.
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _results(driver, count, timeout=60):
+    """Wait until `count` cards are done (or failed); return the done cards' result images."""
+    def settled(d):
+        cards = d.find_elements(By.CSS_SELECTOR, ".card")
+        states = [c.get_attribute("data-state") for c in cards]
+        return len(cards) == count and all(s in ("done", "error") for s in states) and cards
+    cards = WebDriverWait(driver, timeout).until(settled)
+    errors = [c.text for c in cards if c.get_attribute("data-state") == "error"]
+    assert not errors, errors
+    images = driver.find_elements(By.CSS_SELECTOR, ".card img.result")
+    WebDriverWait(driver, 10).until(lambda d: all(
+        d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images))
+    return images
+
+
+def test_upload_and_see_the_cutout(server, browser, synth_data, tmp_path):
+    photo = tmp_path / "synthcar_05.jpg"
+    photo.write_bytes(sorted((synth_data / "test").glob("*_05.jpg"))[0].read_bytes())
+    browser.get(server + "/")
+    assert "carmask" in browser.title
+    browser.find_element(By.ID, "file-input").send_keys(str(photo))
+    [image] = _results(browser, 1)
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image)
+    assert size == [192, 128]
+    assert "checker" in image.find_element(By.XPATH, "..").get_attribute("class")
+    link = browser.find_element(By.CSS_SELECTOR, ".card a.button")
+    assert link.get_attribute("download") == "synthcar_05.png"
+    assert link.get_attribute("href").startswith("blob:")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser.png"))
+
+
+def test_set_of_views_and_green_background(server, browser, synth_data, tmp_path):
+    """Three views of one car go to /api/cutout-set; a new background redoes every photo."""
+    browser.get(server + "/")
+    paths = sorted((synth_data / "test").glob("*.jpg"))[:3]
+    browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
+    assert len(_results(browser, 3)) == 3
+    browser.find_element(By.CSS_SELECTOR, "input[name=bg][value=green]").find_element(By.XPATH, "..").click()
+    WebDriverWait(browser, 30).until(lambda d: all(
+        "checker" not in f.get_attribute("class") for f in d.find_elements(By.CSS_SELECTOR, ".after-frame")))
+    images = _results(browser, 3)
+    assert len(images) == 3
+    browser.save_screenshot(str(ARTIFACTS / "browser-set.png"))

@@ -1,0 +1,257 @@
+"""The HTTP service: endpoints, limits, bad input and concurrency (TestClient, tiny models)."""
+import io
+import re
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from carmask import __version__  # noqa: E402
+from carmask.predict import Predictor  # noqa: E402
+from carmask.serve import create_app, parse_client_background, safe_label  # noqa: E402
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rgb_predictor(rgb_model):
+    return Predictor(model=rgb_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(rgb_predictor):
+    """Single photos: the small photo-only U-Net."""
+    with TestClient(create_app(rgb_predictor)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def set_client(seed_model):
+    """Sets of views: the seed CNN (needs >= 3 views of a car)."""
+    with TestClient(create_app(model=str(seed_model), device="cpu")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def photo(synth_data):
+    """A training view with its exact mask: (jpeg bytes, mask HxW 0/1)."""
+    path = sorted((synth_data / "train").glob("*_05.jpg"))[0]
+    mask = np.asarray(Image.open(synth_data / "train_masks" / f"{path.stem}_mask.gif")) > 0
+    return path.read_bytes(), mask
+
+
+@pytest.fixture(scope="module")
+def views(synth_data):
+    """The 16 views of the test car: [(name, bytes)]."""
+    paths = sorted((synth_data / "test").glob("*.jpg"))
+    assert len(paths) == 16
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+def _png(response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return image
+
+
+def _post(client, data, name="car_05.jpg", kind="image/jpeg", **form):
+    return client.post("/api/cutout", files={"file": (name, data, kind)}, data=form)
+
+
+# -- meta ---------------------------------------------------------------------------------------
+
+def test_health_version_openapi(client, rgb_model):
+    assert client.get("/health").json() == {"status": "ok"}
+    version = client.get("/version").json()
+    assert version["version"] == __version__
+    assert version["models"] == [Path(rgb_model).stem]
+    schema = client.get("/openapi.json").json()
+    assert {"/health", "/version", "/api/cutout", "/api/cutout-set"} <= set(schema["paths"])
+    assert "image/png" in schema["paths"]["/api/cutout"]["post"]["responses"]["200"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_page_is_self_contained(client):
+    response = client.get("/")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    html = response.text
+    assert "carmask" in html and "/api/cutout" in html
+    # No CDN or other external fetches: every src/href is local, data: or blob:.
+    for url in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html):
+        assert not re.match(r"(https?:)?//", url), url
+    assert "@import" not in html
+
+
+# -- one photo ----------------------------------------------------------------------------------
+
+def test_transparent_cutout(client, photo):
+    data, mask = photo
+    image = _png(_post(client, data))
+    assert image.mode == "RGBA" and image.size == (mask.shape[1], mask.shape[0])
+    alpha = np.asarray(image)[..., 3].astype(float)
+    assert alpha[mask].mean() > 0.8 * 255
+    assert alpha[~mask].mean() < 0.2 * 255
+    assert client.post("/api/cutout", files={"file": ("car_05.jpg", data, "image/jpeg")}).status_code == 200
+
+
+def test_mask_and_colour_backgrounds(client, photo):
+    data, mask = photo
+    image = _png(_post(client, data, bg="mask"))
+    assert image.mode == "L" and image.size == (mask.shape[1], mask.shape[0])
+    assert set(np.unique(np.asarray(image))) <= {0, 255}
+    assert ((np.asarray(image) > 0) == mask).mean() > 0.9
+    for bg in ("green", "#00b900", "0,185,0", " 0, 185, 0 "):
+        rgb = np.asarray(_png(_post(client, data, bg=bg)))
+        assert rgb.ndim == 3 and rgb.shape[2] == 3
+        corner = rgb[:5, :5].reshape(-1, 3).mean(0)  # background: the colour itself
+        assert corner[1] > 100 and corner[0] < 40 and corner[2] < 40, (bg, corner)
+
+
+def test_background_image_upload(client, photo):
+    data, mask = photo
+    back = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(back, "PNG")
+    response = client.post("/api/cutout", files={"file": ("car.jpg", data, "image/jpeg"),
+                                                 "background": ("back.png", back.getvalue(), "image/png")})
+    rgb = np.asarray(_png(response))
+    assert rgb.shape == (*mask.shape, 3)
+    assert np.abs(rgb[:5, :5].reshape(-1, 3).mean(0) - (200, 20, 20)).max() < 25
+
+
+@pytest.mark.parametrize("bg", ["/etc/passwd", "../x.png", "x.png", "C:\\x.png", "nocolour", "1,2,300",
+                                "#12345g", "rgb(1,2,3)"])
+def test_bg_is_never_a_path(client, photo, bg, monkeypatch):
+    import carmask.cutout
+    monkeypatch.setattr(carmask.cutout, "read_photo", lambda *a, **k: pytest.fail("read a file"))
+    response = _post(client, photo[0], bg=bg)
+    assert response.status_code == 422, response.text
+    assert "bg" in response.json()["detail"]
+
+
+def test_parse_client_background():
+    assert parse_client_background("Transparent") == "transparent"
+    assert parse_client_background("mask") == "mask"
+    assert parse_client_background("#00b900") == (0, 185, 0)
+    assert parse_client_background("0,185,0") == (0, 185, 0)
+    assert parse_client_background("white") == (255, 255, 255)
+    assert safe_label("../../etc/passwd") == "passwd"
+    assert safe_label("..\\a b.jpg") == "a_b.jpg"
+    assert safe_label("...") == "upload"
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+def test_upload_too_large(rgb_predictor, photo):
+    with TestClient(create_app(rgb_predictor, max_upload_bytes=4000)) as small:
+        response = _post(small, photo[0] + b"\0" * 70_000)  # over the limit plus multipart slack
+        assert response.status_code == 413
+        assert "limit" in response.json()["detail"]
+        response = _post(small, photo[0])  # a few KB: over 4000 bytes, within the body slack
+        assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_upload_too_large_without_content_length(rgb_predictor, photo):
+    """Chunked upload (no Content-Length): the bytes are counted as they arrive."""
+    boundary = "carmaskboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo[0] + b"\0" * 200_000 + \
+        f"\r\n--{boundary}--\r\n".encode()
+    chunks = (body[i:i + 16384] for i in range(0, len(body), 16384))
+    with TestClient(create_app(rgb_predictor, max_upload_bytes=4000)) as small:
+        response = small.post("/api/cutout", content=chunks,
+                               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 413, response.text
+
+
+def test_too_many_pixels(rgb_predictor, photo):
+    with TestClient(create_app(rgb_predictor, max_pixels=10_000)) as small:
+        response = _post(small, photo[0])
+        assert response.status_code == 413
+        assert "pixels" in response.json()["detail"]
+
+
+def test_not_an_image_type(client):
+    response = _post(client, b"hello", name="notes.txt", kind="text/plain")
+    assert response.status_code == 415
+    assert "notes.txt" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "text"])
+def test_unreadable_image(client, photo, case):
+    data = {"truncated": photo[0][:len(photo[0]) // 2], "empty": b"", "text": b"not a jpeg at all"}[case]
+    response = _post(client, data, name=f"broken_{case}.jpg")
+    assert response.status_code == 422, response.text
+    assert f"broken_{case}.jpg" in response.json()["detail"]
+
+
+def test_missing_file_field(client):
+    assert client.post("/api/cutout", data={"bg": "mask"}).status_code == 422
+
+
+def test_model_that_cannot_handle_a_single_photo(set_client, photo):
+    response = _post(set_client, photo[0])
+    assert response.status_code == 422
+    assert "views" in response.json()["detail"]
+
+
+def test_concurrent_requests(client, photo):
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: _post(client, photo[0], bg=("transparent", "mask")[i % 2]),
+                                  range(16)))
+    assert [r.status_code for r in responses] == [200] * 16
+
+
+# -- sets ---------------------------------------------------------------------------------------
+
+def _zip_names(response) -> dict[str, bytes]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_set_of_views(set_client, views):
+    response = set_client.post("/api/cutout-set",
+                               files=[("files", (name, data, "image/jpeg")) for name, data in views])
+    members = _zip_names(response)
+    assert sorted(members) == sorted(name.replace(".jpg", ".png") for name, _ in views)
+    for data in members.values():
+        image = Image.open(io.BytesIO(data))
+        assert image.format == "PNG" and image.mode == "RGBA" and image.size == (192, 128)
+
+
+def test_set_as_zip_with_bad_members(set_client, views):
+    upload = io.BytesIO()
+    with zipfile.ZipFile(upload, "w") as archive:
+        for name, data in views[:5]:
+            archive.writestr(f"../../somewhere/{name}", data)  # a path: used as a label only
+        archive.writestr("cars/readme.txt", "hello")
+        archive.writestr("broken_01.jpg", b"not a photo")
+        archive.writestr("__MACOSX/._x_01.jpg", b"junk")
+    response = set_client.post("/api/cutout-set", data={"bg": "mask"},
+                               files={"files": ("views.zip", upload.getvalue(), "application/zip")})
+    members = _zip_names(response)
+    assert sorted(m for m in members if m.endswith(".png")) == sorted(n.replace(".jpg", ".png")
+                                                                      for n, _ in views[:5])
+    assert Image.open(io.BytesIO(members[views[0][0].replace(".jpg", ".png")])).mode == "L"
+    errors = members["errors.txt"].decode()
+    assert "readme.txt" in errors and "broken_01.jpg" in errors  # a lone photo: not enough views
+
+
+def test_set_bad_input(set_client, views):
+    assert set_client.post("/api/cutout-set", files={"files": ("a.txt", b"x", "text/plain")}).status_code == 415
+    response = set_client.post("/api/cutout-set", files={"files": ("v.zip", b"PK\x03\x04broken", "application/zip")})
+    assert response.status_code == 422
+    # Two views are not a set: the seed model cannot cut out either of them.
+    response = set_client.post("/api/cutout-set",
+                               files=[("files", (n, d, "image/jpeg")) for n, d in views[:2]])
+    assert response.status_code == 422 and "views" in response.json()["detail"]

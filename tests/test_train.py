@@ -1,0 +1,58 @@
+import csv
+
+import numpy as np
+import torch
+
+from carmask import models
+from carmask.data import augment, split_by_car
+from carmask.train import TrainConfig, learning_rate, train
+from carmask.views import InputSpec
+
+SMALL = InputSpec(("rgb", "median_diff"), size=(48, 32))
+
+
+def test_split_is_by_car_and_deterministic():
+    cars = [f"car{i}" for i in range(20)]
+    train_cars, val_cars = split_by_car(cars, 0.25, seed=3)
+    assert len(val_cars) == 5 and not set(train_cars) & set(val_cars)
+    assert sorted(train_cars + val_cars) == sorted(cars)
+    assert split_by_car(cars, 0.25, seed=3) == (train_cars, val_cars)
+
+
+def test_run_outputs_and_resume(synth_data, tmp_path):
+    config = TrainConfig(arch="unet", arch_kwargs={"width": 4, "depth": 2}, spec=SMALL, epochs=2,
+                         batch_size=16, val_fraction=0.34, augment=True, dice_weight=1.0, edge_weight=2.0)
+    best = train(synth_data, tmp_path, config, device="cpu", progress=False)
+    for name in ["best.pt", "last.pt", "model.pt", "metrics.csv", "curve.png", "split.json"]:
+        assert (tmp_path / name).stat().st_size > 0
+    model, meta = models.load(best)
+    assert meta["val_cars"] == 2 and meta["train_cars"] == 4
+    assert model.mean.shape == (1, 6, 1, 1)  # normalisation statistics travel with the model
+    config.epochs = 3
+    train(synth_data, tmp_path, config, device="cpu", resume=True, progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_augmentation_moves_inputs_and_targets_together():
+    y = torch.zeros(4, 1, 32, 48)
+    y[:, :, 8:20, 5:30] = 1
+    x = y.repeat(1, 6, 1, 1) * 255
+    generator = torch.Generator().manual_seed(0)
+    ax, ay = augment(x, y, SMALL, generator, jitter=0.0)
+    assert torch.allclose(ax[:, 0:1] / 255, ay, atol=1e-4)
+    assert not torch.allclose(ay, y)  # something did move
+    # Colour jitter scales the difference channels as it scales the photo.
+    photo, background = torch.rand(1, 3, 8, 8) * 200, torch.rand(1, 3, 8, 8) * 200
+    x = torch.cat([photo, (photo - background).abs()], 1)
+    jx, _ = augment(x, torch.zeros(1, 1, 8, 8), SMALL, torch.Generator().manual_seed(1),
+                    shift=0, scale=0, degrees=0)
+    gain = jx[:, 3:] / x[:, 3:].clamp(min=1e-3)
+    assert torch.allclose(gain, gain.flatten()[0].expand_as(gain), atol=1e-3)
+
+
+def test_schedule():
+    config = TrainConfig(lr=1e-3, schedule="cosine")
+    assert learning_rate(config, 0.0) < learning_rate(config, 0.05) == 1e-3
+    assert learning_rate(config, 1.0) == np.float64(1e-5) or learning_rate(config, 1.0) < 2e-5
+    assert learning_rate(TrainConfig(lr=1e-3), 0.7) == 1e-3
