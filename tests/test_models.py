@@ -52,3 +52,18 @@ def test_unknown_names_and_junk_files(tmp_path):
     junk.write_bytes(b"\x00" * 10)
     with pytest.raises(ValueError):
         models.load(junk)
+
+
+def test_shipped_models_load_and_run():
+    """Every shipped model loads safely and predicts at any photo size."""
+    import numpy as np
+
+    from carmask.predict import Predictor
+    assert "seed" in models.shipped()
+    rng = np.random.default_rng(0)
+    views = [rng.integers(0, 255, (96, 144, 3), dtype=np.uint8) for _ in range(4)]
+    for name in models.shipped():
+        model, meta = models.load(name)
+        assert meta["val_dice"] > 0.9
+        probs = Predictor(name, device="cpu").predict_photo(views[0], views=views[1:])
+        assert probs.shape == (96, 144) and 0 <= probs.min() <= probs.max() <= 1
