@@ -210,13 +210,14 @@ def cutout(inputs, output, background, model, device, batch_size, overwrite):
     _check_model(model)
     predictor = _predictor(model, device, batch_size)
     # Whole sets go to the predictor (the background needs every view).
-    sets = [s for s in group_by_car(photos) if any(p in set(todo) for p in s.paths)]
+    todo_set = set(todo)
+    sets = [s for s in group_by_car(photos) if any(p in todo_set for p in s.paths)]
     skipped = []
     with tqdm(total=sum(len(s.paths) for s in sets), unit="photo", desc="cutting out",
               file=sys.stderr, disable=len(photos) == 1) as bar:
         for prediction in predictor.predict_sets(sets):
             bar.update()
-            if prediction.path not in todo:
+            if prediction.path not in todo_set:
                 continue
             try:
                 if prediction.error:
