@@ -156,12 +156,27 @@ class Predictor:
             while pending:
                 photo_set, futures = pending.popleft()
                 submit_next()
-                yield from self._predict_loaded(photo_set, futures, output_size)
+                yield from self._predict_loaded(photo_set.paths, futures, output_size)
 
-    def _predict_loaded(self, photo_set: PhotoSet, futures: list[Future],
+    def predict_views(self, views: Sequence[tuple[str, object]],
+                      output_size: tuple[int, int] | None = None) -> list[Prediction]:
+        """One car's views as (name, path or bytes), e.g. uploads: decoded here,
+        then predicted together like a set from `predict_sets`."""
+        frame = self._frame_for(len(views))
+        futures = []
+        for name, source in views:
+            future: Future = Future()
+            try:
+                future.set_result(read_frame(source, frame, name=name))
+            except ImageError as exc:
+                future.set_exception(exc)
+            futures.append(future)
+        return list(self._predict_loaded([Path(name) for name, _ in views], futures, output_size))
+
+    def _predict_loaded(self, paths: list[Path], futures: list[Future],
                         output_size) -> Iterator[Prediction]:
         loaded, failed = [], []
-        for path, future in zip(photo_set.paths, futures):
+        for path, future in zip(paths, futures):
             try:
                 loaded.append((path, *future.result()))
             except ImageError as exc:

@@ -35,7 +35,7 @@ from PIL import Image, ImageColor
 from carmask import __version__
 from carmask import io as cio
 from carmask.cutout import KINDS, compose
-from carmask.io import ImageError, group_by_car, read_frame, read_photo
+from carmask.io import ImageError, group_by_car, read_photo
 from carmask.predict import Predictor
 from carmask.views import MIN_VIEWS, NotEnoughViews
 
@@ -369,33 +369,17 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
             yield label, png
 
     def _predict_set(labels: list[str], data: dict[str, bytes], errors: list[str]):
-        """The multi-view path, as `Predictor.predict_sets` does it: decode every view
-        at the model's frame size, then `predict_frames` on the whole set. Returns
-        ([(label, probs)], []) or, when fewer than MIN_VIEWS views decode, ([], readable)."""
+        """The multi-view path: the predictor decodes and predicts the views together.
+        Returns ([(label, probs)], []) — the second list is for photos left to the
+        single-photo path, which the predictor's own model choice makes empty."""
         with slots:
             try:
-                frame = model_for(len(labels)).spec.frame
+                predictions = predictor.predict_views([(label, data[label]) for label in labels])
             except (NotEnoughViews, ValueError) as exc:
                 errors.extend(f"{label}: {exc}" for label in labels)
                 return [], []
-            frames, sizes, ok = [], [], []
-            for label in labels:
-                try:
-                    pixels, size = read_frame(data[label], frame, name=label)
-                except ImageError as exc:
-                    errors.append(str(exc))
-                    continue
-                frames.append(pixels)
-                sizes.append(size)
-                ok.append(label)
-            if len(ok) < MIN_VIEWS:
-                return [], ok
-            try:
-                probs = predictor.predict_frames(np.stack(frames), sizes)
-            except (NotEnoughViews, ValueError) as exc:
-                errors.extend(f"{label}: {exc}" for label in ok)
-                return [], []
-            return list(zip(ok, probs)), []
+        errors.extend(p.error for p in predictions if p.error)
+        return [(p.path.name, p.probs) for p in predictions if not p.error], []
 
     # -- the page -------------------------------------------------------------------------------
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8") if (STATIC_DIR / "index.html").is_file() \
