@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from carmask.rle import decode, encode
+import torch
+
+from carmask.rle import batch_run_boundaries, decode, encode, encode_boundaries, run_boundaries
 
 
 def test_known_encoding_is_one_indexed_and_row_major():
@@ -35,3 +37,12 @@ def test_round_trip_random():
 def test_decode_rejects_invalid_runs(bad):
     with pytest.raises(ValueError):
         decode(bad, (2, 3))
+
+
+def test_batch_boundaries_on_tensors_match_numpy():
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 13, 17)) < rng.random((6, 1, 1))
+    masks[0], masks[1], masks[2, 0, 0], masks[3, -1, -1] = False, True, True, True
+    for mask, edges in zip(masks, batch_run_boundaries(torch.from_numpy(masks))):
+        assert np.array_equal(edges, run_boundaries(mask))
+        assert encode_boundaries(edges) == encode(mask)

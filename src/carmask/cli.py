@@ -79,7 +79,6 @@ def predict(photo_dir, output, model, output_size, device, batch_size, overwrite
     from tqdm import tqdm
 
     from carmask.io import find_photos, group_by_car
-    from carmask.rle import encode
     from carmask.submission import SubmissionWriter
 
     _check_model(model)
@@ -96,13 +95,13 @@ def predict(photo_dir, output, model, output_size, device, batch_size, overwrite
     skipped = []
     try:
         with tqdm(total=todo, unit="photo", desc="predicting", file=sys.stderr) as bar:
-            for prediction in predictor.predict_sets(sets, output_size=output_size):
+            for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
                 bar.update()
                 if prediction.error:
                     skipped.append(prediction.error)
                     _fail(f"skipped {prediction.error}")
                 elif prediction.path.name not in writer.done:
-                    writer.write(prediction.path.name, encode(prediction.mask))
+                    writer.write(prediction.path.name, prediction.runs)
     except KeyboardInterrupt:
         writer.close()
         _fail("interrupted: run the same command again to continue")

@@ -15,11 +15,15 @@ from carmask.views import Box
 THRESHOLD = 0.5
 
 
-def fill_holes(probs: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """Raise to 1 the probability of background pockets enclosed by the car."""
-    car = probs > threshold
-    holes = ndimage.binary_fill_holes(car) & ~car
-    return np.where(holes, np.float32(1.0), probs).astype(np.float32) if holes.any() else probs
+def fill_holes(probs: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
+    """Raise to 1 the probability of background pockets enclosed by the car,
+    for N x h x w probabilities at the network's size on any device (the hole
+    search runs on the host, on the small thresholded masks only)."""
+    car = (probs > threshold).cpu().numpy()
+    holes = np.stack([ndimage.binary_fill_holes(c) & ~c for c in car]) if len(car) else car
+    if not holes.any():
+        return probs
+    return probs.masked_fill(torch.from_numpy(holes).to(probs.device), 1.0)
 
 
 def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -41,11 +45,13 @@ def paste(probs: torch.Tensor, box: Box, frame: tuple[int, int]) -> torch.Tensor
     return out
 
 
-def full_size(probs: np.ndarray, box: Box, frame: tuple[int, int],
-              output_size: tuple[int, int]) -> np.ndarray:
-    """Probabilities at the network's size -> float32 probabilities at `output_size`."""
-    tensor = torch.from_numpy(np.ascontiguousarray(fill_holes(probs)))[None, None]
-    return resize_probs(paste(tensor, box, frame), output_size)[0, 0].numpy()
+def full_size(probs: torch.Tensor, boxes: list[Box], frame: tuple[int, int],
+              output_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """N x h x w probabilities at the network's size -> each photo's H x W
+    float32 probabilities at its output size, on the device they came on."""
+    probs = fill_holes(probs.float())
+    return [resize_probs(paste(p[None, None], box, frame), size)[0, 0]
+            for p, box, size in zip(probs, boxes, output_sizes)]
 
 
 def to_mask(probs: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:

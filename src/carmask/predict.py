@@ -18,7 +18,8 @@ import torch
 
 from carmask import models
 from carmask.io import ImageError, PhotoSet, read_frame
-from carmask.postprocess import full_size
+from carmask.postprocess import THRESHOLD, full_size
+from carmask.rle import batch_run_boundaries, encode, encode_boundaries
 from carmask.views import MIN_VIEWS, NotEnoughViews, resize, set_inputs
 
 # Shipped models in order of preference, for sets of views and for single photos.
@@ -28,14 +29,20 @@ SINGLE_DEFAULTS = ("rgb",)
 
 @dataclass
 class Prediction:
-    """The outcome for one photo: probabilities at output size, or an error."""
+    """The outcome for one photo: probabilities at output size (or only the
+    mask's run boundaries, when asked to encode), or an error."""
     path: Path
     probs: np.ndarray | None = None
     error: str | None = None
+    runs: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray:
-        return (self.probs > 0.5).astype(np.uint8)
+        return (self.probs > THRESHOLD).astype(np.uint8)
+
+    @property
+    def rle(self) -> str:
+        return encode_boundaries(self.runs) if self.runs is not None else encode(self.mask)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -87,18 +94,22 @@ class Predictor:
                              f"views of the car (named <car>_<NN>.jpg), or name a model")
 
     # -- arrays ---------------------------------------------------------------
-    @torch.inference_mode()
     def probabilities(self, model: models.Segmenter, inputs: np.ndarray) -> np.ndarray:
         """N x H x W x C uint8 inputs -> N x H x W float32 probabilities."""
+        return self._probabilities(model, inputs).cpu().numpy()
+
+    @torch.inference_mode()
+    def _probabilities(self, model: models.Segmenter, inputs: np.ndarray) -> torch.Tensor:
+        """As `probabilities`, left on the predictor's device."""
         out = []
         for start in range(0, len(inputs), self.batch_size):
-            batch = torch.from_numpy(inputs[start:start + self.batch_size]).to(self.device)
-            batch = batch.permute(0, 3, 1, 2).float()
+            batch = torch.from_numpy(inputs[start:start + self.batch_size])
+            batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             probs = self._run(model, batch)
             if self.tta:
                 probs = (probs + self._run(model, batch.flip(-1)).flip(-1)) / 2
-            out.append(probs[:, 0].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0,) + inputs.shape[1:3], np.float32)
+            out.append(probs[:, 0].float())
+        return torch.cat(out) if out else torch.zeros((0,) + inputs.shape[1:3], device=self.device)
 
     def _run(self, model, batch: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
@@ -110,6 +121,12 @@ class Predictor:
     def predict_frames(self, frames: np.ndarray, sizes: Sequence[tuple[int, int]],
                        output_size: tuple[int, int] | None = None) -> list[np.ndarray]:
         """Frames of one car (or one photo) -> probabilities at output size."""
+        return [p.cpu().numpy() for p in self._full_size(frames, sizes, output_size)]
+
+    @torch.inference_mode()
+    def _full_size(self, frames: np.ndarray, sizes: Sequence[tuple[int, int]],
+                   output_size: tuple[int, int] | None) -> list[torch.Tensor]:
+        """As `predict_frames`, left on the predictor's device."""
         model = self.model_for(len(frames))
         spec = model.spec
         frames = np.stack([resize(f, spec.frame) for f in frames])
@@ -118,9 +135,8 @@ class Predictor:
         else:  # a photo-only model on a set: each view on its own
             pairs = [set_inputs(f[None], spec) for f in frames]
             inputs, boxes = np.concatenate([p[0] for p in pairs]), [p[1][0] for p in pairs]
-        probs = self.probabilities(model, inputs)
-        return [full_size(p, box, spec.frame, output_size or size)
-                for p, box, size in zip(probs, boxes, sizes)]
+        probs = self._probabilities(model, inputs)
+        return full_size(probs, boxes, spec.frame, [output_size or size for size in sizes])
 
     def predict_photo(self, photo: np.ndarray, output_size: tuple[int, int] | None = None,
                       views: Sequence[np.ndarray] = ()) -> np.ndarray:
@@ -136,10 +152,12 @@ class Predictor:
     # -- files ----------------------------------------------------------------
     def predict_sets(self, photo_sets: Iterable[PhotoSet],
                      output_size: tuple[int, int] | None = None,
-                     lookahead: int = 2) -> Iterator[Prediction]:
+                     lookahead: int = 2, encode: bool = False) -> Iterator[Prediction]:
         """Stream predictions for sets of photo files, one set in memory at a time
         (plus `lookahead` sets being decoded). Unreadable photos come back as
-        errors; the rest of their set still gets its background from the others."""
+        errors; the rest of their set still gets its background from the others.
+        `encode`: return only each mask's run boundaries (`Prediction.runs`),
+        found on the predictor's device, instead of full-size probabilities."""
         with ThreadPoolExecutor(self.workers) as pool:
             pending: deque[tuple[PhotoSet, list[Future]]] = deque()
             sets = iter(photo_sets)
@@ -156,7 +174,7 @@ class Predictor:
             while pending:
                 photo_set, futures = pending.popleft()
                 submit_next()
-                yield from self._predict_loaded(photo_set.paths, futures, output_size)
+                yield from self._predict_loaded(photo_set.paths, futures, output_size, encode)
 
     def predict_views(self, views: Sequence[tuple[str, object]],
                       output_size: tuple[int, int] | None = None) -> list[Prediction]:
@@ -174,7 +192,7 @@ class Predictor:
         return list(self._predict_loaded([Path(name) for name, _ in views], futures, output_size))
 
     def _predict_loaded(self, paths: list[Path], futures: list[Future],
-                        output_size) -> Iterator[Prediction]:
+                        output_size, encode: bool = False) -> Iterator[Prediction]:
         loaded, failed = [], []
         for path, future in zip(paths, futures):
             try:
@@ -185,9 +203,21 @@ class Predictor:
         if not loaded:
             return
         try:
-            probs = self.predict_frames(np.stack([f for _, f, _ in loaded]),
-                                        [s for _, _, s in loaded], output_size)
+            probs = self._full_size(np.stack([f for _, f, _ in loaded]),
+                                    [s for _, _, s in loaded], output_size)
         except (NotEnoughViews, ValueError) as exc:
             yield from (Prediction(path, error=f"{path}: {exc}") for path, _, _ in loaded)
             return
-        yield from (Prediction(path, p) for (path, _, _), p in zip(loaded, probs))
+        if encode:
+            yield from (Prediction(path, runs=runs) for (path, _, _), runs in zip(loaded, boundaries(probs)))
+        else:
+            yield from (Prediction(path, p.cpu().numpy()) for (path, _, _), p in zip(loaded, probs))
+
+
+def boundaries(probs: list[torch.Tensor]) -> list[np.ndarray]:
+    """Run boundaries of thresholded probabilities, in one batch where the
+    sizes agree (one device-to-host copy per set on a GPU)."""
+    masks = [p > THRESHOLD for p in probs]
+    if len({m.shape for m in masks}) == 1:
+        return batch_run_boundaries(torch.stack(masks))
+    return [batch_run_boundaries(m[None])[0] for m in masks]

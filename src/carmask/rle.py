@@ -6,6 +6,7 @@ the code is a space-separated list of `start length` pairs for the car pixels.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def run_boundaries(mask: np.ndarray) -> np.ndarray:
@@ -15,12 +16,27 @@ def run_boundaries(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(padded[1:] != padded[:-1])
 
 
-def encode(mask: np.ndarray) -> str:
-    """Encode a 2-D mask (truthy = car) as a Kaggle RLE string ('' if empty)."""
-    edges = run_boundaries(mask)
+def batch_run_boundaries(masks: torch.Tensor) -> list[np.ndarray]:
+    """`run_boundaries` of each N x H x W boolean mask, computed on the masks'
+    own device (the GPU, say): only the boundary indices travel to the host."""
+    flat = masks.reshape(len(masks), -1)
+    edge = flat.new_zeros((len(masks), 1))
+    padded = torch.cat([edge, flat, edge], dim=1)
+    image, index = torch.nonzero(padded[:, 1:] != padded[:, :-1], as_tuple=True)
+    counts = torch.bincount(image, minlength=len(masks)).tolist()
+    return list(np.split(index.cpu().numpy(), np.cumsum(counts)[:-1]))
+
+
+def encode_boundaries(edges: np.ndarray) -> str:
+    """A Kaggle RLE string from `run_boundaries` output."""
     starts, ends = edges[0::2], edges[1::2]
     pairs = np.stack([starts + 1, ends - starts], axis=1)
     return " ".join(map(str, pairs.ravel().tolist()))
+
+
+def encode(mask: np.ndarray) -> str:
+    """Encode a 2-D mask (truthy = car) as a Kaggle RLE string ('' if empty)."""
+    return encode_boundaries(run_boundaries(mask))
 
 
 def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
