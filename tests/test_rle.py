@@ -43,6 +43,7 @@ def test_batch_boundaries_on_tensors_match_numpy():
     rng = np.random.default_rng(1)
     masks = rng.random((6, 13, 17)) < rng.random((6, 1, 1))
     masks[0], masks[1], masks[2, 0, 0], masks[3, -1, -1] = False, True, True, True
-    for mask, edges in zip(masks, batch_run_boundaries(torch.from_numpy(masks))):
+    tensor = torch.from_numpy(masks)
+    for edges, mask in zip(batch_run_boundaries(tensor), masks):  # the GPU's path, run on the CPU
         assert np.array_equal(edges, run_boundaries(mask))
         assert encode_boundaries(edges) == encode(mask)

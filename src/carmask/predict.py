@@ -19,7 +19,7 @@ import torch
 from carmask import models
 from carmask.io import ImageError, PhotoSet, read_frame
 from carmask.postprocess import THRESHOLD, full_size
-from carmask.rle import batch_run_boundaries, encode, encode_boundaries
+from carmask.rle import batch_run_boundaries, encode, encode_boundaries, run_boundaries
 from carmask.views import MIN_VIEWS, NotEnoughViews, resize, set_inputs
 
 # Shipped models in order of preference, for sets of views and for single photos.
@@ -215,8 +215,11 @@ class Predictor:
 
 
 def boundaries(probs: list[torch.Tensor]) -> list[np.ndarray]:
-    """Run boundaries of thresholded probabilities, in one batch where the
-    sizes agree (one device-to-host copy per set on a GPU)."""
+    """Run boundaries of thresholded probabilities. On a GPU in one batch where
+    the sizes agree (one device-to-host copy per set); on the CPU numpy's
+    flatnonzero is ~15x faster than torch's nonzero."""
+    if not probs or probs[0].device.type == "cpu":
+        return [run_boundaries(p.numpy() > THRESHOLD) for p in probs]
     masks = [p > THRESHOLD for p in probs]
     if len({m.shape for m in masks}) == 1:
         return batch_run_boundaries(torch.stack(masks))

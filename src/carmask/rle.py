@@ -17,8 +17,8 @@ def run_boundaries(mask: np.ndarray) -> np.ndarray:
 
 
 def batch_run_boundaries(masks: torch.Tensor) -> list[np.ndarray]:
-    """`run_boundaries` of each N x H x W boolean mask, computed on the masks'
-    own device (the GPU, say): only the boundary indices travel to the host."""
+    """`run_boundaries` of each N x H x W boolean mask, with torch ops on the
+    masks' own device (a GPU): only the boundary indices travel to the host."""
     flat = masks.reshape(len(masks), -1)
     edge = flat.new_zeros((len(masks), 1))
     padded = torch.cat([edge, flat, edge], dim=1)
