@@ -44,12 +44,12 @@ def session(device: torch.device) -> Iterator[torch.device]:
     gloo on the CPU, nccl on CUDA with one GPU per process (cuda:LOCAL_RANK).
     A group that the caller already set up is used and left alone.
     """
+    if launched() and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not launched() or dist.is_initialized():
         yield device
         return
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield device
@@ -76,6 +76,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedDataParallel(model, device_ids=[device.index])
     return DistributedDataParallel(model)
+
 
 def barrier() -> None:
     if dist.is_initialized():
