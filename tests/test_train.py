@@ -51,6 +51,16 @@ def test_augmentation_moves_inputs_and_targets_together():
     assert torch.allclose(gain, gain.flatten()[0].expand_as(gain), atol=1e-3)
 
 
+def test_augmenting_shares_of_a_batch_equals_augmenting_the_batch():
+    # Under torchrun each process augments its share of the batch; together they
+    # must match one process augmenting the whole batch with the same generator.
+    x, y = torch.rand(8, 6, 32, 48) * 255, (torch.rand(8, 1, 32, 48) > 0.5).float()
+    whole = augment(x, y, SMALL, torch.Generator().manual_seed(5))
+    shares = [augment(x[k * 4:(k + 1) * 4], y[k * 4:(k + 1) * 4], SMALL,
+                      torch.Generator().manual_seed(5), part=(k, 2)) for k in range(2)]
+    assert torch.equal(torch.cat([s[0] for s in shares]), whole[0])
+    assert torch.equal(torch.cat([s[1] for s in shares]), whole[1])
+
 def test_schedule():
     config = TrainConfig(lr=1e-3, schedule="cosine")
     assert learning_rate(config, 0.0) < learning_rate(config, 0.05) == 1e-3

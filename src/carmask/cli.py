@@ -259,7 +259,12 @@ def cutout(inputs, output, background, model, device, batch_size, overwrite):
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
 def train(data_dir, run_dir, arch, inputs, size, frame, crop, width, depth, epochs, batch_size, lr,
           val_fraction, augment, max_minutes, cache, seed, device, resume):
-    """Train a model on a Kaggle-layout DATA_DIR (train/ + train_masks/), split by car."""
+    """Train a model on a Kaggle-layout DATA_DIR (train/ + train_masks/), split by car.
+
+    On N GPUs: torchrun --nproc-per-node N -m carmask train ... (each GPU takes
+    1/N of every batch).
+    """
+    from carmask import distributed
     from carmask.train import SEED_SPEC, TrainConfig, train as run_training
     from carmask.views import InputSpec
 
@@ -282,7 +287,8 @@ def train(data_dir, run_dir, arch, inputs, size, frame, crop, width, depth, epoc
         best = run_training(data_dir, run_dir, config, device=device, resume=resume, cache_dir=cache)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"best model: {best}")
+    if distributed.is_main():  # under torchrun, once
+        click.echo(f"best model: {best}")
 
 
 @main.command()

@@ -144,20 +144,26 @@ def _shrink(tmp: Path, final: Path, n: int) -> None:
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, spec: InputSpec, generator: torch.Generator,
-            shift: float = 0.06, scale: float = 0.1, degrees: float = 5.0, jitter: float = 0.15
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            shift: float = 0.06, scale: float = 0.1, degrees: float = 5.0, jitter: float = 0.15,
+            part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, shift/scale/rotation and colour jitter on a batch.
 
     Every channel moves with the same geometry. Jitter is an affine change
     a*photo + b applied alike to the photo and its background, so the
     difference channels become a*diff: they stay consistent with the photo.
+
+    `part=(k, parts)`: x is the k-th of `parts` equal shares of a batch (one
+    process's share under torchrun). The draws are made for the whole batch,
+    so the shares are augmented exactly as the whole batch would be.
     """
     n, device = x.shape[0], x.device
+    k, parts = part
 
-    def uniform(low, high, size=(n,)):
-        return torch.rand(size, generator=generator).to(device) * (high - low) + low
+    def uniform(low, high):
+        draws = torch.rand(n * parts, generator=generator)[k * n:(k + 1) * n]
+        return draws.to(device) * (high - low) + low
 
-    flip = torch.rand(n, generator=generator).to(device) < 0.5
+    flip = uniform(0, 1) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     y = torch.where(flip[:, None, None, None], y.flip(-1), y)
     angle = uniform(-degrees, degrees) * math.pi / 180
