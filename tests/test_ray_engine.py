@@ -95,3 +95,11 @@ def test_without_ray_the_error_says_what_to_install(photos, tmp_path, monkeypatc
     result = run("predict", photos, "-o", tmp_path / "s.csv", "--engine", "ray")
     assert result.exit_code == 2 and "pip install 'carmask[ray]'" in result.output
     assert not (tmp_path / "s.csv.partial").exists()
+
+
+def test_cuda_on_a_cluster_without_gpus_is_a_usage_error(local_ray, photos, tmp_path):
+    if ray.cluster_resources().get("GPU"):
+        pytest.skip("this Ray instance has a GPU")
+    result = run("predict", photos, "-o", tmp_path / "s.csv", "--engine", "ray", "--device", "cuda")
+    assert result.exit_code == 2 and "the Ray cluster has no GPU" in result.output
+    assert ray.is_initialized()  # the caller's Ray session is left as it was

@@ -34,7 +34,7 @@ class RayPredictor:
     def __init__(self, model=None, device: str = "auto", batch_size: int = 16,
                  actors: int | None = None, address: str | None = None):
         try:
-            import ray
+            import ray.data  # noqa: F401  (fail here, before any work, when it is missing)
         except ImportError:
             raise ImportError("--engine ray needs Ray: pip install 'carmask[ray]'") from None
         self._started = _connect(address)
