@@ -70,19 +70,45 @@ def main():
 @device_option
 @batch_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-def predict(photo_dir, output, model, output_size, device, batch_size, overwrite):
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: this process; ray: a pool of actors on a Ray cluster (carmask[ray]).")
+@click.option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDRESS",
+              help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance).")
+@click.option("--actors", type=click.IntRange(min=1),
+              help="Ray actors, one model each (default: one per GPU, else one per CPU).")
+def predict(photo_dir, output, model, output_size, device, batch_size, overwrite, engine,
+            ray_address, actors):
     """Predict a mask for every photo in PHOTO_DIR and write a Kaggle submission CSV.
 
     Resumable: if a run is interrupted, run the same command again. Exits
     non-zero when any photo was skipped; each one is named on stderr.
     """
+    _check_model(model)
+    if engine == "ray":
+        predictor = _ray_predictor(model, device, batch_size, actors, ray_address)
+        try:
+            _write_submission(predictor, photo_dir, output, output_size, overwrite)
+        finally:
+            predictor.close()
+    else:
+        _write_submission(_predictor(model, device, batch_size), photo_dir, output, output_size, overwrite)
+
+
+def _ray_predictor(model, device, batch_size, actors, address):
+    try:
+        from carmask.ray_engine import RayPredictor
+        return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address)
+    except (ImportError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _write_submission(predictor, photo_dir, output, output_size, overwrite):
+    """The submission from either engine: rows as they come, resumable, skips named."""
     from tqdm import tqdm
 
     from carmask.io import find_photos, group_by_car
     from carmask.submission import SubmissionWriter
 
-    _check_model(model)
-    predictor = _predictor(model, device, batch_size)
     try:
         writer = SubmissionWriter(output, overwrite=overwrite)
     except FileExistsError as exc:
@@ -106,6 +132,9 @@ def predict(photo_dir, output, model, output_size, device, batch_size, overwrite
         writer.close()
         _fail("interrupted: run the same command again to continue")
         sys.exit(130)
+    except BaseException:
+        writer.close()  # what was predicted stays in the partial file for a resume
+        raise
     writer.finish()
     click.echo(f"wrote {output} ({len(writer.done)} rows)", err=True)
     if skipped:
