@@ -59,16 +59,22 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--split", type=Path, help="split.json whose 'val' cars to hold out "
+                                                   "(e.g. from pack_for_device.py); default: a 15%% split by car")
     args = parser.parse_args()
 
     train_dir, full_masks = args.data / "carvana-512", args.data / "carvana-1918-masks" / "train_masks"
-    _, val_cars = split_by_car(list(discover(train_dir)), 0.15, 0)
+    if args.split:
+        val_cars = json.loads(args.split.read_text())["val"]
+    else:
+        _, val_cars = split_by_car(list(discover(train_dir)), 0.15, 0)
     full_sets, _ = scored_sets(train_dir, full_masks, val_cars)
     full_cars = [s.car for s in full_sets]
     rows = []
     for name, config in configs(args).items():
         if name not in args.models.split(","):
             continue
+        config.val_cars = val_cars
         run = args.runs / name
         if not (run / "best.pt").exists():
             train(train_dir, run, config, device=args.device, cache_dir=args.runs / "cache")

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import torch
@@ -66,3 +67,12 @@ def test_schedule():
     assert learning_rate(config, 0.0) < learning_rate(config, 0.05) == 1e-3
     assert learning_rate(config, 1.0) == np.float64(1e-5) or learning_rate(config, 1.0) < 2e-5
     assert learning_rate(TrainConfig(lr=1e-3), 0.7) == 1e-3
+
+
+def test_named_validation_cars_are_held_out(synth_data, tmp_path):
+    from carmask.data import discover
+    cars = sorted(discover(synth_data))
+    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_cars=cars[:2] + ["not-here"])
+    train(synth_data, tmp_path, config, device="cpu", progress=False)
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split == {"train": cars[2:], "val": cars[:2]}

@@ -40,6 +40,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     val_fraction: float = 0.15
+    val_cars: list[str] | None = None  # hold out exactly these cars instead (e.g. another run's split)
     seed: int = 0
     dice_weight: float = 0.0   # 0: plain BCE (the seed); >0 adds soft-dice loss
     edge_weight: float = 0.0   # extra BCE weight on pixels near the car's edge
@@ -47,6 +48,14 @@ class TrainConfig:
     schedule: str = "constant"  # or "cosine" (warm-up, then cosine decay)
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on the CPU
     max_minutes: float | None = None  # a time budget: the schedule follows it, then stop
+
+
+def held_out(cars: list[str], config: TrainConfig) -> tuple[list[str], list[str]]:
+    """(training cars, validation cars): `config.val_cars` where given, else a split by car."""
+    if config.val_cars is None:
+        return split_by_car(cars, config.val_fraction, config.seed)
+    val = set(config.val_cars)
+    return sorted(set(cars) - val), sorted(set(cars) & val)
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
@@ -135,7 +144,7 @@ def _train(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, r
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     cars = discover(data_dir)
-    train_cars, val_cars = split_by_car(list(cars), config.val_fraction, config.seed)
+    train_cars, val_cars = held_out(list(cars), config)
     if main:
         (run_dir / "split.json").write_text(json.dumps({"train": train_cars, "val": val_cars}, indent=1))
     # Rank 0 builds the cache; the others then find it on disk and open it.
