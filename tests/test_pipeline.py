@@ -4,26 +4,18 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from carmask.cli import main
 from carmask.io import read_mask
 from carmask.metrics import dice
 from carmask.rle import decode
 from carmask.submission import read_submission
 from carmask.synth import make_dataset
+from helpers import run_cli as run
 
 # A few CPU epochs of the seed CNN on 4 synthetic cars: ~0.96 on a coloured car,
 # ~0.63 on a white car against the white studio wall (the seed's weak spot).
 DICE_BAR = 0.75
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 @pytest.fixture(scope="module")

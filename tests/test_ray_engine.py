@@ -7,19 +7,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from click.testing import CliRunner  # noqa: E402
 
 import carmask  # noqa: E402
 from carmask import ray_engine  # noqa: E402
-from carmask.cli import main  # noqa: E402
 from carmask.models import WEIGHTS_DIR  # noqa: E402
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+from helpers import run_cli as run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
