@@ -163,3 +163,18 @@ def test_awkward_sets(unseen, seed_model, tmp_path):
     assert cut.exit_code == 0, cut.output
     assert {"synth009c000_01.jpg.png", "synth009c000_01.png.png"} <= {p.name for p in (tmp_path / "cut").iterdir()}
     assert len(list((tmp_path / "cut").iterdir())) == 11
+
+
+def test_encoded_predictions_match_the_probabilities(unseen, seed_model):
+    """`encode=True` (run boundaries found on the predictor's device) gives the
+    masks of the probabilities path, for photos of mixed output sizes."""
+    from carmask import Predictor
+    from carmask.io import find_photos, group_by_car
+    from carmask.rle import encode
+    sets = group_by_car(find_photos([unseen / "train"]))
+    predictor = Predictor(seed_model, device="cpu")
+    for size in (None, (300, 200)):
+        encoded = list(predictor.predict_sets(sets, output_size=size, encode=True))
+        full = list(predictor.predict_sets(sets, output_size=size))
+        assert [p.path for p in encoded] == [p.path for p in full] and len(full) == 32
+        assert all(p.probs is None and p.rle == encode(q.mask) for p, q in zip(encoded, full))
