@@ -17,13 +17,37 @@ THRESHOLD = 0.5
 
 def fill_holes(probs: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
     """Raise to 1 the probability of background pockets enclosed by the car,
-    for N x h x w probabilities at the network's size on any device (the hole
-    search runs on the host, on the small thresholded masks only)."""
-    car = (probs > threshold).cpu().numpy()
-    holes = np.stack([ndimage.binary_fill_holes(c) & ~c for c in car]) if len(car) else car
-    if not holes.any():
-        return probs
-    return probs.masked_fill(torch.from_numpy(holes).to(probs.device), 1.0)
+    for N x h x w probabilities at the network's size. On the CPU scipy finds
+    the holes; on a GPU a flood fill does, so nothing leaves the device."""
+    car = probs > threshold
+    if probs.device.type == "cpu":
+        holes = torch.from_numpy(np.stack([ndimage.binary_fill_holes(c) for c in car.numpy()])) & ~car \
+            if len(car) else car
+    else:
+        holes = ~car & ~border_background(car)
+    return probs.masked_fill(holes, 1.0)
+
+
+def border_background(car: torch.Tensor, check_every: int = 16) -> torch.Tensor:
+    """Background pixels of N x h x w masks that reach the image border through
+    background (4-connected, as scipy's hole filling): a flood fill with torch
+    ops, grown from the border one pixel per step until it stops growing."""
+    background = ~car
+    reach = torch.zeros_like(background)
+    reach[:, [0, -1], :] = True
+    reach[:, :, [0, -1]] = True
+    reach &= background
+    while True:
+        before = reach
+        for _ in range(check_every):  # a host sync only now and then
+            grown = reach.clone()
+            grown[:, 1:] |= reach[:, :-1]
+            grown[:, :-1] |= reach[:, 1:]
+            grown[:, :, 1:] |= reach[:, :, :-1]
+            grown[:, :, :-1] |= reach[:, :, 1:]
+            reach = grown & background
+        if torch.equal(reach, before):
+            return reach
 
 
 def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
