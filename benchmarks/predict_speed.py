@@ -8,11 +8,12 @@ Three measurements with the shipped default models (or `--model`):
    without overlap: decode, background (median/mean and differences), model,
    postprocess (fill holes, resize to full size, threshold, run boundaries),
    encode (RLE text) and write (CSV). The end-to-end run overlaps decoding
-   with the rest, so its time is less than the sum.
+   with the rest, so its time is less than the sum. One untimed set first
+   warms up (model load, compilation, GPU kernels).
 3. A single photo cut out (decode, predict, compose), warm: median latency.
 
     python benchmarks/predict_speed.py ../shared/data/carvana-test-1918/test
-    python benchmarks/predict_speed.py DIR --device cuda --batch-size 64 --json out.json
+    python benchmarks/predict_speed.py DIR --device cuda --compile --json out.json
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def end_to_end(photo_dir: Path, args) -> dict:
                    "--device", args.device, "--batch-size", str(args.batch_size)]
         if args.model:
             command += ["--model", args.model]
+        if args.compile:
+            command += ["--compile"]
         start = time.perf_counter()
         subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
@@ -65,7 +68,7 @@ def end_to_end(photo_dir: Path, args) -> dict:
 
 def breakdown(photo_sets, predictor: Predictor) -> dict:
     """Seconds per stage over the sets, each stage timed on its own."""
-    seconds, device, photos = defaultdict(float), predictor.device, 0
+    seconds, device = defaultdict(float), predictor.device
     sink = io.StringIO()
 
     def timed(stage, work):
@@ -76,7 +79,7 @@ def breakdown(photo_sets, predictor: Predictor) -> dict:
         seconds[stage] += time.perf_counter() - start
         return result
 
-    for photo_set in photo_sets:
+    def one_set(photo_set) -> int:
         model = predictor.model_for(len(photo_set.paths))
         spec = model.spec
         loaded = timed("decode", lambda: [read_frame(p, spec.frame) for p in photo_set.paths])
@@ -86,7 +89,11 @@ def breakdown(photo_sets, predictor: Predictor) -> dict:
         runs = timed("postprocess", lambda: boundaries(full_size(probs, boxes, spec.frame, sizes)))
         texts = timed("encode", lambda: [encode_boundaries(r) for r in runs])
         timed("write", lambda: [sink.write(f"{p.name},{t}\n") for p, t in zip(photo_set.paths, texts)])
-        photos += len(photo_set.paths)
+        return len(photo_set.paths)
+
+    one_set(photo_sets[0])  # warm-up, untimed: model load, compilation, GPU kernels
+    seconds.clear()
+    photos = sum(one_set(s) for s in photo_sets)
     total = sum(seconds.values())
     return {"photos": photos,
             "stages": {s: {"seconds": round(seconds[s], 3), "ms_per_photo": round(1000 * seconds[s] / photos, 2),
@@ -115,9 +122,10 @@ def main() -> None:
     parser.add_argument("--model", help="default: the shipped models (multiview for sets, rgb for single photos)")
     parser.add_argument("--breakdown-sets", type=int, default=10, help="car sets timed stage by stage")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on a GPU)")
     args = parser.parse_args()
 
-    predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile)
     sets = group_by_car(find_photos([args.photo_dir]))
     device = predictor.device
     figures = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -178,3 +178,17 @@ def test_encoded_predictions_match_the_probabilities(unseen, seed_model):
         full = list(predictor.predict_sets(sets, output_size=size))
         assert [p.path for p in encoded] == [p.path for p in full] and len(full) == 32
         assert all(p.probs is None and p.rle == encode(q.mask) for p, q in zip(encoded, full))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_predictor_matches_eager(unseen, rgb_model):
+    """`compile=True` pads short batches to one shape and gives the eager masks."""
+    from carmask import Predictor
+    from carmask.io import find_photos, group_by_car
+    sets = group_by_car(find_photos([unseen / "train"]))[:1]
+    eager = list(Predictor(rgb_model, device="cpu", batch_size=5).predict_sets(sets))
+    compiled = list(Predictor(rgb_model, device="cpu", batch_size=5, compile=True).predict_sets(sets))
+    assert len(compiled) == len(eager) == 16  # batches of 5, 5, 5 and a padded 1
+    for c, e in zip(compiled, eager):
+        np.testing.assert_allclose(c.probs, e.probs, atol=1e-4)

@@ -23,10 +23,10 @@ def _fail(message: str) -> None:
     click.echo(f"carmask: {message}", err=True)
 
 
-def _predictor(model, device, batch_size):
+def _predictor(model, device, batch_size, compile=False):
     from carmask.predict import Predictor
     try:
-        return Predictor(model, device=device, batch_size=batch_size)
+        return Predictor(model, device=device, batch_size=batch_size, compile=compile)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -70,14 +70,16 @@ def main():
 @device_option
 @batch_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model (CUDA graphs on a GPU): slower start, faster on large runs.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
               help="local: this process; ray: a pool of actors on a Ray cluster (carmask[ray]).")
 @click.option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDRESS",
               help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance).")
 @click.option("--actors", type=click.IntRange(min=1),
               help="Ray actors, one model each (default: one per GPU, else one per CPU).")
-def predict(photo_dir, output, model, output_size, device, batch_size, overwrite, engine,
-            ray_address, actors):
+def predict(photo_dir, output, model, output_size, device, batch_size, overwrite, compile_model,
+            engine, ray_address, actors):
     """Predict a mask for every photo in PHOTO_DIR and write a Kaggle submission CSV.
 
     Resumable: if a run is interrupted, run the same command again. Exits
@@ -91,7 +93,8 @@ def predict(photo_dir, output, model, output_size, device, batch_size, overwrite
         finally:
             predictor.close()
     else:
-        _write_submission(_predictor(model, device, batch_size), photo_dir, output, output_size, overwrite)
+        _write_submission(_predictor(model, device, batch_size, compile_model), photo_dir, output,
+                          output_size, overwrite)
 
 
 def _ray_predictor(model, device, batch_size, actors, address):

@@ -11,7 +11,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -62,13 +62,17 @@ class Predictor:
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int = 16, workers: int | None = None, tta: bool = False):
+                 batch_size: int = 16, workers: int | None = None, tta: bool = False,
+                 compile: bool = False):
         self.device = pick_device(device)
+        # torch.compile (CUDA graphs on a GPU): pays back its start-up on large runs
+        self.compile = compile
         self.batch_size = batch_size
         self.tta = tta  # also predict the mirrored photo and average
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.model_name = model
         self._models: dict[str, models.Segmenter] = {}
+        self._forwards: dict[int, Callable] = {}
 
     # -- models ---------------------------------------------------------------
     def _load(self, name) -> models.Segmenter:
@@ -112,11 +116,22 @@ class Predictor:
         return torch.cat(out) if out else torch.zeros((0,) + inputs.shape[1:3], device=self.device)
 
     def _run(self, model, batch: torch.Tensor) -> torch.Tensor:
+        forward, count = self._forward(model), len(batch)
+        if self.compile and count < self.batch_size:  # one shape: no recompiling, one graph
+            batch = torch.cat([batch, batch.new_zeros((self.batch_size - count,) + batch.shape[1:])])
         if self.device.type != "cuda":
-            return torch.sigmoid(model(batch))
+            return torch.sigmoid(forward(batch))[:count]
         batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return torch.sigmoid(model(batch).float())
+            return torch.sigmoid(forward(batch).float())[:count]
+
+    def _forward(self, model) -> Callable:
+        if not self.compile:
+            return model
+        if id(model) not in self._forwards:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._forwards[id(model)] = torch.compile(model, mode=mode, dynamic=False)
+        return self._forwards[id(model)]
 
     def predict_frames(self, frames: np.ndarray, sizes: Sequence[tuple[int, int]],
                        output_size: tuple[int, int] | None = None) -> list[np.ndarray]:
