@@ -192,3 +192,28 @@ def test_compiled_predictor_matches_eager(unseen, rgb_model):
     assert len(compiled) == len(eager) == 16  # batches of 5, 5, 5 and a padded 1
     for c, e in zip(compiled, eager):
         np.testing.assert_allclose(c.probs, e.probs, atol=1e-4)
+
+
+def test_cars_share_model_batches_without_changing_results(unseen, seed_model, tmp_path):
+    """Whole cars go through the model together up to the batch size: the same
+    predictions, in the same order, errors included, whatever the batch size."""
+    from carmask import Predictor
+    from carmask.io import find_photos, group_by_car
+    photos = tmp_path / "cars"
+    photos.mkdir()
+    for view in sorted((unseen / "train").glob("synth009c00[01]_*.jpg"))[:21]:  # 16 views + 5 views
+        shutil.copy(view, photos / view.name)
+    (photos / "synth009c001_06.jpg").write_bytes(b"not a jpeg")
+    for view in range(1, 3):  # too few views for the multi-view seed model
+        shutil.copy(unseen / "train" / f"synth009c001_{view:02d}.jpg", photos / f"lonely_{view:02d}.jpg")
+    sets = group_by_car(find_photos([photos]))
+    outcomes = {size: list(Predictor(seed_model, device="cpu", batch_size=size).predict_sets(sets))
+                for size in (1, 16, 64)}
+    reference = outcomes[1]
+    assert len(reference) == 24 and sum(p.error is not None for p in reference) == 3
+    for batch_size, predictions in outcomes.items():
+        assert [(p.path, p.error) for p in predictions] == [(p.path, p.error) for p in reference]
+        for p, q in zip(predictions, reference):
+            assert (p.probs is None) == (q.probs is None)
+            if p.probs is not None:
+                np.testing.assert_allclose(p.probs, q.probs, atol=1e-5)

@@ -126,7 +126,7 @@ class Predictor:
             return torch.sigmoid(forward(batch).float())[:count]
 
     def _forward(self, model) -> Callable:
-        if not self.compile:
+        if not self.compile or not isinstance(model, torch.nn.Module):  # an ONNX model runs as is
             return model
         if id(model) not in self._forwards:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
@@ -142,6 +142,12 @@ class Predictor:
     def _full_size(self, frames: np.ndarray, sizes: Sequence[tuple[int, int]],
                    output_size: tuple[int, int] | None) -> list[torch.Tensor]:
         """As `predict_frames`, left on the predictor's device."""
+        model, inputs, boxes = self._inputs(frames)
+        probs = self._probabilities(model, inputs)
+        return full_size(probs, boxes, model.spec.frame, [output_size or size for size in sizes])
+
+    def _inputs(self, frames: np.ndarray) -> tuple[models.Segmenter, np.ndarray, list]:
+        """One car's frames -> its model, the model's inputs and each photo's crop box."""
         model = self.model_for(len(frames))
         spec = model.spec
         frames = np.stack([resize(f, spec.frame) for f in frames])
@@ -150,8 +156,7 @@ class Predictor:
         else:  # a photo-only model on a set: each view on its own
             pairs = [set_inputs(f[None], spec) for f in frames]
             inputs, boxes = np.concatenate([p[0] for p in pairs]), [p[1][0] for p in pairs]
-        probs = self._probabilities(model, inputs)
-        return full_size(probs, boxes, spec.frame, [output_size or size for size in sizes])
+        return model, inputs, list(boxes)
 
     def predict_photo(self, photo: np.ndarray, output_size: tuple[int, int] | None = None,
                       views: Sequence[np.ndarray] = ()) -> np.ndarray:
@@ -168,28 +173,33 @@ class Predictor:
     def predict_sets(self, photo_sets: Iterable[PhotoSet],
                      output_size: tuple[int, int] | None = None,
                      lookahead: int = 2, encode: bool = False) -> Iterator[Prediction]:
-        """Stream predictions for sets of photo files, one set in memory at a time
-        (plus `lookahead` sets being decoded). Unreadable photos come back as
-        errors; the rest of their set still gets its background from the others.
-        `encode`: return only each mask's run boundaries (`Prediction.runs`),
-        found on the predictor's device, instead of full-size probabilities."""
+        """Stream predictions for sets of photo files, in order. In memory: the
+        sets of one model batch (whole cars, up to `batch_size` photos, at
+        least one car) plus `lookahead` sets being decoded. Unreadable photos
+        come back as errors; the rest of their set still gets its background
+        from the others. `encode`: return only each mask's run boundaries
+        (`Prediction.runs`), found on the predictor's device, instead of
+        full-size probabilities."""
         with ThreadPoolExecutor(self.workers) as pool:
-            pending: deque[tuple[PhotoSet, list[Future]]] = deque()
+            pending: deque[tuple[list[Path], list[Future]]] = deque()
             sets = iter(photo_sets)
 
-            def submit_next() -> None:
-                photo_set = next(sets, None)
-                if photo_set is not None:
+            def fill() -> None:  # a batch's worth of photos plus `lookahead` sets
+                while len(pending) <= lookahead or sum(len(p) for p, _ in pending) < self.batch_size:
+                    photo_set = next(sets, None)
+                    if photo_set is None:
+                        return
                     frame = self._frame_for(len(photo_set.paths))
-                    pending.append((photo_set, [pool.submit(read_frame, p, frame)
-                                                for p in photo_set.paths]))
+                    pending.append((photo_set.paths, [pool.submit(read_frame, p, frame)
+                                                      for p in photo_set.paths]))
 
-            for _ in range(lookahead + 1):
-                submit_next()
+            fill()
             while pending:
-                photo_set, futures = pending.popleft()
-                submit_next()
-                yield from self._predict_loaded(photo_set.paths, futures, output_size, encode)
+                batch = [pending.popleft()]
+                while pending and sum(len(p) for p, _ in batch) + len(pending[0][0]) <= self.batch_size:
+                    batch.append(pending.popleft())
+                fill()
+                yield from self._predict_loaded(batch, output_size, encode)
 
     def predict_views(self, views: Sequence[tuple[str, object]],
                       output_size: tuple[int, int] | None = None) -> list[Prediction]:
@@ -204,29 +214,46 @@ class Predictor:
             except ImageError as exc:
                 future.set_exception(exc)
             futures.append(future)
-        return list(self._predict_loaded([Path(name) for name, _ in views], futures, output_size))
+        return list(self._predict_loaded([([Path(name) for name, _ in views], futures)], output_size))
 
-    def _predict_loaded(self, paths: list[Path], futures: list[Future],
+    @torch.inference_mode()
+    def _predict_loaded(self, sets: list[tuple[list[Path], list[Future]]],
                         output_size, encode: bool = False) -> Iterator[Prediction]:
-        loaded, failed = [], []
-        for path, future in zip(paths, futures):
+        """Sets being decoded -> predictions, set by set in order; the sets that
+        share a model go through it in one batch."""
+        results: list[list[Prediction]] = []
+        by_model: dict[int, list] = {}  # id(model) -> [(model, set index, paths, inputs, boxes, sizes)]
+        for paths, futures in sets:
+            loaded, outcome = [], []
+            for path, future in zip(paths, futures):
+                try:
+                    loaded.append((path, *future.result()))
+                except ImageError as exc:
+                    outcome.append(Prediction(path, error=str(exc)))
+            results.append(outcome)
+            if not loaded:
+                continue
             try:
-                loaded.append((path, *future.result()))
-            except ImageError as exc:
-                failed.append(Prediction(path, error=str(exc)))
-        yield from failed
-        if not loaded:
-            return
-        try:
-            probs = self._full_size(np.stack([f for _, f, _ in loaded]),
-                                    [s for _, _, s in loaded], output_size)
-        except (NotEnoughViews, ValueError) as exc:
-            yield from (Prediction(path, error=f"{path}: {exc}") for path, _, _ in loaded)
-            return
-        if encode:
-            yield from (Prediction(path, runs=runs) for (path, _, _), runs in zip(loaded, boundaries(probs)))
-        else:
-            yield from (Prediction(path, p.cpu().numpy()) for (path, _, _), p in zip(loaded, probs))
+                model, inputs, boxes = self._inputs(np.stack([f for _, f, _ in loaded]))
+            except (NotEnoughViews, ValueError) as exc:
+                outcome += [Prediction(path, error=f"{path}: {exc}") for path, _, _ in loaded]
+                continue
+            sizes = [output_size or size for _, _, size in loaded]
+            by_model.setdefault(id(model), []).append(
+                (model, len(results) - 1, [path for path, _, _ in loaded], inputs, boxes, sizes))
+        for group in by_model.values():
+            model = group[0][0]
+            probs = self._probabilities(model, np.concatenate([g[3] for g in group]))
+            probs = full_size(probs, sum((g[4] for g in group), []), model.spec.frame,
+                              sum((g[5] for g in group), []))
+            outs = boundaries(probs) if encode else [p.cpu().numpy() for p in probs]
+            start = 0
+            for _, index, paths, *_ in group:
+                mine, start = outs[start:start + len(paths)], start + len(paths)
+                results[index] += [Prediction(path, runs=out) if encode else Prediction(path, out)
+                                   for path, out in zip(paths, mine)]
+        for outcome in results:
+            yield from outcome
 
 
 def boundaries(probs: list[torch.Tensor]) -> list[np.ndarray]:
