@@ -45,6 +45,14 @@ class Prediction:
         return encode_boundaries(self.runs) if self.runs is not None else encode(self.mask)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,7 +77,7 @@ class Predictor:
         self.compile = compile
         self.batch_size = batch_size
         self.tta = tta  # also predict the mirrored photo and average
-        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.workers = workers or usable_cores()  # decoding threads (Pillow releases the GIL)
         self.model_name = model
         self._models: dict[str, models.Segmenter] = {}
         self._forwards: dict[int, Callable] = {}
