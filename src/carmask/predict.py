@@ -227,41 +227,60 @@ class Predictor:
     @torch.inference_mode()
     def _predict_loaded(self, sets: list[tuple[list[Path], list[Future]]],
                         output_size, encode: bool = False) -> Iterator[Prediction]:
-        """Sets being decoded -> predictions, set by set in order; the sets that
-        share a model go through it in one batch."""
-        results: list[list[Prediction]] = []
-        by_model: dict[int, list] = {}  # id(model) -> [(model, set index, paths, inputs, boxes, sizes)]
+        """Sets being decoded -> predictions, set by set in order; the cars that
+        share a model go through it together."""
+        outcomes: list[list[Prediction]] = []
+        by_model: dict[int, list[_Car]] = {}
         for paths, futures in sets:
-            loaded, outcome = [], []
-            for path, future in zip(paths, futures):
-                try:
-                    loaded.append((path, *future.result()))
-                except ImageError as exc:
-                    outcome.append(Prediction(path, error=str(exc)))
-            results.append(outcome)
-            if not loaded:
-                continue
-            try:
-                model, inputs, boxes = self._inputs(np.stack([f for _, f, _ in loaded]))
-            except (NotEnoughViews, ValueError) as exc:
-                outcome += [Prediction(path, error=f"{path}: {exc}") for path, _, _ in loaded]
-                continue
-            sizes = [output_size or size for _, _, size in loaded]
-            by_model.setdefault(id(model), []).append(
-                (model, len(results) - 1, [path for path, _, _ in loaded], inputs, boxes, sizes))
-        for group in by_model.values():
-            model = group[0][0]
-            probs = self._probabilities(model, np.concatenate([g[3] for g in group]))
-            probs = full_size(probs, sum((g[4] for g in group), []), model.spec.frame,
-                              sum((g[5] for g in group), []))
-            outs = boundaries(probs) if encode else [p.cpu().numpy() for p in probs]
-            start = 0
-            for _, index, paths, *_ in group:
-                mine, start = outs[start:start + len(paths)], start + len(paths)
-                results[index] += [Prediction(path, runs=out) if encode else Prediction(path, out)
-                                   for path, out in zip(paths, mine)]
-        for outcome in results:
+            outcomes.append([])
+            car = self._prepare(paths, futures, output_size, outcomes[-1])
+            if car is not None:
+                by_model.setdefault(id(car.model), []).append(car)
+        for cars in by_model.values():
+            self._predict_together(cars, encode)
+        for outcome in outcomes:
             yield from outcome
+
+    def _prepare(self, paths, futures, output_size, outcome: list[Prediction]) -> _Car | None:
+        """One car's decoded views -> its model inputs; unreadable photos and
+        unusable sets go to `outcome` as errors."""
+        loaded = []
+        for path, future in zip(paths, futures):
+            try:
+                loaded.append((path, *future.result()))
+            except ImageError as exc:
+                outcome.append(Prediction(path, error=str(exc)))
+        if not loaded:
+            return None
+        try:
+            model, inputs, boxes = self._inputs(np.stack([frame for _, frame, _ in loaded]))
+        except (NotEnoughViews, ValueError) as exc:
+            outcome += [Prediction(path, error=f"{path}: {exc}") for path, _, _ in loaded]
+            return None
+        return _Car(model, [path for path, _, _ in loaded], inputs, boxes,
+                    [output_size or size for _, _, size in loaded], outcome)
+
+    def _predict_together(self, cars: list[_Car], encode: bool) -> None:
+        """Cars that share a model: one model call, one resize, one copy back."""
+        model = cars[0].model
+        probs = self._probabilities(model, np.concatenate([car.inputs for car in cars]))
+        probs = full_size(probs, [box for car in cars for box in car.boxes], model.spec.frame,
+                          [size for car in cars for size in car.sizes])
+        outs = iter(boundaries(probs) if encode else [p.cpu().numpy() for p in probs])
+        for car in cars:  # zip takes only this car's share of `outs`
+            car.outcome += [Prediction(path, runs=out) if encode else Prediction(path, out)
+                            for path, out in zip(car.paths, outs)]
+
+
+@dataclass
+class _Car:
+    """One car's readable views, ready for its model."""
+    model: models.Segmenter
+    paths: list[Path]
+    inputs: np.ndarray
+    boxes: list
+    sizes: list[tuple[int, int]]
+    outcome: list[Prediction]  # its predictions go here, after its errors
 
 
 def boundaries(probs: list[torch.Tensor]) -> list[np.ndarray]:
