@@ -37,6 +37,10 @@ def configs(args) -> dict[str, TrainConfig]:
         "seed": TrainConfig(spec=SEED_SPEC, epochs=10_000, max_minutes=args.minutes),
         "rgb": TrainConfig(spec=InputSpec(("rgb",), size=size), **unet),
         "multiview": TrainConfig(spec=InputSpec(("rgb", "median_diff", "mean_diff"), size=size), **unet),
+        # The background also finds the car: compare at twice the size, crop to
+        # the car, so the network's pixels land on the car (sets of views only).
+        "multiview-crop": TrainConfig(spec=InputSpec(("rgb", "median_diff", "mean_diff"), size=size,
+                                                     frame=(2 * args.size, 2 * args.size), crop=True), **unet),
     }
 
 
@@ -50,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--models", default="seed,rgb,multiview")
+    parser.add_argument("--models", default="seed,rgb,multiview", help="from seed, rgb, multiview, multiview-crop")
     parser.add_argument("--minutes", type=float, default=25.0, help="training budget per model")
     parser.add_argument("--size", type=int, default=128, help="U-Net input size (square)")
     parser.add_argument("--width", type=int, default=8)
