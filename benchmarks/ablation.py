@@ -37,10 +37,10 @@ def configs(args) -> dict[str, TrainConfig]:
         "seed": TrainConfig(spec=SEED_SPEC, epochs=10_000, max_minutes=args.minutes),
         "rgb": TrainConfig(spec=InputSpec(("rgb",), size=size), **unet),
         "multiview": TrainConfig(spec=InputSpec(("rgb", "median_diff", "mean_diff"), size=size), **unet),
-        # The background also finds the car: compare at twice the size, crop to
-        # the car, so the network's pixels land on the car (sets of views only).
+        # The background also finds the car: compare at twice the size (at most
+        # the photos' 512), crop to the car, so the network's pixels land on it.
         "multiview-crop": TrainConfig(spec=InputSpec(("rgb", "median_diff", "mean_diff"), size=size,
-                                                     frame=(2 * args.size, 2 * args.size), crop=True), **unet),
+                                                     frame=(min(2 * args.size, 512),) * 2, crop=True), **unet),
     }
 
 
