@@ -38,7 +38,6 @@ from carmask.io import find_photos, group_by_car, read_frame, read_photo
 from carmask.postprocess import full_size
 from carmask.predict import Predictor, boundaries
 from carmask.rle import encode_boundaries
-from carmask.views import set_inputs
 
 STAGES = ("decode", "background", "model", "postprocess", "encode", "write")
 
@@ -53,8 +52,9 @@ def repeated(photo_dir: Path, times: int, into: Path) -> Path:
     small folder that travels to a GPU machine still makes a run long enough
     to time."""
     into.mkdir()
+    photos = find_photos([photo_dir])
     for k in range(times):
-        for photo in find_photos([photo_dir]):
+        for photo in photos:
             (into / f"r{k:03d}{photo.name}").symlink_to(photo.absolute())
     return into
 
@@ -93,13 +93,12 @@ def breakdown(photo_sets, predictor: Predictor) -> dict:
         return result
 
     def one_set(photo_set) -> int:
-        model = predictor.model_for(len(photo_set.paths))
-        spec = model.spec
-        loaded = timed("decode", lambda: [read_frame(p, spec.frame) for p in photo_set.paths])
+        frame = predictor.model_for(len(photo_set.paths)).spec.frame
+        loaded = timed("decode", lambda: [read_frame(p, frame) for p in photo_set.paths])
         frames, sizes = np.stack([f for f, _ in loaded]), [s for _, s in loaded]
-        inputs, boxes = timed("background", lambda: set_inputs(frames, spec))
+        model, inputs, boxes = timed("background", lambda: predictor._inputs(frames))
         probs = timed("model", lambda: predictor._probabilities(model, inputs))
-        runs = timed("postprocess", lambda: boundaries(full_size(probs, boxes, spec.frame, sizes)))
+        runs = timed("postprocess", lambda: boundaries(full_size(probs, boxes, frame, sizes)))
         texts = timed("encode", lambda: [encode_boundaries(r) for r in runs])
         timed("write", lambda: [sink.write(f"{p.name},{t}\n") for p, t in zip(photo_set.paths, texts)])
         return len(photo_set.paths)

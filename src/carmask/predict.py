@@ -285,7 +285,7 @@ class _Car:
 
 def boundaries(probs: list[torch.Tensor]) -> list[np.ndarray]:
     """Run boundaries of thresholded probabilities. On a GPU in one batch where
-    the sizes agree (one device-to-host copy per set); on the CPU numpy's
+    the sizes agree (one device-to-host copy per model batch); on the CPU numpy's
     flatnonzero is ~15x faster than torch's nonzero."""
     if not probs or probs[0].device.type == "cpu":
         return [run_boundaries(p.numpy() > THRESHOLD) for p in probs]
