@@ -17,14 +17,11 @@ import numpy as np
 import torch
 
 from carmask import models
+from carmask.devices import pick_device, usable_cores
 from carmask.io import ImageError, PhotoSet, read_frame
 from carmask.postprocess import THRESHOLD, full_size
 from carmask.rle import batch_run_boundaries, encode, encode_boundaries, run_boundaries
-from carmask.views import MIN_VIEWS, NotEnoughViews, resize, set_inputs
-
-# Shipped models in order of preference, for sets of views and for single photos.
-MULTIVIEW_DEFAULTS = ("multiview", "seed")
-SINGLE_DEFAULTS = ("rgb",)
+from carmask.views import NotEnoughViews, resize, set_inputs
 
 
 @dataclass
@@ -43,22 +40,6 @@ class Prediction:
     @property
     def rle(self) -> str:
         return encode_boundaries(self.runs) if self.runs is not None else encode(self.mask)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's or taskset's share)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
-    return torch.device(device)
 
 
 class Predictor:
@@ -97,13 +78,7 @@ class Predictor:
         """The model for a photo that comes with `views` views of its car."""
         if self.model_name is not None:
             return self._load(self.model_name)
-        shipped = models.shipped()
-        preference = MULTIVIEW_DEFAULTS + SINGLE_DEFAULTS if views >= MIN_VIEWS else SINGLE_DEFAULTS
-        for name in preference:
-            if name in shipped:
-                return self._load(name)
-        raise NotEnoughViews(f"no shipped single-photo model: give a set of at least {MIN_VIEWS} "
-                             f"views of the car (named <car>_<NN>.jpg), or name a model")
+        return self._load(models.default_for(views))
 
     # -- arrays ---------------------------------------------------------------
     def probabilities(self, model: models.Segmenter, inputs: np.ndarray) -> np.ndarray:

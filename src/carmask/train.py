@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from carmask import distributed, models
 from carmask.data import InputCache, augment, discover, split_by_car
+from carmask.devices import pick_device
 from carmask.io import atomic_write
-from carmask.predict import pick_device
 from carmask.report import plot_curves
 from carmask.views import InputSpec
 

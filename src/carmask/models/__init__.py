@@ -12,11 +12,14 @@ from torch import nn
 
 from carmask.models.seed import SeedCNN
 from carmask.models.unet import UNet
-from carmask.views import InputSpec
+from carmask.views import MIN_VIEWS, InputSpec, NotEnoughViews
 
 ARCHITECTURES = {"seed": SeedCNN, "unet": UNet}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 FORMAT = "carmask-checkpoint-1"
+# Shipped models in order of preference, for sets of views and for single photos.
+MULTIVIEW_DEFAULTS = ("multiview", "seed")
+SINGLE_DEFAULTS = ("rgb",)
 
 
 class Segmenter(nn.Module):
@@ -58,6 +61,19 @@ def resolve(name_or_path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     return path
+
+
+def default_for(views: int) -> str:
+    """The shipped model for a photo that comes with `views` views of its car
+    (counting itself): the best multi-view model for a set, else the best
+    single-photo model."""
+    available = shipped()
+    preference = MULTIVIEW_DEFAULTS + SINGLE_DEFAULTS if views >= MIN_VIEWS else SINGLE_DEFAULTS
+    for name in preference:
+        if name in available:
+            return name
+    raise NotEnoughViews(f"no shipped single-photo model: give a set of at least {MIN_VIEWS} "
+                         f"views of the car (named <car>_<NN>.jpg), or name a model")
 
 
 def shipped() -> list[str]:

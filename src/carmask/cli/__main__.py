@@ -1,0 +1,3 @@
+from carmask.cli import main
+
+main()

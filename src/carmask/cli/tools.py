@@ -1,0 +1,52 @@
+"""`carmask serve`, `synth` and `export`: the service and the tools around the models."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from carmask.cli.common import (check_model, device_option, main, model_option, size_callback)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@model_option
+@device_option
+def serve(host, port, model, device):
+    """Serve the HTTP API and the web page (POST /api/cutout, GET /health, GET /)."""
+    check_model(model)
+    from carmask.serve import run
+    run(host=host, port=port, model=model, device=device)
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cars", default=4, show_default=True, help="Cars with masks (train/).")
+@click.option("--test-cars", default=1, show_default=True, help="Cars without masks (test/).")
+@click.option("--views", default=16, show_default=True)
+@click.option("--size", callback=size_callback, default="192x128", show_default=True, metavar="WxH")
+@click.option("--seed", default=0, show_default=True)
+def synth(output, cars, test_cars, views, size, seed):
+    """Write a synthetic turntable dataset (Kaggle layout, exact masks) to OUTPUT."""
+    from carmask.synth import make_dataset
+    make_dataset(output, cars=cars, views=views, size=size, seed=seed, test_cars=test_cars)
+    click.echo(f"wrote {output}")
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ONNX file to write, e.g. model.onnx.")
+@click.option("--opset", default=17, show_default=True, help="ONNX opset version.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def export_onnx(model, output, opset, overwrite):
+    """Export MODEL (a shipped name or a checkpoint) to ONNX, for onnxruntime or --model."""
+    from carmask.onnx_export import export
+    if output.exists() and not overwrite:
+        raise click.UsageError(f"{output} exists; --overwrite replaces it")
+    try:
+        export(model, output, opset=opset)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"wrote {output}")
