@@ -3,7 +3,8 @@ import pytest
 
 import torch
 
-from carmask.rle import batch_run_boundaries, decode, encode, encode_boundaries, run_boundaries
+from carmask.rle import (boundary_flags, decode, encode, encode_boundaries, flags_to_boundaries, mask_rows,
+                         run_boundaries)
 
 
 def test_known_encoding_is_one_indexed_and_row_major():
@@ -39,11 +40,19 @@ def test_decode_rejects_invalid_runs(bad):
         decode(bad, (2, 3))
 
 
-def test_batch_boundaries_on_tensors_match_numpy():
-    rng = np.random.default_rng(1)
-    masks = rng.random((6, 13, 17)) < rng.random((6, 1, 1))
-    masks[0], masks[1], masks[2, 0, 0], masks[3, -1, -1] = False, True, True, True
-    tensor = torch.from_numpy(masks)
-    for edges, mask in zip(batch_run_boundaries(tensor), masks):  # the GPU's path, run on the CPU
+@pytest.mark.parametrize("shape", [(6, 13, 17), (2, 1, 1), (3, 7, 8), (2, 128, 191)])
+def test_boundary_flags_read_back_as_run_boundaries(shape):
+    """The device's fixed-size flags (the GPU's path, run on the CPU) give the
+    host the runs numpy finds, whatever the mask's length modulo 8."""
+    rng = np.random.default_rng(sum(shape))
+    masks = rng.random(shape) < rng.random((shape[0], 1, 1))
+    masks[0] = False
+    masks[1] = True
+    rows, views = mask_rows(shape[0], (shape[2], shape[1]), "cpu")
+    views[...] = torch.from_numpy(masks)
+    flags = boundary_flags(rows)
+    assert flags.shape[1] % 8 == 0 and flags.shape[1] > masks[0].size
+    for row, mask in zip(flags.numpy(), masks):
+        edges = flags_to_boundaries(row)
         assert np.array_equal(edges, run_boundaries(mask))
         assert encode_boundaries(edges) == encode(mask)

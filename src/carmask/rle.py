@@ -16,15 +16,33 @@ def run_boundaries(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(padded[1:] != padded[:-1])
 
 
-def batch_run_boundaries(masks: torch.Tensor) -> list[np.ndarray]:
-    """`run_boundaries` of each N x H x W boolean mask, with torch ops on the
-    masks' own device (a GPU): only the boundary indices travel to the host."""
-    flat = masks.reshape(len(masks), -1)
-    edge = flat.new_zeros((len(masks), 1))
-    padded = torch.cat([edge, flat, edge], dim=1)
-    image, index = torch.nonzero(padded[:, 1:] != padded[:, :-1], as_tuple=True)
-    counts = torch.bincount(image, minlength=len(masks)).tolist()
-    return list(np.split(index.cpu().numpy(), np.cumsum(counts)[:-1]))
+def mask_rows(count: int, size: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed rows for `count` masks of `size` (width, height), and the masks
+    as N x H x W views into them: fill the masks, then `boundary_flags(rows)`.
+    A row holds one False, the mask's pixels row-major, then False up to a
+    length of a multiple of 8, plus one."""
+    width, height = size
+    length = width * height + 1
+    rows = torch.zeros((count, -(-length // 8) * 8 + 1), dtype=torch.bool, device=device)
+    return rows, rows[:, 1:length].view(count, height, width)
+
+
+def boundary_flags(rows: torch.Tensor) -> torch.Tensor:
+    """Where runs start and end, on the masks' own device (a GPU): flag i of a
+    row is set where flat pixel i differs from pixel i - 1 (outside the mask
+    counts as background). A fixed size (a multiple of 8 per mask), so the
+    copy back never waits for a count; `flags_to_boundaries` reads the
+    indices out on the host. `rows` as `mask_rows` makes them."""
+    return rows[:, 1:] != rows[:, :-1]
+
+
+def flags_to_boundaries(flags: np.ndarray) -> np.ndarray:
+    """`run_boundaries` from one row of `boundary_flags`: the set flags'
+    indices, found eight at a time (masks change in few places)."""
+    flags = np.ascontiguousarray(flags, dtype=bool)
+    words = np.flatnonzero(flags.view(np.uint64))
+    within = np.flatnonzero(flags.reshape(-1, 8)[words])
+    return words[within // 8] * 8 + within % 8
 
 
 def encode_boundaries(edges: np.ndarray) -> str:
