@@ -96,7 +96,8 @@ def test_decoder_names_unreadable_photos(tmp_path):
     decoder = Decoder(torch.device("cpu"), workers=2)
     decoded, error = decoder.gather([decoder.submit(Source(p, p), frame=(4, 4)) for p in (good, bad)])
     assert decoded.photo.shape == (3, 8, 8) and decoded.photo.dtype == torch.uint8
-    assert decoded.frame.shape == (3, 4, 4)  # on the CPU, the worker made the frame too
+    assert decoded.frame.shape == (3, 4, 4) and decoded.size == (8, 8)  # on the CPU, the worker made the frame
+    assert decoder.gather([decoder.submit(Source(good, good), frame=(4, 4), keep=False)])[0].photo is None
     assert "a_02.jpg" in str(error) and "not a readable image" in str(error)
     decoder.close()
 

@@ -217,3 +217,25 @@ def test_cars_share_model_batches_without_changing_results(unseen, seed_model, t
             assert (p.probs is None) == (q.probs is None)
             if p.probs is not None:
                 np.testing.assert_allclose(p.probs, q.probs, atol=1e-5)
+
+
+def test_submissions_are_on_the_stored_pixel_grid(unseen, rgb_model, tmp_path):
+    """A photo whose EXIF says to turn it (orientation 6) gets its mask on the
+    grid its pixels are stored on: the Kaggle convention."""
+    import io as _io
+
+    from carmask import Predictor
+    from carmask.io import read_photo
+    stored = Image.open(unseen / "train" / "synth009c000_03.jpg")  # 192 wide, 128 high
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    buffer = _io.BytesIO()
+    stored.save(buffer, "JPEG", exif=exif, quality=95)
+    (photos / "turned.jpg").write_bytes(buffer.getvalue())
+    out = tmp_path / "sub.csv"
+    assert run("predict", photos, "-o", out, "--model", rgb_model).exit_code == 0
+    mask = decode(read_submission(out)["turned.jpg"], (128, 192))
+    expected = Predictor(rgb_model, device="cpu").predict_photo(read_photo(photos / "turned.jpg", upright=False))
+    assert np.array_equal(mask, (expected > 0.5).astype(np.uint8))

@@ -58,15 +58,13 @@ class _Encoded:
 
 @dataclass
 class Decoded:
-    """A photo at full resolution, 3 x H x W uint8 on the device (to be read,
-    never written), and on the CPU also its reduction to `frame.shape`, made
-    by the worker that decoded it."""
-    photo: torch.Tensor
+    """A decoded photo of `size` (width, height): at full resolution, 3 x H x W
+    uint8 on the device (to be read, never written), and on the CPU also
+    reduced to a frame by the worker that decoded it; the full-resolution
+    photo may then be dropped (`photo` None) to save memory."""
+    photo: torch.Tensor | None
+    size: tuple[int, int]
     frame: torch.Tensor | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.photo.shape[-1], self.photo.shape[-2]
 
 
 def to_tensor(photo: np.ndarray, pin: bool = False) -> torch.Tensor:
@@ -104,12 +102,14 @@ class Decoder:
     def uses_nvjpeg(self) -> bool:
         return self._nvjpeg is not None
 
-    def submit(self, source: Source, frame: tuple[int, int] | None = None) -> Future:
-        """Decode `source` in a worker; on the CPU the worker also reduces it
-        to `frame` (width, height), so that this work spreads over the cores."""
-        return self._pool.submit(self._work, source, frame if self.device.type == "cpu" else None)
+    def submit(self, source: Source, frame: tuple[int, int] | None = None, keep: bool = True) -> Future:
+        """Decode `source` in a worker. On the CPU the worker also reduces it
+        to `frame` (width, height), so that this work spreads over the cores,
+        and keeps the full-resolution photo only if `keep`."""
+        on_cpu = self.device.type == "cpu"
+        return self._pool.submit(self._work, source, frame if on_cpu else None, keep or not frame or not on_cpu)
 
-    def _work(self, source: Source, frame):
+    def _work(self, source: Source, frame, keep: bool):
         start = time.perf_counter()
         try:
             if self._nvjpeg is not None:
@@ -117,7 +117,8 @@ class Decoder:
                 if data is not None:
                     return _Encoded(data, str(source.name))
             photo = self._cpu(source.data, str(source.name))
-            return Decoded(photo, resize_image(photo[None], frame)[0] if frame else None)
+            reduced = resize_image(photo[None], frame)[0] if frame else None
+            return Decoded(photo if keep else None, (photo.shape[-1], photo.shape[-2]), reduced)
         finally:
             self._count(start)
 
@@ -141,10 +142,13 @@ class Decoder:
         if encoded:
             start = time.perf_counter()
             for i, photo in zip(encoded, self._decode_jpegs([out[i] for i in encoded])):
-                out[i] = Decoded(photo) if isinstance(photo, torch.Tensor) else photo
+                out[i] = Decoded(photo, (photo.shape[-1], photo.shape[-2])) if isinstance(photo, torch.Tensor) \
+                    else photo
             self._count(start)
-        return [Decoded(item.photo.to(self.device, non_blocking=True), item.frame)
-                if isinstance(item, Decoded) else item for item in out]
+        for item in out:
+            if isinstance(item, Decoded) and item.photo is not None:
+                item.photo = item.photo.to(self.device, non_blocking=True)
+        return out
 
     def _decode_jpegs(self, jpegs: list[_Encoded]) -> list:
         """nvjpeg over the batch; Pillow for all of it if nvjpeg refuses any."""

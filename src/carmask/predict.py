@@ -21,6 +21,8 @@ being decoded (`lookahead`) and one batch being read back.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 import warnings
 from collections import deque
@@ -230,7 +232,7 @@ class Predictor:
 
     # -- the stream -----------------------------------------------------------
     def _stream(self, cars: Iterable[_Car], output_size, encode: bool, lookahead: int) -> Iterator[Prediction]:
-        decoder, pending, reading = self.decoder, deque(), deque()
+        decoder, pending = self.decoder, deque()
         cars, decoded_before = iter(cars), decoder.seconds
 
         def fill() -> None:  # a batch's worth of photos plus `lookahead` cars, decoding
@@ -238,21 +240,26 @@ class Predictor:
                 car = next(cars, None)
                 if car is None:
                     return
-                frame = self._expected_frame(len(car.sources))
-                car.futures = [decoder.submit(source, frame) for source in car.sources]
+                frame, keep = self._expected_frame(len(car.sources)), self.refine is not None
+                car.futures = [decoder.submit(source, frame, keep) for source in car.sources]
                 pending.append(car)
 
-        fill()
-        while pending:
-            batch = [pending.popleft()]
-            while pending and sum(len(c.sources) for c in batch) + len(pending[0].sources) <= self.batch_size:
-                batch.append(pending.popleft())
+        # Postprocessing and reading back run in a thread of their own, one
+        # batch behind; when profiling, inline, so that the stages do not overlap.
+        finisher = _Finisher(lambda batch: self._finish(batch, output_size, encode),
+                             threaded=self.stage_seconds is None)
+        try:
             fill()
-            reading.append(self._launch(batch, output_size, encode))
-            if len(reading) > 1:  # read the previous batch back while this one computes
-                yield from self._read_back(reading.popleft())
-        while reading:
-            yield from self._read_back(reading.popleft())
+            while pending:
+                batch = [pending.popleft()]
+                while pending and sum(len(c.sources) for c in batch) + len(pending[0].sources) <= self.batch_size:
+                    batch.append(pending.popleft())
+                fill()
+                finisher.put(self._compute(batch))
+                yield from finisher.done()
+            yield from finisher.close()
+        finally:
+            finisher.stop()
         if self.stage_seconds is not None:  # the workers' decoding time (they overlap the rest)
             self.stage_seconds["decode"] += decoder.seconds - decoded_before
 
@@ -267,7 +274,7 @@ class Predictor:
     def _frames(self, slots: list[_Slot], size: tuple[int, int]) -> torch.Tensor:
         """The slots' photos at the frame `size`: made by the decoding workers, or here."""
         return frames([s.frame if s.frame is not None and s.frame.shape[-1] == size[0]
-                       and s.frame.shape[-2] == size[1] else s.photo for s in slots], size)
+                       and s.frame.shape[-2] == size[1] else s.full_photo(self) for s in slots], size)
 
     @contextmanager
     def _stage(self, name: str):
@@ -282,40 +289,57 @@ class Predictor:
         self.stage_seconds[name] += time.perf_counter() - start
 
     @torch.inference_mode()
-    def _launch(self, cars: list[_Car], output_size, encode: bool) -> _Launched:
-        """A model batch's device work, queued: decoded photos to run-boundary
-        flags (or full-size probabilities), with their copy to the host begun."""
+    def _compute(self, cars: list[_Car]) -> tuple[list[_Car], list[tuple]]:
+        """A model batch's decoded photos to the network's probabilities: the
+        cars, and model by model (model, its photos, their inputs, N x h x w
+        probabilities)."""
         photos = iter(self.decoder.gather([f for car in cars for f in car.futures]))
         for car in cars:
-            car.slots, car.futures = [_Slot(source.name, next(photos)) for source in car.sources], []
+            car.slots, car.futures = [_Slot(source, next(photos)) for source in car.sources], []
         with self._stage("inputs"):
-            units = [unit for car in cars for unit in self._group(car)]
-            runs = self._inputs(units)
-        placed: list[tuple[_Slot, Placed]] = []
-        for model, unit_list, inputs in runs:
-            members = [slot for unit in unit_list for slot in unit.slots]
+            runs = self._inputs([unit for car in cars for unit in self._group(car)])
+        out = []
+        for model, units, inputs in runs:
             with self._stage("model"):
                 probs = self._probabilities(model, inputs.x)
-            with self._stage("postprocess"):
-                sizes = [output_size or slot.size for slot in members]
-                for slot, p in zip(members, place(probs, inputs.boxes, model.spec.frame, sizes)):
-                    placed.append((slot, p))
+            out.append((model, [slot for unit in units for slot in unit.slots], inputs, probs))
+        return cars, out
+
+    @torch.inference_mode()
+    def _finish(self, computed, output_size, encode: bool) -> list[Prediction]:
+        """Probabilities to the predictions of a batch's cars: holes, resize into
+        the boxes, (refine,) threshold and run-boundary flags on the device,
+        copied to pinned host memory, read there."""
+        cars, runs = computed
         with self._stage("postprocess"):
+            placed: list[tuple[_Slot, Placed]] = []
+            for model, members, inputs, probs in runs:
+                sizes = [output_size or slot.size for slot in members]
+                placed += zip(members, place(probs, inputs.boxes, model.spec.frame, sizes))
             if self.refine is not None and placed:
                 placed = self._refined(placed)
-            launched = _Launched(cars, [slot for slot, _ in placed])
-            if encode:
-                for members, flags in mask_flags([p for _, p in placed]):
-                    launched.flags.append((members, _to_host(flags)))
-            else:
-                launched.probs = [_to_host(p.full()) for _, p in placed]
-            if self.device.type == "cuda":
-                launched.ready = torch.cuda.Event()
-                launched.ready.record()
-        for car in cars:
-            for slot in car.slots:
+            slots = [slot for slot, _ in placed]
+            for slot in slots:
                 slot.photo, slot.frame, slot.views = None, None, []  # only the results travel on
-        return launched
+            if encode:
+                flags = [(members, _to_host(f)) for members, f in mask_flags([p for _, p in placed])]
+            else:
+                probs = [_to_host(p.full()) for _, p in placed]
+            if self.device.type == "cuda":
+                ready = torch.cuda.Event()
+                ready.record()
+        with self._stage("copy back"):
+            if self.device.type == "cuda":
+                ready.synchronize()
+            if encode:
+                for members, host in flags:
+                    rows = host.numpy()
+                    for row, i in zip(rows, members):
+                        slots[i].runs = flags_to_boundaries(row)
+            else:
+                for slot, host in zip(slots, probs):
+                    slot.probs = host.numpy()
+            return [slot.prediction() for car in cars for slot in car.slots]
 
     def _group(self, car: _Car) -> list[_Unit]:
         """A car's readable photos as units predicted together: its set, or
@@ -392,26 +416,11 @@ class Predictor:
     def _refined(self, placed: list[tuple[_Slot, Placed]]) -> list[tuple[_Slot, Placed]]:
         """The `refine` hook's probabilities, in place of the model's."""
         index = {id(slot): i for i, (slot, _) in enumerate(placed)}
-        batch = Batch([slot.photo for slot, _ in placed],
+        batch = Batch([slot.full_photo(self) for slot, _ in placed],
                       [[index[id(v)] for v in slot.views] or [i] for i, (slot, _) in enumerate(placed)],
                       [p.full() for _, p in placed])
         probs = self.refine(batch)
         return [(slot, Placed(q, Box(0, 0, *p.size), p.size)) for (slot, p), q in zip(placed, probs)]
-
-    def _read_back(self, launched: _Launched) -> Iterator[Prediction]:
-        """A launched batch's predictions, once its copy to the host is done."""
-        with self._stage("copy back"):
-            if launched.ready is not None:
-                launched.ready.synchronize()
-            for members, flags in launched.flags:
-                host = flags.numpy()
-                for row, i in enumerate(members):
-                    launched.slots[i].runs = flags_to_boundaries(host[row])
-            for slot, probs in zip(launched.slots, launched.probs or ()):
-                slot.probs = probs.numpy()
-            out = [slot.prediction() for car in launched.cars for slot in car.slots]
-        yield from out
-
 
 @dataclass
 class _Car:
@@ -425,12 +434,21 @@ class _Car:
 class _Slot:
     """One photo on its way through a batch: its decoded pixels, then its outcome."""
 
-    def __init__(self, path: Path, decoded: Decoded | Exception):
-        self.path, self.warning, self.runs, self.probs = path, None, None, None
+    def __init__(self, source: Source, decoded: Decoded | Exception):
+        self.source, self.path, self.warning, self.runs, self.probs = source, source.name, None, None, None
         self.error: Exception | None = decoded if isinstance(decoded, Exception) else None
         self.photo = self.frame = self.size = None
+        self.views: list[_Slot] = []  # the slots of its set, when predicted as one
         if self.error is None:
             self.photo, self.frame, self.size = decoded.photo, decoded.frame, decoded.size
+
+    def full_photo(self, predictor: Predictor) -> torch.Tensor:
+        """The photo at full resolution: kept from decoding, or decoded again
+        (on the CPU the workers keep only the frame its model was expected to need)."""
+        if self.photo is None:
+            self.photo = decode(self.source.data, name=str(self.path), upright=predictor.upright,
+                                device=predictor.device)
+        return self.photo
         self.views: list[_Slot] = []  # the slots of its set, when predicted as one
 
     def fail(self, error: Exception, warning: str | None = None) -> None:
@@ -451,14 +469,59 @@ class _Unit:
     check: bool = False  # test that the set shares one studio
 
 
-@dataclass
-class _Launched:
-    """A batch whose device work is queued and whose results are on their way to the host."""
-    cars: list[_Car]
-    slots: list[_Slot]  # the predicted photos, in the order of `flags` rows and `probs`
-    flags: list[tuple[list[int], torch.Tensor]] = field(default_factory=list)
-    probs: list[torch.Tensor] | None = None
-    ready: torch.cuda.Event | None = None
+class _Finisher:
+    """Runs `work` on each batch handed to `put`, in order, in a thread of its
+    own (or inline), one batch behind at most; `done` hands out the
+    predictions finished so far."""
+
+    def __init__(self, work: Callable, threaded: bool = True):
+        self._work, self._threaded = work, threaded
+        self._todo: queue.Queue = queue.Queue(maxsize=1)  # bounded: memory stays bounded
+        self._finished: deque = deque()
+        self._error: BaseException | None = None
+        self._stopped = False
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name="carmask-finish", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._todo.get()) is not None:
+            if self._error is None and not self._stopped:
+                try:
+                    self._finished.append(self._work(batch))
+                except BaseException as exc:  # handed to the caller by done()/close()
+                    self._error = exc
+
+    def put(self, batch) -> None:
+        self._check()
+        if self._threaded:
+            self._todo.put(batch)
+        else:
+            self._finished.append(self._work(batch))
+
+    def done(self) -> Iterator[Prediction]:
+        self._check()
+        while self._finished:
+            yield from self._finished.popleft()
+
+    def close(self) -> Iterator[Prediction]:
+        """The rest of the predictions, once every batch is finished."""
+        if self._threaded:
+            self._todo.put(None)
+            self._thread.join()
+            self._threaded = False
+        yield from self.done()
+
+    def stop(self) -> None:
+        """Let the thread end without more work (the caller stopped reading)."""
+        self._stopped = True
+        if self._threaded:
+            self._todo.put(None)
+            self._threaded = False
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _to_host(tensor: torch.Tensor) -> torch.Tensor:

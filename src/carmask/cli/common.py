@@ -18,10 +18,10 @@ def fail(message: str) -> None:
     click.echo(f"carmask: {message}", err=True)
 
 
-def make_predictor(model, device, batch_size, compile=False):
+def make_predictor(model, device, batch_size, compile=False, **options):
     from carmask.predict import Predictor
     try:
-        return Predictor(model, device=device, batch_size=batch_size, compile=compile)
+        return Predictor(model, device=device, batch_size=batch_size, compile=compile, **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

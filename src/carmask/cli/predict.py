@@ -42,14 +42,16 @@ def predict(photo_dir, output, model, output_size, device, batch_size, overwrite
         finally:
             predictor.close()
     else:
-        _write_submission(make_predictor(model, device, batch_size, compile_model), photo_dir, output,
-                          output_size, overwrite)
+        # masks on the stored pixel grid (Kaggle's convention), not turned by EXIF
+        _write_submission(make_predictor(model, device, batch_size, compile_model, upright=False), photo_dir,
+                          output, output_size, overwrite)
 
 
 def _ray_predictor(model, device, batch_size, actors, address):
     try:
         from carmask.ray_engine import RayPredictor
-        return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address)
+        return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address,
+                            upright=False)  # masks on the stored pixel grid, as Kaggle's
     except (ImportError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
