@@ -27,6 +27,7 @@ import io
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -70,15 +71,19 @@ def child_run(photo_dir: Path, out: Path, device: str, batch_size: int, model, c
     predictor = Predictor(model, device=device, batch_size=batch_size, compile=compile, **options)
     writer = SubmissionWriter(out, overwrite=True)
     sets = group_by_car(find_photos([photo_dir]))
-    ready = time.perf_counter()
+    ready = last = time.perf_counter()
     photos = 0
     for prediction in predictor.predict_sets(sets, encode=True):
         photos += 1
         if not prediction.error:
             writer.write(prediction.path.name, prediction.runs)
+        if time.perf_counter() - last > 2:  # progress, for a run stopped by the time limit
+            last = time.perf_counter()
+            print(json.dumps({"photos": photos, "predicting_s": round(last - ready, 2)}), flush=True)
     writer.finish()
     done = time.perf_counter()
-    figures = {"photos": photos, "predicting_s": round(done - ready, 2), "start_s": round(ready - start, 2)}
+    figures = {"photos": photos, "predicting_s": round(done - ready, 2), "start_s": round(ready - start, 2),
+               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     if predictor.device.type == "cuda":
         figures["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         figures["nvjpeg"] = getattr(getattr(predictor, "decoder", None), "uses_nvjpeg", False)
@@ -86,7 +91,8 @@ def child_run(photo_dir: Path, out: Path, device: str, batch_size: int, model, c
 
 
 def end_to_end(photo_dir: Path, args, nvjpeg="auto", src: Path | None = None) -> dict:
-    """A child process predicts the folder (`src`: import carmask from there)."""
+    """A child process predicts the folder (`src`: import carmask from there).
+    Past `args.time_limit` seconds it is stopped, and the rows it wrote count."""
     env = {**os.environ, **({"PYTHONPATH": str(src)} if src else {})}
     with tempfile.TemporaryDirectory() as tmp:
         if args.repeat > 1:
@@ -96,17 +102,26 @@ def end_to_end(photo_dir: Path, args, nvjpeg="auto", src: Path | None = None) ->
         command += ["--model", args.model] if args.model else []
         command += ["--compile"] if args.compile else []
         start = time.perf_counter()
-        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        output = child.stdout.read()
-        _, status, usage = os.wait4(child.pid, 0)
+        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            output, errors = child.communicate(timeout=args.time_limit)
+            stopped = False
+        except subprocess.TimeoutExpired:
+            child.kill()
+            output, errors = child.communicate()
+            stopped = True
         seconds = time.perf_counter() - start
-        if status:
-            raise RuntimeError(f"the prediction run failed (status {status}): {' '.join(command)}")
-        rows = sum(1 for _ in open(f"{tmp}/sub.csv")) - 1
-    inner = json.loads(output.strip().splitlines()[-1])
+        if child.returncode and not stopped:
+            raise RuntimeError(f"the prediction run failed: {' '.join(command)}\n{errors[-2000:]}")
+        rows = 0 if stopped else sum(1 for _ in open(f"{tmp}/sub.csv")) - 1
+    lines = output.strip().splitlines()
+    inner = json.loads(lines[-1]) if lines else {"photos": 0, "predicting_s": 0}
+    if stopped:  # the child's last progress line
+        return {"photos": inner["photos"], "seconds": round(seconds, 2), "stopped_after_s": args.time_limit,
+                "photos_per_s": round(inner["photos"] / seconds, 1),
+                "predicting_photos_per_s": round(inner["photos"] / max(inner["predicting_s"], 1e-9), 1)}
     return {"photos": rows, "seconds": round(seconds, 2), "photos_per_s": round(rows / seconds, 1),
-            "predicting_photos_per_s": round(rows / inner["predicting_s"], 1),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024), **inner}
+            "predicting_photos_per_s": round(rows / inner["predicting_s"], 1), **inner}
 
 
 def breakdown(photo_sets, args, nvjpeg="auto") -> dict:
@@ -173,6 +188,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nvjpeg", default="auto", choices=["auto", "on", "off", "both"],
                    help="decode JPEGs on the GPU (torchvision); both: a run with and one without")
     p.add_argument("--no-cutout", action="store_true", help="skip the single cut-out latency")
+    p.add_argument("--time-limit", type=float, default=3600, help="seconds after which an end-to-end run "
+                                                                   "is stopped (its rows so far count)")
     p.add_argument("--child", nargs=2, metavar=("PHOTO_DIR", "OUT"), help=argparse.SUPPRESS)
     return p
 
@@ -217,8 +234,10 @@ def report(figures: dict) -> None:
     print("| run | photos | seconds | photos/s | photos/s predicting | peak RSS MiB | peak GPU MiB |")
     print("|---|---|---|---|---|---|---|")
     for name, e in runs:
-        print(f"| {name} | {e['photos']} | {e['seconds']} | {e['photos_per_s']} | {e['predicting_photos_per_s']} "
-              f"| {e['peak_rss_mib']} | {e.get('peak_gpu_mib', '-')} |")
+        print(f"| {name} | {e['photos']} | {e['seconds']} | {e['photos_per_s']} "
+              f"| {e['predicting_photos_per_s']}{' (stopped)' if 'stopped_after_s' in e else ''} "
+              f"| {e.get('peak_rss_mib', '-')} "
+              f"| {e.get('peak_gpu_mib', '-')} |")
     if "baseline" in figures:
         for v, e in figures["end_to_end"].items():
             print(f"this commit (nvjpeg {v}) / baseline: {e['photos_per_s'] / figures['baseline']['photos_per_s']:.2f}x")
