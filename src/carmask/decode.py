@@ -88,12 +88,19 @@ def decode(source, *, name=None, upright: bool = True, device="cpu") -> torch.Te
 class Decoder:
     """Decodes photos in `workers` threads, ahead of their use; `gather`
     brings a batch of them to `device`. `nvjpeg`: "auto" (where torchvision
-    can decode on this CUDA device), True (required) or False."""
+    can decode on this CUDA device), True (required) or False. `lock`: held
+    while nvjpeg decodes; whoever else queues work on the device from another
+    thread holds it too (see `_nvjpeg_decoder`)."""
 
-    def __init__(self, device: torch.device, workers: int, upright: bool = True, nvjpeg="auto"):
-        self.device, self.upright = torch.device(device), upright
+    def __init__(self, device: torch.device, workers: int, upright: bool = True, nvjpeg="auto",
+                 lock: threading.Lock | None = None):
+        self.device, self.upright, self.lock = torch.device(device), upright, lock or threading.Lock()
         self._pin = self.device.type == "cuda"
         self._nvjpeg = _nvjpeg_decoder(self.device, required=nvjpeg is True) if nvjpeg else None
+        # Pillow frees a decoded photo's memory to the system at once by default;
+        # faulting fresh pages in for every 10 MB photo costs about as much as
+        # decoding it, so let Pillow keep a few blocks for the next photos.
+        Image.core.set_blocks_max(max(Image.core.get_blocks_max(), 2 * workers + 2))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="carmask-decode")
         self._lock = threading.Lock()
         self.seconds = 0.0  # decoding time summed over the workers (and nvjpeg calls)
@@ -153,7 +160,8 @@ class Decoder:
     def _decode_jpegs(self, jpegs: list[_Encoded]) -> list:
         """nvjpeg over the batch; Pillow for all of it if nvjpeg refuses any."""
         try:
-            return self._nvjpeg([jpeg.data for jpeg in jpegs])
+            with self.lock:
+                return self._nvjpeg([jpeg.data for jpeg in jpegs])
         except RuntimeError:
             out = []
             for jpeg in jpegs:
@@ -219,7 +227,8 @@ def _nvjpeg_decoder(device: torch.device, required: bool):
         inputs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
         # pytorch/vision#9606: the CUDA decoder writes into memory handed out
         # on this stream without waiting for the kernels queued on it that
-        # still read that memory, so nothing may be queued when it starts.
+        # still read that memory, so nothing may be queued when it starts
+        # (and no other thread may queue work until it is done: Decoder.lock).
         torch.cuda.synchronize(device)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -102,7 +102,7 @@ def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.n
         return _from_array(source, name)
     image = source if isinstance(source, Image.Image) else _open(source, name)
     try:
-        if upright:
+        if upright and image.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
             image = ImageOps.exif_transpose(image)
         return np.asarray(_to_rgb(image))
     except ImageError:

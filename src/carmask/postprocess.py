@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from carmask.rle import boundary_flags, mask_rows
+from carmask.rle import row_flags
 from carmask.views import Box, resize_map
 
 THRESHOLD = 0.5
@@ -69,12 +69,13 @@ class Placed:
     size: tuple[int, int]  # the output's (width, height)
 
     def full(self) -> torch.Tensor:
-        """H x W float32 probabilities on the device."""
+        """H x W float32 probabilities in [0, 1] on the device."""
         width, height = self.size
+        probs = self.probs.clamp(0, 1)  # a resize's rounding can step just past 1
         if self.box == (0, 0, width, height):
-            return self.probs
-        out = self.probs.new_zeros((height, width))
-        out[self.box.top:self.box.bottom, self.box.left:self.box.right] = self.probs
+            return probs
+        out = probs.new_zeros((height, width))
+        out[self.box.top:self.box.bottom, self.box.left:self.box.right] = probs
         return out
 
 
@@ -94,24 +95,13 @@ def place(probs: torch.Tensor, boxes: list[Box], frame: tuple[int, int],
     placed = []
     for p, box, size in zip(probs, boxes, sizes):
         box = output_box(box, frame, size)
-        resized = resize_map(p[None, None], (box.right - box.left, box.bottom - box.top))[0, 0]
-        placed.append(Placed(resized.clamp_(0, 1), box, tuple(size)))  # rounding can step past 1
+        placed.append(Placed(resize_map(p[None, None], (box.right - box.left, box.bottom - box.top))[0, 0],
+                             box, tuple(size)))
     return placed
 
 
-def mask_flags(placed: list[Placed]) -> list[tuple[list[int], torch.Tensor]]:
-    """The run-boundary flags (`rle.boundary_flags`) of every photo's mask
-    (probability > THRESHOLD), photos of one output size together: a list of
-    (their indices in `placed`, flags) on the device. Fixed-size, so the copy
-    to the host need not wait for anything."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, p in enumerate(placed):
-        groups.setdefault(p.size, []).append(i)
-    out = []
-    for size, members in groups.items():
-        rows, masks = mask_rows(len(members), size, placed[members[0]].probs.device)
-        for mask, i in zip(masks, members):
-            box = placed[i].box
-            torch.gt(placed[i].probs, THRESHOLD, out=mask[box.top:box.bottom, box.left:box.right])
-        out.append((members, boundary_flags(rows)))
-    return out
+def mask_flags(placed: list[Placed]) -> torch.Tensor:
+    """The run-boundary flags of every photo's mask (probability > THRESHOLD)
+    inside its box (`rle.row_flags`), on the device, one flat tensor;
+    `rle.box_boundaries` reads each photo's runs out of its part."""
+    return row_flags([p.probs for p in placed], THRESHOLD)

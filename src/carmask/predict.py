@@ -34,13 +34,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from carmask import models
 from carmask.decode import Decoded, Decoder, Source, decode
 from carmask.devices import pick_device, usable_cores
 from carmask.io import ImageError, PhotoSet
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
-from carmask.rle import encode, encode_boundaries, flags_to_boundaries
+from carmask.rle import box_boundaries, encode, encode_boundaries
 from carmask.views import MIN_VIEWS, Box, Inputs, NotEnoughViews, car_inputs, frames, model_inputs
 
 SETS = ("auto", "always", "never")
@@ -119,22 +120,28 @@ class Predictor:
         self.compile = compile
         self.batch_size = batch_size
         self.tta = tta  # also predict the mirrored photo and average
-        self.workers = workers or usable_cores()  # decoding threads (Pillow releases the GIL)
+        # Decoding threads (Pillow releases the GIL): one per core, less the one
+        # that the device work itself takes when the device is the CPU.
+        self.workers = workers or max(1, usable_cores() - (self.device.type == "cpu"))
         self.model_name = model
         self.upright, self.sets, self.nvjpeg, self.refine = upright, sets, nvjpeg, refine
         self.stage_seconds: dict[str, float] | None = dict.fromkeys(STAGES, 0.0) if profile else None
         self._models: dict[str, models.Segmenter] = {}
         self._forwards: dict[int, Callable] = {}
         self._decoder: Decoder | None = None
+        # Held while work is queued on the device outside the decoding thread,
+        # and while nvjpeg decodes (which must find nothing queued).
+        self._device_lock = threading.Lock()
 
     # -- models ---------------------------------------------------------------
     def _load(self, name) -> models.Segmenter:
         key = str(name)
         if key not in self._models:
             model, _ = models.load(name)
-            model = model.to(self.device)
-            if self.device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
+            if isinstance(model, torch.nn.Module):  # an ONNX model runs as it is
+                # for inference only: batch norms folded into their convolutions;
+                # channels last on the CPU too, where the U-Net takes 40% less time
+                model = _fold_batch_norms(model).to(self.device).to(memory_format=torch.channels_last)
             self._models[key] = model
         return self._models[key]
 
@@ -148,7 +155,7 @@ class Predictor:
     def decoder(self) -> Decoder:
         """The decoding threads (and nvjpeg), made on first use."""
         if self._decoder is None:
-            self._decoder = Decoder(self.device, self.workers, self.upright, self.nvjpeg)
+            self._decoder = Decoder(self.device, self.workers, self.upright, self.nvjpeg, self._device_lock)
         return self._decoder
 
     # -- the network ----------------------------------------------------------
@@ -168,9 +175,9 @@ class Predictor:
         forward, count = self._forward(model), len(batch)
         if self.compile and count < self.batch_size:  # one shape: no recompiling, one graph
             batch = torch.cat([batch, batch.new_zeros((self.batch_size - count,) + batch.shape[1:])])
+        batch = batch.contiguous(memory_format=torch.channels_last)
         if self.device.type != "cuda":
             return torch.sigmoid(forward(batch))[:count]
-        batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             return torch.sigmoid(forward(batch).float())[:count]
 
@@ -195,7 +202,7 @@ class Predictor:
         (`Prediction.runs`), found on the predictor's device, instead of
         full-size probabilities."""
         cars = (_Car(s.car, [Source(Path(p), p) for p in s.paths]) for s in photo_sets)
-        return self._stream(cars, output_size, encode, lookahead)
+        return self._stream(cars, output_size, encode, lookahead, throughput=True)
 
     def predict_views(self, views: Sequence[tuple[str, object]],
                       output_size: tuple[int, int] | None = None) -> list[Prediction]:
@@ -231,7 +238,16 @@ class Predictor:
         return inputs.x.permute(0, 2, 3, 1).cpu().numpy(), inputs.boxes
 
     # -- the stream -----------------------------------------------------------
-    def _stream(self, cars: Iterable[_Car], output_size, encode: bool, lookahead: int) -> Iterator[Prediction]:
+    def _stream(self, cars: Iterable[_Car], output_size, encode: bool, lookahead: int,
+                throughput: bool = False) -> Iterator[Prediction]:
+        """Predictions for the cars, in order. `throughput` (a stream of many
+        cars on the CPU): torch ops run on one thread each, since the decoding
+        workers and the finishing thread already keep every core busy, and
+        torch's own threads only wait for one another then."""
+        with _single_threaded_torch(throughput and self.device.type == "cpu"):
+            yield from self._stream_batches(cars, output_size, encode, lookahead)
+
+    def _stream_batches(self, cars, output_size, encode: bool, lookahead: int) -> Iterator[Prediction]:
         decoder, pending = self.decoder, deque()
         cars, decoded_before = iter(cars), decoder.seconds
 
@@ -311,7 +327,7 @@ class Predictor:
         the boxes, (refine,) threshold and run-boundary flags on the device,
         copied to pinned host memory, read there."""
         cars, runs = computed
-        with self._stage("postprocess"):
+        with self._device_lock, self._stage("postprocess"):
             placed: list[tuple[_Slot, Placed]] = []
             for model, members, inputs, probs in runs:
                 sizes = [output_size or slot.size for slot in members]
@@ -322,7 +338,7 @@ class Predictor:
             for slot in slots:
                 slot.photo, slot.frame, slot.views = None, None, []  # only the results travel on
             if encode:
-                flags = [(members, _to_host(f)) for members, f in mask_flags([p for _, p in placed])]
+                flags = _to_host(mask_flags([p for _, p in placed]))
             else:
                 probs = [_to_host(p.full()) for _, p in placed]
             if self.device.type == "cuda":
@@ -332,10 +348,11 @@ class Predictor:
             if self.device.type == "cuda":
                 ready.synchronize()
             if encode:
-                for members, host in flags:
-                    rows = host.numpy()
-                    for row, i in zip(rows, members):
-                        slots[i].runs = flags_to_boundaries(row)
+                host, start = flags.numpy(), 0
+                for slot, (_, p) in zip(slots, placed):
+                    end = start + p.probs.shape[0] * (p.probs.shape[1] + 1)
+                    slot.runs = box_boundaries(host[start:end], p.box, p.size[0])
+                    start = end
             else:
                 for slot, host in zip(slots, probs):
                     slot.probs = host.numpy()
@@ -522,6 +539,42 @@ class _Finisher:
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Each BatchNorm2d that follows a Conv2d in a Sequential folded into the
+    convolution (inference only: the same outputs to rounding, 10-15% less time)."""
+    for block in model.modules():
+        if isinstance(block, torch.nn.Sequential):
+            for i in range(len(block) - 1):
+                if isinstance(block[i], torch.nn.Conv2d) and isinstance(block[i + 1], torch.nn.BatchNorm2d):
+                    block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), torch.nn.Identity()
+    return model
+
+
+_THREADS_LOCK = threading.Lock()
+_THREADS_HELD: list[int] = []  # torch's thread count before the first stream that holds it at 1
+
+
+@contextmanager
+def _single_threaded_torch(active: bool):
+    """torch's intra-op threads at 1 while any such stream runs (streams may
+    overlap, in threads of their own), then back to what they were."""
+    if not active:
+        yield
+        return
+    with _THREADS_LOCK:
+        if not _THREADS_HELD:
+            _THREADS_HELD.append(torch.get_num_threads())
+            torch.set_num_threads(1)
+        _THREADS_HELD.append(0)
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_HELD.pop()
+            if len(_THREADS_HELD) == 1:
+                torch.set_num_threads(_THREADS_HELD.pop())
 
 
 def _to_host(tensor: torch.Tensor) -> torch.Tensor:

@@ -16,33 +16,42 @@ def run_boundaries(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(padded[1:] != padded[:-1])
 
 
-def mask_rows(count: int, size: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed rows for `count` masks of `size` (width, height), and the masks
-    as N x H x W views into them: fill the masks, then `boundary_flags(rows)`.
-    A row holds one False, the mask's pixels row-major, then False up to a
-    length of a multiple of 8, plus one."""
-    width, height = size
-    length = width * height + 1
-    rows = torch.zeros((count, -(-length // 8) * 8 + 1), dtype=torch.bool, device=device)
-    return rows, rows[:, 1:length].view(count, height, width)
+def row_flags(probs: list[torch.Tensor], threshold: float) -> torch.Tensor:
+    """Where each mask's runs start and end, row by row, on the masks' device
+    (a GPU): for h x w probabilities, the mask `probs > threshold` gives h x
+    (w + 1) flags, flag (r, c) set where pixel c of row r differs from pixel
+    c - 1 (the pixels before and after a row count as background). One flat
+    tensor, mask after mask: its size is known beforehand, so the copy to
+    the host waits for no count. `box_boundaries` reads a mask's part out."""
+    sizes = [p.shape[0] * (p.shape[1] + 1) for p in probs]
+    flags = torch.empty(sum(sizes), dtype=torch.bool, device=probs[0].device if probs else "cpu")
+    for p, part in zip(probs, flags.split(sizes)):
+        height, width = p.shape
+        padded = p.new_zeros((height, width + 2), dtype=torch.bool)
+        torch.gt(p, threshold, out=padded[:, 1:-1])
+        torch.ne(padded[:, 1:], padded[:, :-1], out=part.view(height, width + 1))
+    return flags
 
 
-def boundary_flags(rows: torch.Tensor) -> torch.Tensor:
-    """Where runs start and end, on the masks' own device (a GPU): flag i of a
-    row is set where flat pixel i differs from pixel i - 1 (outside the mask
-    counts as background). A fixed size (a multiple of 8 per mask), so the
-    copy back never waits for a count; `flags_to_boundaries` reads the
-    indices out on the host. `rows` as `mask_rows` makes them."""
-    return rows[:, 1:] != rows[:, :-1]
+def box_boundaries(flags: np.ndarray, box, width: int) -> np.ndarray:
+    """`run_boundaries` of a mask `width` pixels wide that is background
+    outside `box` (left, top, right, bottom), from the `row_flags` of its box."""
+    box_width = box[2] - box[0]
+    row, col = np.divmod(_set_flags(flags), box_width + 1)
+    edges = (box[1] + row) * width + box[0] + col
+    if box_width == width:  # whole rows: a run reaching a row's end goes on at the next row's start
+        joined = np.flatnonzero(edges[1:] == edges[:-1])
+        edges = np.delete(edges, np.concatenate([joined, joined + 1]))
+    return edges
 
 
-def flags_to_boundaries(flags: np.ndarray) -> np.ndarray:
-    """`run_boundaries` from one row of `boundary_flags`: the set flags'
-    indices, found eight at a time (masks change in few places)."""
+def _set_flags(flags: np.ndarray) -> np.ndarray:
+    """Indices of the set flags, found eight at a time (masks change in few places)."""
     flags = np.ascontiguousarray(flags, dtype=bool)
-    words = np.flatnonzero(flags.view(np.uint64))
-    within = np.flatnonzero(flags.reshape(-1, 8)[words])
-    return words[within // 8] * 8 + within % 8
+    whole = len(flags) // 8 * 8
+    words = np.flatnonzero(flags[:whole].view(np.uint64))
+    within = np.flatnonzero(flags[:whole].reshape(-1, 8)[words])
+    return np.concatenate([words[within // 8] * 8 + within % 8, whole + np.flatnonzero(flags[whole:])])
 
 
 def encode_boundaries(edges: np.ndarray) -> str:
