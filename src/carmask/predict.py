@@ -413,8 +413,10 @@ class Predictor:
                 for unit in kept:
                     for slot in unit.slots:
                         slot.views = unit.slots
-                index = torch.tensor(rows, device=inputs.x.device)
-                runs.append((model, kept, Inputs(inputs.x[index], [inputs.boxes[r] for r in rows], None)))
+                if len(rows) < len(inputs.boxes):  # some sets left for single photos
+                    index = torch.tensor(rows, device=inputs.x.device)
+                    inputs = Inputs(inputs.x[index], [inputs.boxes[r] for r in rows], None)
+                runs.append((model, kept, inputs))
         if singles:
             model = self.model_for(1)
             if model.spec.needs_views:

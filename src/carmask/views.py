@@ -175,13 +175,9 @@ def _median(views: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _mean(views: torch.Tensor) -> torch.Tensor:
-    """Per-pixel mean over dim 1 of uint8 views, rounded half to even (numpy's round)."""
-    n = views.shape[1]
-    total = views.sum(dim=1, dtype=torch.int32)
-    quotient = torch.div(total, n, rounding_mode="floor")
-    twice_rest = 2 * (total - quotient * n)
-    up = (twice_rest > n) | ((twice_rest == n) & (quotient % 2 == 1))
-    return (quotient + up.int()).to(torch.uint8)
+    """Per-pixel mean over dim 1 of uint8 views, rounded half to even (numpy's
+    round). In float32 the sums are exact and a mean that is a half is too."""
+    return views.sum(dim=1, dtype=torch.float32).div_(views.shape[1]).round_().to(torch.uint8)
 
 
 def backgrounds(frames: torch.Tensor, counts: Sequence[int]) -> Backgrounds:
