@@ -218,8 +218,7 @@ class Predictor:
         H x W probabilities; `views`: the car's other views (same kinds).
         Raises `ImageError` or `NotEnoughViews`; a warning (e.g. views that do
         not share a studio) goes to `warnings.warn`."""
-        label = lambda source, default: str(source) if isinstance(source, (str, os.PathLike)) else default  # noqa: E731
-        named = [(label(photo, "photo"), photo)] + [(label(v, f"view {i}"), v) for i, v in enumerate(views, 2)]
+        named = [(_label(photo, "photo"), photo)] + [(_label(v, f"view {i}"), v) for i, v in enumerate(views, 2)]
         prediction = self.predict_views(named, output_size)[0]
         if prediction.error:
             raise prediction.exception
@@ -585,6 +584,11 @@ def _to_host(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     return host.copy_(tensor, non_blocking=True)
+
+
+def _label(source, default: str) -> str:
+    """A photo's name in messages: its path, else `default` (bytes, arrays, images)."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else default
 
 
 def _names(slots: Sequence[_Slot]) -> str:

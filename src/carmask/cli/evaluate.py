@@ -44,7 +44,7 @@ def evaluate(data_dir, model, output_size, device, batch_size, masks, cars_file,
                    f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
                    f"{loss['hard']:.5f} resizing hard masks (nearest)")
     check_model(model)
-    predictor = make_predictor(model, device, batch_size)
+    predictor = make_predictor(model, device, batch_size, upright=False)  # the masks' stored pixel grid
     with tqdm(total=sum(len(s.paths) for s in sets), unit="photo", desc="evaluating", file=sys.stderr) as bar:
         scores = run_evaluation(predictor, data_dir, masks, output_size, cars, progress=bar.update)
     for reason in scores.skipped:
