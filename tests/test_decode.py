@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from carmask.decode import Decoder, Source, _jpeg_for_nvjpeg
-from carmask.io import find_photos, group_by_car, read_photo
+from carmask.decode import Decoder, Source, _batch_decoder, _jpeg_for_nvjpeg, to_tensor
+from carmask.io import ImageError, find_photos, group_by_car, read_photo
 from carmask.predict import Predictor
 from carmask.synth import make_dataset
 
@@ -102,17 +102,62 @@ def test_decoder_names_unreadable_photos(tmp_path):
     decoder.close()
 
 
-def _nvjpeg_works() -> bool:
-    if not torch.cuda.is_available():
-        return False
+def test_the_batch_decoding_path_on_the_cpu(big_set, tmp_path):
+    """The path nvjpeg takes (JPEG bytes gathered, decoded in one call per
+    batch), with a stand-in decoder: photos in order, what nvjpeg must not
+    take left to Pillow, and a batch it refuses decoded by Pillow."""
+    calls = []
+
+    def stand_in(datas):
+        calls.append(len(datas))
+        return [to_tensor(read_photo(data)) for data in datas]
+
+    bad = tmp_path / "bad_01.jpg"
+    bad.write_bytes(b"\xff\xd8 a JPEG marker, then nothing")
+    sources = [Source(p, p) for p in big_set[:3]] + [Source(bad, bad), Source("png", as_png(big_set[3]))]
+    expected = [read_photo(p) for p in big_set[:4]]
+    for decoder_function in (stand_in, _refuse):
+        decoder = Decoder(torch.device("cpu"), 2, nvjpeg=decoder_function)
+        out = decoder.gather([decoder.submit(s) for s in sources])
+        assert isinstance(out[3], ImageError) and "bad_01.jpg" in str(out[3])
+        for decoded, photo in zip(out[:3] + out[4:], expected[:3] + expected[3:]):
+            assert np.array_equal(decoded.photo.permute(1, 2, 0).numpy(), photo)
+        decoder.close()
+    assert calls == [3]  # one batch: the three JPEG files
+
+
+def _refuse(datas):
+    raise RuntimeError("nvjpeg refuses this batch")
+
+
+def as_png(path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _torchvision_loads() -> bool:
     try:
         import torchvision.io  # noqa: F401
-    except Exception:
+    except Exception:  # absent, or a build that does not load beside this torch
         return False
     return True
 
 
-@pytest.mark.skipif(not _nvjpeg_works(), reason="needs CUDA and torchvision (nvjpeg)")
+@pytest.mark.skipif(not _torchvision_loads(), reason="needs torchvision")
+def test_torchvisions_batch_decoder_gives_pillows_pixels(big_set):
+    """The call that nvjpeg gets on a GPU, made on the CPU: torchvision's
+    decoder takes the list and gives Pillow's pixels."""
+    predictor = Predictor(device="cpu", nvjpeg=_batch_decoder(torch.device("cpu")))
+    assert predictor.decoder.uses_nvjpeg
+    batch = [p.probs for p in predictor.predict_views([(p.name, p) for p in big_set])]
+    pillow = [p.probs for p in Predictor(device="cpu", nvjpeg=False).predict_views([(p.name, p) for p in big_set])]
+    for a, b in zip(batch, pillow):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and _torchvision_loads()),
+                    reason="needs CUDA and torchvision (nvjpeg)")
 def test_nvjpeg_agrees_with_the_cpu_decoder(big_set):
     """nvjpeg decodes what Pillow decodes (to a few grey levels), even when
     the decode follows kernels still queued on freed memory (pytorch/vision#9606)."""

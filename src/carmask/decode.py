@@ -88,7 +88,8 @@ def decode(source, *, name=None, upright: bool = True, device="cpu") -> torch.Te
 class Decoder:
     """Decodes photos in `workers` threads, ahead of their use; `gather`
     brings a batch of them to `device`. `nvjpeg`: "auto" (where torchvision
-    can decode on this CUDA device), True (required) or False. `lock`: held
+    can decode on this CUDA device), True (required), False, or a function
+    that decodes a list of JPEG bytes in one batch (a stand-in). `lock`: held
     while nvjpeg decodes; whoever else queues work on the device from another
     thread holds it too (see `_nvjpeg_decoder`)."""
 
@@ -96,7 +97,10 @@ class Decoder:
                  lock: threading.Lock | None = None):
         self.device, self.upright, self.lock = torch.device(device), upright, lock or threading.Lock()
         self._pin = self.device.type == "cuda"
-        self._nvjpeg = _nvjpeg_decoder(self.device, required=nvjpeg is True) if nvjpeg else None
+        if callable(nvjpeg):  # a stand-in batch decoder (tests)
+            self._nvjpeg = nvjpeg
+        else:
+            self._nvjpeg = _nvjpeg_decoder(self.device, required=nvjpeg is True) if nvjpeg else None
         # Pillow frees a decoded photo's memory to the system at once by default;
         # faulting fresh pages in for every 10 MB photo costs about as much as
         # decoding it, so let Pillow keep a few blocks for the next photos.
@@ -210,38 +214,42 @@ def _jpeg_for_nvjpeg(source: Source, upright: bool) -> bytes | None:
 def _nvjpeg_decoder(device: torch.device, required: bool):
     """A function from JPEG bytes to 3 x H x W uint8 tensors on `device` by
     nvjpeg, or None where torchvision cannot decode there."""
-    if device.type != "cuda":
-        if required:
-            raise ValueError("nvjpeg decoding needs a CUDA device")
-        return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torchvision's deprecation notes about its decoders
-            from torchvision.io import ImageReadMode, decode_jpeg
-    except Exception as exc:  # not installed, or a build that does not load beside this torch
+        if device.type != "cuda":
+            raise ValueError("nvjpeg decoding needs a CUDA device")
+        decode = _batch_decoder(device)
+        probe = _io.BytesIO()  # a build without nvjpeg fails here, not in the middle of a run
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(probe, "JPEG")
+        decode([probe.getvalue()])
+    except Exception as exc:  # not installed, a build that does not load beside this torch, no nvjpeg
         if required:
-            raise ValueError(f"nvjpeg decoding needs torchvision with CUDA ({exc})") from None
+            raise ValueError(f"nvjpeg decoding does not work on {device}: {exc}") from None
         return None
+    return decode
+
+
+# torchvision 0.29 deprecates its decoders in favour of torchcodec (0.26, on the GPU machines, does not)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+
+
+def _batch_decoder(device: torch.device):
+    """torchvision's batched JPEG decoder onto `device` (nvjpeg on a GPU), as
+    a function from a list of JPEG bytes to 3 x H x W uint8 tensors."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    cuda = device.type == "cuda"
 
     def decode(datas: list[bytes]) -> list[torch.Tensor]:
         inputs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
-        # pytorch/vision#9606: the CUDA decoder writes into memory handed out
-        # on this stream without waiting for the kernels queued on it that
-        # still read that memory, so nothing may be queued when it starts
-        # (and no other thread may queue work until it is done: Decoder.lock).
-        torch.cuda.synchronize(device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            photos = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
-        torch.cuda.synchronize(device)  # its own stream: done before this stream reads the photos
+        if cuda:
+            # pytorch/vision#9606: the CUDA decoder writes into memory handed
+            # out on this stream without waiting for the kernels queued on it
+            # that still read that memory, so nothing may be queued when it
+            # starts (and no other thread may queue work until it is done:
+            # Decoder.lock).
+            torch.cuda.synchronize(device)
+        photos = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
+        if cuda:
+            torch.cuda.synchronize(device)  # its own stream: done before this stream reads the photos
         return photos
 
-    try:  # a probe: a build without nvjpeg fails here, not in the middle of a run
-        probe = _io.BytesIO()
-        Image.new("RGB", (16, 16), (200, 30, 30)).save(probe, "JPEG")
-        decode([probe.getvalue()])
-    except Exception as exc:
-        if required:
-            raise ValueError(f"nvjpeg decoding does not work on {device} ({exc})") from None
-        return None
     return decode
