@@ -261,7 +261,7 @@ def model_inputs(frames: torch.Tensor, counts: Sequence[int], spec: InputSpec) -
     share, boxes = None, torch.tensor([[0, 0, width, height]] * len(frames))
     if spec.needs_views:
         car = torch.repeat_interleave(torch.arange(len(counts), device=frames.device),
-                                      torch.tensor(counts, device=frames.device))
+                                      torch.tensor(counts, device=frames.device), output_size=len(frames))
         background = backgrounds(frames, counts)
         planes["median_diff"] = absdiff(frames, background.median[car])
         planes["mean_diff"] = absdiff(frames, background.mean[car])
