@@ -111,3 +111,13 @@ def test_files_are_created_with_the_umask(tmp_path):
         os.umask(old)
     for name in ("x.txt", "sub.csv"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640
+
+
+def test_a_run_that_wrote_no_row_leaves_nothing_to_trip_on(tmp_path):
+    out = tmp_path / "sub.csv"
+    SubmissionWriter(out, run=RUN).close()  # e.g. the model failed to load
+    assert list(tmp_path.iterdir()) == []
+    other = {**RUN, "tta": True}
+    (tmp_path / "sub.csv.partial").write_text("img,rle_mask\n")  # a header, no row
+    (tmp_path / "sub.csv.partial.json").write_text(json.dumps(RUN))
+    assert SubmissionWriter(out, run=other).done == set()

@@ -105,7 +105,7 @@ class SubmissionWriter:
 
     def _start(self, fd: int, overwrite: bool) -> set[str]:
         """Names already written (a resume), or none after starting afresh."""
-        empty = os.fstat(fd).st_size == 0
+        empty = os.fstat(fd).st_size <= len(HEADER)  # no row: nothing to keep
         if self.path.exists() and not overwrite:  # a run finished while this one started
             if empty and not self.record.exists():
                 self.partial.unlink()
@@ -209,10 +209,12 @@ class SubmissionWriter:
 
     def close(self) -> None:
         """Stop without publishing: rows already queued are written, and the
-        partial file stays for a resume."""
+        partial file stays for a resume (if it holds any row)."""
         self._stop()
         if self.path is None:
             self._file.flush()
+        elif not self.done:
+            self.discard()
         elif not self._file.closed:
             self._file.flush()
             self._file.close()
@@ -220,7 +222,7 @@ class SubmissionWriter:
     def discard(self) -> None:
         """Stop and leave nothing behind (a run that has no row to publish)."""
         self._stop()
-        if self.path is not None:
+        if self.path is not None and not self._file.closed:
             self.record.unlink(missing_ok=True)
             self.partial.unlink(missing_ok=True)
             self._file.close()

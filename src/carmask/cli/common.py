@@ -35,7 +35,8 @@ EXIT_STATUS = """\b
 Exit status:
   0    done
   1    done, but some inputs were skipped (each is named on stderr)
-  2    usage or input error (a bad option, no photos, an output that cannot be written)
+  2    usage or input error: a bad option, no photos, an output that
+       cannot be written
   130  interrupted"""
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1

@@ -16,7 +16,7 @@ from carmask.cli.common import (InputError, batch_option, check_model, check_out
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True,
+@click.option("-o", "--output", required=True, metavar="FILE",
               help="Submission CSV to write (img,rle_mask), or - for stdout (then not resumable).")
 @recursive_option
 @model_option
@@ -50,15 +50,40 @@ def predict(inputs, output, recursive, model, output_size, tta, device, batch_si
     if output != "-":
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
     check_model(model)
-    if engine == "ray":
-        predictor = _ray_predictor(model, device, batch_size, actors, ray_address, tta)
-        try:
-            _write_submission(predictor, photos, output, output_size, overwrite, model, tta)
-        finally:
-            predictor.close()
-    else:
-        _write_submission(make_predictor(model, device, batch_size, compile_model, tta), photos, output,
-                          output_size, overwrite, model, tta)
+    # The writer first: a refusal (output there, in use, another run's) comes before any work.
+    writer = _open_writer(output, overwrite, photos, model, output_size, tta)
+    try:
+        if engine == "ray":
+            predictor = _ray_predictor(model, device, batch_size, actors, ray_address, tta)
+            try:
+                _write_submission(predictor, writer, photos, output, output_size, model, tta)
+            finally:
+                predictor.close()
+        else:
+            _write_submission(make_predictor(model, device, batch_size, compile_model, tta), writer, photos,
+                              output, output_size, model, tta)
+    except KeyboardInterrupt:
+        writer.close()  # what was predicted stays in the partial file for a resume
+        fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
+        sys.exit(130)
+    except BaseException:
+        writer.close()
+        raise
+
+
+def _open_writer(output, overwrite, photos, model, output_size, tta):
+    from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, run_record
+    run = run_record(photos, model, output_size=output_size, tta=tta)
+    try:
+        with writing(output):
+            writer = SubmissionWriter(output, overwrite=overwrite, run=run)
+    except (FileExistsError, OutputInUse, OtherRun) as exc:
+        raise InputError(str(exc)) from None
+    if output == "-":
+        info("writing the submission to stdout: an interrupted run cannot be resumed (-o FILE can)")
+    elif writer.kept:
+        info(f"resuming: {writer.kept} rows already written")
+    return writer
 
 
 def _refuse_shared_names(photos: list[Path]) -> None:
@@ -80,46 +105,28 @@ def _ray_predictor(model, device, batch_size, actors, address, tta):
         raise click.UsageError(str(exc)) from None
 
 
-def _write_submission(predictor, photos, output, output_size, overwrite, model, tta):
+def _write_submission(predictor, writer, photos, output, output_size, model, tta):
     """The submission from either engine: rows as they come, resumable, skips named."""
     from carmask.io import group_by_car
-    from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, run_record
 
-    run = run_record(photos, model, output_size=output_size, tta=tta)
-    try:
-        with writing(output):
-            writer = SubmissionWriter(output, overwrite=overwrite, run=run)
-    except (FileExistsError, OutputInUse, OtherRun) as exc:
-        raise InputError(str(exc)) from None
-    if output == "-":
-        info("writing the submission to stdout: an interrupted run cannot be resumed (-o FILE can)")
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
-    if writer.kept:
-        info(f"resuming: {writer.kept} rows already written")
-    detail(f"{describe_predictor(model, getattr(predictor, 'device', 'Ray actors'), tta)}; {todo} photos in {len(sets)} sets to predict")
+    detail(f"{describe_predictor(model, getattr(predictor, 'device', 'Ray actors'), tta)}; "
+           f"{todo} photos in {len(sets)} sets to predict")
     skipped, start = [], time.perf_counter()
-    try:
-        with writing(output), progress(todo, "predicting") as bar:
-            for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
-                bar.update()
-                if prediction.error:
-                    skipped.append(prediction.error)
-                    fail(f"skipped {prediction.error}")
-                elif prediction.path.name not in writer.done:
-                    writer.write(prediction.path.name, prediction.runs)
-            writer.flush()
-            if not writer.done:
-                writer.discard()
-            else:
-                writer.finish()
-    except KeyboardInterrupt:
-        writer.close()
-        fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
-        sys.exit(130)
-    except BaseException:
-        writer.close()  # what was predicted stays in the partial file for a resume
-        raise
+    with writing(output), progress(todo, "predicting") as bar:
+        for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
+            bar.update()
+            if prediction.error:
+                skipped.append(prediction.error)
+                fail(f"skipped {prediction.error}")
+            elif prediction.path.name not in writer.done:
+                writer.write(prediction.path.name, prediction.runs)
+        writer.flush()
+        if writer.done:
+            writer.finish()
+        else:
+            writer.discard()
     detail(f"{todo} photos in {time.perf_counter() - start:.1f} s")
     if writer.done:
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
