@@ -103,7 +103,7 @@ def _check_sets(sets, cars, cars_file, data_dir, masks_dir):
                              f"{data_dir} (masks from {masks_dir}): {_some(missing)}")
         if missing:
             info(f"{len(missing)} of the {len(cars)} cars of {cars_file} have no photos with masks in "
-                 f"{data_dir}: {_some(missing)}")
+                 f"{data_dir} (masks from {masks_dir}): {_some(missing)}")
     elif not sets:
         raise InputError(f"no photos with masks in {data_dir} (masks from {masks_dir})")
 
