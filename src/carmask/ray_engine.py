@@ -32,7 +32,7 @@ class RayPredictor:
     """
 
     def __init__(self, model=None, device: str = "auto", batch_size: int = 16,
-                 actors: int | None = None, address: str | None = None):
+                 actors: int | None = None, address: str | None = None, tta: bool = False):
         try:
             import ray.data  # noqa: F401  (fail here, before any work, when it is missing)
         except ImportError:
@@ -46,6 +46,7 @@ class RayPredictor:
         if model is not None and Path(model).exists():
             model = str(Path(model).absolute())  # the actors may run in another folder
         self.model, self.batch_size, self.actors = model, batch_size, actors or default_actors
+        self.tta = tta
 
     def predict_sets(self, photo_sets: Iterable[PhotoSet], output_size=None,
                      encode: bool = True) -> Iterator[Prediction]:
@@ -66,7 +67,7 @@ class RayPredictor:
         blocks = max(1, math.ceil(len(rows) / CARS_PER_CALL))
         ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             SetPredictor, batch_size=CARS_PER_CALL,
-            fn_constructor_args=(self.model, self._device, self.batch_size, output_size),
+            fn_constructor_args=(self.model, self._device, self.batch_size, output_size, self.tta),
             compute=ray.data.ActorPoolStrategy(size=self.actors), **self._resources)
         # Rows in input order: the same file as a single-process run, and resumable.
         ds.context.execution_options.preserve_order = True
@@ -83,8 +84,8 @@ class RayPredictor:
 class SetPredictor:
     """A Ray Data actor: one `Predictor`, loaded once, for batches of whole cars."""
 
-    def __init__(self, model, device, batch_size, output_size):
-        self.predictor = Predictor(model, device=device, batch_size=batch_size)
+    def __init__(self, model, device, batch_size, output_size, tta=False):
+        self.predictor = Predictor(model, device=device, batch_size=batch_size, tta=tta)
         self.output_size = output_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
