@@ -54,7 +54,7 @@ def refine(photos: torch.Tensor, probs: torch.Tensor, views: torch.Tensor | None
     n, _, height, width = photos.shape
     scale = max(1, round(max(height, width) / WORK_WIDTH))
     radius = max(1, math.ceil(band * max(height, width) / scale))  # the band's half-width in grid cells
-    small = _shrink(photos.float(), scale)                           # N x 3 x h x w
+    small = _shrink(photos, scale)                                   # N x 3 x h x w
     small_probs = _shrink(probs[:, None].float(), scale)[:, 0]       # N x h x w
     cells = _band_cells(small_probs, radius)                         # N x h x w bool
     # The smooth maps, all on the grid: guided-filter coefficients (4), the
@@ -107,8 +107,10 @@ def _stretch(probs: torch.Tensor) -> torch.Tensor:
 # -- the grid --------------------------------------------------------------------------------------
 
 def _shrink(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """N x C x H x W -> the grid (mean of each scale x scale cell; edge cells partial)."""
-    return images if scale == 1 else F.avg_pool2d(images, scale, ceil_mode=True)
+    """N x C x H x W (any dtype) -> float N x C x h x w on the grid (the mean of
+    each scale x scale cell, edge cells partial), one image at a time so that
+    no full-resolution float copy of a whole set is ever made."""
+    return torch.cat([F.avg_pool2d(image[None].float(), scale, ceil_mode=True) for image in images])
 
 
 def _box(images: torch.Tensor, radius: int) -> torch.Tensor:
@@ -204,12 +206,12 @@ def _views_studio(views: torch.Tensor, view_probs: torch.Tensor | None, scale: i
     """The studio on the grid at the band's cells (NaN elsewhere): per cell the
     median of the views whose own probabilities say studio there, where at
     least MIN_STUDIO_VIEWS do (without probabilities: of every view)."""
-    small = _shrink(views.float(), scale)                                   # V x 3 x h x w
+    small = _shrink(views, scale)                                           # V x 3 x h x w
     image, row, col = cells.nonzero(as_tuple=True)
     values = small[:, :, row, col]                                          # V x 3 x K
     known = torch.ones(len(row), dtype=torch.bool, device=cells.device)
     if view_probs is not None:
-        most = F.max_pool2d(view_probs[:, None].float(), scale, ceil_mode=True)[:, 0]  # V x h x w
+        most = F.max_pool2d(view_probs[:, None].float(), scale, ceil_mode=True)[:, 0]   # V x h x w
         shows = most[:, row, col] < STUDIO_BELOW                             # V x K
         values = values.masked_fill(~shows[:, None], float("nan"))
         known = shows.sum(0) >= MIN_STUDIO_VIEWS
