@@ -5,10 +5,7 @@ Skipped when chromium, chromedriver or selenium are not installed:
 Leaves screenshots in artifacts/ (git-ignored).
 """
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from carmask.predict import Predictor  # noqa: E402
+from live_server import live_server  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 
 
@@ -34,21 +32,8 @@ from carmask.serve import create_app  # noqa: E402
 def server(rgb_model):
     """The app under uvicorn on a free loopback port, in a background thread."""
     app = create_app(Predictor(model=rgb_model, device="cpu"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with live_server(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The service on a real socket: a remove.bg client, and the bounds a hostile client meets."""
 import io
 import socket
-import threading
 import time
 import zipfile
 
@@ -14,6 +13,7 @@ pytest.importorskip("fastapi")
 requests = pytest.importorskip("requests")
 
 from carmask.predict import Predictor  # noqa: E402
+from live_server import live_server  # noqa: E402
 from carmask.serve import create_app, timed_protocol  # noqa: E402
 
 KEY = "test-key"
@@ -25,22 +25,8 @@ def server(rgb_model):
     app = create_app(Predictor(model=rgb_model, device="cpu"), max_upload_bytes=1 << 20, api_key=KEY,
                      hosts={"127.0.0.1", "localhost"}, allow_origins=["http://allowed.example:8080"],
                      body_timeout=2.0)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
-                                           http=timed_protocol(header_timeout=1.0)))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with live_server(app, http=timed_protocol(header_timeout=1.0)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +101,7 @@ def test_security_headers_and_docs(server):
     page = requests.get(server + "/")
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
-    assert 'href="/docs"' not in page.text and requests.get(server + "/docs").status_code == 404
+    assert "href=\"/docs\"" not in page.text and requests.get(server + "/docs").status_code == 404
 
 
 def test_messages_carry_no_python_internals(server):
