@@ -103,7 +103,7 @@ def real_dice(data: Path) -> dict:
     dice = {"plain": [], "refined": []}
     for photo_set in (s for s in sets if s.car in set(held_out) & with_masks):
         predictions = predictor.predict_views([(str(p), p) for p in photo_set.paths], output_size=(1918, 1280))
-        big = torch.stack([torch.from_numpy(resize(read_photo(p), (1918, 1280)))
+        big = torch.stack([torch.from_numpy(np.array(resize(read_photo(p), (1918, 1280))))
                            for p in photo_set.paths]).permute(0, 3, 1, 2).contiguous()
         probs = torch.stack([torch.from_numpy(p.probs) for p in predictions])
         for start in range(0, len(big), 4):
