@@ -130,7 +130,7 @@ def test_cutout_outputs(unseen, seed_model, rgb_model, tmp_path):
     # Existing outputs are kept unless --overwrite.
     before = single.read_bytes()
     kept = run("cutout", photo, "-o", single, "--bg", "transparent", "--model", rgb_model)
-    assert "keeping 1 existing" in kept.stderr and single.read_bytes() == before
+    assert "kept 1 existing" in kept.stderr and single.read_bytes() == before
     assert run("cutout", photo, "-o", single, "--overwrite", "--model", rgb_model).exit_code == 0
     assert single.read_bytes() != before
     bad = run("cutout", photo, "-o", tmp_path / "x.png", "--bg", "not-a-colour")
