@@ -97,7 +97,6 @@ def test_stdin_to_stdout(rgb_model, photo_path, tmp_path):
     assert b"progress" not in done.stderr and b"\r" not in done.stderr  # no bar outside a terminal
 
 
-@pytest.mark.xfail(reason="io.atomic_write honours the umask once the batch branch is merged", strict=False)
 def test_outputs_are_created_0644_under_the_umask(rgb_model, photo_path, tmp_path):
     old = os.umask(0o022)
     try:
