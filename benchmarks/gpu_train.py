@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -176,20 +177,23 @@ def write_results(out: Path, results: dict) -> None:
 
 
 def ship(name: str, run: Path, out: Path, result: dict) -> None:
-    """The best epoch in half precision, its card, and its catalog entry."""
+    """The best epoch in half precision; once it is scored (`result["figures"]`),
+    again with its figures, with its card and its catalog entry."""
     net, meta = models.load(run / "best.pt")
-    figures = result["figures"]
-    extra = {"recipe": name, "dice_512": round(figures["512"], 5), "dice_512_hflip": round(figures["512_tta"], 5),
-             "dice_1918": round(figures["1918"], 5), "dice_1918_hflip": round(figures["1918_tta"], 5),
-             "trained_on": result["machine"]}
+    extra = {"recipe": name, "trained_on": result["machine"]}
+    figures = result.get("figures")
+    if figures:
+        extra.update({"dice_512": round(figures["512"], 5), "dice_512_hflip": round(figures["512_tta"], 5),
+                      "dice_1918": round(figures["1918"], 5), "dice_1918_hflip": round(figures["1918_tta"], 5)})
     models.save(net, out / f"{name}.pt", {**meta, **extra}, half=True)
     size = (out / f"{name}.pt").stat().st_size
     if size > SHIP_LIMIT:
         log(f"warning: {name}.pt is {size / 2**20:.1f} MiB, over the 16 MiB a shipped file may take")
     result["file_mib"] = round(size / 2**20, 2)
-    result["catalog"] = {k: extra[k] for k in extra if k != "trained_on"}
-    card = model_card(name, result, meta, net.spec, size)
-    atomic_write(out / f"{name}.md", lambda tmp: tmp.write_text(card))
+    if figures:
+        result["catalog"] = {k: v for k, v in extra.items() if k != "trained_on"}
+        card = model_card(name, result, meta, net.spec, size)
+        atomic_write(out / f"{name}.md", lambda tmp: tmp.write_text(card))
 
 
 def main() -> None:
@@ -200,7 +204,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/carmask-gpu"), help="joined data, caches, runs")
     parser.add_argument("--recipes", default=RECIPES, help="in order of priority")
     parser.add_argument("--deadline", type=float, default=9.2, help="minutes for the whole run")
-    parser.add_argument("--share", type=float, default=0.7,
+    parser.add_argument("--share", type=float, default=0.75,
                         help="the first recipe's share of the training time, when another follows")
     parser.add_argument("--score-reserve", type=float, default=75.0, help="seconds kept to score a model")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -228,7 +232,22 @@ def main() -> None:
     results = {"machine": machine(args.device), "torch": torch.__version__, "started": str(datetime.datetime.now()),
                "deadline_min": args.deadline, "cars": {"train": len(cars) - len(val_cars), "val": len(val_cars),
                                                         "full_size_val": len(full_cars)}, "models": {}}
-    scoring: dict[str, Future] = {}
+    lock = threading.Lock()
+
+    def scored(name: str, future: Future) -> None:
+        """Ship a model again with its figures and card as soon as its scoring ends
+        (in the pool's thread, while the next recipe may be training)."""
+        with lock:
+            try:
+                result = results["models"][name]
+                result["figures"] = future.result()
+                ship(name, args.work / "runs" / name, args.out, result)
+                write_results(args.out, results)
+                log(f"{name}: scored in {result['figures']['score_s']:.0f}s, dice {result['figures']['512']:.4f} "
+                    f"at 512; wrote {name}.pt ({result['file_mib']} MiB) and {name}.md")
+            except Exception as exc:  # noqa: BLE001  (report it; the other model goes on)
+                log(f"{name}: scoring failed: {exc!r}")
+
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as scorer:
         for i, name in enumerate(names):
             config = recipe(name, val_cars=val_cars, **overrides)
@@ -260,20 +279,17 @@ def main() -> None:
                       "parameters": sum(p.numel() for p in models.load(run / "best.pt")[0].parameters()),
                       "val_cars": len(val_cars), "full_cars": len(full_cars), "flags": cli_flags(overrides),
                       "epochs": epochs}
-            results["models"][name] = result
             log(f"{name}: {len(epochs)} epochs in {trained_s:.0f}s of training ({train_wall:.0f}s wall), "
                 f"{result['train_images_per_s']:.0f} photos/s, best validation dice {meta['val_dice']:.4f} "
                 f"at epoch {meta['epochs']}")
-            write_results(args.out, results)
-            scoring[name] = scorer.submit(score_job, str(run / "best.pt"), str(train_dir), str(full_masks),
-                                          val_cars, full_cars, args.device)
-        for name, future in scoring.items():
-            result = results["models"][name]
-            result["figures"] = future.result()
-            ship(name, args.work / "runs" / name, args.out, result)
-            write_results(args.out, results)
-            log(f"{name}: scored in {result['figures']['score_s']:.0f}s; wrote {name}.pt "
-                f"({result['file_mib']} MiB) and {name}.md")
+            with lock:  # the weights leave at once: a run cut short still returns them
+                results["models"][name] = result
+                ship(name, run, args.out, result)
+                write_results(args.out, results)
+            future = scorer.submit(score_job, str(run / "best.pt"), str(train_dir), str(full_masks),
+                                   val_cars, full_cars, args.device)
+            future.add_done_callback(lambda done, name=name: scored(name, done))
+    # Leaving the pool waited for the scoring and its callbacks (`scored` logged any failure).
     results["catalog"] = {name: r["catalog"] for name, r in results["models"].items() if "catalog" in r}
     results["total_s"] = round(time.monotonic() - START, 1)
     write_results(args.out, results)

@@ -221,3 +221,12 @@ def test_checkpoints_are_written_0644_under_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_cli_names_a_bad_checkpoint_in_a_sentence(tmp_path, synth_data):
+    from helpers import run_cli
+    bad = checkpoint(tmp_path, arch_kwargs={"width": 8, "depth": 2})
+    result = run_cli("predict", synth_data / "test", "-o", tmp_path / "s.csv", "--model", bad)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{bad}: its weights do not fit a unet" in " ".join(result.output.split())
+    assert not (tmp_path / "s.csv").exists()

@@ -5,16 +5,15 @@ import click
 
 from carmask.cli.common import main
 
-CHANNEL_NAMES = {"rgb": "photo", "median_diff": "median diff", "mean_diff": "mean diff"}
-
-
 def describe_input(spec) -> str:
-    """A model's input in a few words, e.g. `photo + median diff + mean diff, 256 frame, crop, 128x128`."""
-    text = " + ".join(CHANNEL_NAMES.get(c, c) for c in spec.channels)
+    """A model's input in a few words, e.g. `photo + median & mean diffs at 256x256, cropped, 128x128`."""
+    diffs = [c.removesuffix("_diff") for c in spec.channels if c.endswith("_diff")]
+    text = " + ".join(["photo"] * ("rgb" in spec.channels) +
+                      [f"{' & '.join(diffs)} diff{'s' * (len(diffs) > 1)}"] * bool(diffs))
     if spec.frame != spec.size or spec.crop:
-        text += f", {'x'.join(map(str, spec.frame))} frame"
+        text += f" at {'x'.join(map(str, spec.frame))}"
     if spec.crop:
-        text += ", cropped to the car"
+        text += ", cropped"
     return f"{text}, {'x'.join(map(str, spec.size))}"
 
 
