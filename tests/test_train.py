@@ -108,3 +108,14 @@ def test_resuming_from_a_bad_last_pt_is_a_sentence(synth_data, tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"last.pt: cannot resume from it .*train into a new folder"):
         train(synth_data, tmp_path, config, device="cpu", resume=True, progress=False)
+
+
+def test_a_time_budget_stops_training(synth_data, tmp_path):
+    config = TrainConfig(spec=SMALL, epochs=10_000, batch_size=16, val_fraction=0.34, max_minutes=0.01,
+                         schedule="cosine")
+    train(synth_data, tmp_path, config, device="cpu", progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert 1 <= len(rows) < config.epochs
+    assert float(rows[-1]["seconds"]) >= 0.6  # the budget was spent, then training stopped
+    assert float(rows[-1]["lr"]) < config.lr   # the schedule followed the budget

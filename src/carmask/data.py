@@ -181,12 +181,15 @@ class InputCache:
 
 def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
                 workers: int | None = None, progress: bool = True) -> InputCache:
-    """`InputCache.build` in `workers` processes (default: one per usable core,
-    at most one per 4 cars). Each builds a contiguous share of the cars, in car
-    order, and the shares are joined into the cache one process would build."""
+    """`InputCache.build` in `workers` processes (default: one per usable core
+    where there are at least 4, at most one per 4 cars; each costs a Python
+    start, which two cores do not win back). Each builds a contiguous share of
+    the cars, in car order, and the shares are joined into the cache one
+    process would build."""
     folder = Path(folder)
     final = folder / cache_key(cars, spec)
-    workers = min(workers or usable_cores(), len(cars) if workers else len(cars) // 4)
+    cores = usable_cores()
+    workers = min(workers, len(cars)) if workers else min(cores if cores >= 4 else 1, len(cars) // 4)
     if workers <= 1 or (final / "index.json").exists():
         return InputCache.build(cars, spec, folder, progress=progress)
     names = sorted(cars)

@@ -87,7 +87,7 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
     the elapsed share of the budget, and training stops when it is spent.
     Under `torchrun` the processes share every batch (DDP); rank 0 alone logs
     and writes files, and the run gives what one process would give.
-    `workers`: processes that build the input cache (default: one per core).
+    `workers`: processes that build the input cache (default: `data.build_cache`'s).
     """
     run_dir = Path(run_dir)
     with distributed.session(pick_device(device)) as device:

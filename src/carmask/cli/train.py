@@ -38,7 +38,8 @@ from carmask.cli.common import device_option, main, size_callback
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the prepared-input cache (default: RUN_DIR/cache).")
 @click.option("--workers", type=click.IntRange(min=1),
-              help="Processes that prepare the input cache (default: one per core, at most one per 4 cars).")
+              help="Processes that prepare the input cache (default: one per core on 4 cores or more, "
+                   "at most one per 4 cars).")
 @device_option
 @click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
 def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, **fields):
