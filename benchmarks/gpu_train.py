@@ -30,9 +30,11 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import gc
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import threading
 import time
@@ -201,7 +203,8 @@ def main() -> None:
     parser.add_argument("--parts", type=Path, nargs="+", default=[Path(".device/part1"), Path(".device/part2")])
     parser.add_argument("--check", action="store_true", help="only check the given parts and the machine")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "runs/gpu"))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/carmask-gpu"), help="joined data, caches, runs")
+    parser.add_argument("--work", type=Path, default=Path(".device/work"),
+                        help="joined data, caches (about 25 GB at 512x512), runs; ignored by git")
     parser.add_argument("--recipes", default=RECIPES, help="in order of priority")
     parser.add_argument("--deadline", type=float, default=9.2, help="minutes for the whole run")
     parser.add_argument("--share", type=float, default=0.75,
@@ -218,7 +221,9 @@ def main() -> None:
         return deadline - (time.monotonic() - START)
 
     packed = check_parts(args.parts, complete=not args.check)
-    log(f"machine: {machine(args.device)}, torch {torch.__version__}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    log(f"machine: {machine(args.device)}, torch {torch.__version__}, "
+        f"{shutil.disk_usage(args.work).free / 2**30:.0f} GiB free for {args.work}")
     if args.check:
         return
     args.out.mkdir(parents=True, exist_ok=True)
@@ -267,6 +272,7 @@ def main() -> None:
             train(train_dir, run, config, device=args.device, cache_dir=args.work / "cache",
                   progress=False, workers=args.workers)
             train_wall = time.monotonic() - t0
+            gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # the cache leaves GPU memory for the scorer and the next recipe
             epochs = epochs_of(run)
