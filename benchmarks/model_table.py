@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -65,7 +66,8 @@ def main() -> None:
     for name in args.models.split(",") if args.models else models.shipped():
         entry = catalog.setdefault(name, {})
         entry["cpu_s_per_photo"] = round(cpu_seconds_per_photo(name, sets), 4)
-        entry["cpu_measured"] = f"{sum(len(s.paths) for s in sets[1:])} photos of 1918x1280, {machine}"
+        entry["cpu_measured"] = (f"{sum(len(s.paths) for s in sets[1:])} photos of 1918x1280, {machine}, "
+                                 f"load average {os.getloadavg()[0]:.1f}")
         if args.dice:
             train_dir = args.data / "carvana-512"
             full_masks = args.data / "carvana-1918-masks" / "train_masks"

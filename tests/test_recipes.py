@@ -86,3 +86,8 @@ def test_each_shipped_model_was_trained_by_the_recipe_its_card_names(name):
     for key in ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "dice_weight",
                 "edge_weight", "augment", "schedule", "max_minutes"):
         assert trained[key] == getattr(config, key), key
+
+
+def test_the_help_names_every_recipe():
+    text = " ".join(run_cli("train", "--help").output.split())
+    assert all(name in text for name in RECIPES)

@@ -13,8 +13,9 @@ from carmask.cli.common import device_option, main, size_callback
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: checkpoints, metrics.csv, curve.png, split.json.")
 @click.option("--recipe", default="seed", show_default=True, metavar="NAME",
-              help="The settings that trained a shipped model: seed, rgb-fast, multiview-fast, rgb-accurate, "
-                   "multiview-accurate (carmask.recipes). The options below change single fields.")
+              help="The settings that trained a shipped model (carmask.recipes): seed, rgb-fast, "
+                   "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation). "
+                   "The options below change single fields.")
 @click.option("--arch", type=click.Choice(["seed", "unet"]), help="Network architecture.")
 @click.option("--width", type=int, help="U-Net channels at full resolution.")
 @click.option("--depth", type=int, help="U-Net downsamplings.")
