@@ -45,9 +45,11 @@ class Prediction:
 class Predictor:
     """Photos to probabilities with one model, or the shipped defaults.
 
-    `model`: a shipped name, a checkpoint path, or None for the defaults (the
-    multi-view model for sets of at least 3 views of a car, the single-photo
-    model otherwise). `output_size` (width, height) defaults to each photo's own.
+    `model`: a shipped name, a checkpoint path, a tier (`fast`, `accurate`) or
+    None for the most accurate tier shipped; with a tier or None, each photo
+    gets the multi-view model of that tier in a set of at least 3 views of a
+    car, the single-photo one otherwise (`models.default_for`).
+    `output_size` (width, height) defaults to each photo's own.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
@@ -76,9 +78,9 @@ class Predictor:
 
     def model_for(self, views: int) -> models.Segmenter:
         """The model for a photo that comes with `views` views of its car."""
-        if self.model_name is not None:
+        if self.model_name is not None and str(self.model_name) not in models.TIERS:
             return self._load(self.model_name)
-        return self._load(models.default_for(views))
+        return self._load(models.default_for(views, tier=self.model_name))  # None: best tier shipped
 
     # -- arrays ---------------------------------------------------------------
     def probabilities(self, model: models.Segmenter, inputs: np.ndarray) -> np.ndarray:

@@ -199,11 +199,9 @@ def make_predictor(model, device, batch_size, compile=False, tta=False):
 
 def check_model(model):
     """Fail early, before any work, on a model that is not there."""
-    if model is None:
-        return
     from carmask import models
     try:
-        models.load(model)
+        models.check(model)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -213,8 +211,10 @@ def describe_predictor(model, device, tta=False) -> str:
     return f"model {model or 'the shipped defaults'} on {device}" + (" with tta" if tta else "")
 
 
-model_option = click.option("--model", help="Shipped model name (seed, multiview, rgb) or a checkpoint "
-                                            "path. Default: the best shipped model for each photo.")
+model_option = click.option("--model", help="A tier (accurate, fast), a shipped model (multiview-fast, "
+                                            "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
+                                            "mean their best tier) or a checkpoint path. Default: the most "
+                                            "accurate tier shipped, multi-view for sets of 3+ views.")
 size_option = click.option("--output-size", callback=size_callback, metavar="WxH",
                            help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
 device_option = click.option("--device", default="auto", show_default=True,
