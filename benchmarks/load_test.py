@@ -8,6 +8,13 @@ before and after (and the peak seen while sampling).
 
     python benchmarks/load_test.py                       # shipped default models
     python benchmarks/load_test.py --model runs/x/best.pt --size 1918x1280 --requests 200
+    python benchmarks/load_test.py --adversarial     # the hostile cases, while normal requests run
+
+--adversarial sends, while --concurrency clients post normal cut-outs: tiny
+64-megapixel PNG backgrounds, a zip of 64-megapixel members, slow clients that
+never finish their headers, a 27 MiB upload, a POST from a foreign Origin; it
+checks each case's status code, /health latency throughout, and the server's
+memory (peak, and back near idle afterwards).
 
 Loopback only: the server binds 127.0.0.1 and the client talks to nothing else.
 """
@@ -21,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -87,6 +95,60 @@ def wait_ready(process: subprocess.Popen, url: str, timeout: float = 120) -> Non
     raise SystemExit(f"the server did not answer /health within {timeout:.0f} s")
 
 
+def bomb_png(side: int = 8000) -> bytes:
+    """A 64-megapixel PNG of a few KB."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, list]]:
+    """Each hostile case: (expected status, statuses seen). Runs them in threads."""
+    import zipfile
+    bomb = bomb_png()
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(4):
+            z.writestr(f"car_{i + 1:02d}.png", bomb)
+    host, port = url.removeprefix("http://").split(":")
+    seen: dict[str, tuple[int, list]] = {"64 Mpx PNG background": (413, []), "zip of 64 Mpx members": (413, []),
+                                         "27 MiB upload": (413, []), "foreign Origin": (403, []),
+                                         "slow client (closed)": (0, [])}
+
+    def post(case, path, **kwargs):
+        try:
+            with httpx.Client(timeout=120) as client:
+                seen[case][1].append(client.post(url + path, **kwargs).status_code)
+        except httpx.HTTPError as exc:
+            seen[case][1].append(type(exc).__name__)
+
+    def slow():
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            sock.settimeout(60)
+            try:
+                seen["slow client (closed)"][1].append(0 if sock.recv(1024) == b"" else "answered")
+            except OSError:
+                seen["slow client (closed)"][1].append("timeout")
+
+    jobs = []
+    for _ in range(4):
+        jobs.append(lambda: post("64 Mpx PNG background", "/api/cutout",
+                                 files={"file": ("car.jpg", photo, "image/jpeg"),
+                                        "background": ("b.png", bomb, "image/png")}))
+        jobs.append(lambda: post("zip of 64 Mpx members", "/api/cutout-set",
+                                 files={"files": ("set.zip", archive.getvalue(), "application/zip")}))
+    jobs += [lambda: post("27 MiB upload", "/api/cutout",
+                          files={"file": ("big.jpg", b"\0" * (27 * 2**20), "image/jpeg")})] * 2
+    jobs += [lambda: post("foreign Origin", "/api/cutout", files={"file": ("car.jpg", photo, "image/jpeg")},
+                          headers={"Origin": "http://evil.example"})] * 2
+    jobs += [slow] * 100
+    with ThreadPoolExecutor(32) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+    return seen
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -105,6 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="1918x1280", help="Synthetic photo size, WxH.")
     parser.add_argument("--bg", default="transparent", help="Background sent with every request.")
     parser.add_argument("--port", type=int, default=0, help="Loopback port (default: a free one).")
+    parser.add_argument("--adversarial", action="store_true", help="Also send the hostile cases (see above).")
     args = parser.parse_args(argv)
 
     from carmask.io import parse_size
@@ -162,12 +225,31 @@ def main(argv=None) -> int:
                         latencies.append(elapsed)
                         statuses[status] = statuses.get(status, 0) + 1
 
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            for future in [pool.submit(worker) for _ in range(args.concurrency)]:
+        health: list[float] = []
+
+        def probe_health():
+            with httpx.Client(timeout=30) as client:
+                while not done.wait(0.5):
+                    t0 = time.perf_counter()
+                    try:
+                        client.get(url + "/health")
+                        health.append(time.perf_counter() - t0)
+                    except httpx.HTTPError:
+                        health.append(float("inf"))
+
+        prober = threading.Thread(target=probe_health, daemon=True)
+        prober.start()
+        with ThreadPoolExecutor(args.concurrency + 1) as pool:
+            futures = [pool.submit(worker) for _ in range(args.concurrency)]
+            hostile = pool.submit(adversarial, url, photo, args.seconds) if args.adversarial else None
+            for future in futures:
                 future.result()
+            cases = hostile.result() if hostile else {}
         wall = time.perf_counter() - start
+        time.sleep(5)  # let the last responses be freed
         done.set()
         sampler.join()
+        prober.join()
         rss_after = rss_bytes(server.pid)
         peak[0] = max(peak[0], rss_after or 0)
 
@@ -182,7 +264,20 @@ def main(argv=None) -> int:
         if timeline:  # flat after warm-up means no per-request growth
             marks = [timeline[min(len(timeline) - 1, len(timeline) * q // 4)] for q in (1, 2, 3)]
             print("server RSS during the run: " + ", ".join(f"{mib(r)} after {n} requests" for n, r in marks))
-        return 0 if ok == len(latencies) else 1
+        if health:
+            print(f"/health while loaded: {len(health)} probes, worst {max(health) * 1000:.0f} ms, "
+                  f"median {percentile([h * 1000 for h in health], 50):.0f} ms")
+        good = ok == len(latencies)
+        for case, (expected, statuses) in cases.items():
+            right = all(status == expected for status in statuses)
+            good &= right
+            print(f"{case}: expected {expected}, got {dict(Counter(statuses))}{'' if right else '  <- WRONG'}")
+        if args.adversarial:
+            within = rss_after is not None and rss_before and rss_after <= 1.1 * rss_before
+            bounded = peak[0] < 1.5 * 2**30
+            print(f"memory: peak under 1.5 GiB: {bounded}; back within 10% of idle: {within}")
+            good &= bool(within and bounded and health and max(health) < 2)
+        return 0 if good else 1
     finally:
         server.terminate()
         try:

@@ -1,8 +1,9 @@
 """Reproduce the seed write-up on the real data, split by car.
 
-Trains the seed CNN (480x320 frame, auto-crop, 100x100, photo + median
-difference, BCE, Adam 1e-3, batch 32) on carvana-512 unless the run folder
-already holds a model, then prints:
+Trains the `seed` recipe (carmask.recipes: the seed CNN, 480x320 frame,
+auto-crop, 100x100, photo + median difference, BCE, Adam 1e-3, batch 32, 40
+epochs or 30 minutes) on carvana-512 unless the run folder already holds a
+model, then prints:
 
 - validation dice at the 100x100 working size (held-out cars), as the seed
   reported its 0.95;
@@ -29,20 +30,21 @@ from carmask.data import discover, split_by_car
 from carmask.evaluate import evaluate, resize_loss, scored_sets
 from carmask.io import mask_path
 from carmask.predict import Predictor
-from carmask.train import TrainConfig, train
+from carmask.recipes import recipe
+from carmask.train import train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--run", type=Path, default=Path("runs/seed-real"))
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--max-minutes", type=float, default=None)
+    parser.add_argument("--epochs", type=int, help="default: the recipe's 40")
+    parser.add_argument("--max-minutes", type=float, help="default: the recipe's 30")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
     train_dir = args.data / "carvana-512"
-    config = TrainConfig(epochs=args.epochs, max_minutes=args.max_minutes)
+    config = recipe("seed", epochs=args.epochs, max_minutes=args.max_minutes)
     if not (args.run / "best.pt").exists():
         train(train_dir, args.run, config, device=args.device)
     _, val_cars = split_by_car(list(discover(train_dir)), config.val_fraction, config.seed)

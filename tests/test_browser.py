@@ -5,10 +5,7 @@ Skipped when chromium, chromedriver or selenium are not installed:
 Leaves screenshots in artifacts/ (git-ignored).
 """
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from carmask.predict import Predictor  # noqa: E402
+from live_server import live_server  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 
 
@@ -34,21 +32,8 @@ from carmask.serve import create_app  # noqa: E402
 def server(rgb_model):
     """The app under uvicorn on a free loopback port, in a background thread."""
     app = create_app(Predictor(model=rgb_model, device="cpu"))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with live_server(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +46,14 @@ def browser():
                  "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
                  "--window-size=1280,1000", "--hide-scrollbars"):
         options.add_argument(flag)
+    downloads = Path(profile) / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     # An explicit driver path: selenium-manager never runs, nothing is downloaded.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
     driver.set_page_load_timeout(30)
     try:
         yield driver
@@ -71,7 +62,7 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _results(driver, count, timeout=60):
+def _results(driver, count, timeout=120, failed=0):
     """Wait until `count` cards are done (or failed); return the done cards' result images."""
     def settled(d):
         cards = d.find_elements(By.CSS_SELECTOR, ".card")
@@ -79,7 +70,7 @@ def _results(driver, count, timeout=60):
         return len(cards) == count and all(s in ("done", "error") for s in states) and cards
     cards = WebDriverWait(driver, timeout).until(settled)
     errors = [c.text for c in cards if c.get_attribute("data-state") == "error"]
-    assert not errors, errors
+    assert len(errors) == failed, errors
     images = driver.find_elements(By.CSS_SELECTOR, ".card img.result")
     WebDriverWait(driver, 10).until(lambda d: all(
         d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images))
@@ -115,3 +106,27 @@ def test_set_of_views_and_green_background(server, browser, synth_data, tmp_path
     images = _results(browser, 3)
     assert len(images) == 3
     browser.save_screenshot(str(ARTIFACTS / "browser-set.png"))
+
+
+def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser, synth_data, tmp_path):
+    import zipfile
+    browser.get(server + "/")
+    assert not browser.find_element(By.ID, "clear").is_displayed()  # nothing to clear on an empty page
+    views = sorted((synth_data / "test").glob("*.jpg"))
+    assert len(views) == 16
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in [*views, notes]))
+    assert len(_results(browser, 17, failed=1)) == 16
+    [rejected] = [c for c in browser.find_elements(By.CSS_SELECTOR, ".card") if c.get_attribute("data-state") == "error"]
+    assert "notes.txt" in rejected.text and "Not a photo" in rejected.text
+    button = browser.find_element(By.ID, "download-all")
+    assert button.is_displayed() and browser.find_element(By.ID, "clear").is_displayed()
+    button.click()
+    target = browser.downloads / "cutouts.zip"
+    WebDriverWait(browser, 30).until(lambda d: target.is_file() and zipfile.is_zipfile(target))
+    with zipfile.ZipFile(target) as archive:
+        names = archive.namelist()
+        assert archive.testzip() is None
+    assert sorted(names) == sorted(p.stem + ".png" for p in views)
+    browser.save_screenshot(str(ARTIFACTS / "browser-download-all.png"))

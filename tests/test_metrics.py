@@ -28,3 +28,20 @@ def test_mean_is_per_image():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         dice(np.ones((2, 2)), np.ones((2, 3)))
+
+
+def test_batch_dice_agrees_with_dice():
+    """Training's validation (`batch_dice`, tensors) and evaluation (`dice`, numpy)
+    compute the same number for every image, empty masks included."""
+    import torch
+
+    from carmask.metrics import batch_dice
+    rng = np.random.default_rng(0)
+    pred = rng.random((6, 1, 17, 23)) > rng.random((6, 1, 1, 1))
+    truth = rng.random((6, 1, 17, 23)) > 0.4
+    pred[0], truth[0] = False, False   # two empty masks score 1
+    pred[1], truth[2] = False, False   # one empty mask scores 0
+    got = batch_dice(torch.from_numpy(pred), torch.from_numpy(truth)).numpy()
+    want = [dice(p, t) for p, t in zip(pred, truth)]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got[0] == 1.0 and got[1] == 0.0 and got[2] == 0.0

@@ -11,7 +11,7 @@ from carmask.metrics import dice
 from carmask.rle import decode
 from carmask.submission import read_submission
 from carmask.synth import make_dataset
-from helpers import run_cli as run
+from helpers import interrupted_run, partial_of, run_cli as run
 
 # A few CPU epochs of the seed CNN on 4 synthetic cars: ~0.96 on a coloured car,
 # ~0.63 on a white car against the white studio wall (the seed's weak spot).
@@ -74,7 +74,9 @@ def test_resume_gives_the_same_file_and_never_overwrites(unseen, seed_model, tmp
     # A run killed mid-row: a prefix of the rows and half of the next one.
     lines = full.read_text().splitlines(keepends=True)
     out = tmp_path / "resumed.csv"
-    out.with_name(out.name + ".partial").write_text("".join(lines[:12]) + lines[12][:20])
+    interrupted_run(11, "predict", unseen / "train", "-o", out, "--model", seed_model)
+    with open(partial_of(out), "a") as f:
+        f.write(lines[12][:20])
     result = run("predict", unseen / "train", "-o", out, "--model", seed_model)
     assert result.exit_code == 0 and "resuming: 11 rows" in result.stderr
     assert out.read_text() == full.read_text()
@@ -128,7 +130,7 @@ def test_cutout_outputs(unseen, seed_model, rgb_model, tmp_path):
     # Existing outputs are kept unless --overwrite.
     before = single.read_bytes()
     kept = run("cutout", photo, "-o", single, "--bg", "transparent", "--model", rgb_model)
-    assert "keeping 1 existing" in kept.stderr and single.read_bytes() == before
+    assert "kept 1 existing" in kept.stderr and single.read_bytes() == before
     assert run("cutout", photo, "-o", single, "--overwrite", "--model", rgb_model).exit_code == 0
     assert single.read_bytes() != before
     bad = run("cutout", photo, "-o", tmp_path / "x.png", "--bg", "not-a-colour")

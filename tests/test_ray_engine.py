@@ -11,7 +11,7 @@ ray = pytest.importorskip("ray")
 import carmask  # noqa: E402
 from carmask import ray_engine  # noqa: E402
 from carmask.models import WEIGHTS_DIR  # noqa: E402
-from helpers import run_cli as run  # noqa: E402
+from helpers import interrupted_run, partial_of, run_cli as run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +74,14 @@ def test_resume_completes_to_the_same_file(local_ray, photos, local_csv, tmp_pat
     # A run killed mid-row: two whole cars and part of the third, then half a row.
     lines = local_csv.read_text().splitlines(keepends=True)
     out = tmp_path / "resumed.csv"
-    out.with_name(out.name + ".partial").write_text("".join(lines[:40]) + lines[40][:20])
-    result = run("predict", photos, "-o", out, "--engine", "ray", "--actors", 1)
+    interrupted_run(39, "predict", photos, "-o", out)
+    with open(partial_of(out), "a") as f:
+        f.write(lines[40][:20])
+    result = run("predict", photos, "-o", out, "--engine", "ray", "--actors", 1, "-v")
     assert result.exit_code == 0, result.output
     assert "resuming: 39 rows" in result.stderr
-    assert "64/64" in result.stderr  # the two finished cars are not sent again
+    assert "64 photos in 4 sets to predict" in result.stderr  # the two finished cars are not sent again
+    assert "96 rows (57 predicted now, 39 kept from the interrupted run)" in result.stderr
     assert out.read_text() == local_csv.read_text()
 
 

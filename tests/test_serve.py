@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from carmask import __version__  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
-from carmask.serve import create_app, parse_client_background, safe_label  # noqa: E402
+from carmask.cutout import parse_background  # noqa: E402
+from carmask.serve import create_app, safe_label  # noqa: E402
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def test_health_version_openapi(client, rgb_model):
     schema = client.get("/openapi.json").json()
     assert {"/health", "/version", "/api/cutout", "/api/cutout-set"} <= set(schema["paths"])
     assert "image/png" in schema["paths"]["/api/cutout"]["post"]["responses"]["200"]["content"]
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # not served: its assets would come from a CDN
 
 
 def test_page_is_self_contained(client):
@@ -137,12 +138,17 @@ def test_bg_is_never_a_path(client, photo, bg, monkeypatch):
     assert "bg" in response.json()["detail"]
 
 
-def test_parse_client_background():
-    assert parse_client_background("Transparent") == "transparent"
-    assert parse_client_background("mask") == "mask"
-    assert parse_client_background("#00b900") == (0, 185, 0)
-    assert parse_client_background("0,185,0") == (0, 185, 0)
-    assert parse_client_background("white") == (255, 255, 255)
+def test_parse_client_background(tmp_path):
+    assert parse_background("Transparent", files=False) == "transparent"
+    assert parse_background("mask", files=False) == "mask"
+    assert parse_background("#00b900", files=False) == (0, 185, 0)
+    assert parse_background("0,185,0", files=False) == (0, 185, 0)
+    assert parse_background("white", files=False) == (255, 255, 255)
+    image = tmp_path / "back.png"
+    Image.new("RGB", (4, 3)).save(image)
+    with pytest.raises(ValueError, match="not transparent, mask, a colour"):
+        parse_background(str(image), files=False)
+    assert parse_background(str(image)).shape == (3, 4, 3)
     assert safe_label("../../etc/passwd") == "passwd"
     assert safe_label("..\\a b.jpg") == "a_b.jpg"
     assert safe_label("...") == "upload"
@@ -240,9 +246,9 @@ def test_set_as_zip_with_bad_members(set_client, views):
     response = set_client.post("/api/cutout-set", data={"bg": "mask"},
                                files={"files": ("views.zip", upload.getvalue(), "application/zip")})
     members = _zip_names(response)
-    assert sorted(m for m in members if m.endswith(".png")) == sorted(n.replace(".jpg", ".png")
+    assert sorted(m for m in members if m.endswith(".png")) == sorted(n.replace(".jpg", "_mask.png")
                                                                       for n, _ in views[:5])
-    assert Image.open(io.BytesIO(members[views[0][0].replace(".jpg", ".png")])).mode == "L"
+    assert Image.open(io.BytesIO(members[views[0][0].replace(".jpg", "_mask.png")])).mode == "L"
     errors = members["errors.txt"].decode()
     assert "readme.txt" in errors and "broken_01.jpg" in errors  # a lone photo: not enough views
 

@@ -1,8 +1,15 @@
+import json
+import os
+import stat
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from carmask.io import atomic_write
 from carmask.rle import encode, run_boundaries
-from carmask.submission import SubmissionWriter, read_submission
+from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, read_submission
 
 
 def masks(count):
@@ -40,3 +47,77 @@ def test_a_failing_disk_is_reported_not_swallowed(tmp_path):
     writer.write("a.jpg", "1 2")
     with pytest.raises(OSError, match="could not write"):
         writer.flush()
+
+
+def test_long_rows_of_carmasks_own_output_are_read(tmp_path):
+    out = tmp_path / "sub.csv"
+    stripes = np.zeros((1280, 1918), dtype=bool)
+    stripes[:, ::2] = True  # one run per other pixel: a row of ~3 MB
+    writer = SubmissionWriter(out)
+    writer.write("car_01.jpg", run_boundaries(stripes))
+    writer.finish()
+    assert read_submission(out)["car_01.jpg"] == encode(stripes)
+
+
+RUN = {"photos": {"/p/a_01.jpg": [10, 1]}, "model": {"name": "seed", "sha256": "0"},
+       "output_size": None, "tta": False}
+
+
+def test_a_second_writer_on_the_same_output_refuses(tmp_path):
+    out = tmp_path / "sub.csv"
+    first = SubmissionWriter(out, run=RUN)
+    with pytest.raises(OutputInUse, match="another carmask run is writing"):
+        SubmissionWriter(out, run=RUN, overwrite=True)
+    first.write("a_01.jpg", "1 2")
+    first.finish()
+    assert read_submission(out) == {"a_01.jpg": "1 2"}
+
+
+def test_the_lock_dies_with_a_killed_process(tmp_path):
+    out = tmp_path / "sub.csv"
+    script = (f"import os, json; from carmask.submission import SubmissionWriter\n"
+              f"w = SubmissionWriter({str(out)!r}, run=json.loads({json.dumps(RUN)!r}))\n"
+              f"w.write('a_01.jpg', '1 2'); w.flush(); os.kill(os.getpid(), 9)\n")
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    resumed = SubmissionWriter(out, run=RUN)
+    assert resumed.done == {"a_01.jpg"} and resumed.kept == 1
+    resumed.finish()
+
+
+def test_another_runs_partial_file_is_refused_naming_the_difference(tmp_path):
+    out = tmp_path / "sub.csv"
+    first = SubmissionWriter(out, run=RUN)
+    first.write("a_01.jpg", "1 2")
+    first.close()
+    other = {**RUN, "photos": {"/p/b_01.jpg": [10, 1]}, "output_size": [1918, 1280]}
+    with pytest.raises(OtherRun) as caught:
+        SubmissionWriter(out, run=other)
+    assert "1 photo added (b_01.jpg); 1 photo removed (a_01.jpg)" in str(caught.value)
+    assert "output size was each photo's own, now 1918x1280" in str(caught.value)
+    fresh = SubmissionWriter(out, run=other, overwrite=True)
+    assert fresh.done == set()
+    fresh.write("b_01.jpg", "3 4")
+    fresh.finish()
+    assert read_submission(out) == {"b_01.jpg": "3 4"}
+
+
+def test_files_are_created_with_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "x.txt", lambda tmp: tmp.write_text("x"))
+        writer = SubmissionWriter(tmp_path / "sub.csv")
+        writer.finish()
+    finally:
+        os.umask(old)
+    for name in ("x.txt", "sub.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640
+
+
+def test_a_run_that_wrote_no_row_leaves_nothing_to_trip_on(tmp_path):
+    out = tmp_path / "sub.csv"
+    SubmissionWriter(out, run=RUN).close()  # e.g. the model failed to load
+    assert list(tmp_path.iterdir()) == []
+    other = {**RUN, "tta": True}
+    (tmp_path / "sub.csv.partial").write_text("img,rle_mask\n")  # a header, no row
+    (tmp_path / "sub.csv.partial.json").write_text(json.dumps(RUN))
+    assert SubmissionWriter(out, run=other).done == set()

@@ -76,3 +76,46 @@ def test_named_validation_cars_are_held_out(synth_data, tmp_path):
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     split = json.loads((tmp_path / "split.json").read_text())
     assert split == {"train": cars[2:], "val": cars[:2]}
+
+
+def test_a_cache_built_by_several_processes_is_the_one_built_by_one(synth_data, tmp_path):
+    from carmask.data import InputCache, build_cache, discover
+    cars = discover(synth_data)
+    spec = InputSpec(("rgb", "median_diff", "mean_diff"), size=(48, 32), frame=(96, 64), crop=True)
+    one = build_cache(cars, spec, tmp_path / "one", workers=1, progress=False)
+    shared = build_cache(cars, spec, tmp_path / "three", workers=3, progress=False)
+    assert shared.folder.name == one.folder.name
+    assert [p.name for p in (tmp_path / "three").iterdir()] == [one.folder.name]  # no shares left behind
+    assert shared.names == one.names and shared.cars == one.cars and shared.skipped == one.skipped
+    assert np.array_equal(shared.inputs, one.inputs) and np.array_equal(shared.targets, one.targets)
+    assert InputCache.build(cars, spec, tmp_path / "three").folder == shared.folder  # found, not rebuilt
+
+
+def test_batches_from_a_cache_held_in_memory_match_the_files(synth_data, tmp_path):
+    from carmask.data import InputCache, discover
+    cache = InputCache.build(discover(synth_data), SMALL, tmp_path, progress=False)
+    rows = np.array([7, 3, 40, 12])
+    x, y = cache.batch(rows, "cpu")
+    assert cache.keep_on(torch.device("cpu")) and cache.held is not None
+    held_x, held_y = cache.batch(rows, "cpu")
+    assert torch.equal(x, held_x) and torch.equal(y, held_y)
+    assert x.shape == (4, 6, 32, 48) and y.shape == (4, 1, 32, 48)
+
+
+def test_resuming_from_a_bad_last_pt_is_a_sentence(synth_data, tmp_path):
+    import pytest
+    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"last.pt: cannot resume from it .*train into a new folder"):
+        train(synth_data, tmp_path, config, device="cpu", resume=True, progress=False)
+
+
+def test_a_time_budget_stops_training(synth_data, tmp_path):
+    config = TrainConfig(spec=SMALL, epochs=10_000, batch_size=16, val_fraction=0.34, max_minutes=0.01,
+                         schedule="cosine")
+    train(synth_data, tmp_path, config, device="cpu", progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert 1 <= len(rows) < config.epochs
+    assert float(rows[-1]["seconds"]) >= 0.6  # the budget was spent, then training stopped
+    assert float(rows[-1]["lr"]) < config.lr   # the schedule followed the budget

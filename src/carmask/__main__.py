@@ -1,4 +1,5 @@
 """`python -m carmask`: the CLI, for launchers that run modules (`torchrun -m carmask train ...`)."""
 from carmask.cli import main
 
-main(prog_name="carmask")
+if __name__ == "__main__":  # not when a spawned worker (the input cache's) re-imports this module
+    main(prog_name="carmask")

@@ -3,13 +3,19 @@
 Model inputs are computed once, one car at a time, into memory-mapped arrays
 on disk: memory stays bounded by one car whatever the dataset's size, and
 every epoch after the first reads ready inputs instead of decoding JPEGs.
+`build_cache` shares the cars out to several processes on a large dataset.
+On a GPU the whole cache can live in GPU memory (`InputCache.keep_on`), and
+augmentation runs there: a training step then reads nothing from the host.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import multiprocessing
 import random
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from carmask.decode import decode
+from carmask.devices import usable_cores
 from carmask.io import ImageError, find_photos, group_by_car, mask_path, masks_dir_for, photos_dir_for, read_mask
 from carmask.views import InputSpec, NotEnoughViews, car_inputs, resize_map
 
@@ -58,6 +65,21 @@ def split_by_car(cars: list[str], val_fraction: float, seed: int = 0) -> tuple[l
 INPUTS_VERSION = 2
 
 
+def cache_key(cars: dict[str, list[Example]], spec: InputSpec) -> str:
+    """The name of the cache folder for these cars' photos and this input spec."""
+    return hashlib.sha1(json.dumps([INPUTS_VERSION, spec.to_dict(), sorted(
+        (str(e.photo) for ex in cars.values() for e in ex))]).encode()).hexdigest()[:16]
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device`. To a GPU through pinned memory, without
+    waiting: a plain copy from pageable memory would first drain the GPU's queue."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class InputCache:
     """Model inputs (N x H x W x C uint8) and soft targets (N x H x W uint8,
     probability x 255) for a list of cars, memory-mapped from `folder`."""
@@ -70,6 +92,7 @@ class InputCache:
         self.names = self.index["names"]
         self.cars = self.index["cars"]
         self.skipped = self.index["skipped"]
+        self.held: tuple[torch.Tensor, torch.Tensor] | None = None  # see keep_on
 
     def __len__(self) -> int:
         return len(self.names)
@@ -78,9 +101,7 @@ class InputCache:
     def build(cls, cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
               progress: bool = True) -> "InputCache":
         """Compute (or reuse) the cache for these cars and this input spec."""
-        key = hashlib.sha1(json.dumps([INPUTS_VERSION, spec.to_dict(), sorted(
-            (str(e.photo) for ex in cars.values() for e in ex))]).encode()).hexdigest()[:16]
-        folder = Path(folder) / key
+        folder = Path(folder) / cache_key(cars, spec)
         if (folder / "index.json").exists():
             return cls(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -129,11 +150,37 @@ class InputCache:
         x = np.asarray(self.inputs[pick], dtype=np.float64).reshape(-1, self.inputs.shape[-1])
         return x.mean(0).tolist(), np.maximum(x.std(0), 1.0).tolist()
 
+    def keep_on(self, device, share: float = 0.5) -> bool:
+        """Hold the whole cache (uint8) in `device` memory when it takes at most
+        `share` of the memory free there (CUDA), so that `batch` gathers rows
+        on the device: no host reads or copies per training step. Returns
+        whether it does; otherwise `batch` reads the memory-mapped files."""
+        device = torch.device(device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if self.inputs.nbytes + self.targets.nbytes > share * free:
+                return False
+        held = []
+        for array in (self.inputs, self.targets):
+            tensor = torch.empty(array.shape, dtype=torch.uint8, device=device)
+            for start in range(0, len(array), 256):
+                tensor[start:start + 256] = to_device(torch.from_numpy(np.array(array[start:start + 256])),
+                                                      device)
+            held.append(tensor)
+        self.held = (held[0], held[1])
+        return True
+
     def batch(self, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs N x C x H x W float in [0, 255] and targets N x 1 x H x W in [0, 1]."""
+        """Inputs N x C x H x W float in [0, 255] (channels-last in memory) and
+        targets N x 1 x H x W in [0, 1]."""
         rows = np.sort(rows)  # memory-mapped reads in file order
-        x = torch.from_numpy(np.ascontiguousarray(self.inputs[rows])).to(device)
-        y = torch.from_numpy(np.ascontiguousarray(self.targets[rows])).to(device)
+        device = torch.device(device)
+        if self.held is not None and self.held[0].device.type == device.type:
+            index = to_device(torch.from_numpy(rows), device)
+            x, y = self.held[0].index_select(0, index), self.held[1].index_select(0, index)
+        else:
+            x = to_device(torch.from_numpy(np.ascontiguousarray(self.inputs[rows])), device)
+            y = to_device(torch.from_numpy(np.ascontiguousarray(self.targets[rows])), device)
         return x.permute(0, 3, 1, 2).float(), y[:, None].float() / 255.0
 
 
@@ -144,6 +191,60 @@ def soft_targets(masks: list[np.ndarray], boxes, spec: InputSpec) -> np.ndarray:
     soft = torch.cat([resize_map(torch.from_numpy(m).float()[None, None], spec.frame) for m in masks])
     out = torch.cat([resize_map(p[None, :, b.top:b.bottom, b.left:b.right], spec.size) for p, b in zip(soft, boxes)])
     return (out[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
+                workers: int | None = None, progress: bool = True) -> InputCache:
+    """`InputCache.build` in `workers` processes (default: one per usable core
+    where there are at least 4, at most one per 4 cars; each costs a Python
+    start, which two cores do not win back). Each builds a contiguous share of
+    the cars, in car order, and the shares are joined into the cache one
+    process would build."""
+    folder = Path(folder)
+    final = folder / cache_key(cars, spec)
+    cores = usable_cores()
+    workers = min(workers, len(cars)) if workers else min(cores if cores >= 4 else 1, len(cars) // 4)
+    if workers <= 1 or (final / "index.json").exists():
+        return InputCache.build(cars, spec, folder, progress=progress)
+    names = sorted(cars)
+    shares = [names[len(names) * i // workers:len(names) * (i + 1) // workers] for i in range(workers)]
+    scratch = folder / f"{final.name}.shares"
+    # spawn: a fresh interpreter per worker (fork would copy torch's threads and state).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+            tqdm(total=len(names), desc="preparing inputs", unit="car", disable=not progress) as bar:
+        futures = {pool.submit(_build_share, {c: cars[c] for c in share}, spec, scratch / str(i)): len(share)
+                   for i, share in enumerate(shares)}
+        for future in as_completed(futures):
+            bar.update(futures[future])
+        parts = [InputCache(future.result()) for future in futures]
+    _join(parts, final)
+    shutil.rmtree(scratch)
+    return InputCache(final)
+
+
+def _build_share(cars: dict[str, list[Example]], spec: InputSpec, folder: Path) -> Path:
+    return InputCache.build(cars, spec, folder, progress=False).folder
+
+
+def _join(parts: list[InputCache], folder: Path) -> None:
+    """Write caches one after the other as one cache; index.json last (it marks
+    the cache complete), its lists joined, its other entries from the first part."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("inputs", "targets"):
+        arrays = [getattr(part, name) for part in parts]
+        out = np.lib.format.open_memmap(folder / f"{name}.npy", "w+", np.uint8,
+                                        (sum(len(a) for a in arrays), *arrays[0].shape[1:]))
+        start = 0
+        for array in arrays:
+            for row in range(0, len(array), 256):
+                chunk = array[row:row + 256]
+                out[start + row:start + row + len(chunk)] = chunk
+            start += len(array)
+        out.flush()
+        del out
+    index = {key: sum((part.index[key] for part in parts), []) if isinstance(value, list) else value
+             for key, value in parts[0].index.items()}
+    (folder / "index.json").write_text(json.dumps(index))
 
 
 def _shrink(tmp: Path, final: Path, n: int) -> None:
@@ -172,25 +273,27 @@ def augment(x: torch.Tensor, y: torch.Tensor, spec: InputSpec, generator: torch.
     """
     n, device = x.shape[0], x.device
     k, parts = part
+    # Seven draws per image of the whole batch, this share's columns, moved to
+    # the device in one copy with the channel mask (no wait on the GPU's queue).
+    draws = torch.rand(7, n * parts, generator=generator)[:, k * n:(k + 1) * n]
+    is_rgb = torch.from_numpy(np.repeat(spec.channels, 3) == "rgb")
+    draws, is_rgb = to_device(draws.contiguous(), device), to_device(is_rgb, device)[None, :, None, None]
 
-    def uniform(low, high):
-        draws = torch.rand(n * parts, generator=generator)[k * n:(k + 1) * n]
-        return draws.to(device) * (high - low) + low
+    def uniform(row, low, high):
+        return draws[row] * (high - low) + low
 
-    flip = uniform(0, 1) < 0.5
+    flip = uniform(0, 0, 1) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     y = torch.where(flip[:, None, None, None], y.flip(-1), y)
-    angle = uniform(-degrees, degrees) * math.pi / 180
-    zoom = uniform(1 - scale, 1 + scale)
+    angle = uniform(1, -degrees, degrees) * math.pi / 180
+    zoom = uniform(2, 1 - scale, 1 + scale)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, uniform(-shift, shift)], 1),
-                         torch.stack([sin, cos, uniform(-shift, shift)], 1)], 1)
+    theta = torch.stack([torch.stack([cos, -sin, uniform(3, -shift, shift)], 1),
+                         torch.stack([sin, cos, uniform(4, -shift, shift)], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     y = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    gain = uniform(1 - jitter, 1 + jitter)[:, None, None, None]
-    offset = uniform(-jitter, jitter)[:, None, None, None] * 255
-    channels = np.repeat(spec.channels, 3)
-    is_rgb = torch.tensor(channels == "rgb", device=device)[None, :, None, None]
+    gain = uniform(5, 1 - jitter, 1 + jitter)[:, None, None, None]
+    offset = uniform(6, -jitter, jitter)[:, None, None, None] * 255
     x = torch.where(is_rgb, x * gain + offset, x * gain).clamp(0, 255)
     return x, y

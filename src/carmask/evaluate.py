@@ -1,6 +1,7 @@
 """Scoring: mean per-image dice on a Kaggle-layout dataset, and the resize loss."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -20,6 +21,7 @@ class Scores:
     dice: dict[str, float] = field(default_factory=dict)   # photo name -> dice
     skipped: list[str] = field(default_factory=list)       # reasons, naming the file
     worst: list[tuple[float, Path, Path, np.ndarray]] = field(default_factory=list)
+    unscored: int = 0  # views without a mask: they only served their car's background
 
     @property
     def mean(self) -> float:
@@ -41,6 +43,25 @@ def scored_sets(data_dir, masks_dir=None, cars: Iterable[str] | None = None
     return sets, masks_dir
 
 
+def read_cars(path) -> list[str]:
+    """Car ids from a file: the held-out ("val") cars of a `split.json` that
+    `carmask train` writes, a JSON list, or text with one id a line."""
+    text = Path(path).read_text()
+    try:
+        cars = json.loads(text) if text.lstrip().startswith(("[", "{")) else text.split()
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(cars, dict):
+        if not isinstance(cars.get("val"), list):
+            raise ValueError(f'{path}: no "val" list (the held-out cars of a training run\'s split.json)')
+        cars = cars["val"]
+    if not isinstance(cars, list) or not all(isinstance(c, str) for c in cars):
+        raise ValueError(f"{path}: expected a list of car ids")
+    if not cars:
+        raise ValueError(f"{path}: lists no car")
+    return cars
+
+
 def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
              cars=None, keep_worst: int = 8, progress=None) -> Scores:
     """Predict every photo of the scored sets and compare with its mask."""
@@ -54,7 +75,8 @@ def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
             scores.skipped.append(prediction.error)
             continue
         if not truth_path.exists():
-            continue  # a view without a mask: it only served the background
+            scores.unscored += 1  # a view without a mask: it only served the background
+            continue
         try:
             height, width = prediction.probs.shape
             truth = read_mask(truth_path, expected_size=(width, height))

@@ -9,7 +9,7 @@ import glob
 import io as _io
 import os
 import re
-import tempfile
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,17 +146,23 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def atomic_write(path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file."""
+    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file.
+    The file is created as any other (0666 less the umask: 0644 as a rule)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:  # mkstemp would create 0600, whatever the umask
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_image(path, array: np.ndarray, **params) -> None:
@@ -165,16 +171,21 @@ def save_image(path, array: np.ndarray, **params) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params))
 
 
-def find_photos(inputs: Iterable) -> list[Path]:
-    """Photo files named by `inputs`: files, folders (not recursive) or globs, sorted."""
+def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
+    """Photo files named by `inputs`: files, folders or globs, sorted. With
+    `recursive`, folders are walked down and `**` in a glob matches sub-folders;
+    hidden files and folders are left out."""
     found: list[Path] = []
     for item in inputs:
         item = str(item)
         if any(ch in item for ch in "*?["):
-            found += [Path(p) for p in glob.glob(item) if Path(p).suffix.lower() in PHOTO_SUFFIXES]
+            found += [Path(p) for p in glob.glob(item, recursive=recursive)
+                      if Path(p).suffix.lower() in PHOTO_SUFFIXES]
         elif Path(item).is_dir():
-            found += [p for p in Path(item).iterdir()
-                      if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".")]
+            root = Path(item)
+            found += [p for p in (root.rglob("*") if recursive else root.iterdir())
+                      if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         else:
             found.append(Path(item))  # a missing file is reported when it is read
     return sorted(dict.fromkeys(found))

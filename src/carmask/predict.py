@@ -94,19 +94,21 @@ class Batch:
 class Predictor:
     """Photos to probabilities with one model, or the shipped defaults.
 
-    `model`: a shipped name, a checkpoint path, or None for the defaults (the
-    multi-view model for sets of at least 3 views of a car, the single-photo
-    model otherwise; `models.default_for`). `output_size` (width, height)
-    defaults to each photo's own. `upright`: turn photos as their EXIF
-    orientation says (cut-outs); False keeps the stored pixel grid (Kaggle
-    submissions, whose masks are on that grid). `sets`: "auto" predicts a
-    car's views as a set only when they share a studio (same size, and each
-    agrees with their median background outside the car), else photo by
-    photo with a warning; "always" trusts the names; "never" predicts every
-    photo alone. `nvjpeg`: decode JPEGs on a CUDA device with torchvision
-    ("auto": where it works). `refine`: a hook on full-size probabilities
-    (see `Batch`). `profile`: time each stage (the device is synchronised
-    between stages, so the stages no longer overlap) into `stage_seconds`.
+    `model`: a shipped name, a checkpoint path, a tier (`fast`, `accurate`) or
+    None for the most accurate tier shipped; with a tier or None, each photo
+    gets the multi-view model of that tier in a set of at least 3 views of a
+    car, the single-photo one otherwise (`models.default_for`).
+    `output_size` (width, height) defaults to each photo's own. `upright`:
+    turn photos as their EXIF orientation says (cut-outs); False keeps the
+    stored pixel grid (Kaggle submissions, whose masks are on that grid).
+    `sets`: "auto" predicts a car's views as a set only when they share a
+    studio (same size, and each agrees with their median background outside
+    the car), else photo by photo with a warning; "always" trusts the names;
+    "never" predicts every photo alone. `nvjpeg`: decode JPEGs on a CUDA
+    device with torchvision ("auto": where it works). `refine`: a hook on
+    full-size probabilities (see `Batch`). `profile`: time each stage (the
+    device is synchronised between stages, so the stages no longer overlap)
+    into `stage_seconds`.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
@@ -147,9 +149,9 @@ class Predictor:
 
     def model_for(self, views: int) -> models.Segmenter:
         """The model for a photo that comes with `views` views of its car."""
-        if self.model_name is not None:
+        if self.model_name is not None and str(self.model_name) not in models.TIERS:
             return self._load(self.model_name)
-        return self._load(models.default_for(views))
+        return self._load(models.default_for(views, tier=self.model_name))  # None: best tier shipped
 
     @property
     def decoder(self) -> Decoder:
@@ -376,7 +378,7 @@ class Predictor:
             units += [_Unit([slot], warning) for slot in odd]
         if len(readable) >= MIN_VIEWS:
             return [_Unit(readable, check=self.sets == "auto")] + units
-        if self.model_name is None:
+        if self.model_name is None or str(self.model_name) in models.TIERS:  # a default model for each case
             warning = (f"{_names(readable)}: {name} has {len(readable)} readable views, and a background needs "
                        f"{MIN_VIEWS}: predicted photo by photo with the single-photo model")
             return [_Unit([slot], warning) for slot in readable] + units

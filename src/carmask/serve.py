@@ -1,92 +1,153 @@
-"""The HTTP service: a JSON/PNG API and a small web page over one `Predictor`.
+"""The HTTP service: a PNG/zip API, a remove.bg-compatible endpoint and a web page over one `Predictor`.
 
     carmask serve --port 8000            # then open http://127.0.0.1:8000/
 
-Endpoints (OpenAPI at /docs and /openapi.json):
+Endpoints (OpenAPI at /openapi.json):
 
-* ``GET /health``, ``GET /version``
+* ``GET /health`` (answered on the event loop, never queued behind work), ``GET /version``
 * ``POST /api/cutout``: one photo (multipart field ``file``) -> PNG cut-out
 * ``POST /api/cutout-set``: views of one or more cars (``files``, or a zip) -> zip of PNGs
+* ``POST /v1.0/removebg``: remove.bg's API (``image_file``, ``size``, ``format``, ``bg_color``,
+  ``bg_image_file``, ``channels``; ``X-Api-Key`` when the server has a key), so its clients work
 * ``GET /``: the web page (``static/index.html``)
 
-The model is loaded once per app. Requests run concurrently in the server's
-thread pool; at most `max_concurrency` photos are decoded, predicted and
-encoded at the same time, so memory stays bounded however many clients queue.
-Nothing a client sends is ever used as a file-system path: upload and zip
-member names are labels only, and ``bg`` is a colour or a keyword.
+Every cut-out goes through `cutout.remove_set`. Bounds: a request body over
+the upload limit gets 413 (the body read and dropped up to a bound first, so
+the client sees the answer); every image's pixels are counted from its header
+before anything is decoded, against a per-request budget; decoding and all
+work happen inside `PixelSlots`, which admit a few requests and a fixed number
+of pixels at once; slow clients meet header and body timeouts. Pages of other
+origins cannot drive the API (Origin check), nor can other host names (Host
+check, against DNS rebinding). Nothing a client sends is used as a path.
 """
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import io
 import os
 import re
 import tempfile
 import threading
+import time
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from PIL import Image, ImageColor
+from PIL import Image
 
 from carmask import __version__
 from carmask import io as cio
-from carmask.cutout import KINDS, compose
-from carmask.io import ImageError, group_by_car, read_photo
+from carmask.cutout import parse_background, remove_set
+from carmask.io import ImageError, group_by_car
 from carmask.predict import Predictor
 from carmask.views import MIN_VIEWS, NotEnoughViews
 
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 25 * MiB
-MULTIPART_SLACK = 64 * 1024        # room for multipart headers and form fields
-MAX_SET_FILES = 500                # photos in one /api/cutout-set request
-ZIP_EXPANSION = 4                  # a zip may hold at most this many times max_upload_bytes
+DEFAULT_REQUEST_PIXELS = 48_000_000   # every image of one request together (a 16-view 1918x1280 set: 39 Mpx)
+DEFAULT_PIXELS_AT_ONCE = 96_000_000   # decoded pixels in flight in the whole server
+DRAIN_BYTES = 256 * MiB               # an oversized body is read and dropped up to this, then answered
+MULTIPART_SLACK = 64 * 1024           # room for multipart headers and form fields
+MAX_SET_FILES = 64                    # photos in one /api/cutout-set request
+ZIP_EXPANSION = 4                     # a zip may unpack to at most this many times the upload limit
+HEADER_TIMEOUT = 10.0                 # seconds for a client to send a request's headers
+BODY_TIMEOUT = 60.0                   # seconds for a client to send a request's body
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-PNG_COMPRESS_LEVEL = 1             # fast; the photo's noise dominates the size anyway
+PNG_COMPRESS_LEVEL = 1                # fast; the photo's noise dominates the size anyway
 
 IMAGE_TYPES_LOOSE = ("", "application/octet-stream", "binary/octet-stream")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip", "multipart/x-zip")
-
-_COLOUR_NAME = re.compile(r"^[a-z]{3,30}$")
-_HEX = re.compile(r"^#(?:[0-9a-f]{3}|[0-9a-f]{6})$")
-_TRIPLE = re.compile(r"^\s*\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}\s*$")
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
+                                  b"'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self'; "
+                                  b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+]
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The cut-out as a PNG: RGBA (transparent), "
                                                             "L (mask) or RGB (over a colour or image)."}
 ERRORS = {
-    413: {"description": "Upload over the size limit, or an image over the pixel limit."},
+    403: {"description": "A page of another origin, or a wrong or missing API key."},
+    413: {"description": "Upload over the size limit, or images over the pixel budget."},
     415: {"description": "The upload is not an image (or, for sets, a zip)."},
     422: {"description": "Unreadable image, bad `bg`, or input the model cannot handle."},
 }
 
 
+# -- what the routes share: the app's state ---------------------------------------------------------
+
+class PixelSlots:
+    """At most `jobs` requests at work and `pixels` decoded pixels at once: a
+    request waits here, before decoding anything, until its pixels fit."""
+
+    def __init__(self, jobs: int, pixels: int):
+        self.jobs, self.pixels = jobs, pixels
+        self._busy_jobs = self._busy_pixels = 0
+        self._free = threading.Condition()
+
+    def __call__(self, pixels: int) -> "_Held":
+        return _Held(self, min(int(pixels), self.pixels))
+
+
+class _Held:
+    def __init__(self, slots: PixelSlots, pixels: int):
+        self.slots, self.pixels = slots, pixels
+
+    def __enter__(self):
+        s = self.slots
+        with s._free:
+            s._free.wait_for(lambda: s._busy_jobs < s.jobs and s._busy_pixels + self.pixels <= s.pixels)
+            s._busy_jobs += 1
+            s._busy_pixels += self.pixels
+        return self
+
+    def __exit__(self, *exc):
+        s = self.slots
+        with s._free:
+            s._busy_jobs -= 1
+            s._busy_pixels -= self.pixels
+            s._free.notify_all()
+
+
+@dataclass
+class Service:
+    """The app's state (app.state.service): the predictor and the limits."""
+    predictor: Predictor
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    request_pixels: int = DEFAULT_REQUEST_PIXELS
+    slots: PixelSlots = None
+    api_key: str | None = None
+    refine: bool = True
+    load_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def model_names(self) -> list[str]:
+        from carmask import models
+        if self.predictor.model_name is not None:
+            name = str(self.predictor.model_name)
+            return [Path(name).stem if Path(name).suffix else name]
+        return models.shipped()
+
+    def too_big(self, what: str) -> HTTPException:
+        return HTTPException(413, f"{what} is larger than the limit of {self.max_upload_bytes:,} bytes "
+                                  f"({self.max_upload_bytes / MiB:.1f} MiB)")
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
+
+
 # -- small helpers ------------------------------------------------------------------------------
-
-def parse_client_background(text: str | None):
-    """A client's `bg`: 'transparent', 'mask', or a colour -> str kind or (r, g, b).
-
-    Unlike `cutout.parse_background` this never looks at the file system: only
-    colour names, #hex and 'r,g,b' are accepted.
-    """
-    text = (text or "transparent").strip().lower()
-    if text in KINDS:
-        return text
-    if _TRIPLE.match(text):
-        parts = [int(p) for p in text.split(",")]
-        if all(0 <= p <= 255 for p in parts):
-            return tuple(parts)
-    elif _HEX.match(text) or _COLOUR_NAME.match(text):
-        try:
-            return tuple(ImageColor.getrgb(text)[:3])
-        except ValueError:
-            pass
-    raise HTTPException(422, f"bg {text[:60]!r} is not transparent, mask or a colour "
-                             f"(a name like green, #00b900, or 0,185,0)")
-
 
 def safe_label(name: str | None, default: str = "upload") -> str:
     """A client-supplied file name reduced to a harmless label (basename, [A-Za-z0-9._-])."""
@@ -99,48 +160,56 @@ def _stem(label: str) -> str:
     return PurePosixPath(label).stem or label
 
 
-def _encode_png(array: np.ndarray) -> bytes:
+def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     with Image.fromarray(array) as image:
-        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        if fmt == "PNG":
+            image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        else:
+            image.convert("RGB").save(buffer, format="JPEG", quality=92)
     return buffer.getvalue()
 
 
-class _Limits:
-    def __init__(self, max_upload_bytes: int, max_pixels: int):
-        self.max_upload_bytes = int(max_upload_bytes)
-        # io.read_photo refuses more than io.MAX_PIXELS itself; never promise more than that.
-        self.max_pixels = int(min(max_pixels, cio.MAX_PIXELS))
-
-    def too_big(self, what: str) -> HTTPException:
-        return HTTPException(413, f"{what} is larger than the limit of {self.max_upload_bytes:,} bytes "
-                                  f"({self.max_upload_bytes / MiB:.1f} MiB)")
-
-    def check_pixels(self, data: bytes, label: str) -> None:
-        """413 when the image header announces more than max_pixels (before decoding).
-        Anything unreadable is left for read_photo, which names the file (422)."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as image:
-                    width, height = image.size
-        except Image.DecompressionBombError:
-            raise HTTPException(413, f"{label}: image has too many pixels") from None
-        except Exception:  # noqa: BLE001 - not an image: read_photo reports it properly
-            return
-        if width * height > self.max_pixels:
-            raise HTTPException(413, f"{label}: image is {width}x{height} = {width * height:,} pixels, "
-                                     f"over the limit of {self.max_pixels:,}")
+def pixels_of(data: bytes, label: str) -> int:
+    """Pixels an image announces in its header, read without decoding it (0
+    when it is not an image at all: decoding then names the file)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise HTTPException(413, f"{label}: image has too many pixels") from None
+    except Exception:  # noqa: BLE001 - not an image: the decoder names the file later
+        return 0
+    return width * height
 
 
-def _read_upload(upload: UploadFile, limits: _Limits) -> bytes:
+class Budget:
+    """One request's pixels, counted from headers before any decoding."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def add(self, data: bytes, label: str) -> None:
+        pixels = pixels_of(data, label)
+        if pixels > min(self.limit, cio.MAX_PIXELS):
+            raise HTTPException(413, f"{label}: image has {pixels:,} pixels, over the limit of "
+                                     f"{min(self.limit, cio.MAX_PIXELS):,}")
+        self.used += pixels
+        if self.used > self.limit:
+            raise HTTPException(413, f"the images of this request have more than {self.limit:,} pixels "
+                                     f"together ({label} passes the budget)")
+
+
+def read_upload(upload: UploadFile, state: Service) -> bytes:
     """The upload's bytes, counted while reading (the body limit is checked earlier too)."""
     chunks, total = [], 0
     upload.file.seek(0)
     while chunk := upload.file.read(MiB):
         total += len(chunk)
-        if total > limits.max_upload_bytes:
-            raise limits.too_big(f"upload {safe_label(upload.filename)!r}")
+        if total > state.max_upload_bytes:
+            raise state.too_big(f"upload {safe_label(upload.filename)!r}")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -154,7 +223,7 @@ def _is_zip(upload: UploadFile, data: bytes) -> bool:
         (upload.filename or "").lower().endswith(".zip")
 
 
-def _check_image_type(upload: UploadFile, allow_zip: bool = False) -> None:
+def check_type(upload: UploadFile, allow_zip: bool = False) -> None:
     kind = _content_type(upload)
     if kind.startswith("image/") or kind in IMAGE_TYPES_LOOSE or (allow_zip and kind in ZIP_TYPES):
         return
@@ -162,255 +231,135 @@ def _check_image_type(upload: UploadFile, allow_zip: bool = False) -> None:
     raise HTTPException(415, f"{safe_label(upload.filename)}: content type {kind!r} is not {wanted}")
 
 
-# -- the upload-size guard ----------------------------------------------------------------------
-
-class UploadLimit:
-    """ASGI middleware: refuse request bodies over `max_body` bytes with 413.
-
-    Checks Content-Length before reading anything, and counts the bytes while
-    they are read (chunked uploads, lying headers)."""
-
-    def __init__(self, app, max_body: int, message: str):
-        self.app, self.max_body, self.message = app, max_body, message
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                too_long = int(length) > self.max_body
-            except ValueError:
-                too_long = False
-            if too_long:
-                response = JSONResponse({"detail": self.message}, status_code=413,
-                                        headers={"Connection": "close"})
-                return await response(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    # Raised inside the route's body parsing: FastAPI re-raises
-                    # HTTPExceptions, and its exception handler answers 413.
-                    raise HTTPException(413, self.message)
-            return message
-
-        return await self.app(scope, counting_receive, send)
+def background_of(bg: str | None, upload: UploadFile | None, state: Service, budget: Budget):
+    """The composition target: a kind or a colour (never a path), or an uploaded
+    image's bytes (decoded later, inside the slots)."""
+    if upload is not None and upload.filename:
+        check_type(upload)
+        data = read_upload(upload, state)
+        label = safe_label(upload.filename, "background")
+        budget.add(data, label)
+        return label, data
+    try:
+        return parse_background(bg, files=False)
+    except ValueError as exc:
+        raise HTTPException(422, f"bg: {exc}") from None
 
 
-# -- the app ------------------------------------------------------------------------------------
-
-def create_app(predictor: Predictor | None = None, model=None, device: str = "auto",
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = cio.MAX_PIXELS,
-               max_concurrency: int | None = None) -> FastAPI:
-    """The FastAPI app. `predictor`: use this one; else one is made from `model`
-    (a shipped name, a checkpoint path, or None for the shipped defaults) and `device`."""
-    predictor = predictor or Predictor(model, device=device)
-    limits = _Limits(max_upload_bytes, max_pixels)
-    slots = threading.BoundedSemaphore(max_concurrency or max(2, min(4, os.cpu_count() or 1)))
-    load_lock = threading.Lock()
-    _preload(predictor)
-
-    app = FastAPI(
-        title="carmask",
-        version=__version__,
-        description="Remove the studio background from car photos. Upload one photo to "
-                    "`/api/cutout`, or the views of a car (`<car>_<NN>.jpg`, at least "
-                    f"{MIN_VIEWS}) to `/api/cutout-set` for the multi-view model.",
-    )
-    app.state.predictor, app.state.limits = predictor, limits
-
-    def model_for(views: int):
-        with load_lock:  # the first request may load a model: load it once
-            return predictor.model_for(views)
-
-    def model_names() -> list[str]:
-        from carmask import models
-        if predictor.model_name is not None:
-            name = str(predictor.model_name)
-            return [Path(name).stem if Path(name).suffix else name]
-        return models.shipped()
-
-    # -- meta -----------------------------------------------------------------------------------
-    @app.get("/health", tags=["meta"], summary="Liveness check")
-    def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/version", tags=["meta"], summary="Version, models and limits")
-    def version() -> dict:
-        return {"version": __version__, "models": model_names(), "device": str(predictor.device),
-                "max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
-                "min_views": MIN_VIEWS}
-
-    # -- one photo ------------------------------------------------------------------------------
-    def _background(bg: str | None, background: UploadFile | None):
-        """The composition target: a kind, a colour, or an uploaded image (which wins)."""
-        if background is not None and background.filename:
-            _check_image_type(background)
-            data = _read_upload(background, limits)
-            label = safe_label(background.filename, "background")
-            limits.check_pixels(data, label)
-            return read_photo(data, name=label)
-        return parse_client_background(bg)
-
-    @app.post("/api/cutout", tags=["cutout"], summary="Cut the car out of one photo",
-              response_class=Response, responses={200: PNG_RESPONSE, **ERRORS})
-    def cutout(file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
-               bg: str = Form("transparent", description="transparent (RGBA PNG), mask (L PNG), or a "
-                                                         "colour: green, #00b900, 0,185,0 (RGB PNG)."),
-               background: UploadFile | None = File(None, description="Optional background image "
-                                                                        "(scaled to cover); wins over bg.")):
-        _check_image_type(file)
-        label = safe_label(file.filename, "photo")
-        data = _read_upload(file, limits)
-        try:
-            back = _background(bg, background)
-            limits.check_pixels(data, label)
-            with slots:
-                photo = read_photo(data, name=label)
-                del data
-                model_for(1)
-                probs = predictor.predict_photo(photo)
-                png = _encode_png(compose(photo, probs, back))
-                del photo, probs
-        except ImageError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except (NotEnoughViews, ValueError) as exc:
-            raise HTTPException(422, f"{label}: {exc}") from None
-        return Response(png, media_type="image/png",
-                        headers={"Content-Disposition": f'inline; filename="{_stem(label)}.png"'})
-
-    # -- sets of views --------------------------------------------------------------------------
-    @app.post("/api/cutout-set", tags=["cutout"], summary="Cut out sets of views of cars (zip of PNGs)",
-              response_class=Response,
-              responses={200: {"content": {"application/zip": {}},
-                               "description": "A zip of `<stem>.png`, plus `errors.txt` naming "
-                                              "every skipped file and why."}, **ERRORS})
-    def cutout_set(files: list[UploadFile] = File(..., description="Photos named <car>_<NN>.jpg "
-                                                                   "(or one zip of them)."),
-                   bg: str = Form("transparent", description="As for /api/cutout."),
-                   background: UploadFile | None = File(None, description="Optional background image.")):
-        for upload in files:
-            _check_image_type(upload, allow_zip=True)
-        back = _background(bg, background)
-        errors: list[str] = []
-        items = _collect(files, limits, errors)
-        if not items:
-            raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
-        by_label = dict(items)
-        sets = group_by_car([Path(label) for label, _ in items])  # labels only: no file access
-        out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
-        written = 0
-        try:
-            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-                for photo_set in sets:
-                    labels = [p.name for p in photo_set.paths]
-                    for label, png in _cut_set(labels, by_label, back, errors):
-                        archive.writestr(f"{_stem(label)}.png", png)
-                        written += 1
-                    for label in labels:
-                        by_label.pop(label, None)  # free uploads as soon as their set is done
-                if errors:
-                    archive.writestr("errors.txt", "\n".join(errors) + "\n")
-            if not written:
-                raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
-        except BaseException:
-            out.close()
-            raise
-        size = out.tell()
-        out.seek(0)
-        return StreamingResponse(_chunks(out), media_type="application/zip",
-                                 headers={"Content-Disposition": 'attachment; filename="cutouts.zip"',
-                                          "Content-Length": str(size),
-                                          "X-Carmask-Cutouts": str(written),
-                                          "X-Carmask-Skipped": str(len(errors))})
-
-    def _cut_set(labels: list[str], data: dict[str, bytes], back, errors: list[str]
-                 ) -> Iterator[tuple[str, bytes]]:
-        """PNGs for one car's views (multi-view when >= MIN_VIEWS readable) or a lone photo."""
-        readable = []
-        for label in labels:
-            try:
-                limits.check_pixels(data[label], label)
-                readable.append(label)
-            except HTTPException as exc:
-                errors.append(str(exc.detail))
-        if len(readable) >= MIN_VIEWS:
-            results, readable = _predict_set(readable, data, errors)
-            for label, probs in results:
-                try:
-                    with slots:
-                        png = _encode_png(compose(read_photo(data[label], name=label), probs, back))
-                except ImageError as exc:
-                    errors.append(str(exc))
-                    continue
-                except ValueError as exc:
-                    errors.append(f"{label}: {exc}")
-                    continue
-                yield label, png
-        for label in readable:  # lone photos, and sets too small for the multi-view model
-            try:
-                with slots:
-                    photo = read_photo(data[label], name=label)
-                    model_for(1)
-                    png = _encode_png(compose(photo, predictor.predict_photo(photo), back))
-                    del photo
-            except ImageError as exc:
-                errors.append(str(exc))
-                continue
-            except (NotEnoughViews, ValueError) as exc:
-                errors.append(f"{label}: {exc}")
-                continue
-            yield label, png
-
-    def _predict_set(labels: list[str], data: dict[str, bytes], errors: list[str]):
-        """The multi-view path: the predictor decodes and predicts the views together.
-        Returns ([(label, probs)], []) — the second list is for photos left to the
-        single-photo path, which the predictor's own model choice makes empty."""
-        with slots:
-            try:
-                predictions = predictor.predict_views([(label, data[label]) for label in labels])
-            except (NotEnoughViews, ValueError) as exc:
-                errors.extend(f"{label}: {exc}" for label in labels)
-                return [], []
-        errors.extend(p.error for p in predictions if p.error)
-        return [(p.path.name, p.probs) for p in predictions if not p.error], []
-
-    # -- the page -------------------------------------------------------------------------------
-    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8") if (STATIC_DIR / "index.html").is_file() \
-        else "<!doctype html><title>carmask</title><p>The web page is not installed; see /docs.</p>"
-
-    @app.get("/", include_in_schema=False, response_class=HTMLResponse)
-    def index() -> HTMLResponse:
-        return HTMLResponse(page)
-
-    if STATIC_DIR.is_dir():
-        from fastapi.staticfiles import StaticFiles
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    # Outermost: refuse oversized bodies before anything reads them.
-    app.add_middleware(UploadLimit, max_body=limits.max_upload_bytes + MULTIPART_SLACK,
-                       message=f"upload is larger than the limit of {limits.max_upload_bytes:,} bytes "
-                               f"({limits.max_upload_bytes / MiB:.1f} MiB)")
-    return app
+def cut(state: Service, items: list[tuple[str, bytes]], back, budget: Budget):
+    """Decode, predict, refine and compose inside the slots: (label, image | ImageError)."""
+    with state.slots(budget.used):
+        if isinstance(back, tuple) and len(back) == 2 and isinstance(back[1], bytes):
+            back = cio.read_photo(back[1], name=back[0])
+        with state.load_lock:  # the first request may load a model: load it once
+            state.predictor.model_for(len(items))
+        return remove_set(items, state.predictor, back, refine=state.refine)
 
 
-def _preload(predictor: Predictor) -> None:
-    """Load the models now (once), not in the first requests. A missing shipped
-    single-photo model is not an error here: such requests get a 422 later."""
-    for views in (1, MIN_VIEWS):
-        try:
-            predictor.model_for(views)
-        except NotEnoughViews:
-            pass
+def _chunks(spool, size: int = 256 * 1024) -> Iterator[bytes]:
+    try:
+        while chunk := spool.read(size):
+            yield chunk
+    finally:
+        spool.close()
 
 
-def _collect(files: list[UploadFile], limits: _Limits, errors: list[str]) -> list[tuple[str, bytes]]:
+# -- routes -------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+@router.get("/health", tags=["meta"], summary="Liveness check")
+async def health() -> dict:
+    return {"status": "ok"}  # async: answered on the event loop, never behind queued work
+
+
+@router.get("/version", tags=["meta"], summary="Version, models and limits")
+async def version(request: Request) -> dict:
+    state = service(request)
+    return {"version": __version__, "models": state.model_names(), "device": str(state.predictor.device),
+            "max_upload_bytes": state.max_upload_bytes, "max_request_pixels": state.request_pixels,
+            "max_pixels": min(state.request_pixels, cio.MAX_PIXELS), "min_views": MIN_VIEWS,
+            "api_key": state.api_key is not None}
+
+
+@router.post("/api/cutout", tags=["cutout"], summary="Cut the car out of one photo",
+             response_class=Response, responses={200: PNG_RESPONSE, **ERRORS})
+def cutout(request: Request,
+           file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
+           bg: str = Form("transparent", description="transparent (RGBA PNG), mask (L PNG), or a "
+                                                     "colour: green, #00b900, 0,185,0 (RGB PNG)."),
+           background: UploadFile | None = File(None, description="Optional background image "
+                                                                    "(scaled to cover); wins over bg.")):
+    state = service(request)
+    check_type(file)
+    label = safe_label(file.filename, "photo")
+    data = read_upload(file, state)
+    budget = Budget(state.request_pixels)
+    budget.add(data, label)
+    back = background_of(bg, background, state, budget)
+    try:
+        [(_, result)] = cut(state, [(label, data)], back, budget)
+    except ImageError as exc:
+        raise HTTPException(422, str(exc)) from None
+    if isinstance(result, ImageError):
+        raise HTTPException(422, str(result))
+    return Response(encode(result), media_type="image/png",
+                    headers={"Content-Disposition": f'inline; filename="{_stem(label)}.png"'})
+
+
+@router.post("/api/cutout-set", tags=["cutout"], summary="Cut out sets of views of cars (zip of PNGs)",
+             response_class=Response,
+             responses={200: {"content": {"application/zip": {}},
+                              "description": "A zip of `<stem>.png` (`<stem>_mask.png` for masks), plus "
+                                             "`errors.txt` naming every skipped file and why."}, **ERRORS})
+def cutout_set(request: Request,
+               files: list[UploadFile] = File(..., description="Photos named <car>_<NN>.jpg "
+                                                               "(or one zip of them)."),
+               bg: str = Form("transparent", description="As for /api/cutout."),
+               background: UploadFile | None = File(None, description="Optional background image.")):
+    state = service(request)
+    for upload in files:
+        check_type(upload, allow_zip=True)
+    budget = Budget(state.request_pixels)
+    back = background_of(bg, background, state, budget)
+    errors: list[str] = []
+    items = collect(files, state, errors)
+    for label, data in items:
+        budget.add(data, label)
+    if not items:
+        raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
+    suffix = "_mask.png" if back == "mask" else ".png"
+    out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
+    written = 0
+    try:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
+            by_label = dict(items)
+            for photo_set in group_by_car([Path(label) for label, _ in items]):  # labels only: no file access
+                part = [(p.name, by_label[p.name]) for p in photo_set.paths]
+                for label, result in cut(state, part, back, budget):
+                    if isinstance(result, ImageError):
+                        errors.append(str(result))
+                        continue
+                    archive.writestr(f"{_stem(label)}{suffix}", encode(result))
+                    written += 1
+            if errors:
+                archive.writestr("errors.txt", "\n".join(errors) + "\n")
+        if not written:
+            raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
+    except BaseException:
+        out.close()
+        raise
+    size = out.tell()
+    out.seek(0)
+    return StreamingResponse(_chunks(out), media_type="application/zip",
+                             headers={"Content-Disposition": 'attachment; filename="cutouts.zip"',
+                                      "Content-Length": str(size),
+                                      "X-Carmask-Cutouts": str(written),
+                                      "X-Carmask-Skipped": str(len(errors))})
+
+
+def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[tuple[str, bytes]]:
     """(unique label, bytes) for every photo uploaded directly or inside a zip."""
     items: list[tuple[str, bytes]] = []
     taken: set[str] = set()
@@ -428,24 +377,27 @@ def _collect(files: list[UploadFile], limits: _Limits, errors: list[str]) -> lis
         if len(items) > MAX_SET_FILES:
             raise HTTPException(413, f"more than {MAX_SET_FILES} photos in one request")
 
-    budget = [ZIP_EXPANSION * limits.max_upload_bytes]  # total bytes unpacked from zips
+    budget = [ZIP_EXPANSION * state.max_upload_bytes]  # total bytes unpacked from zips
     for upload in files:
-        data = _read_upload(upload, limits)
+        data = read_upload(upload, state)
         if _is_zip(upload, data):
-            _unzip(data, safe_label(upload.filename, "upload.zip"), add, budget, errors)
+            unzip(data, safe_label(upload.filename, "upload.zip"), add, budget, errors)
         else:
             add(upload.filename, data)
     return items
 
 
-def _unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str]) -> None:
+def unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str]) -> None:
     """Photos inside a zip; member names are labels only, never paths."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
         raise HTTPException(422, f"{zip_label}: not a readable zip ({exc})") from None
     with archive:
-        for member in archive.infolist():
+        members = archive.infolist()
+        if len(members) > 4 * MAX_SET_FILES:
+            raise HTTPException(413, f"{zip_label}: more than {4 * MAX_SET_FILES} entries")
+        for member in members:
             name = member.filename
             base = re.split(r"[\\/]", name)[-1]
             if member.is_dir() or not base or base.startswith(".") or "__MACOSX" in name:
@@ -455,8 +407,7 @@ def _unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str
                 errors.append(f"{label}: not a photo (skipped)")
                 continue
             if member.file_size > budget[0]:
-                raise HTTPException(413, f"{zip_label}: unpacks to more than "
-                                         f"{ZIP_EXPANSION}x the upload limit")
+                raise HTTPException(413, f"{zip_label}: unpacks to more than {ZIP_EXPANSION}x the upload limit")
             try:
                 with archive.open(member) as stream:
                     content = stream.read(budget[0] + 1)  # never trust the header's size
@@ -465,22 +416,330 @@ def _unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str
                 continue
             budget[0] -= len(content)
             if budget[0] < 0:
-                raise HTTPException(413, f"{zip_label}: unpacks to more than "
-                                         f"{ZIP_EXPANSION}x the upload limit")
+                raise HTTPException(413, f"{zip_label}: unpacks to more than {ZIP_EXPANSION}x the upload limit")
             add(base, content)
 
 
-def _chunks(spool, size: int = 256 * 1024) -> Iterator[bytes]:
-    try:
-        while chunk := spool.read(size):
-            yield chunk
-    finally:
-        spool.close()
+# -- remove.bg's API ----------------------------------------------------------------------------
+
+REMOVEBG_SIZES = {"preview": 0.25e6, "small": 0.25e6, "regular": 0.25e6, "medium": 1.5e6, "hd": 4e6,
+                  "4k": 10e6, "full": None, "auto": None, "50mp": None}
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto") -> None:
+class RemoveBgError(Exception):
+    """An error in remove.bg's shape: {"errors": [{"title", "code"}]}."""
+
+    def __init__(self, status: int, title: str, code: str):
+        self.status, self.title, self.code = status, title, code
+
+
+@router.post("/v1.0/removebg", tags=["remove.bg"], summary="remove.bg-compatible cut-out",
+             response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {},
+                                                                    "application/zip": {}}}})
+def removebg(request: Request,
+             image_file: UploadFile | None = File(None), image_file_b64: str | None = Form(None),
+             image_url: str | None = Form(None), size: str = Form("auto"), type: str = Form("auto"),
+             format: str = Form("auto"), bg_color: str | None = Form(None),
+             bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba")):
+    state = service(request)
+    if state.api_key is not None and request.headers.get("x-api-key") != state.api_key:
+        raise RemoveBgError(403, "Missing or invalid API key (X-Api-Key)", "auth_failed")
+    fmt, size, channels = (format or "auto").lower(), (size or "auto").lower(), (channels or "rgba").lower()
+    if fmt not in ("auto", "png", "jpg", "zip"):
+        raise RemoveBgError(400, f"format {format!r}: use auto, png, jpg or zip", "invalid_parameters")
+    if size not in REMOVEBG_SIZES:
+        raise RemoveBgError(400, f"size {size!r}: use one of {', '.join(REMOVEBG_SIZES)}", "invalid_parameters")
+    if channels not in ("rgba", "alpha"):
+        raise RemoveBgError(400, f"channels {channels!r}: use rgba or alpha", "invalid_parameters")
+    if image_url:
+        raise RemoveBgError(400, "image_url is not supported: this server fetches nothing; send image_file",
+                            "invalid_parameters")
+    if image_file is not None and image_file.filename:
+        data, label = read_upload(image_file, state), safe_label(image_file.filename, "image")
+    elif image_file_b64:
+        try:
+            data, label = base64.b64decode(image_file_b64, validate=True), "image"
+        except (binascii.Error, ValueError):
+            raise RemoveBgError(400, "image_file_b64 is not valid base64", "invalid_parameters") from None
+        if len(data) > state.max_upload_bytes:
+            raise state.too_big("image_file_b64")
+    else:
+        raise RemoveBgError(400, "No image given: send image_file or image_file_b64", "missing_image")
+    budget = Budget(state.request_pixels)
+    budget.add(data, label)
+    back = "transparent"
+    if bg_color:
+        colour = bg_color.strip()
+        colour = f"#{colour}" if re.fullmatch(r"[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}", colour) else colour
+        try:
+            back = parse_background(colour, files=False)
+        except ValueError:
+            raise RemoveBgError(400, f"bg_color {bg_color[:40]!r} is not a colour", "invalid_parameters") from None
+    if bg_image_file is not None and bg_image_file.filename:
+        back = background_of(None, bg_image_file, state, budget)
+    [(_, result)] = cut(state, [(label, data)], "transparent", budget)
+    if isinstance(result, ImageError):
+        raise RemoveBgError(400, str(result), "unknown_foreground" if "views" in result.reason
+                            else "invalid_image")
+    rgba = _scaled(result, REMOVEBG_SIZES[size])
+    alpha = rgba[..., 3]
+    coloured = back != "transparent"
+    if coloured:
+        from carmask.cutout import compose
+        target = cio.read_photo(back[1], name=back[0]) if isinstance(back, tuple) and len(back) == 2 and \
+            isinstance(back[1], bytes) else back
+        colour_image = compose(rgba[..., :3], alpha, target)
+    else:
+        colour_image = rgba[..., :3]
+    if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("color.jpg", encode(colour_image, "JPEG"))
+            archive.writestr("alpha.png", encode(alpha))
+        body, media = buffer.getvalue(), "application/zip"
+    elif channels == "alpha":
+        body, media = encode(alpha), "image/png"
+    elif fmt == "jpg" or (fmt == "auto" and coloured):
+        body, media = encode(colour_image if coloured else compose_white(rgba), "JPEG"), "image/jpeg"
+    else:
+        body, media = encode(colour_image if coloured else rgba), "image/png"
+    height, width = alpha.shape
+    return Response(body, media_type=media, headers={
+        "X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
+        "X-Foreground-Top": "0", "X-Foreground-Left": "0",
+        "X-Foreground-Width": str(width), "X-Foreground-Height": str(height)})
+
+
+def compose_white(rgba: np.ndarray) -> np.ndarray:
+    a = rgba[..., 3:].astype(np.float32) / 255
+    return np.round(rgba[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
+
+
+def _scaled(rgba: np.ndarray, pixels: float | None) -> np.ndarray:
+    height, width = rgba.shape[:2]
+    if not pixels or width * height <= pixels:
+        return rgba
+    scale = (pixels / (width * height)) ** 0.5
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(rgba).resize(size, Image.LANCZOS))
+
+
+def _removebg_error(request: Request, exc: RemoveBgError) -> JSONResponse:
+    return JSONResponse({"errors": [{"title": exc.title, "code": exc.code}]}, status_code=exc.status)
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+_PAGE = (STATIC_DIR / "index.html").read_text(encoding="utf-8") if (STATIC_DIR / "index.html").is_file() \
+    else "<!doctype html><title>carmask</title><p>The web page is not installed; see /openapi.json.</p>"
+
+
+@router.get("/", include_in_schema=False, response_class=HTMLResponse)
+async def index() -> HTMLResponse:
+    return HTMLResponse(_PAGE)
+
+
+# -- errors without Python internals ------------------------------------------------------------
+
+def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming the field and what was wrong, never the value's repr."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "header"))
+        kind = error.get("type", "")
+        what = "is required" if kind == "missing" else \
+            "must be a file upload" if "upload" in kind.lower() or "file" in kind.lower() else \
+            re.sub(r"<[^>]*>|0x[0-9a-f]+", "", str(error.get("msg", "is not valid"))).strip()
+        problems.append(f"field {where or 'request'!r} {what}")
+    message = "; ".join(problems) or "the request is not valid"
+    if request.url.path.startswith("/v1.0/"):
+        return JSONResponse({"errors": [{"title": message, "code": "invalid_parameters"}]}, status_code=400)
+    return JSONResponse({"detail": message}, status_code=422)
+
+
+def _http_error(request: Request, exc) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if request.url.path.startswith("/v1.0/"):
+        code = {413: "file_too_large", 415: "invalid_file_type", 408: "timeout", 403: "forbidden"}.get(
+            exc.status_code, "invalid_parameters")
+        return JSONResponse({"errors": [{"title": detail, "code": code}]}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+# -- the guard in front of everything -----------------------------------------------------------
+
+class Guard:
+    """ASGI middleware, outermost: security headers on every answer; Host and
+    Origin checks; request bodies over `max_body` answered 413 after reading
+    and dropping them (up to DRAIN_BYTES, so that the client sees the answer);
+    a body that takes longer than `body_timeout` answered 408."""
+
+    def __init__(self, app, max_body: int, hosts: set[str] | None, origins: set[str],
+                 body_timeout: float = BODY_TIMEOUT):
+        self.app, self.max_body, self.hosts, self.origins = app, max_body, hosts, origins
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_secure(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + SECURITY_HEADERS}
+            await send(message)
+
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        host = headers.get("host", "")
+        if self.hosts is not None and _hostname(host) not in self.hosts:
+            return await self._refuse(scope, receive, send_secure, 403, f"host {host[:80]!r} is not served here")
+        origin = headers.get("origin")
+        if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
+                origin != f"{scope.get('scheme', 'http')}://{host}" and origin not in self.origins:
+            return await self._refuse(scope, receive, send_secure, 403,
+                                      f"requests from pages of {origin[:80]} are not allowed "
+                                      "(carmask serve --allow-origin adds an origin)")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._refuse(scope, receive, send_secure, 413, self._too_large(), drain=True)
+        seen, deadline = 0, time.monotonic() + self.body_timeout
+
+        async def guarded_receive():
+            nonlocal seen
+            try:
+                message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body took longer than {self.body_timeout:.0f} s",
+                                    headers={"Connection": "close"}) from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    # Raised inside the route's body parsing: answered 413 by the handler.
+                    raise HTTPException(413, self._too_large(), headers={"Connection": "close"})
+            return message
+
+        return await self.app(scope, guarded_receive, send_secure)
+
+    def _too_large(self) -> str:
+        return f"upload is larger than the limit of {self.max_body - MULTIPART_SLACK:,} bytes " \
+               f"({(self.max_body - MULTIPART_SLACK) / MiB:.1f} MiB)"
+
+    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool = False):
+        if drain or scope["method"] not in ("GET", "HEAD"):
+            await _drain(receive, self.body_timeout)
+        body = {"errors": [{"title": message, "code": "forbidden" if status == 403 else "file_too_large"}]} \
+            if scope["path"].startswith("/v1.0/") else {"detail": message}
+        response = JSONResponse(body, status_code=status, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+async def _drain(receive, timeout: float) -> None:
+    """Read and drop a request body, up to DRAIN_BYTES and `timeout` seconds."""
+    dropped, deadline = 0, time.monotonic() + timeout
+    while dropped <= DRAIN_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+# -- the app ------------------------------------------------------------------------------------
+
+def create_app(predictor: Predictor | None = None, model=None, device: str = "auto",
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_REQUEST_PIXELS,
+               max_concurrency: int | None = None, pixels_at_once: int = DEFAULT_PIXELS_AT_ONCE,
+               api_key: str | None = None, hosts: set[str] | None = None, allow_origins=(),
+               refine: bool = True, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+    """The FastAPI app. `predictor`: use this one; else one is made from `model`
+    (a shipped name, a checkpoint path, or None for the shipped defaults) and
+    `device`. `max_pixels`: every image of one request together. `hosts`: the
+    Host names served (None: any). `allow_origins`: other origins whose pages
+    may POST. `api_key`: required as X-Api-Key on the remove.bg endpoint."""
+    predictor = predictor or Predictor(model, device=device)
+    jobs = max_concurrency or max(2, min(4, os.cpu_count() or 1))
+    state = Service(predictor, int(max_upload_bytes), int(max_pixels),
+                    PixelSlots(jobs, max(int(pixels_at_once), int(max_pixels))), api_key, refine)
+    _preload(predictor)
+    app = FastAPI(title="carmask", version=__version__, docs_url=None, redoc_url=None,
+                  description="Remove the studio background from car photos. Upload one photo to "
+                              "`/api/cutout`, or the views of a car (`<car>_<NN>.jpg`, at least "
+                              f"{MIN_VIEWS}) to `/api/cutout-set` for the multi-view model; "
+                              "`/v1.0/removebg` speaks remove.bg's API.")
+    app.state.service = state
+    app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RemoveBgError, _removebg_error)
+    if STATIC_DIR.is_dir():
+        from fastapi.staticfiles import StaticFiles
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(Guard, max_body=state.max_upload_bytes + MULTIPART_SLACK, hosts=hosts,
+                       origins=set(allow_origins), body_timeout=body_timeout)
+    return app
+
+
+def _preload(predictor: Predictor) -> None:
+    """Load the models now (once), not in the first requests. A missing shipped
+    single-photo model is not an error here: such requests get a 422 later."""
+    for views in (1, MIN_VIEWS):
+        try:
+            predictor.model_for(views)
+        except NotEnoughViews:
+            pass
+
+
+def local_hosts(host: str) -> set[str] | None:
+    """Host names a server bound to `host` answers to: None (any) on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return {"127.0.0.1", "localhost", "::1", host.lower()}
+
+
+def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto",
+        api_key: str | None = None, allow_origins=(), max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        max_concurrency: int | None = None) -> None:
     """Serve the API and the page with uvicorn (the `carmask serve` verb)."""
     import uvicorn
-    app = create_app(model=model, device=device)
+    app = create_app(model=model, device=device, api_key=api_key, hosts=local_hosts(host),
+                     allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
+                     max_concurrency=max_concurrency)
     print(f"carmask {__version__}: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", http=timed_protocol(),
+                timeout_keep_alive=5, limit_concurrency=512)
+
+
+def timed_protocol(header_timeout: float = HEADER_TIMEOUT):
+    """uvicorn's h11 protocol, closing connections whose request headers take
+    longer than `header_timeout` seconds (slow clients cannot hold them open)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def _arm_header_timer(self):
+            cycle = self.cycle
+            self.loop.call_later(header_timeout, self._headers_late, cycle)
+
+        def _headers_late(self, cycle):
+            if self.cycle is cycle and not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedH11Protocol

@@ -8,6 +8,7 @@ absent in most views -- the property the real pipeline relies on.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +192,48 @@ def render_view(background: np.ndarray, car: CarSpec, view: int, views: int = 16
                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Photo (uint8 HxWx3) and exact 0/1 car mask for turntable view 1..views."""
     rng = np.random.default_rng(view) if rng is None else rng
+    photo, mask = _render(background, car, view, views)
+    photo += rng.normal(0, NOISE_SIGMA, photo.shape)
+    return np.clip(photo, 0, 255).round().astype(np.uint8), mask.astype(np.uint8)
+
+
+def render_soft_view(background: np.ndarray, car: CarSpec, view: int, views: int = 16,
+                     rng: np.random.Generator | None = None, supersample: int = 4,
+                     blur: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+    """Photo (uint8 HxWx3) with soft edges of known alpha (float32 HxW, 0..1).
+
+    The view is rendered `supersample` times larger and averaged down, so each
+    edge pixel mixes car and studio by the car's share of it, as a camera's
+    pixel does; a `blur` (pixels, the lens) softens photo and alpha alike.
+    Then photo = alpha * car + (1 - alpha) * studio holds at every pixel, up to
+    the sensor noise, the studio being `background` as lit (shadow included).
+    """
+    rng = np.random.default_rng(view) if rng is None else rng
+    big = np.repeat(np.repeat(background, supersample, 0), supersample, 1)
+    photo, mask = _render(big, car, view, views)
+    height, width = background.shape[:2]
+    cells = (height, supersample, width, supersample)
+    alpha = mask.astype(np.float32).reshape(cells).mean(axis=(1, 3))
+    # Average the car's colour (not the shadowed studio) where it covers the pixel:
+    # outside the car the photo is the studio itself, shadow included.
+    car_sum = (photo * mask[..., None]).reshape(*cells, 3).sum(axis=(1, 3))
+    car_colour = car_sum / np.maximum(mask.reshape(cells).sum(axis=(1, 3)), 1)[..., None]
+    studio = np.where(mask[..., None], np.nan, photo).reshape(*cells, 3)
+    with warnings.catch_warnings():  # pixels wholly covered by the car have no studio: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        studio = np.nanmean(studio, axis=(1, 3))
+    studio = np.where(np.isnan(studio), background, studio)
+    if blur:
+        alpha = ndimage.gaussian_filter(alpha, blur)
+        car_colour = np.stack([ndimage.gaussian_filter(car_colour[..., c] * alpha, blur)
+                               for c in range(3)], -1) / np.maximum(alpha, 1e-6)[..., None]
+    out = alpha[..., None] * car_colour + (1 - alpha[..., None]) * studio
+    out += rng.normal(0, NOISE_SIGMA, out.shape)
+    return np.clip(out, 0, 255).round().astype(np.uint8), alpha
+
+
+def _render(background: np.ndarray, car: CarSpec, view: int, views: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free photo (float32) and boolean car mask."""
     shape = background.shape[:2]
     angle = 2 * np.pi * (view - 1) / views + car.heading
     origin, scale = _origin(car, (shape[1], shape[0]), views)
@@ -212,9 +255,7 @@ def render_view(background: np.ndarray, car: CarSpec, view: int, views: int = 16
     for i in near:
         # The hubcap shows only when that side of the car faces the camera.
         _draw_wheel(photo, mask, wheels[i], screen, angle, r, rim=wheel_cam[i, 1] < -0.1 * r)
-
-    photo += rng.normal(0, NOISE_SIGMA, photo.shape)
-    return np.clip(photo, 0, 255).round().astype(np.uint8), mask.astype(np.uint8)
+    return photo, mask
 
 
 def _shadow(body, screen, shape, scale) -> np.ndarray:

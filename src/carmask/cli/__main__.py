@@ -1,3 +1,4 @@
 from carmask.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned worker re-imports this module
+    main()

@@ -1,12 +1,187 @@
-"""What the verbs share: the command group, common options and messages."""
+"""What the verbs share: the command group, common options, messages, output
+checks and the exit status.
+
+Every verb should:
+- find its photos with `find_inputs` (files, folders, globs, `-r`; a missing
+  name or no photo at all is an `InputError`);
+- check each output before any work with `check_output` ("-" is stdout where
+  the verb allows it), and write inside `writing(...)`, which turns an OSError
+  into a sentence;
+- talk on stderr through `info` (hidden by --quiet), `detail` (shown by
+  --verbose) and `fail` (always), which never glue onto a progress bar, and
+  show progress with `progress` (a bar on a terminal only);
+- end with a summary that counts what it wrote, kept and skipped
+  (`skipped_summary` groups the skips by kind);
+- exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
+  or input error (`InputError`, click's UsageError), 130 when interrupted:
+  `EXIT_STATUS`, shown in every verb's --help.
+"""
 from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
 from carmask import __version__
 from carmask.io import parse_size
 
+EXIT_STATUS = """\b
+Exit status:
+  0    done
+  1    done, but some inputs were skipped (each is named on stderr)
+  2    usage or input error: a bad option, no photos, an output that
+       cannot be written
+  130  interrupted"""
 
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_VERBOSITY = "carmask.verbosity"
+
+
+# -- exit status and errors ------------------------------------------------------
+class InputError(click.ClickException):
+    """Exit 2 with a sentence: the command cannot run on what it was given."""
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        fail(self.format_message())
+
+
+class Verb(click.Command):
+    """A carmask verb: its --help ends with the exit status."""
+
+    def __init__(self, *args, epilog: str | None = None, **kwargs):
+        super().__init__(*args, epilog=f"{epilog}\n\n{EXIT_STATUS}" if epilog else EXIT_STATUS, **kwargs)
+
+
+class Carmask(click.Group):
+    command_class = Verb
+
+
+# -- messages and progress -------------------------------------------------------
+def verbosity() -> int:
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_VERBOSITY, NORMAL) if ctx else NORMAL
+
+
+def _setter(level):
+    def callback(ctx, param, value):
+        if value:
+            ctx.meta[_VERBOSITY] = level
+    return callback
+
+
+def verbosity_options(command):
+    """-q/--quiet and -v/--verbose, for the group and for any verb."""
+    command = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_setter(VERBOSE),
+                           help="Say more: the model, the device, the sets, the speed.")(command)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_setter(QUIET),
+                        help="Only errors and skipped inputs on stderr; no progress bar.")(command)
+
+
+def _say(text: str) -> None:
+    from tqdm import tqdm
+    tqdm.write(text, file=sys.stderr)  # clears a progress bar first, then redraws it below
+
+
+def fail(message: str) -> None:
+    """An error or a skipped input: always said."""
+    _say(f"carmask: {message}")
+
+
+def info(message: str) -> None:
+    """What was done: said unless --quiet."""
+    if verbosity() >= NORMAL:
+        _say(message)
+
+
+def detail(message: str) -> None:
+    """How it was done: said with --verbose."""
+    if verbosity() >= VERBOSE:
+        _say(message)
+
+
+def progress(total: int, desc: str, unit: str = "photo"):
+    """A tqdm bar on stderr, shown only on a terminal and without --quiet."""
+    from tqdm import tqdm
+    shown = verbosity() >= NORMAL and getattr(sys.stderr, "isatty", lambda: False)()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not shown, dynamic_ncols=True)
+
+
+def skipped_summary(errors: list[str], what: str = "photo") -> str:
+    """'3 photo(s) skipped: 2 not a readable image, 1 ...' (skips grouped by kind)."""
+    kinds = Counter(_kind(error) for error in errors)
+    return f"{len(errors)} {what}(s) skipped: " + ", ".join(f"{n} {kind}" for kind, n in sorted(
+        kinds.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _kind(error: str) -> str:
+    """The reason of 'path: reason (details), more' without the path and details."""
+    return re.split(r" \(|, |: ", error.split(": ", 1)[-1], maxsplit=1)[0]
+
+
+# -- inputs and outputs ----------------------------------------------------------
+def find_inputs(inputs, recursive: bool = False) -> list[Path]:
+    """The photos named on the command line: files, folders and globs (`-r`: in
+    sub-folders too). A name that is nothing, or no photo at all, is an InputError."""
+    from carmask.io import find_photos
+    missing = [str(i) for i in inputs if not any(ch in str(i) for ch in "*?[") and not os.path.lexists(i)]
+    if missing:
+        raise InputError(f"no such file or folder: {', '.join(missing)}")
+    photos = find_photos(inputs, recursive=recursive)
+    if not photos:
+        hint = " (-r looks in sub-folders)" if not recursive and any(Path(i).is_dir() for i in inputs) else ""
+        raise InputError(f"no photos found in {' '.join(map(str, inputs))}{hint}")
+    return photos
+
+
+def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: an existing
+    one without --overwrite (a folder only if it holds files), a file where a
+    folder is needed or the reverse, a missing folder to write a file into
+    (folders are created, with their parents), a place without write access."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise InputError(f"{path} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise InputError(f"{path} is a folder; name the file to write")
+        if not overwrite and (not folder or any(path.iterdir())):
+            raise InputError(f"{path} exists; pass --overwrite to replace it")
+    where = path.parent
+    while folder and not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.exists():
+        for above in [where, *where.parents]:
+            if above.exists() and not above.is_dir():
+                raise InputError(f"cannot write {path}: {above} is not a folder")
+        raise InputError(f"cannot write {path}: folder {where} does not exist")
+    if not where.is_dir():
+        raise InputError(f"cannot write {path}: {where} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write in {where}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def writing(path):
+    """An OSError while writing `path` becomes a sentence (exit 2)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.strerror and exc.filename:
+            raise InputError(f"cannot write {exc.filename}: {exc.strerror}") from None
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# -- options and the model ---------------------------------------------------------
 def size_callback(ctx, param, value):
     try:
         return parse_size(value)
@@ -14,44 +189,48 @@ def size_callback(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-def fail(message: str) -> None:
-    click.echo(f"carmask: {message}", err=True)
-
-
-def make_predictor(model, device, batch_size, compile=False, **options):
+def make_predictor(model, device, batch_size, compile=False, tta=False, **options):
     from carmask.predict import Predictor
     try:
-        return Predictor(model, device=device, batch_size=batch_size, compile=compile, **options)
+        return Predictor(model, device=device, batch_size=batch_size, compile=compile, tta=tta, **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
 
 def check_model(model):
     """Fail early, before any work, on a model that is not there."""
-    if model is None:
-        return
     from carmask import models
     try:
-        models.load(model)
+        models.check(model)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
 
-model_option = click.option("--model", help="Shipped model name (seed, multiview, rgb) or a checkpoint "
-                                            "path. Default: the best shipped model for each photo.")
+def describe_predictor(model, device, tta=False) -> str:
+    """'model seed on cpu' (for --verbose)."""
+    return f"model {model or 'the shipped defaults'} on {device}" + (" with tta" if tta else "")
+
+
+model_option = click.option("--model", help="A tier (accurate, fast), a shipped model (multiview-fast, "
+                                            "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
+                                            "mean their best tier) or a checkpoint path. Default: the most "
+                                            "accurate tier shipped, multi-view for sets of 3+ views.")
 size_option = click.option("--output-size", callback=size_callback, metavar="WxH",
                            help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
 device_option = click.option("--device", default="auto", show_default=True,
                              type=click.Choice(["auto", "cpu", "cuda"]))
 batch_option = click.option("--batch-size", default=16, show_default=True, help="Photos per model batch.")
+tta_option = click.option("--tta", is_flag=True,
+                          help="Also predict each photo mirrored and average: twice the model work.")
+recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="carmask")
+@verbosity_options
 def main():
     """Remove the studio background from car photos.
 
     Photos named <car>_<NN>.jpg (Kaggle Carvana layout) are grouped by car:
     sets of at least 3 views use the car's median background.
     """
-

@@ -1,42 +1,53 @@
 """`carmask evaluate`: mean dice against a dataset's masks."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
-from carmask.cli.common import (batch_option, check_model, device_option, fail, main, make_predictor,
-                                model_option, size_callback, size_option)
+from carmask.cli.common import (InputError, batch_option, check_model, check_output, describe_predictor,
+                                detail, device_option, fail, info, main, make_predictor, model_option,
+                                progress, size_callback, size_option, skipped_summary, tta_option,
+                                verbosity_options, writing)
 
 
 @main.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @model_option
 @size_option
+@tta_option
 @device_option
 @batch_option
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Masks folder (default: train_masks/ beside the photos).")
 @click.option("--cars", "cars_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Score only these cars: a text file with one car id a line (or a JSON list).")
-@click.option("--report", type=click.Path(file_okay=False, path_type=Path),
+              help="Score only these cars: a training run's split.json (its held-out \"val\" cars), "
+                   "a JSON list, or a text file with one car id a line.")
+@click.option("--report", type=click.Path(path_type=Path),
               help="Folder for dice.csv, a histogram, dice per view and a gallery of the worst images.")
+@click.option("--overwrite", is_flag=True, help="Write the report into a folder that already holds files.")
 @click.option("--resize-loss", callback=size_callback, metavar="WxH",
               help="Also measure the dice lost by resizing the true masks to WxH and back.")
-def evaluate(data_dir, model, output_size, device, batch_size, masks, cars_file, report, resize_loss):
-    """Print the mean per-image dice of predictions against DATA_DIR's masks."""
-    from tqdm import tqdm
+@verbosity_options
+def evaluate(data_dir, model, output_size, tta, device, batch_size, masks, cars_file, report, overwrite,
+             resize_loss):
+    """Print the mean per-image dice of predictions against DATA_DIR's masks.
 
+    Views without a mask only serve their car's background. Each skipped
+    photo or mask is named on stderr.
+    """
     from carmask.evaluate import evaluate as run_evaluation, resize_loss as measure_resize_loss, scored_sets
     from carmask.io import mask_path
 
-    cars = _read_cars(cars_file) if cars_file else None
+    if report:
+        check_output(report, folder=True, overwrite=overwrite)
+    cars = _cars(cars_file)
     try:
         sets, masks_dir = scored_sets(data_dir, masks, cars)
     except FileNotFoundError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
+    _check_sets(sets, cars, cars_file, data_dir, masks_dir)
     if resize_loss:
         mask_files = [mask_path(p, masks_dir) for s in sets for p in s.paths]
         loss = measure_resize_loss([m for m in mask_files if m.exists()], resize_loss)
@@ -44,20 +55,58 @@ def evaluate(data_dir, model, output_size, device, batch_size, masks, cars_file,
                    f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
                    f"{loss['hard']:.5f} resizing hard masks (nearest)")
     check_model(model)
-    predictor = make_predictor(model, device, batch_size, upright=False)  # the masks' stored pixel grid
-    with tqdm(total=sum(len(s.paths) for s in sets), unit="photo", desc="evaluating", file=sys.stderr) as bar:
+    predictor = make_predictor(model, device, batch_size, tta=tta, upright=False)  # the masks' stored grid
+    todo = sum(len(s.paths) for s in sets)
+    detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos of {len(sets)} cars")
+    with progress(todo, "evaluating") as bar:
         scores = run_evaluation(predictor, data_dir, masks, output_size, cars, progress=bar.update)
     for reason in scores.skipped:
         fail(f"skipped {reason}")
-    click.echo(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
+    if scores.dice:
+        click.echo(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
+    if scores.unscored:
+        info(f"{scores.unscored} view(s) without a mask served only the background")
+    if scores.skipped:
+        fail(skipped_summary(scores.skipped))
+    if not scores.dice:
+        fail("no image could be scored")
+        sys.exit(1)
     if report:
         from carmask.report import write_evaluation_report
-        for path in write_evaluation_report(scores, report):
-            click.echo(f"wrote {path}", err=True)
+        with writing(report):
+            written = write_evaluation_report(scores, report)
+        info(f"wrote {len(written)} files to {report}: {', '.join(p.name for p in written)}")
     if scores.skipped:
         sys.exit(1)
 
 
-def _read_cars(path: Path) -> list[str]:
-    text = path.read_text()
-    return json.loads(text) if text.lstrip().startswith("[") else text.split()
+def _cars(cars_file):
+    if cars_file is None:
+        return None
+    from carmask.evaluate import read_cars
+    try:
+        cars = read_cars(cars_file)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    held_out = " held-out (val)" if cars_file.read_text().lstrip().startswith("{") else ""
+    info(f"scoring the {len(cars)}{held_out} car{'s' if len(cars) > 1 else ''} of {cars_file}")
+    return cars
+
+
+def _check_sets(sets, cars, cars_file, data_dir, masks_dir):
+    """Nothing to score is an error; cars of the list that are not there are named."""
+    found = {s.car for s in sets}
+    if cars is not None:
+        missing = [c for c in cars if c not in found]
+        if len(missing) == len(cars):
+            raise InputError(f"none of the {len(cars)} car(s) of {cars_file} has photos with masks in "
+                             f"{data_dir} (masks from {masks_dir}): {_some(missing)}")
+        if missing:
+            info(f"{len(missing)} of the {len(cars)} cars of {cars_file} have no photos with masks in "
+                 f"{data_dir} (masks from {masks_dir}): {_some(missing)}")
+    elif not sets:
+        raise InputError(f"no photos with masks in {data_dir} (masks from {masks_dir})")
+
+
+def _some(names, shown=5):
+    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")

@@ -1,24 +1,31 @@
-"""`carmask predict`: a Kaggle submission CSV for a folder of photos."""
+"""`carmask predict`: a Kaggle submission CSV for photos."""
 from __future__ import annotations
 
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import click
 
-from carmask.cli.common import (batch_option, check_model, device_option, fail, main, make_predictor,
-                                model_option, size_option)
+from carmask.cli.common import (InputError, batch_option, check_model, check_output, describe_predictor,
+                                detail, device_option, fail, find_inputs, info, main, make_predictor,
+                                model_option, progress, recursive_option, size_option, skipped_summary,
+                                tta_option, verbosity_options, writing)
 
 
 @main.command()
-@click.argument("photo_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Submission CSV to write (img,rle_mask).")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, metavar="FILE",
+              help="Submission CSV to write (img,rle_mask), or - for stdout (then not resumable).")
+@recursive_option
 @model_option
 @size_option
+@tta_option
 @device_option
 @batch_option
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output, and start afresh instead of "
+                                                "continuing an interrupted run.")
 @click.option("--compile", "compile_model", is_flag=True,
               help="torch.compile the model (CUDA graphs on a GPU): slower start, faster on large runs.")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
@@ -27,70 +34,108 @@ from carmask.cli.common import (batch_option, check_model, device_option, fail, 
               help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance).")
 @click.option("--actors", type=click.IntRange(min=1),
               help="Ray actors, one model each (default: one per GPU, else one per CPU).")
-def predict(photo_dir, output, model, output_size, device, batch_size, overwrite, compile_model,
-            engine, ray_address, actors):
-    """Predict a mask for every photo in PHOTO_DIR and write a Kaggle submission CSV.
+@verbosity_options
+def predict(inputs, output, recursive, model, output_size, tta, device, batch_size, overwrite,
+            compile_model, engine, ray_address, actors):
+    """Predict a mask for every photo in INPUTS (files, folders, globs) and
+    write a Kaggle submission CSV.
 
-    Resumable: if a run is interrupted, run the same command again. Exits
-    non-zero when any photo was skipped; each one is named on stderr.
+    Resumable: if a run is interrupted, run the same command again; it goes on
+    only if the photos, the model and the options are the same (--overwrite
+    starts afresh). A second run on the same output refuses while one runs.
+    Each skipped photo is named on stderr.
     """
+    photos = find_inputs(inputs, recursive)
+    _refuse_shared_names(photos)
+    if output != "-":
+        check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
     check_model(model)
-    if engine == "ray":
-        predictor = _ray_predictor(model, device, batch_size, actors, ray_address)
-        try:
-            _write_submission(predictor, photo_dir, output, output_size, overwrite)
-        finally:
-            predictor.close()
-    else:
-        # masks on the stored pixel grid (Kaggle's convention), not turned by EXIF
-        _write_submission(make_predictor(model, device, batch_size, compile_model, upright=False), photo_dir,
-                          output, output_size, overwrite)
+    # The writer first: a refusal (output there, in use, another run's) comes before any work.
+    writer = _open_writer(output, overwrite, photos, model, output_size, tta)
+    try:
+        if engine == "ray":
+            predictor = _ray_predictor(model, device, batch_size, actors, ray_address, tta)
+            try:
+                _write_submission(predictor, writer, photos, output, output_size, model, tta)
+            finally:
+                predictor.close()
+        else:
+            # masks on the stored pixel grid (Kaggle's convention), not turned by EXIF
+            _write_submission(make_predictor(model, device, batch_size, compile_model, tta, upright=False), writer,
+                              photos, output, output_size, model, tta)
+    except KeyboardInterrupt:
+        writer.close()  # what was predicted stays in the partial file for a resume
+        fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
+        sys.exit(130)
+    except BaseException:
+        writer.close()
+        raise
 
 
-def _ray_predictor(model, device, batch_size, actors, address):
+def _open_writer(output, overwrite, photos, model, output_size, tta):
+    from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, run_record
+    run = run_record(photos, model, output_size=output_size, tta=tta)
+    try:
+        with writing(output):
+            writer = SubmissionWriter(output, overwrite=overwrite, run=run)
+    except (FileExistsError, OutputInUse, OtherRun) as exc:
+        raise InputError(str(exc)) from None
+    if output == "-":
+        info("writing the submission to stdout: an interrupted run cannot be resumed (-o FILE can)")
+    elif writer.kept:
+        info(f"resuming: {writer.kept} rows already written")
+    return writer
+
+
+def _refuse_shared_names(photos: list[Path]) -> None:
+    """A row is named by the file name alone: two photos may not share one."""
+    counts = Counter(p.name for p in photos)
+    for name, count in counts.items():
+        if count > 1:
+            raise InputError(f"two photos named {name}: "
+                             f"{', '.join(str(p) for p in photos if p.name == name)} "
+                             f"(a submission row is named by the file name alone)")
+
+
+def _ray_predictor(model, device, batch_size, actors, address, tta):
     try:
         from carmask.ray_engine import RayPredictor
         return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address,
-                            upright=False)  # masks on the stored pixel grid, as Kaggle's
+                            tta=tta, upright=False)  # masks on the stored pixel grid, as Kaggle's
     except (ImportError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
 
-def _write_submission(predictor, photo_dir, output, output_size, overwrite):
+def _write_submission(predictor, writer, photos, output, output_size, model, tta):
     """The submission from either engine: rows as they come, resumable, skips named."""
-    from tqdm import tqdm
+    from carmask.io import group_by_car
 
-    from carmask.io import find_photos, group_by_car
-    from carmask.submission import SubmissionWriter
-
-    try:
-        writer = SubmissionWriter(output, overwrite=overwrite)
-    except FileExistsError as exc:
-        raise click.UsageError(str(exc)) from None
-    sets = [s for s in group_by_car(find_photos([photo_dir]))
-            if not all(p.name in writer.done for p in s.paths)]
+    sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
+    detail(f"{describe_predictor(model, getattr(predictor, 'device', 'Ray actors'), tta)}; "
+           f"{todo} photos in {len(sets)} sets to predict")
+    skipped, start = [], time.perf_counter()
+    with writing(output), progress(todo, "predicting") as bar:
+        for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
+            bar.update()
+            if prediction.error:
+                skipped.append(prediction.error)
+                fail(f"skipped {prediction.error}")
+            elif prediction.path.name not in writer.done:
+                writer.write(prediction.path.name, prediction.runs)
+        writer.flush()
+        if writer.done:
+            writer.finish()
+        else:
+            writer.discard()
+    detail(f"{todo} photos in {time.perf_counter() - start:.1f} s")
     if writer.done:
-        click.echo(f"resuming: {len(writer.done)} rows already written", err=True)
-    skipped = []
-    try:
-        with tqdm(total=todo, unit="photo", desc="predicting", file=sys.stderr) as bar:
-            for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
-                bar.update()
-                if prediction.error:
-                    skipped.append(prediction.error)
-                    fail(f"skipped {prediction.error}")
-                elif prediction.path.name not in writer.done:
-                    writer.write(prediction.path.name, prediction.runs)
-    except KeyboardInterrupt:
-        writer.close()
-        fail("interrupted: run the same command again to continue")
-        sys.exit(130)
-    except BaseException:
-        writer.close()  # what was predicted stays in the partial file for a resume
-        raise
-    writer.finish()
-    click.echo(f"wrote {output} ({len(writer.done)} rows)", err=True)
+        kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
+        info(f"wrote {'stdout' if output == '-' else output}: {len(writer.done)} rows "
+             f"({writer.written} predicted now{kept})")
     if skipped:
-        fail(f"{len(skipped)} photo(s) skipped")
+        fail(skipped_summary(skipped))
+    if not writer.done:
+        fail("no photo could be predicted: nothing written")
+    if skipped or not writer.done:
         sys.exit(1)

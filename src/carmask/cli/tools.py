@@ -13,11 +13,24 @@ from carmask.cli.common import (check_model, device_option, main, model_option, 
 @click.option("--port", default=8000, show_default=True)
 @model_option
 @device_option
-def serve(host, port, model, device):
-    """Serve the HTTP API and the web page (POST /api/cutout, GET /health, GET /)."""
+@click.option("--api-key", envvar="CARMASK_API_KEY", help="Require this X-Api-Key on the API (also "
+              "from $CARMASK_API_KEY). Default: no key.")
+@click.option("--allow-origin", multiple=True, metavar="ORIGIN",
+              help="Another origin (scheme://host:port) whose pages may call the API; repeatable. "
+                   "Default: only pages served by this server.")
+@click.option("--max-upload-mib", default=25.0, show_default=True, help="Largest request body.")
+@click.option("--concurrency", type=int, help="Photos worked on at once. Default: 2-4 by cores.")
+def serve(host, port, model, device, api_key, allow_origin, max_upload_mib, concurrency):
+    """Serve the HTTP API and the web page (POST /api/cutout, POST /v1.0/removebg, GET /health, GET /)."""
+    import importlib.util
+    missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.UsageError(f"carmask serve needs the serve extra ({', '.join(missing)} not installed): "
+                               "pip install 'carmask[serve]'")
     check_model(model)
     from carmask.serve import run
-    run(host=host, port=port, model=model, device=device)
+    run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
+        max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
 
 
 @main.command()

@@ -1,25 +1,42 @@
-"""Model registry, the normalising wrapper and safe checkpoints.
+"""Model registry, the shipped models by name and tier, the normalising wrapper
+and safe checkpoints.
+
+Shipped models are named `<kind>-<tier>`: kind `multiview` (a set of at least
+3 views of one car) or `rgb` (any photo), tier `accurate` (the best dice,
+slow on a CPU) or `fast` (small, for CPU batch work); `seed` is the write-up's
+CNN. A kind alone (`multiview`) means its most accurate tier shipped; a tier
+alone (`fast`) means that tier for each photo's kind. With no name, every
+photo gets the most accurate tier shipped, of its kind (`default_for`).
 
 A checkpoint is a plain dict of tensors, numbers and strings, loaded with
-`weights_only=True`: a model file handed in by a user never runs code.
+`weights_only=True`: a model file handed in by a user never runs code. Its
+architecture is checked against bounds and against the shapes of its weights
+on the meta device before anything is allocated. Weights may be stored in
+half precision (`save(..., half=True)`); they are computed in float32.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from carmask.io import atomic_write
 from carmask.models.seed import SeedCNN
 from carmask.models.unet import UNet
 from carmask.views import MIN_VIEWS, InputSpec, NotEnoughViews
 
 ARCHITECTURES = {"seed": SeedCNN, "unet": UNet}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+CATALOG = WEIGHTS_DIR / "catalog.json"  # measured figures of the shipped models (`carmask models`)
 FORMAT = "carmask-checkpoint-1"
-# Shipped models in order of preference, for sets of views and for single photos.
-MULTIVIEW_DEFAULTS = ("multiview", "seed")
-SINGLE_DEFAULTS = ("rgb",)
+KINDS = ("multiview", "rgb")   # for a set of views, in order of preference
+TIERS = ("accurate", "fast")   # most accurate first
+# Bounds on what a checkpoint may ask for, checked before anything is built.
+ARCH_LIMITS = {"seed": {}, "unet": {"width": (1, 256), "depth": (1, 7)}}
+MAX_PARAMETERS = 100_000_000
+MAX_INPUT_SIDE, MAX_FRAME_SIDE = 4096, 8192
 
 
 class Segmenter(nn.Module):
@@ -41,20 +58,51 @@ class Segmenter(nn.Module):
         return self.net((x.to(self.mean.dtype) - self.mean) / self.std)
 
 
-def save(model: Segmenter, path, meta: dict | None = None) -> None:
-    """Write a checkpoint atomically (model card facts go in `meta`)."""
-    from carmask.io import atomic_write
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "arch": model.arch, "arch_kwargs": model.arch_kwargs,
-               "spec": model.spec.to_dict(), "state_dict": state, "meta": dict(meta or {})}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+# -- names --------------------------------------------------------------------------------------
+
+def shipped() -> list[str]:
+    """Names of the shipped models (files in weights/)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """(kind, tier) of a shipped name: `multiview-fast` -> (multiview, fast); `seed` -> (seed, None)."""
+    kind, _, tier = name.rpartition("-")
+    return (kind, tier) if kind and tier in TIERS else (name, None)
+
+
+def default_for(views: int, tier: str | None = None) -> str:
+    """The shipped model for a photo that comes with `views` views of its car
+    (counting itself): of `tier`, or else of the most accurate tier shipped;
+    within a tier the multi-view model for a set of at least MIN_VIEWS views,
+    the single-photo model otherwise."""
+    if tier is not None and tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; tiers: {', '.join(TIERS)}")
+    available = shipped()
+    kinds = KINDS if views >= MIN_VIEWS else ("rgb",)
+    for each in (tier,) if tier else TIERS:
+        for kind in kinds:
+            if f"{kind}-{each}" in available:
+                return f"{kind}-{each}"
+    which = f"{tier} " if tier else ""
+    if views >= MIN_VIEWS:
+        raise ValueError(f"no {which}model is shipped; shipped: {', '.join(available) or 'none'}")
+    raise NotEnoughViews(f"no shipped {which}single-photo model: give a set of at least {MIN_VIEWS} "
+                         f"views of the car (named <car>_<NN>.jpg), or name a model")
 
 
 def resolve(name_or_path) -> Path:
-    """A shipped model's name (`seed`, `multiview`, `rgb`) or a checkpoint path."""
+    """The file of a shipped model's name (`multiview-fast`), of a kind's most
+    accurate tier shipped (`multiview`), or a checkpoint path."""
     path = Path(name_or_path)
     if path.suffix == "" and not path.exists():
-        path = WEIGHTS_DIR / f"{name_or_path}.pt"
+        name = str(name_or_path)
+        if name in TIERS:
+            raise ValueError(f"{name!r} is a tier: it picks a model for each photo's kind "
+                             f"(Predictor(model={name!r}) or --model {name}); name a model to load one")
+        if name in KINDS:
+            name = next((f"{name}-{t}" for t in TIERS if f"{name}-{t}" in shipped()), name)
+        path = WEIGHTS_DIR / f"{name}.pt"
         if not path.exists():
             raise FileNotFoundError(f"no shipped model named {name_or_path!r}; "
                                     f"shipped: {', '.join(shipped()) or 'none'}")
@@ -63,36 +111,102 @@ def resolve(name_or_path) -> Path:
     return path
 
 
-def default_for(views: int) -> str:
-    """The shipped model for a photo that comes with `views` views of its car
-    (counting itself): the best multi-view model for a set, else the best
-    single-photo model."""
-    available = shipped()
-    preference = MULTIVIEW_DEFAULTS + SINGLE_DEFAULTS if views >= MIN_VIEWS else SINGLE_DEFAULTS
-    for name in preference:
-        if name in available:
-            return name
-    raise NotEnoughViews(f"no shipped single-photo model: give a set of at least {MIN_VIEWS} "
-                         f"views of the car (named <car>_<NN>.jpg), or name a model")
+def check(model) -> None:
+    """Raise FileNotFoundError or ValueError, with a sentence, unless `model`
+    (None, a tier, a name or a path) can be used: for CLIs, before any work."""
+    if model is None:
+        return
+    if str(model) in TIERS:
+        default_for(MIN_VIEWS, tier=str(model))  # at least one model of that tier is shipped
+    else:
+        load(model)
 
 
-def shipped() -> list[str]:
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
+def catalog() -> dict[str, dict]:
+    """Measured figures of the shipped models: name -> {recipe, dice_512, cpu_s_per_photo, ...}."""
+    return json.loads(CATALOG.read_text()) if CATALOG.exists() else {}
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+def save(model: Segmenter, path, meta: dict | None = None, half: bool = False) -> None:
+    """Write a checkpoint atomically (model card facts go in `meta`). `half`:
+    store the weights in float16 (half the bytes; `load` computes in float32),
+    except the normalisation statistics and any tensor float16 cannot hold."""
+    state = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu()
+        if half and value.is_floating_point() and key not in ("mean", "std"):
+            small = value.half()
+            if torch.isfinite(small).all() or not torch.isfinite(value).all():
+                value = small
+        state[key] = value
+    payload = {"format": FORMAT, "arch": model.arch, "arch_kwargs": model.arch_kwargs,
+               "spec": model.spec.to_dict(), "state_dict": state, "meta": dict(meta or {}),
+               "dtype": "float16" if half else "float32"}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load(name_or_path, map_location="cpu") -> tuple[Segmenter, dict]:
-    """Load a checkpoint safely; returns the model (eval mode) and its meta."""
+    """Load a checkpoint safely; returns the model (eval mode, float32) and its meta."""
     path = resolve(name_or_path)
     if path.suffix.lower() == ".onnx":  # an export: run by onnxruntime (carmask[onnx])
-        from carmask.onnx_export import OnnxSegmenter
+        from carmask.onnx_runtime import OnnxSegmenter
         model = OnnxSegmenter(path)
         return model, model.meta
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncation, a non-checkpoint file
         raise ValueError(f"{path}: not a loadable carmask checkpoint ({exc})") from None
+    arch, spec, arch_kwargs, state = _checked(path, payload)
+    model = Segmenter(arch, spec, arch_kwargs)
+    model.load_state_dict(state)  # float16 weights are copied into float32 parameters
+    return model.eval(), payload.get("meta", {})
+
+
+def _checked(path: Path, payload) -> tuple[str, InputSpec, dict, dict]:
+    """A checkpoint's architecture, input spec and weights, checked against the
+    bounds above and against each other before anything real is allocated."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a carmask checkpoint")
-    model = Segmenter(payload["arch"], InputSpec.from_dict(payload["spec"]), payload["arch_kwargs"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), payload.get("meta", {})
+    missing = [key for key in ("arch", "spec", "state_dict") if key not in payload]
+    if missing:
+        raise ValueError(f"{path}: an incomplete carmask checkpoint (no {', '.join(missing)})")
+    arch, arch_kwargs, state = payload["arch"], payload.get("arch_kwargs") or {}, payload["state_dict"]
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"{path}: unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    limits = ARCH_LIMITS[arch]
+    if not isinstance(arch_kwargs, dict) or set(arch_kwargs) - set(limits):
+        raise ValueError(f"{path}: {arch} takes {', '.join(limits) or 'no options'}, "
+                         f"the checkpoint gives {arch_kwargs!r}")
+    for key, value in arch_kwargs.items():
+        low, high = limits[key]
+        if not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{path}: {arch} {key}={value!r} is outside {low}..{high}")
+    try:
+        spec = InputSpec.from_dict(payload["spec"])
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: unreadable input spec ({exc})") from None
+    for label, size, most in (("input", spec.size, MAX_INPUT_SIDE), ("frame", spec.frame, MAX_FRAME_SIDE)):
+        if len(size) != 2 or not all(isinstance(s, int) and 1 <= s <= most for s in size):
+            raise ValueError(f"{path}: {label} size {size} is outside 1..{most} pixels a side")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        skeleton = Segmenter(arch, spec, arch_kwargs)
+    parameters = sum(p.numel() for p in skeleton.parameters())
+    if parameters > MAX_PARAMETERS:
+        raise ValueError(f"{path}: {arch} {arch_kwargs} has {parameters:,} parameters, "
+                         f"over the limit of {MAX_PARAMETERS:,}")
+    want = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: its weights are not a dict of tensors")
+    got = {key: tuple(value.shape) for key, value in state.items()}
+    problems = [f"no {key}" for key in want if key not in got]
+    problems += [f"unexpected {key}" for key in got if key not in want]
+    problems += [f"{key} is {'x'.join(map(str, got[key]))}, expected {'x'.join(map(str, want[key]))}"
+                 for key in want if key in got and got[key] != want[key]]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        network = f"{arch} {arch_kwargs}" if arch_kwargs else arch
+        raise ValueError(f"{path}: its weights do not fit a {network} on {spec.in_channels} "
+                         f"input channels ({'; '.join(problems[:3])}{more})")
+    return arch, spec, arch_kwargs, state

@@ -1,0 +1,66 @@
+"""Training recipes: the settings that trained each shipped model, under its name.
+
+One table, as nanoGPT keeps one small config per run: `carmask train DATA -o
+RUN --recipe multiview-fast` trains the shipped `multiview-fast` again, and
+flags change single fields (`--max-minutes 5`, `--lr 1e-3`). The benchmarks
+(`ablation.py`, `gpu_train.py`, `seed_reproduce.py`) train the same recipes
+through `recipe()`. Each model card in weights/ names its recipe and command.
+"""
+from __future__ import annotations
+
+from dataclasses import fields, replace
+
+from carmask.models import ARCH_LIMITS
+from carmask.train import TrainConfig
+from carmask.views import InputSpec
+
+MULTIVIEW = ("rgb", "median_diff", "mean_diff")
+# The U-Nets' loss, optimiser, schedule and augmentation; the time budget ends the run.
+_UNET = dict(arch="unet", epochs=10_000, lr=3e-3, weight_decay=1e-4, dice_weight=1.0,
+             edge_weight=2.0, augment=True, schedule="cosine")
+_SMALL, _LARGE = {"width": 8, "depth": 4}, {"width": 32, "depth": 4}
+
+RECIPES: dict[str, TrainConfig] = {
+    # The seed write-up: its 3-layer CNN, photo + median difference in a 480x320
+    # frame cropped to the car at 100x100, BCE, Adam 1e-3, batch 32.
+    "seed": TrainConfig(epochs=40, max_minutes=30),
+    # The fast tier: 128x128 U-Nets trained on a 2-core CPU.
+    "rgb-fast": TrainConfig(**_UNET, arch_kwargs=_SMALL, spec=InputSpec(("rgb",), size=(128, 128)),
+                            batch_size=16, max_minutes=60),
+    # Photo and background compared at 256x256, cropped to the car, resized to 128x128.
+    "multiview-fast": TrainConfig(**_UNET, arch_kwargs=_SMALL, batch_size=16, max_minutes=45,
+                                  spec=InputSpec(MULTIVIEW, size=(128, 128), frame=(256, 256), crop=True)),
+    # The ablation's multi-view input without the crop (not shipped: the crop beat it).
+    "multiview-uncropped": TrainConfig(**_UNET, arch_kwargs=_SMALL, batch_size=16, max_minutes=70,
+                                       spec=InputSpec(MULTIVIEW, size=(128, 128))),
+    # The accurate tier: 512x512 U-Nets for one GPU (bf16, channels-last, cache in GPU memory).
+    "multiview-accurate": TrainConfig(**_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=5,
+                                      spec=InputSpec(MULTIVIEW, size=(512, 512), frame=(512, 512), crop=True)),
+    "rgb-accurate": TrainConfig(**_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=2.5,
+                                spec=InputSpec(("rgb",), size=(512, 512))),
+}
+SPEC_FIELDS = ("channels", "size", "frame", "crop")
+ARCH_FIELDS = ("width", "depth")
+
+
+def recipe(name: str, **overrides) -> TrainConfig:
+    """A fresh copy of recipe `name` with single fields changed (None changes
+    nothing): TrainConfig's fields, `width` and `depth` of the U-Net, and
+    `channels`, `size`, `frame`, `crop` of the input. Where the recipe's frame
+    is its input size, a new `size` moves the frame with it."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
+    base, given = RECIPES[name], {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - {f.name for f in fields(TrainConfig)} - set(SPEC_FIELDS) - set(ARCH_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
+    spec_changes = {k: given.pop(k) for k in SPEC_FIELDS if k in given}
+    if "size" in spec_changes and "frame" not in spec_changes and base.spec.frame == base.spec.size:
+        spec_changes["frame"] = spec_changes["size"]
+    arch_changes = {k: given.pop(k) for k in ARCH_FIELDS if k in given}
+    arch = given.get("arch", base.arch)
+    if set(arch_changes) - set(ARCH_LIMITS.get(arch, {})):
+        raise ValueError(f"{', '.join(sorted(arch_changes))}: not an option of the {arch} architecture")
+    arch_kwargs = {**(base.arch_kwargs if arch == base.arch else {}), **arch_changes}
+    spec = replace(given.pop("spec", base.spec), **spec_changes)
+    return replace(base, spec=spec, arch_kwargs=arch_kwargs, **given)

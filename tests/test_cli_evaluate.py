@@ -1,0 +1,112 @@
+"""`carmask evaluate`: scores what it says it scores, never a nan with exit 0."""
+import json
+import shutil
+
+import pytest
+
+from carmask.synth import make_dataset
+from helpers import run_cli
+
+MODEL = ("--model", "seed", "--device", "cpu")
+CARS = [f"synth005c00{i}" for i in range(3)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Three small synthetic cars with masks (16 views, 96x64)."""
+    return make_dataset(tmp_path_factory.mktemp("eval"), cars=3, size=(96, 64), seed=5)
+
+
+def mean_dice(result):
+    return float(result.stdout.split("mean dice ")[1].split()[0])
+
+
+def test_a_runs_split_json_scores_its_held_out_cars(data, tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": CARS[:2], "val": CARS[2:]}, indent=1))  # what `train` writes
+    result = run_cli("evaluate", data, *MODEL, "--cars", split)
+    assert result.exit_code == 0, result.output
+    assert "over 16 images" in result.stdout and 0 < mean_dice(result) <= 1
+    assert "the 1 held-out (val) car of" in result.stderr
+
+
+def test_a_list_of_cars_as_text_or_json(data, tmp_path):
+    (tmp_path / "cars.txt").write_text(f"{CARS[0]}\n{CARS[1]}\n")
+    (tmp_path / "cars.json").write_text(json.dumps(CARS[1:]))
+    for cars in ("cars.txt", "cars.json"):
+        result = run_cli("evaluate", data, *MODEL, "--cars", tmp_path / cars)
+        assert result.exit_code == 0 and "over 32 images" in result.stdout
+
+
+def test_cars_that_are_not_there_are_an_error_not_a_nan(data, tmp_path):
+    (tmp_path / "cars.json").write_text(json.dumps({"train": CARS, "val": ["nosuchcar"]}))
+    result = run_cli("evaluate", data, *MODEL, "--cars", tmp_path / "cars.json")
+    assert result.exit_code == 2 and "nan" not in result.output
+    assert "none of the 1 car(s)" in result.stderr and "nosuchcar" in result.stderr
+
+
+def test_a_cars_file_without_cars_says_so(data, tmp_path):
+    (tmp_path / "split.json").write_text(json.dumps({"train": CARS}))
+    result = run_cli("evaluate", data, *MODEL, "--cars", tmp_path / "split.json")
+    assert result.exit_code == 2 and "no \"val\" list" in result.stderr
+
+
+def test_nothing_to_score_is_an_error(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train_masks").mkdir()
+    result = run_cli("evaluate", tmp_path, *MODEL)
+    assert result.exit_code == 2 and "no photos with masks" in result.stderr and "nan" not in result.output
+
+
+def test_when_no_image_can_be_scored_no_mean_is_printed(data, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    for mask in (broken / "train_masks").glob(f"{CARS[0]}_*"):
+        mask.write_text("not a gif")
+    result = run_cli("evaluate", broken, *MODEL, "--cars", _cars(tmp_path, CARS[:1]))
+    assert result.exit_code == 1 and "nan" not in result.output and "mean dice" not in result.stdout
+    assert "no image could be scored" in result.stderr
+    assert "16 photo(s) skipped: 16 not a readable image" in result.stderr
+
+
+def test_the_summary_counts_views_without_masks(data, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(data, partial)
+    for mask in sorted((partial / "train_masks").glob(f"{CARS[0]}_*"))[:10]:
+        mask.unlink()
+    result = run_cli("evaluate", partial, *MODEL, "--cars", _cars(tmp_path, CARS[:1]))
+    assert result.exit_code == 0
+    assert "over 6 images" in result.stdout
+    assert "10 view(s) without a mask served only the background" in result.stderr
+
+
+def test_a_report_folder_is_not_overwritten_without_overwrite(data, tmp_path):
+    report = tmp_path / "report"
+    cars = _cars(tmp_path, CARS[:1])
+    assert run_cli("evaluate", data, *MODEL, "--cars", cars, "--report", report).exit_code == 0
+    before = (report / "dice.csv").read_text()
+    (report / "dice.csv").write_text("mine")
+    again = run_cli("evaluate", data, *MODEL, "--cars", cars, "--report", report)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    assert (report / "dice.csv").read_text() == "mine"
+    assert run_cli("evaluate", data, *MODEL, "--cars", cars, "--report", report, "--overwrite").exit_code == 0
+    assert (report / "dice.csv").read_text() == before
+
+
+def test_a_report_under_a_file_is_a_sentence(data, tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_cli("evaluate", data, *MODEL, "--report", tmp_path / "file" / "report")
+    assert result.exit_code == 2 and f"{tmp_path / 'file'} is not a folder" in result.stderr
+
+
+def test_tta_is_an_option(data, tmp_path):
+    plain = run_cli("evaluate", data, *MODEL, "--cars", _cars(tmp_path, CARS[:1]))
+    flipped = run_cli("evaluate", data, *MODEL, "--cars", _cars(tmp_path, CARS[:1]), "--tta")
+    assert flipped.exit_code == 0, flipped.output
+    assert mean_dice(flipped) != mean_dice(plain)
+
+
+def _cars(folder, cars):
+    path = folder / "cars.txt"
+    path.write_text("\n".join(cars))
+    return path

@@ -1,0 +1,238 @@
+"""`carmask predict` as a batch tool: one run's rows never mix with another's,
+nothing is claimed that was not done, and errors are sentences."""
+import os
+import shutil
+import sys
+
+import pytest
+
+from carmask.submission import SubmissionWriter, read_submission
+from carmask.synth import make_dataset
+from helpers import interrupted_run, partial_of, run_cli
+
+MODEL = ("--model", "seed", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two folders of two small synthetic cars each (16 views, 96x64)."""
+    root = tmp_path_factory.mktemp("cars")
+    for name, seed in (("a", 3), ("b", 4)):
+        make_dataset(root / name, cars=2, size=(96, 64), seed=seed)
+    return root
+
+
+@pytest.fixture(scope="module")
+def full(data, tmp_path_factory):
+    """The uninterrupted submission of folder a."""
+    out = tmp_path_factory.mktemp("full") / "full.csv"
+    assert run_cli("predict", data / "a" / "train", "-o", out, *MODEL).exit_code == 0
+    return out
+
+
+@pytest.fixture
+def photos(data, tmp_path):
+    """A copy of folder a's photos that a test may change."""
+    return shutil.copytree(data / "a" / "train", tmp_path / "photos")
+
+
+def names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_overwrite_starts_afresh_instead_of_continuing_another_folders_run(data, tmp_path):
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", data / "a" / "train", "-o", out, *MODEL)
+    result = run_cli("predict", data / "b" / "train", "-o", out, *MODEL, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(read_submission(out)) == names(data / "b" / "train")
+
+
+def test_a_resumed_run_gives_the_uninterrupted_file_and_says_what_it_kept(photos, full, tmp_path):
+    out = tmp_path / "s.csv"
+    interrupted_run(12, "predict", photos, "-o", out, *MODEL)
+    lines = full.read_text().splitlines(keepends=True)
+    with open(partial_of(out), "a") as f:
+        f.write(lines[13][:20])  # killed in the middle of a row
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == full.read_text()
+    assert "resuming: 12 rows" in result.stderr
+    assert "32 rows (20 predicted now, 12 kept from the interrupted run)" in result.stderr
+    assert not partial_of(out).exists() and set(tmp_path.iterdir()) == {photos, out}
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("--output-size", "48x32"), "output size was each photo's own, now 48x32"),
+    (("--tta",), "tta was off, now on"),
+    (("--model", "rgb"), "model was seed, now rgb"),
+])
+def test_a_rerun_with_other_settings_refuses_and_names_them(photos, tmp_path, change, expected):
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", photos, "-o", out, *MODEL)
+    before = partial_of(out).read_bytes()
+    result = run_cli("predict", photos, "-o", out, *MODEL, *change)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.output
+    assert partial_of(out).read_bytes() == before and not out.exists()
+
+
+def test_a_rerun_on_changed_photos_refuses_and_names_them(photos, tmp_path):
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", photos, "-o", out, *MODEL)
+    first, second, third = sorted(photos.iterdir())[:3]
+    first.unlink()
+    shutil.copy(second, photos / "newcar_01.jpg")
+    os.utime(third, ns=(0, 0))
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 2, result.output
+    for text in (f"1 photo removed ({first.name})", "1 photo added (newcar_01.jpg)",
+                 f"1 photo changed ({third.name})"):
+        assert text in result.stderr
+
+
+def test_an_in_progress_file_of_unknown_origin_is_not_trusted(photos, full, tmp_path):
+    out = tmp_path / "s.csv"
+    partial_of(out).write_text("img,rle_mask\nsomeone_else_01.jpg,1 2\n")
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert run_cli("predict", photos, "-o", out, *MODEL, "--overwrite").exit_code == 0
+    assert out.read_text() == full.read_text()
+
+
+def test_a_second_run_on_the_same_output_refuses_at_once(photos, full, tmp_path):
+    out = tmp_path / "s.csv"
+    first = SubmissionWriter(out)  # another run, holding the output
+    result = run_cli("predict", photos, "-o", out, *MODEL, "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert "another carmask run is writing" in result.stderr
+    first.close()
+    assert run_cli("predict", photos, "-o", out, *MODEL, "--overwrite").exit_code == 0
+    assert out.read_text() == full.read_text()
+
+
+def test_two_processes_at_once_give_one_whole_file(photos, full, tmp_path):
+    out = tmp_path / "s.csv"
+    command = [sys.executable, "-m", "carmask", "predict", str(photos), "-o", str(out), *MODEL]
+    import subprocess
+    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((run.wait(), run.stderr.read()) for run in runs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "another carmask run is writing" in outcomes[1][1] or "exists" in outcomes[1][1]
+    assert out.read_text() == full.read_text()
+
+
+def test_empty_input_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", tmp_path / "empty", "-o", out, *MODEL)
+    assert result.exit_code == 2 and "no photos found" in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
+
+
+def test_a_missing_input_is_an_error(tmp_path):
+    result = run_cli("predict", tmp_path / "nowhere", "-o", tmp_path / "s.csv", *MODEL)
+    assert result.exit_code == 2 and f"no such file or folder: {tmp_path / 'nowhere'}" in result.stderr
+
+
+def test_when_no_photo_can_be_read_nothing_is_published(tmp_path):
+    (tmp_path / "junk").mkdir()
+    for name in ("x_01.jpg", "y.jpg"):
+        (tmp_path / "junk" / name).write_text("not a photo")
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", tmp_path / "junk", "-o", out, *MODEL)
+    assert result.exit_code == 1
+    assert "2 photo(s) skipped: 2 not a readable image" in result.stderr
+    assert "nothing written" in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "junk"]
+
+
+def test_the_summary_counts_rows_and_skips_by_kind(photos, tmp_path):
+    sorted(photos.iterdir())[3].write_bytes(b"")
+    (photos / "notes_01.jpg").write_text("not a photo")
+    result = run_cli("predict", photos, "-o", tmp_path / "s.csv", *MODEL)
+    assert result.exit_code == 1
+    assert "31 rows (31 predicted now)" in result.stderr
+    assert "2 photo(s) skipped: 1 empty file, 1 not a readable image" in result.stderr
+
+
+def test_files_globs_and_recursive_folders(data, tmp_path):
+    tree = tmp_path / "tree"
+    for name in ("a", "b"):
+        shutil.copytree(data / name / "train", tree / name / "train")
+    first = sorted((tree / "a" / "train").iterdir())[0]
+    out = tmp_path / "s.csv"  # the shipped defaults: a single photo too
+    assert run_cli("predict", first, tree / "b" / "train" / "*_0[1-3].jpg", "-o", out, "--device", "cpu"
+                   ).exit_code == 0
+    assert sorted(read_submission(out)) == sorted([first.name] + [
+        f"synth004c00{car}_0{view}.jpg" for car in (0, 1) for view in (1, 2, 3)])
+    flat = run_cli("predict", tree, "-o", tmp_path / "flat.csv", *MODEL)
+    assert flat.exit_code == 2 and "no photos found" in flat.stderr
+    deep = run_cli("predict", tree, "-r", "-o", tmp_path / "deep.csv", *MODEL)
+    assert deep.exit_code == 0, deep.output
+    assert len(read_submission(tmp_path / "deep.csv")) == 64
+
+
+def test_two_photos_with_one_name_refuse(data, tmp_path):
+    one = sorted((data / "a" / "train").iterdir())[0]
+    (tmp_path / "copy").mkdir()
+    shutil.copy(one, tmp_path / "copy" / one.name)
+    result = run_cli("predict", one, tmp_path / "copy" / one.name, "-o", tmp_path / "s.csv", *MODEL)
+    assert result.exit_code == 2
+    assert f"two photos named {one.name}" in result.stderr
+
+
+def test_dash_streams_the_submission_to_stdout(photos, full, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("predict", photos, "-o", "-", *MODEL)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == full.read_text()
+    assert "cannot be resumed" in result.stderr
+    assert list(tmp_path.iterdir()) == [photos]
+
+
+def test_tta_reaches_the_predictor(photos, tmp_path, monkeypatch):
+    from carmask import predict
+    seen = []
+    init = predict.Predictor.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self.tta)
+    monkeypatch.setattr(predict.Predictor, "__init__", spy)
+    assert run_cli("predict", photos, "-o", tmp_path / "s.csv", *MODEL, "--tta").exit_code == 0
+    assert seen == [True]
+
+
+@pytest.mark.parametrize("where, says", [
+    ("missing/s.csv", "folder {tmp}/missing does not exist"),
+    ("photos", "{tmp}/photos is a folder"),
+    ("photos/synth003c000_01.jpg/s.csv", "{tmp}/photos/synth003c000_01.jpg is not a folder"),
+])
+def test_an_output_that_cannot_be_written_is_a_sentence(photos, tmp_path, where, says):
+    result = run_cli("predict", photos, "-o", tmp_path / where, *MODEL)
+    assert result.exit_code == 2, result.output
+    assert says.format(tmp=tmp_path) in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs a read-only /sys")
+def test_an_unwritable_place_is_a_sentence(photos):
+    result = run_cli("predict", photos, "-o", "/sys/carmask-test.csv", *MODEL)
+    assert result.exit_code == 2, result.output
+    assert "cannot write in /sys" in result.stderr
+
+
+def test_quiet_and_verbose(photos, tmp_path):
+    (photos / "notes_01.jpg").write_text("not a photo")
+    quiet = run_cli("--quiet", "predict", photos, "-o", tmp_path / "q.csv", *MODEL)
+    assert quiet.exit_code == 1
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"carmask: skipped {photos / 'notes_01.jpg'}: ")
+    assert lines[1] == "carmask: 1 photo(s) skipped: 1 not a readable image"
+    verbose = run_cli("predict", photos, "-o", tmp_path / "v.csv", *MODEL, "-v")
+    assert "model seed on cpu" in verbose.stderr and "33 photos in 3 sets" in verbose.stderr
+    normal = run_cli("predict", photos, "-o", tmp_path / "n.csv", *MODEL)
+    assert "model seed on cpu" not in normal.stderr and "wrote" in normal.stderr
+    assert "\r" not in normal.stderr and "photo/s" not in normal.stderr  # no bar off a terminal

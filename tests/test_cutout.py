@@ -1,0 +1,121 @@
+"""`remove()` and `carmask cutout`: inputs of every kind, names that never collide, honest summaries."""
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import run_cli
+from PIL import Image
+
+from carmask.cutout import load, remove, remove_set
+from carmask.io import ImageError
+from carmask.predict import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(rgb_model):
+    return Predictor(model=rgb_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo_path(synth_data):
+    return sorted((synth_data / "train").glob("*_05.jpg"))[0]
+
+
+def test_remove_takes_a_path_bytes_an_array_or_a_pil_image(predictor, photo_path):
+    array = np.asarray(Image.open(photo_path).convert("RGB"))
+    results = [remove(source, predictor) for source in
+               (photo_path, str(photo_path), photo_path.read_bytes(), array, Image.open(photo_path))]
+    for rgba in results:
+        assert rgba.shape == (*array.shape[:2], 4) and rgba.dtype == np.uint8
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    assert remove(array, predictor, "mask").ndim == 2
+    assert remove(array, predictor, "0,185,0", refine=False).shape == array.shape
+
+
+@pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.zeros((4, 4), np.float32), "<array>"),
+                                        (42, "int"), ("missing.jpg", "missing.jpg")])
+def test_remove_errors_name_the_input(predictor, bad, named):
+    with pytest.raises(ImageError) as caught:
+        remove(bad, predictor)
+    assert named in str(caught.value)
+
+
+def test_remove_set_reports_each_view(seed_model, synth_data):
+    views = sorted((synth_data / "test").glob("*.jpg"))[:4]
+    items = [(p.name, p.read_bytes()) for p in views] + [("broken_09.jpg", b"junk")]
+    results = dict(remove_set(items, Predictor(model=seed_model, device="cpu")))
+    assert all(results[p.name].shape == (128, 192, 4) for p in views)
+    assert isinstance(results["broken_09.jpg"], ImageError)
+    assert load(Image.new("L", (3, 2))).shape == (2, 3, 3)
+
+
+def test_two_inputs_with_one_name_get_two_outputs(rgb_model, photo_path, tmp_path):
+    for folder in ("dupA", "dupB"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(photo_path, tmp_path / folder / "car_01.jpg")
+    out = tmp_path / "out"
+    result = run_cli("cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg",
+                     "-o", out, "--model", rgb_model)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["car_01.jpg-2.png", "car_01.jpg.png"]
+    assert "wrote 2 cut-out(s)" in result.stderr
+    again = run_cli("cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg",
+                    "-o", out, "--model", rgb_model)
+    assert again.exit_code == 0 and "wrote 0 cut-out(s)" in again.stderr and "kept 2 existing" in again.stderr
+
+
+def test_masks_are_named_mask_beside_earlier_cutouts(rgb_model, photo_path, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("cutout", photo_path, "-o", out, "--model", rgb_model).exit_code == 0
+    result = run_cli("cutout", photo_path, "-o", out, "--bg", "mask", "--model", rgb_model)
+    assert result.exit_code == 0 and "wrote 1 cut-out(s)" in result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"{photo_path.stem}.png", f"{photo_path.stem}_mask.png"]
+    assert Image.open(out / f"{photo_path.stem}_mask.png").mode == "L"
+
+
+def test_skipped_inputs_exit_1_and_are_counted(rgb_model, photo_path, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    result = run_cli("cutout", photo_path, tmp_path / "broken.jpg", "-o", tmp_path / "out", "--model", rgb_model)
+    assert result.exit_code == 1
+    assert "broken.jpg" in result.stderr and "skipped 1 (1 unreadable)" in result.stderr
+    assert "wrote 1 cut-out(s)" in result.stderr
+    assert "Exit status" in run_cli("cutout", "--help").output
+
+
+def test_stdin_to_stdout(rgb_model, photo_path, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "carmask", "cutout", "-", "-o", "-", "--model", str(rgb_model)],
+                          input=photo_path.read_bytes(), capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()
+    image = Image.open(io.BytesIO(done.stdout))
+    assert image.format == "PNG" and image.mode == "RGBA" and image.size == (192, 128)
+    assert b"progress" not in done.stderr and b"\r" not in done.stderr  # no bar outside a terminal
+
+
+def test_outputs_are_created_0644_under_the_umask(rgb_model, photo_path, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert run_cli("cutout", photo_path, "-o", tmp_path / "out", "--model", rgb_model).exit_code == 0
+    finally:
+        os.umask(old)
+    [made] = (tmp_path / "out").iterdir()
+    assert made.stat().st_mode & 0o777 == 0o644
+
+
+def test_tta_option(rgb_model, photo_path, tmp_path):
+    result = run_cli("cutout", photo_path, "-o", tmp_path / "a.png", "--tta", "--model", rgb_model)
+    assert result.exit_code == 0 and (tmp_path / "a.png").is_file()
+
+
+def test_serve_without_the_extra_says_so(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    result = run_cli("serve")
+    assert result.exit_code == 2 and "pip install 'carmask[serve]'" in result.output
+    assert "Traceback" not in result.output
