@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carmask.io import (ImageError, find_photos, group_by_car, parse_size, parse_view_name,
-                        read_frame, read_mask, read_photo)
+from carmask.io import (ImageError, find_photos, group_by_car, parse_size, parse_view_name, read_mask,
+                        read_photo)
 
 
 def jpeg_bytes(array, **params) -> bytes:
@@ -91,21 +91,32 @@ def test_other_modes_become_rgb(mode, photo):
         assert abs(int(out[..., 0].astype(int).mean()) - int(photo[..., 0].mean())) <= 1
 
 
-def test_exif_orientation_is_honoured(photo):
-    image = Image.fromarray(photo)  # 90 wide, 60 high
+def exif_rotated_jpeg(photo: np.ndarray, orientation: int = 6) -> bytes:
+    image = Image.fromarray(photo)
     exif = image.getexif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    exif[0x0112] = orientation  # 6: turn 90 degrees clockwise to view
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", exif=exif)
-    assert read_photo(buffer.getvalue()).shape == (90, 60, 3)
-    frame, size = read_frame(buffer.getvalue(), (30, 45))
-    assert frame.shape == (45, 30, 3) and size == (60, 90)
+    image.save(buffer, "JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
 
 
-def test_read_frame_reports_full_size(tmp_path):
-    big = np.full((1280, 1918, 3), 128, np.uint8)
-    frame, size = read_frame(jpeg_bytes(big), (480, 320))
-    assert frame.shape == (320, 480, 3) and size == (1918, 1280)
+def test_exif_orientation_upright_or_stored_grid(photo):
+    data = exif_rotated_jpeg(photo)  # stored 90 wide, 60 high
+    upright, stored = read_photo(data), read_photo(data, upright=False)
+    assert upright.shape == (90, 60, 3) and stored.shape == (60, 90, 3)
+    assert np.array_equal(np.rot90(stored, -1), upright)  # orientation 6: clockwise to view
+
+
+def test_arrays_and_pil_images_are_photos_too(photo):
+    assert read_photo(photo) is photo or np.array_equal(read_photo(photo), photo)
+    assert np.array_equal(read_photo(Image.fromarray(photo)), photo)
+    assert np.array_equal(read_photo(photo[..., 0]), np.repeat(photo[..., :1], 3, axis=-1))  # grey
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 7, np.uint8)])
+    assert np.array_equal(read_photo(rgba), photo)  # alpha dropped
+    with pytest.raises(ImageError, match="front.png: a photo array must hold uint8"):
+        read_photo(photo.astype(np.float32), name="front.png")
+    with pytest.raises(ImageError, match="H x W x 3"):
+        read_photo(np.zeros((4, 5, 2), np.uint8))
 
 
 def test_masks(tmp_path):

@@ -148,19 +148,19 @@ def test_python_api(unseen, seed_model):
 
 
 def test_awkward_sets(unseen, seed_model, tmp_path):
-    """Missing views, a duplicated view and mixed sizes in one set still work."""
+    """Missing views and a duplicated view in one set still work (a view of
+    another size: tests/test_sets.py)."""
     photos = tmp_path / "awkward"
     photos.mkdir()
     views = sorted((unseen / "train").glob("synth009c000_*.jpg"))
     for view in views[:10]:  # views 11..16 missing
         shutil.copy(view, photos / view.name)
     Image.open(views[0]).save(photos / "synth009c000_01.png")  # the same view twice
-    Image.open(views[1]).resize((384, 256)).save(photos / "synth009c000_02.jpg")  # larger
     out = tmp_path / "sub.csv"
     result = run("predict", photos, "-o", out, "--model", seed_model)
     assert result.exit_code == 0, result.output
     rows = read_submission(out)
-    assert len(rows) == 11 and decode(rows["synth009c000_02.jpg"], (256, 384)).sum() > 0
+    assert len(rows) == 11 and decode(rows["synth009c000_02.jpg"], (128, 192)).sum() > 0
     cut = run("cutout", photos, "-o", tmp_path / "cut", "--model", seed_model)
     assert cut.exit_code == 0, cut.output
     assert {"synth009c000_01.jpg.png", "synth009c000_01.png.png"} <= {p.name for p in (tmp_path / "cut").iterdir()}
@@ -219,3 +219,25 @@ def test_cars_share_model_batches_without_changing_results(unseen, seed_model, t
             assert (p.probs is None) == (q.probs is None)
             if p.probs is not None:
                 np.testing.assert_allclose(p.probs, q.probs, atol=1e-5)
+
+
+def test_submissions_are_on_the_stored_pixel_grid(unseen, rgb_model, tmp_path):
+    """A photo whose EXIF says to turn it (orientation 6) gets its mask on the
+    grid its pixels are stored on: the Kaggle convention."""
+    import io as _io
+
+    from carmask import Predictor
+    from carmask.io import read_photo
+    stored = Image.open(unseen / "train" / "synth009c000_03.jpg")  # 192 wide, 128 high
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    buffer = _io.BytesIO()
+    stored.save(buffer, "JPEG", exif=exif, quality=95)
+    (photos / "turned.jpg").write_bytes(buffer.getvalue())
+    out = tmp_path / "sub.csv"
+    assert run("predict", photos, "-o", out, "--model", rgb_model).exit_code == 0
+    mask = decode(read_submission(out)["turned.jpg"], (128, 192))
+    expected = Predictor(rgb_model, device="cpu").predict_photo(read_photo(photos / "turned.jpg", upright=False))
+    assert np.array_equal(mask, (expected > 0.5).astype(np.uint8))

@@ -2,7 +2,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from carmask.postprocess import border_background, fill_holes
+from carmask.postprocess import border_background, fill_holes, mask_flags, output_box, place, resize_probs
+from carmask.rle import box_boundaries, run_boundaries
+from carmask.views import Box
 
 
 def test_gpu_flood_fill_finds_the_holes_scipy_finds():
@@ -25,3 +27,23 @@ def test_fill_holes_raises_enclosed_pockets_only():
     probs[0, 8:12, 8:12] = 0.1
     filled = fill_holes(probs)
     assert filled[0, 10, 10] == 1.0 and filled[0, 0, 0] == 0 and filled[0, 5, 5] == np.float32(0.9)
+
+
+def test_crops_are_resized_into_their_boxes_of_the_output():
+    """A crop's probabilities land in its box of the output (scaled from the
+    frame), zero around it; a crop of the whole frame is a plain resize."""
+    rng = np.random.default_rng(3)
+    probs = torch.from_numpy(rng.random((2, 16, 16)).astype(np.float32))
+    probs[:, 0, 0] = 0.9  # no enclosed holes to fill: compare resizes only
+    whole, part = Box(0, 0, 64, 32), Box(16, 8, 48, 24)
+    placed = place(probs, [whole, part], frame=(64, 32), sizes=[(128, 64), (128, 64)])
+    assert torch.allclose(placed[0].full(), resize_probs(fill_holes(probs[:1])[:, None], (128, 64))[0, 0])
+    assert output_box(part, (64, 32), (128, 64)) == placed[1].box == Box(32, 16, 96, 48)
+    full = placed[1].full()
+    assert full.shape == (64, 128) and full[:16].sum() == 0 and full[:, 96:].sum() == 0
+    assert torch.allclose(full[16:48, 32:96], resize_probs(fill_holes(probs[1:])[:, None], (64, 32))[0, 0])
+    flags, start = mask_flags(placed).numpy(), 0  # the encoded path: the same masks
+    for p in placed:
+        end = start + p.probs.shape[0] * (p.probs.shape[1] + 1)
+        assert np.array_equal(box_boundaries(flags[start:end], p.box, 128), run_boundaries(p.full().numpy() > 0.5))
+        start = end

@@ -3,7 +3,7 @@ import pytest
 
 import torch
 
-from carmask.rle import batch_run_boundaries, decode, encode, encode_boundaries, run_boundaries
+from carmask.rle import box_boundaries, decode, encode, encode_boundaries, row_flags, run_boundaries
 
 
 def test_known_encoding_is_one_indexed_and_row_major():
@@ -39,11 +39,31 @@ def test_decode_rejects_invalid_runs(bad):
         decode(bad, (2, 3))
 
 
-def test_batch_boundaries_on_tensors_match_numpy():
-    rng = np.random.default_rng(1)
-    masks = rng.random((6, 13, 17)) < rng.random((6, 1, 1))
-    masks[0], masks[1], masks[2, 0, 0], masks[3, -1, -1] = False, True, True, True
-    tensor = torch.from_numpy(masks)
-    for edges, mask in zip(batch_run_boundaries(tensor), masks):  # the GPU's path, run on the CPU
+@pytest.mark.parametrize("size, box", [
+    ((17, 13), (3, 2, 11, 9)),    # inside
+    ((17, 13), (0, 0, 17, 13)),   # the whole mask: runs go on from row to row
+    ((17, 13), (0, 4, 17, 8)),    # whole rows
+    ((17, 13), (0, 0, 9, 13)),    # touching the left edge
+    ((16, 8), (8, 0, 16, 8)),     # touching the right edge
+    ((1, 1), (0, 0, 1, 1)),
+])
+def test_row_flags_give_the_run_boundaries_of_the_whole_mask(size, box):
+    """Flags computed inside each photo's box on the device (the GPU's path,
+    run on the CPU) give the host the runs of the whole mask."""
+    width, height = size
+    rng = np.random.default_rng(width * box[0] + box[1])
+    probs, masks = [], []
+    for density in (0.0, 1.0, 0.3, 0.7):
+        inside = rng.random((box[3] - box[1], box[2] - box[0])) < density
+        probs.append(torch.from_numpy(inside.astype(np.float32)))
+        mask = np.zeros((height, width), bool)
+        mask[box[1]:box[3], box[0]:box[2]] = inside
+        masks.append(mask)
+    flags, start = row_flags(probs, 0.5).numpy(), 0
+    for p, mask in zip(probs, masks):
+        end = start + p.shape[0] * (p.shape[1] + 1)
+        edges = box_boundaries(flags[start:end], box, width)
         assert np.array_equal(edges, run_boundaries(mask))
         assert encode_boundaries(edges) == encode(mask)
+        start = end
+    assert start == len(flags)

@@ -11,6 +11,7 @@ service and the Python API call them.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -54,25 +55,10 @@ def parse_background(text: str, files: bool = True):
 def load(image, name: str | None = None) -> np.ndarray:
     """A photo as an upright RGB uint8 array, from a path, bytes, an array or a
     PIL image; anything unusable is an ImageError that names it."""
-    if isinstance(image, Image.Image):
-        label = name or "<PIL image>"
-        try:
-            image = np.asarray(image.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise ImageError(label, f"not a usable image ({exc})") from None
-    if isinstance(image, np.ndarray):
-        label = name or "<array>"
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (3, 4) or min(image.shape[:2]) < 1:
-            raise ImageError(label, f"an image array is H x W x 3 (or 4), not {image.shape}")
-        if image.dtype != np.uint8:
-            raise ImageError(label, f"an image array holds uint8 values 0..255, not {image.dtype}")
-        return np.ascontiguousarray(image[..., :3])
-    if isinstance(image, (bytes, bytearray, str, Path)):
-        return read_photo(image, name=name)
-    raise ImageError(name or type(image).__name__,
-                     "is not a photo: give a path, bytes, a numpy array or a PIL image")
+    if not isinstance(image, (bytes, bytearray, str, Path, np.ndarray, Image.Image)):
+        raise ImageError(name or type(image).__name__,
+                         "is not a photo: give a path, bytes, a numpy array or a PIL image")
+    return read_photo(image, name=name)
 
 
 def alpha_from_probs(probs: np.ndarray) -> np.ndarray:
@@ -152,13 +138,17 @@ def remove(image, predictor=None, background="transparent", views=(), *, refine:
         background = parse_background(background)
     predictor = predictor or Predictor()
     photos = [photo, *others]
-    try:
-        frame = predictor.model_for(len(photos)).spec.frame
-        probs = predictor.predict_frames(np.stack([resize(p, frame) for p in photos]),
-                                         [(p.shape[1], p.shape[0]) for p in photos])
+    label = name or _label(image)
+    try:  # the predictor's one path from a photo to the network, the views as its set
+        predictions = predictor.predict_views([(label, photo)] + [(f"view {i + 1}", v) for i, v in enumerate(others)])
     except (NotEnoughViews, ValueError) as exc:
-        raise ImageError(name or _label(image), str(exc)) from None
-    return cut_out(photos, probs, background, refine, keep=[0])[0]
+        raise ImageError(label, str(exc)) from None
+    for prediction in predictions:
+        if prediction.error:
+            raise ImageError(label, str(prediction.exception or prediction.error))
+    if predictions[0].warning:
+        warnings.warn(predictions[0].warning, stacklevel=2)
+    return cut_out(photos, [p.probs for p in predictions], background, refine, keep=[0])[0]
 
 
 def remove_set(items: Sequence[tuple[str, object]], predictor=None, background="transparent", *,

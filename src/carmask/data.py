@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from carmask.decode import decode
 from carmask.devices import usable_cores
-from carmask.io import (ImageError, group_by_car, find_photos, mask_path, masks_dir_for,
-                        photos_dir_for, read_frame, read_mask)
-from carmask.views import InputSpec, crop, resize, set_inputs
+from carmask.io import ImageError, find_photos, group_by_car, mask_path, masks_dir_for, photos_dir_for, read_mask
+from carmask.views import InputSpec, NotEnoughViews, car_inputs, resize_map
 
 
 @dataclass
@@ -60,9 +60,14 @@ def split_by_car(cars: list[str], val_fraction: float, seed: int = 0) -> tuple[l
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+# Bumped whenever the way inputs are computed changes, so that no cache built
+# the old way is reused. 2: full-resolution decoding and torch resizes.
+INPUTS_VERSION = 2
+
+
 def cache_key(cars: dict[str, list[Example]], spec: InputSpec) -> str:
     """The name of the cache folder for these cars' photos and this input spec."""
-    return hashlib.sha1(json.dumps([spec.to_dict(), sorted(
+    return hashlib.sha1(json.dumps([INPUTS_VERSION, spec.to_dict(), sorted(
         (str(e.photo) for ex in cars.values() for e in ex))]).encode()).hexdigest()[:16]
 
 
@@ -109,27 +114,27 @@ class InputCache:
         names, car_of, skipped, n = [], [], [], 0
         for car, examples in tqdm(sorted(cars.items()), desc="preparing inputs", unit="car",
                                   disable=not progress):
-            frames, masks, kept = [], [], []
+            photos, masks, kept = [], [], []
             for example in examples:
-                try:
-                    frame, size = read_frame(example.photo, spec.frame)
-                    masks.append(read_mask(example.mask, expected_size=size))
-                    frames.append(frame)
+                try:  # on the stored pixel grid, the grid of the masks
+                    photo = decode(example.photo, upright=False)
+                    masks.append(read_mask(example.mask, expected_size=(photo.shape[2], photo.shape[1])))
+                    photos.append(photo)
                     kept.append(example)
                 except ImageError as exc:
                     skipped.append(str(exc))
-            try:
-                x, boxes = set_inputs(np.stack(frames), spec) if frames else (None, [])
-            except ValueError as exc:  # too few readable views for a background
+            if not photos:
+                continue
+            try:  # the predictor's own inputs for these photos (Predictor.model_inputs)
+                x = car_inputs(photos, spec)
+            except NotEnoughViews as exc:  # too few readable views for a background
                 skipped += [f"{e.photo}: {exc}" for e in kept]
                 continue
-            for i, (example, mask, box) in enumerate(zip(kept, masks, boxes)):
-                soft = resize(mask.astype(np.float32), spec.frame)
-                inputs[n] = x[i]
-                targets[n] = np.round(resize(crop(soft, box), spec.size) * 255).clip(0, 255)
-                names.append(example.photo.name)
-                car_of.append(car)
-                n += 1
+            inputs[n:n + len(kept)] = x.x.permute(0, 2, 3, 1).numpy()
+            targets[n:n + len(kept)] = soft_targets(masks, x.boxes, spec)
+            names += [e.photo.name for e in kept]
+            car_of += [car] * len(kept)
+            n += len(kept)
         inputs.flush(), targets.flush()
         del inputs, targets
         _shrink(folder / "inputs.tmp.npy", folder / "inputs.npy", n)
@@ -177,6 +182,15 @@ class InputCache:
             x = to_device(torch.from_numpy(np.ascontiguousarray(self.inputs[rows])), device)
             y = to_device(torch.from_numpy(np.ascontiguousarray(self.targets[rows])), device)
         return x.permute(0, 3, 1, 2).float(), y[:, None].float() / 255.0
+
+
+def soft_targets(masks: list[np.ndarray], boxes, spec: InputSpec) -> np.ndarray:
+    """Full-size 0/1 masks as the network's targets: resized (bilinear,
+    antialiased) to the frame, cropped to each photo's box and resized to the
+    network's size, as probabilities x 255 (uint8)."""
+    soft = torch.cat([resize_map(torch.from_numpy(m).float()[None, None], spec.frame) for m in masks])
+    out = torch.cat([resize_map(p[None, :, b.top:b.bottom, b.left:b.right], spec.size) for p, b in zip(soft, boxes)])
+    return (out[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,

@@ -78,42 +78,53 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _decode(source, name, draft_size) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode to an upright RGB image; also return the photo's full upright size."""
-    image = _open(source, name)
+def _name(source, name) -> str:
+    if name:
+        return str(name)
+    if isinstance(source, (bytes, bytearray)):
+        return "<upload>"
+    if isinstance(source, (np.ndarray, Image.Image)):
+        return "<array>" if isinstance(source, np.ndarray) else "<image>"
+    return str(source)
+
+
+def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.ndarray:
+    """A photo as a uint8 H x W x 3 RGB array at its full resolution.
+
+    `source`: a path, the file's bytes, a numpy array (H x W, H x W x 3 or
+    H x W x 4, uint8) or a PIL image. `upright`: turn the photo as its EXIF
+    orientation says (as viewers show it, for cut-outs); False keeps the
+    stored pixel grid (the grid of Kaggle's masks, for submissions and
+    training). Any failure is an `ImageError` naming `name` (or the path).
+    """
+    name = _name(source, name)
+    if isinstance(source, np.ndarray):
+        return _from_array(source, name)
+    image = source if isinstance(source, Image.Image) else _open(source, name)
     try:
-        orientation = image.getexif().get(0x0112, 1)
-        swapped = orientation in (5, 6, 7, 8)  # these orientations swap the axes
-        full_size = image.size[::-1] if swapped else image.size
-        if draft_size and image.format == "JPEG":
-            image.draft("RGB", tuple(draft_size[::-1]) if swapped else tuple(draft_size))
-        return _to_rgb(ImageOps.exif_transpose(image)), full_size
+        if upright and image.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
+            image = ImageOps.exif_transpose(image)
+        return np.asarray(_to_rgb(image))
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(name, f"corrupt or truncated image ({exc})") from None
 
 
-def _name(source, name):
-    return name or ("<upload>" if isinstance(source, (bytes, bytearray)) else str(source))
-
-
-def read_photo(source, *, name: str | None = None) -> np.ndarray:
-    """Read a photo (path or bytes) as a uint8 HxWx3 RGB array, EXIF-upright."""
-    return np.asarray(_decode(source, _name(source, name), None)[0])
-
-
-def read_frame(source, size: tuple[int, int], *, name: str | None = None
-               ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read a photo straight at (width, height) `size`; also return its own size.
-
-    A JPEG is decoded at the smallest scale that still covers `size` (JPEG
-    draft mode): several times faster when the model needs less than the photo.
-    """
-    image, full_size = _decode(source, _name(source, name), size)
-    if image.size != tuple(size):
-        image = image.resize(tuple(size), Image.BILINEAR)
-    return np.asarray(image), full_size
+def _from_array(array: np.ndarray, name: str) -> np.ndarray:
+    """An array photo checked and brought to H x W x 3 (grey repeated, alpha dropped)."""
+    if array.dtype != np.uint8:
+        raise ImageError(name, f"a photo array must hold uint8 values, not {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
+        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}")
+    if array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise ImageError(name, f"image is {array.shape[1]}x{array.shape[0]}, "
+                               f"over the limit of {MAX_PIXELS:,} pixels")
+    if array.shape[-1] == 1:
+        return np.repeat(array, 3, axis=-1)
+    return array[..., :3]
 
 
 def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -185,10 +196,6 @@ class PhotoSet:
     """Photos of one car (`car` set) or a single photo of unknown car (`car` None)."""
     car: str | None
     paths: list[Path]
-
-    @property
-    def is_multiview(self) -> bool:
-        return self.car is not None and len(self.paths) > 1
 
 
 def group_by_car(paths: Iterable[Path]) -> list[PhotoSet]:

@@ -29,10 +29,12 @@ class RayPredictor:
     Joins the cluster at `address` (or $RAY_ADDRESS), else starts a local Ray
     instance; `close()` leaves Ray as it found it. `actors` defaults to one per
     GPU, or one per CPU when the cluster has no GPU or `device` is cpu.
+    `options`: the rest of `Predictor`'s options (upright, sets, tta, ...),
+    for every actor's predictor.
     """
 
     def __init__(self, model=None, device: str = "auto", batch_size: int = 16,
-                 actors: int | None = None, address: str | None = None, tta: bool = False):
+                 actors: int | None = None, address: str | None = None, **options):
         try:
             import ray.data  # noqa: F401  (fail here, before any work, when it is missing)
         except ImportError:
@@ -46,7 +48,7 @@ class RayPredictor:
         if model is not None and Path(model).exists():
             model = str(Path(model).absolute())  # the actors may run in another folder
         self.model, self.batch_size, self.actors = model, batch_size, actors or default_actors
-        self.tta = tta
+        self.options = options  # the rest of Predictor's options (upright, sets, tta, ...)
 
     def predict_sets(self, photo_sets: Iterable[PhotoSet], output_size=None,
                      encode: bool = True) -> Iterator[Prediction]:
@@ -59,15 +61,16 @@ class RayPredictor:
             return
         for row in self._dataset(sets, output_size).iter_rows():
             error = row["error"] or None
-            yield Prediction(Path(row["path"]), error=error, runs=None if error else row["runs"])
+            yield Prediction(Path(row["path"]), error=error, runs=None if error else row["runs"],
+                             warning=row["warning"] or None)
 
     def _dataset(self, sets: list[PhotoSet], output_size):
         import ray
-        rows = [{"paths": [str(p.absolute()) for p in s.paths]} for s in sets]
+        rows = [{"car": s.car or "", "paths": [str(p.absolute()) for p in s.paths]} for s in sets]
         blocks = max(1, math.ceil(len(rows) / CARS_PER_CALL))
         ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             SetPredictor, batch_size=CARS_PER_CALL,
-            fn_constructor_args=(self.model, self._device, self.batch_size, output_size, self.tta),
+            fn_constructor_args=(self.model, self._device, self.batch_size, output_size, self.options),
             compute=ray.data.ActorPoolStrategy(size=self.actors), **self._resources)
         # Rows in input order: the same file as a single-process run, and resumable.
         ds.context.execution_options.preserve_order = True
@@ -84,17 +87,18 @@ class RayPredictor:
 class SetPredictor:
     """A Ray Data actor: one `Predictor`, loaded once, for batches of whole cars."""
 
-    def __init__(self, model, device, batch_size, output_size, tta=False):
-        self.predictor = Predictor(model, device=device, batch_size=batch_size, tta=tta)
+    def __init__(self, model, device, batch_size, output_size, options):
+        self.predictor = Predictor(model, device=device, batch_size=batch_size, **options)
         self.output_size = output_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        sets = [PhotoSet(None, [Path(p) for p in paths]) for paths in batch["paths"]]
+        sets = [PhotoSet(car or None, [Path(p) for p in paths]) for car, paths in zip(batch["car"], batch["paths"])]
         out = list(self.predictor.predict_sets(sets, self.output_size, encode=True))
         runs = np.empty(len(out), dtype=object)  # ragged: one array per photo
         runs[:] = [np.zeros(0, np.int64) if p.error else p.runs for p in out]
         return {"path": np.array([str(p.path) for p in out]),
                 "error": np.array([p.error or "" for p in out]),
+                "warning": np.array([p.warning or "" for p in out]),
                 "runs": runs}
 
 

@@ -189,10 +189,10 @@ def size_callback(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-def make_predictor(model, device, batch_size, compile=False, tta=False):
+def make_predictor(model, device, batch_size, compile=False, tta=False, **options):
     from carmask.predict import Predictor
     try:
-        return Predictor(model, device=device, batch_size=batch_size, compile=compile, tta=tta)
+        return Predictor(model, device=device, batch_size=batch_size, compile=compile, tta=tta, **options)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

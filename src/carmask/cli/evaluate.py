@@ -55,7 +55,7 @@ def evaluate(data_dir, model, output_size, tta, device, batch_size, masks, cars_
                    f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
                    f"{loss['hard']:.5f} resizing hard masks (nearest)")
     check_model(model)
-    predictor = make_predictor(model, device, batch_size, tta=tta)
+    predictor = make_predictor(model, device, batch_size, tta=tta, upright=False)  # the masks' stored grid
     todo = sum(len(s.paths) for s in sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos of {len(sets)} cars")
     with progress(todo, "evaluating") as bar:

@@ -60,8 +60,9 @@ def predict(inputs, output, recursive, model, output_size, tta, device, batch_si
             finally:
                 predictor.close()
         else:
-            _write_submission(make_predictor(model, device, batch_size, compile_model, tta), writer, photos,
-                              output, output_size, model, tta)
+            # masks on the stored pixel grid (Kaggle's convention), not turned by EXIF
+            _write_submission(make_predictor(model, device, batch_size, compile_model, tta, upright=False), writer,
+                              photos, output, output_size, model, tta)
     except KeyboardInterrupt:
         writer.close()  # what was predicted stays in the partial file for a resume
         fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
@@ -100,7 +101,7 @@ def _ray_predictor(model, device, batch_size, actors, address, tta):
     try:
         from carmask.ray_engine import RayPredictor
         return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address,
-                            tta=tta)
+                            tta=tta, upright=False)  # masks on the stored pixel grid, as Kaggle's
     except (ImportError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -1,0 +1,126 @@
+"""The whole GPU speed measurement in one run of a few minutes.
+
+From JPEG files to the submission CSV on one GPU: >= 9,600 photos of
+1918x1280 end to end (a small folder predicted `--repeat` times over, as new
+cars), with and without nvjpeg decoding, the per-stage breakdown, peak GPU
+memory and a single cut-out's latency. The figures go to `$OUT/gpu_speed.json`
+(or `--json`) after each step, so a run stopped by its time limit still
+leaves what it measured; a short table is printed last.
+
+Here, before the device call (the folder must stay out of git: .device/ is in
+.git/info/exclude), copy 20 test cars (320 photos, ~31 MiB, under the 64 MiB
+a device call carries):
+
+    python benchmarks/gpu_speed.py --prepare
+
+On the GPU machine (torch with CUDA, torchvision for nvjpeg, no network), in
+the repository root, carrying .device:
+
+    PYTHONPATH=src python benchmarks/gpu_speed.py
+
+A dry run on the CPU with tiny sizes checks the script end to end:
+
+    python benchmarks/gpu_speed.py --device cpu --cars 2 --repeat 2 --batch-size 16 --nvjpeg off
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import predict_speed  # noqa: E402  (beside this script)
+
+from carmask.io import find_photos, group_by_car  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDER = REPO / ".device" / "test"
+
+
+def prepare(source: Path, cars: int) -> None:
+    """Copy the first `cars` cars of `source` into .device/test."""
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(FOLDER / "x.jpg")]).returncode == 0
+    if not ignored:
+        raise SystemExit("add /.device/ to .git/info/exclude first: the data must never be committed")
+    sets = group_by_car(find_photos([source]))[:cars]
+    if FOLDER.exists():
+        shutil.rmtree(FOLDER)
+    FOLDER.mkdir(parents=True)
+    for photo in (p for s in sets for p in s.paths):
+        shutil.copy2(photo, FOLDER / photo.name)
+    size = sum(p.stat().st_size for p in FOLDER.iterdir())
+    print(f"{FOLDER}: {len(sets)} cars, {sum(len(s.paths) for s in sets)} photos, {size / 2**20:.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepare", action="store_true", help="copy test cars into .device/test and stop")
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/data/carvana-test-1918/test")
+    parser.add_argument("--folder", type=Path, default=FOLDER)
+    parser.add_argument("--cars", type=int, default=20)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=30, help="the folder this many times over, end to end")
+    parser.add_argument("--nvjpeg", default="both", choices=["auto", "on", "off", "both"])
+    parser.add_argument("--time-limit", type=float, default=150, help="seconds at most per end-to-end run")
+    parser.add_argument("--json", type=Path, help="default: $OUT/gpu_speed.json, else gpu_speed.json")
+    args = parser.parse_args()
+    if args.prepare:
+        prepare(args.source, args.cars)
+        return
+
+    out = args.json or Path(os.environ.get("OUT", "."), "gpu_speed.json")
+    sets = group_by_car(find_photos([args.folder]))[:args.cars]
+    photos = sum(len(s.paths) for s in sets)
+    folder = Path(tempfile.mkdtemp(prefix="gpu-speed-"))  # links to the chosen cars' photos
+    for photo in (p for s in sets for p in s.paths):
+        (folder / photo.name).symlink_to(photo.absolute())
+    speed = predict_speed.parser().parse_args([
+        str(folder), "--device", args.device, "--batch-size", str(args.batch_size),
+        "--repeat", str(args.repeat), "--nvjpeg", args.nvjpeg, "--breakdown-sets", str(len(sets)),
+        "--time-limit", str(args.time_limit)])
+    variants = ["on", "off"] if args.nvjpeg == "both" else [args.nvjpeg]
+    started = time.perf_counter()
+    from carmask.predict import Predictor
+    device = Predictor(device=args.device).device
+    figures = {"machine": predict_speed.machine(device),
+               "settings": {"photos_in_folder": photos, "repeat": args.repeat, "batch_size": args.batch_size},
+               "end_to_end": {}, "breakdown": {}}
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**figures, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
+
+    for v in variants:  # a failure in one variant (e.g. no torchvision) leaves the others
+        for kind, measure in (("breakdown", lambda: predict_speed.breakdown(sets, speed, v)),
+                              ("end_to_end", lambda: predict_speed.end_to_end(folder, speed, v))):
+            try:
+                figures[kind][v] = measure()
+            except Exception as exc:
+                figures[kind][v] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"}
+            save()
+            print(f"[{time.perf_counter() - started:.0f} s] nvjpeg {v}, {kind}: {figures[kind][v]}", file=sys.stderr)
+    figures["single_cutout"] = predict_speed.single_cutout(sets[0].paths[0], Predictor(device=args.device))
+    save()
+    print(json.dumps(figures, indent=1))
+    print(f"\n{figures['machine']['device']}, torch {figures['machine']['torch']}, "
+          f"{photos} photos x {args.repeat}, batch {args.batch_size}; figures in {out}")
+    print("| nvjpeg | end to end photos/s | photos | predicting photos/s | peak GPU MiB | ms/photo by stage |")
+    print("|---|---|---|---|---|---|")
+    for v in variants:
+        e, b = figures["end_to_end"].get(v, {}), figures["breakdown"].get(v, {})
+        stages = " ".join(f"{k} {row['ms_per_photo']}" for k, row in b.get("stages", {}).items()) or b.get("error")
+        print(f"| {v}{' (used)' if b.get('nvjpeg') else ''} | {e.get('photos_per_s', e.get('error'))} "
+              f"| {e.get('photos', '-')} | {e.get('predicting_photos_per_s', '-')} "
+              f"| {e.get('peak_gpu_mib', '-')} / {b.get('peak_gpu_mib', '-')} | {stages} |")
+    print(f"single cut-out: median {figures['single_cutout']['median_s']} s")
+
+
+if __name__ == "__main__":
+    main()

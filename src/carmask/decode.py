@@ -1,0 +1,255 @@
+"""Photos to full-resolution uint8 tensors on the predictor's device.
+
+Every source (a path, bytes, a numpy array, a PIL image) becomes the photo's
+own pixels at full resolution, as a 3 x H x W uint8 tensor on the device:
+the one input of everything after (`views` reduces it to the model's frame
+with one antialiased resize, the same for every source). Nothing is decoded
+at a reduced JPEG scale: DCT-scaled decoding gives other pixels than any
+resize of the full decode, and the file, bytes and array paths must agree.
+
+Decoding runs in worker threads (Pillow releases the GIL). On a CUDA device
+with torchvision, JPEG files go to nvjpeg in one batch per model batch
+(`torchvision.io.decode_jpeg(list, device="cuda")`); photos that nvjpeg would
+get wrong or cannot take (EXIF-rotated when `upright`, progressive,
+grey or CMYK, truncated, not JPEG) and any batch that nvjpeg refuses are
+decoded by Pillow instead. CPU-decoded photos reach a GPU through pinned
+memory, copied without blocking.
+"""
+from __future__ import annotations
+
+import io as _io
+import os
+import threading
+import time
+import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from carmask.io import MAX_PIXELS, ImageError, read_photo
+from carmask.views import resize_image
+
+# Pillow's arrays are read-only. Nothing in the pipeline writes into a photo,
+# so on the CPU they become tensors without a copy, and torch's note about
+# read-only memory would only be noise.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
+
+
+@dataclass
+class Source:
+    """One photo to decode: `data` is a path, bytes, a numpy array or a PIL
+    image; `name` labels it in predictions and error messages."""
+    name: Path
+    data: object
+
+
+@dataclass
+class _Encoded:
+    """A JPEG file's bytes, left for nvjpeg."""
+    data: bytes
+    name: str
+
+
+@dataclass
+class Decoded:
+    """A decoded photo of `size` (width, height): at full resolution, 3 x H x W
+    uint8 on the device (to be read, never written), and on the CPU also
+    reduced to a frame by the worker that decoded it; the full-resolution
+    photo may then be dropped (`photo` None) to save memory."""
+    photo: torch.Tensor | None
+    size: tuple[int, int]
+    frame: torch.Tensor | None = None
+
+
+def to_tensor(photo: np.ndarray, pin: bool = False) -> torch.Tensor:
+    """An H x W x 3 uint8 array as a 3 x H x W tensor (a channels-last view,
+    the layout the CPU's fast resize takes): the array's own memory, or a
+    copy in pinned memory if `pin` (for a non-blocking copy to a GPU)."""
+    if pin:
+        out = torch.empty(photo.shape, dtype=torch.uint8, pin_memory=True)
+        out.numpy()[...] = photo
+        return out.permute(2, 0, 1)
+    return torch.from_numpy(photo).permute(2, 0, 1)
+
+
+def decode(source, *, name=None, upright: bool = True, device="cpu") -> torch.Tensor:
+    """One photo (path, bytes, array or PIL image) as a 3 x H x W uint8 tensor on `device`."""
+    device = torch.device(device)
+    photo = to_tensor(read_photo(source, name=name, upright=upright), pin=device.type == "cuda")
+    return photo.to(device, non_blocking=True)
+
+
+class Decoder:
+    """Decodes photos in `workers` threads, ahead of their use; `gather`
+    brings a batch of them to `device`. `nvjpeg`: "auto" (where torchvision
+    can decode on this CUDA device), True (required), False, or a function
+    that decodes a list of JPEG bytes in one batch (a stand-in). `lock`: held
+    while nvjpeg decodes; whoever else queues work on the device from another
+    thread holds it too (see `_nvjpeg_decoder`)."""
+
+    def __init__(self, device: torch.device, workers: int, upright: bool = True, nvjpeg="auto",
+                 lock: threading.Lock | None = None):
+        self.device, self.upright, self.lock = torch.device(device), upright, lock or threading.Lock()
+        self._pin = self.device.type == "cuda"
+        if callable(nvjpeg):  # a stand-in batch decoder (tests)
+            self._nvjpeg = nvjpeg
+        else:
+            self._nvjpeg = _nvjpeg_decoder(self.device, required=nvjpeg is True) if nvjpeg else None
+        # Pillow frees a decoded photo's memory to the system at once by default;
+        # faulting fresh pages in for every 10 MB photo costs about as much as
+        # decoding it, so let Pillow keep a few blocks for the next photos.
+        Image.core.set_blocks_max(max(Image.core.get_blocks_max(), 2 * workers + 2))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="carmask-decode")
+        self._lock = threading.Lock()
+        self.seconds = 0.0  # decoding time summed over the workers (and nvjpeg calls)
+
+    @property
+    def uses_nvjpeg(self) -> bool:
+        return self._nvjpeg is not None
+
+    def submit(self, source: Source, frame: tuple[int, int] | None = None, keep: bool = True) -> Future:
+        """Decode `source` in a worker. On the CPU the worker also reduces it
+        to `frame` (width, height), so that this work spreads over the cores,
+        and keeps the full-resolution photo only if `keep`."""
+        on_cpu = self.device.type == "cpu"
+        return self._pool.submit(self._work, source, frame if on_cpu else None, keep or not frame or not on_cpu)
+
+    def _work(self, source: Source, frame, keep: bool):
+        start = time.perf_counter()
+        try:
+            if self._nvjpeg is not None:
+                data = _jpeg_for_nvjpeg(source, self.upright)
+                if data is not None:
+                    return _Encoded(data, str(source.name))
+            photo = self._cpu(source.data, str(source.name))
+            reduced = resize_image(photo[None], frame)[0] if frame else None
+            return Decoded(photo if keep else None, (photo.shape[-1], photo.shape[-2]), reduced)
+        finally:
+            self._count(start)
+
+    def _cpu(self, data, name: str) -> torch.Tensor:
+        return to_tensor(read_photo(data, name=name, upright=self.upright), self._pin)
+
+    def _count(self, start: float) -> None:
+        with self._lock:
+            self.seconds += time.perf_counter() - start
+
+    def gather(self, futures: Sequence[Future]) -> list:
+        """The photos of `futures` on the device, in order: a `Decoded` each,
+        or the `ImageError` that names an unreadable one."""
+        out: list = []
+        for future in futures:
+            try:
+                out.append(future.result())
+            except ImageError as exc:
+                out.append(exc)
+        encoded = [i for i, item in enumerate(out) if isinstance(item, _Encoded)]
+        if encoded:
+            start = time.perf_counter()
+            for i, photo in zip(encoded, self._decode_jpegs([out[i] for i in encoded])):
+                out[i] = Decoded(photo, (photo.shape[-1], photo.shape[-2])) if isinstance(photo, torch.Tensor) \
+                    else photo
+            self._count(start)
+        for item in out:
+            if isinstance(item, Decoded) and item.photo is not None:
+                item.photo = item.photo.to(self.device, non_blocking=True)
+        return out
+
+    def _decode_jpegs(self, jpegs: list[_Encoded]) -> list:
+        """nvjpeg over the batch; Pillow for all of it if nvjpeg refuses any."""
+        try:
+            with self.lock:
+                return self._nvjpeg([jpeg.data for jpeg in jpegs])
+        except RuntimeError:
+            out = []
+            for jpeg in jpegs:
+                try:
+                    out.append(self._cpu(jpeg.data, jpeg.name))
+                except ImageError as exc:
+                    out.append(exc)
+            return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "Decoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _jpeg_for_nvjpeg(source: Source, upright: bool) -> bytes | None:
+    """The file's bytes when nvjpeg decodes it as Pillow would, else None:
+    a complete baseline YCbCr JPEG, not turned by EXIF where `upright` asks."""
+    if isinstance(source.data, (bytes, bytearray)):
+        data = bytes(source.data)
+    elif isinstance(source.data, (str, os.PathLike)):
+        try:
+            data = Path(source.data).read_bytes()
+        except OSError:
+            return None  # Pillow's path names the problem
+    else:
+        return None
+    if not (data.startswith(b"\xff\xd8") and data.rstrip(b"\0").endswith(b"\xff\xd9")):
+        return None  # not a JPEG, or truncated
+    try:
+        with Image.open(_io.BytesIO(data)) as image:  # reads the header only
+            if (image.format != "JPEG" or image.mode != "RGB" or image.info.get("progressive")
+                    or image.info.get("progression") or image.width * image.height > MAX_PIXELS):
+                return None
+            if upright and image.getexif().get(0x0112, 1) not in (1, None):
+                return None
+    except Exception:  # anything odd: Pillow decodes it and names the problem
+        return None
+    return data
+
+
+def _nvjpeg_decoder(device: torch.device, required: bool):
+    """A function from JPEG bytes to 3 x H x W uint8 tensors on `device` by
+    nvjpeg, or None where torchvision cannot decode there."""
+    try:
+        if device.type != "cuda":
+            raise ValueError("nvjpeg decoding needs a CUDA device")
+        decode = _batch_decoder(device)
+        probe = _io.BytesIO()  # a build without nvjpeg fails here, not in the middle of a run
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(probe, "JPEG")
+        decode([probe.getvalue()])
+    except Exception as exc:  # not installed, a build that does not load beside this torch, no nvjpeg
+        if required:
+            raise ValueError(f"nvjpeg decoding does not work on {device}: {exc}") from None
+        return None
+    return decode
+
+
+# torchvision 0.29 deprecates its decoders in favour of torchcodec (0.26, on the GPU machines, does not)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+
+
+def _batch_decoder(device: torch.device):
+    """torchvision's batched JPEG decoder onto `device` (nvjpeg on a GPU), as
+    a function from a list of JPEG bytes to 3 x H x W uint8 tensors."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    cuda = device.type == "cuda"
+
+    def decode(datas: list[bytes]) -> list[torch.Tensor]:
+        inputs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+        if cuda:
+            # pytorch/vision#9606: the CUDA decoder writes into memory handed
+            # out on this stream without waiting for the kernels queued on it
+            # that still read that memory, so nothing may be queued when it
+            # starts (and no other thread may queue work until it is done:
+            # Decoder.lock).
+            torch.cuda.synchronize(device)
+        photos = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
+        if cuda:
+            torch.cuda.synchronize(device)  # its own stream: done before this stream reads the photos
+        return photos
+
+    return decode

@@ -1,0 +1,107 @@
+"""Grouping that checks itself: views named <car>_<NN> are predicted as a set
+only when they share a studio; otherwise photo by photo, with a warning that
+names them. `sets` forces either."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from carmask.io import find_photos, group_by_car
+from carmask.predict import Predictor
+from carmask.synth import make_dataset, random_car, render_view, studio_background
+
+
+@pytest.fixture(scope="module")
+def turntable(tmp_path_factory):
+    """One synthetic car, 16 views in one studio."""
+    data = make_dataset(tmp_path_factory.mktemp("set"), cars=1, size=(192, 128), seed=12)
+    return sorted((data / "train").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def unrelated(tmp_path_factory):
+    """Three photos of three cars in three places, named as if one car's views."""
+    folder = tmp_path_factory.mktemp("unrelated")
+    rng = np.random.default_rng(13)
+    size = (192, 128)
+    places = [studio_background(*size, seed=2),
+              (studio_background(*size, seed=3) * np.array([0.3, 0.6, 0.35])).astype(np.uint8),  # a green room
+              np.broadcast_to(np.linspace(30, 200, size[0], dtype=np.float32)[None, :, None],
+                              (size[1], size[0], 3)).astype(np.uint8)]  # a dark-to-light wall
+    for i, (place, view) in enumerate(zip(places, (2, 5, 9)), 1):
+        photo, _ = render_view(place, random_car(rng), view, rng=rng)
+        Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
+    return sorted(folder.glob("*.jpg"))
+
+
+def predictions(predictor, paths):
+    return list(predictor.predict_sets(group_by_car(find_photos(paths))))
+
+
+def test_unrelated_photos_named_as_one_car_are_predicted_one_by_one(unrelated):
+    predictor = Predictor(device="cpu")  # the shipped multiview model for sets, rgb alone
+    out = predictions(predictor, unrelated)
+    assert [p.path.name for p in out] == ["IMG_01.jpg", "IMG_02.jpg", "IMG_03.jpg"]
+    assert not any(p.error for p in out)
+    for p in out:
+        assert "do not share one studio" in p.warning
+        assert all(name in p.warning for name in ("IMG_01.jpg", "IMG_02.jpg", "IMG_03.jpg"))
+        np.testing.assert_allclose(p.probs, predictor.predict_photo(p.path), atol=1e-5)  # as alone
+    forced = predictions(Predictor(device="cpu", sets="always"), unrelated)
+    assert not any(p.warning for p in forced)
+    assert not np.allclose(forced[0].probs, out[0].probs, atol=1e-3)  # as a set, the multiview model
+
+
+def test_a_model_that_needs_a_set_keeps_it_and_says_so(unrelated, seed_model):
+    out = predictions(Predictor(seed_model, device="cpu"), unrelated)
+    assert not any(p.error for p in out)
+    assert all("predicted as a set all the same" in p.warning for p in out)
+
+
+def test_a_real_set_is_a_set_unless_told_otherwise(turntable):
+    as_set = predictions(Predictor(device="cpu"), turntable)
+    assert len(as_set) == 16 and not any(p.warning or p.error for p in as_set)
+    alone = predictions(Predictor(device="cpu", sets="never"), turntable)
+    assert not any(p.warning or p.error for p in alone)
+    single = Predictor(device="cpu")
+    np.testing.assert_allclose(alone[3].probs, single.predict_photo(turntable[3]), atol=1e-5)
+    assert not np.allclose(alone[3].probs, as_set[3].probs, atol=1e-3)
+
+
+def test_two_views_are_predicted_alone_with_a_warning(turntable):
+    out = predictions(Predictor(device="cpu"), turntable[:2])
+    for p in out:
+        assert not p.error and "2 readable views" in p.warning and turntable[1].name in p.warning
+
+
+def test_a_view_of_another_size_leaves_the_set(turntable, tmp_path):
+    for path in turntable[:6]:
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    odd = tmp_path / turntable[2].name
+    Image.open(odd).resize((384, 256)).save(odd)
+    out = predictions(Predictor(device="cpu"), sorted(tmp_path.iterdir()))
+    assert [p.path.name for p in out] == [p.name for p in turntable[:6]]  # the car's order
+    assert "not the size of the other views" in out[2].warning and odd.name in out[2].warning
+    assert out[2].probs.shape == (256, 384)
+    assert not any(p.warning for i, p in enumerate(out) if i != 2)
+    forced = predictions(Predictor(device="cpu", sets="always"), sorted(tmp_path.iterdir()))
+    assert not any(p.warning or p.error for p in forced) and forced[2].probs.shape == (256, 384)
+
+
+def test_a_refine_hook_sees_full_resolution_photos_and_their_set(turntable, tmp_path):
+    seen = {}
+
+    def refine(batch):
+        seen["shapes"] = {tuple(p.shape) for p in batch.photos}
+        seen["views"] = batch.views
+        return [torch.ones_like(p) for p in batch.probs]
+
+    predictor = Predictor(device="cpu", refine=refine, profile=True)
+    photos = turntable[:5] + [tmp_path / "lone.jpg"]
+    photos[-1].write_bytes(turntable[5].read_bytes())
+    out = list(predictor.predict_sets(group_by_car(photos), encode=True))
+    assert seen["shapes"] == {(3, 128, 192)}
+    assert seen["views"] == [[0, 1, 2, 3, 4]] * 5 + [[5]]
+    assert all(p.rle == f"1 {192 * 128}" for p in out)  # the hook's probabilities were used
+    assert set(predictor.stage_seconds) == {"decode", "inputs", "model", "postprocess", "copy back"}
+    assert all(seconds > 0 for seconds in predictor.stage_seconds.values())
