@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,7 +103,7 @@ def refine_photo(grid: _Grid, studio: torch.Tensor | None = None) -> Edges:
     foreground = _hwc(grid.photo).clone(memory_format=torch.contiguous_format)
     if band.numel() == 0:
         return Edges(alpha, foreground)
-    value = _bilinear(grid.maps(studio), grid.positions(band))               # K x 8
+    value = grid.sample(grid.maps(studio), band)                            # K x 8
     b, f, spread, lower = value[:, 0:3], value[:, 3:6], value[:, 6], value[:, 7]
     pixel = foreground.view(-1, 3)[band].float()                             # K x 3
     a = _equation(pixel, b, f, spread, soft(pk))
@@ -120,8 +121,9 @@ def _equation(pixel: torch.Tensor, studio: torch.Tensor, car: torch.Tensor, spre
     """Alpha of K pixels from I = a F + (1 - a) B, as far as it is trusted; `fallback` for the rest."""
     d, i = car - studio, pixel - studio
     length = _norm(d).clamp_(min=1e-3)
-    a = ((i * d).sum(1) / (length * length)).clamp_(0, 1)
-    off = _norm(i - a[:, None] * d) / (OFF_LINE * length)
+    a = (i * d).sum(1) / (length * length)
+    off = _norm(i - a[:, None] * d) / (OFF_LINE * length)   # from the line through B and F
+    a = a.clamp_(0, 1)
     low, high = CONTRAST
     trust = ((length - low) / (high - low)).clamp_(0, 1) * torch.exp(-off * off - (SPREAD * spread / length) ** 2)
     return trust * a + (1 - trust) * fallback
@@ -152,10 +154,14 @@ class _Grid:
         spread = (car[:, 3:] - car[:, :3].square().sum(1, keepdim=True)).clamp_(min=0).sqrt_()
         return torch.cat([studio, car[:, :3], spread, _lower_edge(p)], 1)
 
-    def positions(self, index: torch.Tensor) -> torch.Tensor:
-        """Flat pixel indices -> their centres on the grid (K x 2: y, x)."""
-        width = self.shape[1]
-        return torch.stack([index // width, index % width], 1).float().add_(0.5).div_(self.scale).sub_(0.5)
+    def sample(self, maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Bilinear values of 1 x C x h x w maps on the grid at the centres of
+        full-resolution pixels (flat indices): K x C."""
+        width, (h, w) = self.shape[1], maps.shape[-2:]
+        at = torch.stack([index % width, index // width], 1).float().add_(0.5).div_(self.scale)  # x, y in cells
+        at = at.div_(torch.tensor([w, h], dtype=at.dtype, device=at.device)).mul_(2).sub_(1)
+        return F.grid_sample(maps, at[None, None], mode="bilinear", padding_mode="border",
+                             align_corners=False)[0, :, 0].T
 
 
 def set_studio(grids: Sequence[_Grid]) -> torch.Tensor:
@@ -196,28 +202,21 @@ def _lower_edge(probs: torch.Tensor) -> torch.Tensor:
     return (fall - side) / (fall.abs() + side + 1e-6)
 
 
-def _bilinear(maps: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Values of 1 x C x h x w maps at K grid positions (y, x): K x C."""
-    _, channels, h, w = maps.shape
-    table = maps[0].permute(1, 2, 0).reshape(-1, channels)
-    y, x = at[:, 0].clamp(0, h - 1), at[:, 1].clamp(0, w - 1)
-    y0, x0 = y.floor().long(), x.floor().long()
-    y1, x1 = (y0 + 1).clamp(max=h - 1), (x0 + 1).clamp(max=w - 1)
-    fy, fx = (y - y0)[:, None], (x - x0)[:, None]
-    row0, row1 = y0 * w, y1 * w
-    return ((table[row0 + x0] * (1 - fx) + table[row0 + x1] * fx) * (1 - fy)
-            + (table[row1 + x0] * (1 - fx) + table[row1 + x1] * fx) * fy)
-
-
 # -- small helpers -----------------------------------------------------------------------------------
 
 def _alpha_outside(probs: torch.Tensor, low: float, high: float):
     """uint8 alpha, 0 or 255 by the probabilities' side of 0.5, and the band
     of pixels between `low` and `high` for the caller to fill: their flat
     indices and probabilities."""
-    flat = probs.view(-1)
-    band = ((flat > low) & (flat < high)).nonzero()[:, 0]
-    return (probs > 0.5).to(torch.uint8).mul_(255), band, flat[band]
+    flat = probs.reshape(-1)
+    if probs.device.type == "cpu":  # numpy's compares: 3-4 times as fast as torch's on one thread
+        values = flat.numpy()
+        band = torch.from_numpy(np.flatnonzero((values > low) & (values < high)))
+        alpha = torch.from_numpy((probs.numpy() > 0.5).view(np.uint8) * np.uint8(255))
+    else:
+        band = ((flat > low) & (flat < high)).nonzero()[:, 0]
+        alpha = (probs > 0.5).view(torch.uint8).mul_(255)
+    return alpha, band, flat[band]
 
 
 def _hwc(photo: torch.Tensor) -> torch.Tensor:
