@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import gc
 import io
 import os
 import re
 import tempfile
 import threading
+import time
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -78,12 +81,17 @@ ERRORS = {
 
 class PixelSlots:
     """At most `jobs` requests at work and `pixels` decoded pixels at once: a
-    request waits here (`with slots(pixels):`), before decoding anything, until its pixels fit."""
+    request waits here (`with slots(pixels):`), before decoding anything, until
+    its pixels fit. A second after the last one leaves, the memory freed is
+    given back to the system (glibc keeps it otherwise, and the server would
+    stay at its peak size)."""
 
     def __init__(self, jobs: int, pixels: int):
         self.jobs, self.pixels = jobs, pixels
         self._busy_jobs = self._busy_pixels = 0
         self._free = threading.Condition()
+        self._worked = threading.Event()
+        threading.Thread(target=self._trim_when_idle, name="carmask-trim", daemon=True).start()
 
     @contextmanager
     def __call__(self, pixels: int):
@@ -99,6 +107,39 @@ class PixelSlots:
                 self._busy_jobs -= 1
                 self._busy_pixels -= pixels
                 self._free.notify_all()
+            self._worked.set()
+
+    def _trim_when_idle(self) -> None:
+        while self._worked.wait():
+            time.sleep(1.0)  # the answers that were just made are sent and freed meanwhile
+            with self._free:
+                if self._busy_jobs:
+                    continue
+                self._worked.clear()
+            _trim_memory()
+
+
+def _trim_memory() -> None:
+    gc.collect()  # arrays held by reference cycles (frames of finished requests)
+    Image.core.clear_cache()  # the memory blocks Pillow keeps for the next decodes
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _server_malloc(arenas: int = 2, mmap_from: int = 4 * MiB) -> None:
+    """glibc's malloc set for a long-lived server: at most `arenas` arenas (as
+    MALLOC_ARENA_MAX) and blocks of `mmap_from` bytes or more always mapped
+    (returned to the system when freed) rather than carved from an arena,
+    where photo-sized buffers would leave the heap fragmented and the process
+    at its peak size after a burst of requests."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, arenas)     # M_ARENA_MAX
+        libc.mallopt(-3, mmap_from)  # M_MMAP_THRESHOLD (also stops glibc from raising it)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -293,13 +334,14 @@ def cutout(request: Request,
     photo = read_image(file, state, budget, "photo")
     back = background_of(bg, background, state, budget)
     try:
-        with state.slots(budget.used):
+        with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
             [result] = state.cut([(photo.label, photo.data)], decoded(back))
+            body = None if result.error else encode(result.image)
     except ImageError as exc:  # the background image
         raise HTTPException(422, str(exc)) from None
     if result.error:
         raise HTTPException(422, str(result.error))
-    return Response(encode(result.image), media_type="image/png", headers={
+    return Response(body, media_type="image/png", headers={
         "Content-Disposition": f'inline; filename="{_stem(photo.label)}.png"', **warning_header(result)})
 
 
@@ -470,18 +512,18 @@ def removebg(request: Request,
             flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
         except ImageError as exc:
             raise RemoveBgError(400, str(exc), "invalid_image") from None
-    if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-            archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
-            archive.writestr("alpha.png", encode(alpha))
-        body, media = buffer.getvalue(), "application/zip"
-    elif channels == "alpha":
-        body, media = encode(alpha), "image/png"
-    elif fmt == "jpg" or (fmt == "auto" and coloured):
-        body, media = encode(flat, "JPEG"), "image/jpeg"
-    else:
-        body, media = encode(flat if coloured else rgba), "image/png"
+        if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+                archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
+                archive.writestr("alpha.png", encode(alpha))
+            body, media = buffer.getvalue(), "application/zip"
+        elif channels == "alpha":
+            body, media = encode(alpha), "image/png"
+        elif fmt == "jpg" or (fmt == "auto" and coloured):
+            body, media = encode(flat, "JPEG"), "image/jpeg"
+        else:
+            body, media = encode(flat if coloured else rgba), "image/png"
     height, width = alpha.shape
     return Response(body, media_type=media, headers={
         "X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
@@ -612,6 +654,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "au
         max_concurrency: int | None = None) -> None:
     """Serve the API and the page with uvicorn (the `carmask serve` verb)."""
     import uvicorn
+    _server_malloc()
     app = create_app(model=model, device=device, api_key=api_key, hosts=local_hosts(host),
                      allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
                      max_concurrency=max_concurrency)
