@@ -285,9 +285,12 @@ class Predictor:
                 pending.append(car)
 
         # Postprocessing and reading back run in a thread of their own, one
-        # batch behind; when profiling, inline, so that the stages do not overlap.
+        # batch behind; inline when profiling, so that the stages do not
+        # overlap, and for one car's views (`lookahead` 0), where there is
+        # nothing to overlap and a second thread's torch ops only compete with
+        # the first's (a refined 1918x1280 cut-out: 0.052 s inline, 0.082 s not).
         finisher = _Finisher(lambda batch: self._finish(batch, output),
-                             threaded=self.stage_seconds is None)
+                             threaded=self.stage_seconds is None and lookahead > 0)
         try:
             fill()
             while pending:
