@@ -1,13 +1,17 @@
 """`carmask predict` as a batch tool: one run's rows never mix with another's,
 nothing is claimed that was not done, and errors are sentences."""
+import json
 import os
 import shutil
 import sys
 
+import numpy as np
+from PIL import Image
+
 import pytest
 
 from carmask.submission import SubmissionWriter, read_submission
-from carmask.synth import make_dataset
+from carmask.synth import make_dataset, random_car, render_view, studio_background
 from helpers import interrupted_run, partial_of, run_cli
 
 MODEL = ("--model", "seed", "--device", "cpu")
@@ -66,6 +70,7 @@ def test_a_resumed_run_gives_the_uninterrupted_file_and_says_what_it_kept(photos
     (("--output-size", "48x32"), "output size was each photo's own, now 48x32"),
     (("--tta",), "tta was off, now on"),
     (("--model", "rgb"), "model was seed, now rgb"),
+    (("--sets", "never"), "sets was auto, now never"),
 ])
 def test_a_rerun_with_other_settings_refuses_and_names_them(photos, tmp_path, change, expected):
     out = tmp_path / "s.csv"
@@ -76,6 +81,17 @@ def test_a_rerun_with_other_settings_refuses_and_names_them(photos, tmp_path, ch
     assert expected in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.output
     assert partial_of(out).read_bytes() == before and not out.exists()
+
+
+def test_a_rerun_on_another_device_refuses_and_names_it(photos, tmp_path):
+    """The device changes rows (bfloat16 on a GPU): a run begun on one is not finished on another."""
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", photos, "-o", out, *MODEL)
+    record = out.with_name(out.name + ".partial.json")
+    assert json.loads(record.read_text())["device"] == "cpu"
+    record.write_text(record.read_text().replace('"device": "cpu"', '"device": "cuda"'))
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 2 and "device was cuda, now cpu" in result.stderr
 
 
 def test_a_rerun_on_changed_photos_refuses_and_names_them(photos, tmp_path):
@@ -236,3 +252,50 @@ def test_quiet_and_verbose(photos, tmp_path):
     normal = run_cli("predict", photos, "-o", tmp_path / "n.csv", *MODEL)
     assert "model seed on cpu" not in normal.stderr and "wrote" in normal.stderr
     assert "\r" not in normal.stderr and "photo/s" not in normal.stderr  # no bar off a terminal
+
+
+@pytest.fixture(scope="module")
+def mixed(data, tmp_path_factory):
+    """What the names promise and the photos do not keep: three photos of
+    three cars in three places named IMG_01..03 as if one car's views, a car
+    with 2 views, and a whole car."""
+    folder = tmp_path_factory.mktemp("mixed")
+    rng, size = np.random.default_rng(13), (96, 64)
+    places = [studio_background(*size, seed=2),
+              (studio_background(*size, seed=3) * np.array([0.3, 0.6, 0.35])).astype(np.uint8),
+              np.broadcast_to(np.linspace(30, 200, size[0], dtype=np.float32)[None, :, None],
+                              (size[1], size[0], 3)).astype(np.uint8)]
+    for i, (place, view) in enumerate(zip(places, (2, 5, 9)), 1):
+        photo, _ = render_view(place, random_car(rng), view, rng=rng)
+        Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
+    views = sorted((data / "a" / "train").iterdir())
+    for view in views[:2] + views[16:]:  # synth003c000: 2 views; synth003c001: 16
+        shutil.copy(view, folder / view.name)
+    return folder
+
+
+def test_cars_not_predicted_as_their_names_suggest_are_named_once_and_counted(mixed, tmp_path):
+    result = run_cli("predict", mixed, "-o", tmp_path / "s.csv", "--device", "cpu")  # the shipped models
+    assert result.exit_code == 0, result.output
+    assert len(read_submission(tmp_path / "s.csv")) == 21
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("carmask: warning: ")]
+    assert len(warnings) == 4, warnings  # once per car, not once per photo; then the summary
+    assert "IMG_01.jpg, IMG_02.jpg, IMG_03.jpg: do not share one studio" in warnings[0]
+    assert "synth003c000_01.jpg, synth003c000_02.jpg: car synth003c000 has 2 readable views" in warnings[1]
+    assert warnings[2].endswith("1 car with views predicted photo by photo: IMG")
+    assert warnings[3].endswith("1 car with views predicted photo by photo with the single-photo model: "
+                                "synth003c000")
+    assert "warning" not in run_cli("-q", "predict", mixed, "-o", tmp_path / "q.csv", "--device", "cpu").stderr
+
+
+def test_sets_always_trusts_the_names_and_never_takes_every_photo_alone(mixed, tmp_path):
+    always = run_cli("predict", mixed, "-o", tmp_path / "always.csv", "--device", "cpu", "--sets", "always")
+    assert always.exit_code == 0 and "do not share one studio" not in always.stderr
+    never = run_cli("predict", mixed, "-o", tmp_path / "never.csv", "--device", "cpu", "--sets", "never")
+    assert never.exit_code == 0 and "warning" not in never.stderr
+    auto = run_cli("predict", mixed, "-o", tmp_path / "auto.csv", "--device", "cpu")
+    rows = {name: read_submission(tmp_path / f"{name}.csv") for name in ("always", "auto", "never")}
+    assert rows["auto"]["IMG_01.jpg"] == rows["never"]["IMG_01.jpg"] != rows["always"]["IMG_01.jpg"]
+    whole = "synth003c001_05.jpg"  # a real set: the multi-view model, unless --sets never
+    assert rows["auto"][whole] == rows["always"][whole] != rows["never"][whole]
+    assert auto.exit_code == 0

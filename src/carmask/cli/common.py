@@ -10,6 +10,7 @@ Every verb should:
 - talk on stderr through `info` (hidden by --quiet), `detail` (shown by
   --verbose) and `fail` (always), which never glue onto a progress bar, and
   show progress with `progress` (a bar on a terminal only);
+- say each prediction's warning once per car (`PredictionWarnings`);
 - end with a summary that counts what it wrote, kept and skipped
   (`skipped_summary` groups the skips by kind);
 - exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
@@ -62,6 +63,14 @@ class Verb(click.Command):
 class Carmask(click.Group):
     command_class = Verb
 
+    def invoke(self, ctx):
+        """Ctrl-C ends any verb with a sentence and exit status 130 (click's own: "Aborted!", 1)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            fail("interrupted")
+            ctx.exit(130)
+
 
 # -- messages and progress -------------------------------------------------------
 def verbosity() -> int:
@@ -94,6 +103,12 @@ def fail(message: str) -> None:
     _say(f"carmask: {message}")
 
 
+def warn(message: str) -> None:
+    """Something the user should know about a result: said unless --quiet."""
+    if verbosity() >= NORMAL:
+        _say(f"carmask: warning: {message}")
+
+
 def info(message: str) -> None:
     """What was done: said unless --quiet."""
     if verbosity() >= NORMAL:
@@ -106,11 +121,16 @@ def detail(message: str) -> None:
         _say(message)
 
 
+def showing_progress() -> bool:
+    """Whether progress is shown: on a terminal, without --quiet."""
+    return verbosity() >= NORMAL and getattr(sys.stderr, "isatty", lambda: False)()
+
+
 def progress(total: int, desc: str, unit: str = "photo"):
     """A tqdm bar on stderr, shown only on a terminal and without --quiet."""
     from tqdm import tqdm
-    shown = verbosity() >= NORMAL and getattr(sys.stderr, "isatty", lambda: False)()
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not shown, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not showing_progress(),
+                dynamic_ncols=True)
 
 
 def skipped_summary(errors: list[str], what: str = "photo") -> str:
@@ -123,6 +143,40 @@ def skipped_summary(errors: list[str], what: str = "photo") -> str:
 def _kind(error: str) -> str:
     """The reason of 'path: reason (details), more' without the path and details."""
     return re.split(r" \(|, |: ", error.split(": ", 1)[-1], maxsplit=1)[0]
+
+
+def some(names, shown: int = 5) -> str:
+    """'a, b, c, d, e, ... 3 more'."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
+
+
+class PredictionWarnings:
+    """Each `Prediction.warning` said once per car (the predictor puts the same
+    sentence on every photo it concerns), and counted by car for the summary,
+    grouped by what was done ('predicted photo by photo', ...: the sentence's
+    last clause)."""
+
+    def __init__(self):
+        self._said: set[tuple] = set()
+        self.cars: dict[str, dict[tuple, str]] = {}  # what was done -> {car: its name}
+
+    def add(self, prediction) -> None:
+        if not prediction.warning:
+            return
+        from carmask.io import parse_view_name
+        path = Path(prediction.path)
+        car = (path.parent, (parse_view_name(path) or (path.name,))[0])
+        if (car, prediction.warning) not in self._said:
+            self._said.add((car, prediction.warning))
+            warn(prediction.warning)
+        done = prediction.warning.rsplit(": ", 1)[-1]
+        self.cars.setdefault(done, {})[car] = car[1]
+
+    def summary(self) -> None:
+        """'3 cars with views predicted photo by photo: a, b, c' for each kind of warning."""
+        for done, cars in self.cars.items():
+            warn(f"{len(cars)} car{'s' if len(cars) > 1 else ''} with views {done}: {some(cars.values())}")
 
 
 # -- inputs and outputs ----------------------------------------------------------
@@ -223,6 +277,13 @@ batch_option = click.option("--batch-size", default=16, show_default=True, help=
 tta_option = click.option("--tta", is_flag=True,
                           help="Also predict each photo mirrored and average: twice the model work.")
 recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
+sets_option = click.option(
+    "--sets", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]),
+    help="How photos named <car>_<NN> are grouped. auto: a car's views are predicted as a set (with its "
+         "median background) only when they share a studio: at least 3 readable views of one size, each "
+         "differing from their median background over at most 45% of the frame (the car and its "
+         "shadow); other views are predicted photo by photo, with a warning naming them. always: trust "
+         "the names. never: every photo alone.")
 
 
 @click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]})
