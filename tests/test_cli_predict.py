@@ -5,14 +5,12 @@ import os
 import shutil
 import sys
 
-import numpy as np
-from PIL import Image
 
 import pytest
 
 from carmask.submission import SubmissionWriter, read_submission
-from carmask.synth import make_dataset, random_car, render_view, studio_background
-from helpers import interrupted_run, partial_of, run_cli
+from carmask.synth import make_dataset
+from helpers import interrupted_run, partial_of, run_cli, unrelated_photos
 
 MODEL = ("--model", "seed", "--device", "cpu")
 
@@ -260,14 +258,7 @@ def mixed(data, tmp_path_factory):
     three cars in three places named IMG_01..03 as if one car's views, a car
     with 2 views, and a whole car."""
     folder = tmp_path_factory.mktemp("mixed")
-    rng, size = np.random.default_rng(13), (96, 64)
-    places = [studio_background(*size, seed=2),
-              (studio_background(*size, seed=3) * np.array([0.3, 0.6, 0.35])).astype(np.uint8),
-              np.broadcast_to(np.linspace(30, 200, size[0], dtype=np.float32)[None, :, None],
-                              (size[1], size[0], 3)).astype(np.uint8)]
-    for i, (place, view) in enumerate(zip(places, (2, 5, 9)), 1):
-        photo, _ = render_view(place, random_car(rng), view, rng=rng)
-        Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
+    unrelated_photos(folder, size=(96, 64))
     views = sorted((data / "a" / "train").iterdir())
     for view in views[:2] + views[16:]:  # synth003c000: 2 views; synth003c001: 16
         shutil.copy(view, folder / view.name)

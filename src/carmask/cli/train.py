@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, main,
+from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, main,
                                 size_callback, skipped_summary, verbosity, verbosity_options)
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
@@ -87,6 +87,7 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         _check_run_dir(run_dir, resume, overwrite)
         if cache:
             check_output(cache, folder=True, overwrite=True)
+        info(f"training recipe {recipe} on the {len(cars)} cars of {data_dir}, into {run_dir}")
         options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
         detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
                f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
