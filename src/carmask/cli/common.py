@@ -189,7 +189,9 @@ def find_inputs(inputs, recursive: bool = False) -> list[Path]:
         raise InputError(f"no such file or folder: {', '.join(missing)}")
     photos = find_photos(inputs, recursive=recursive)
     if not photos:
-        hint = " (-r looks in sub-folders)" if not recursive and any(Path(i).is_dir() for i in inputs) else ""
+        folders = [Path(i) for i in inputs if Path(i).is_dir()]
+        deeper = not recursive and any(p.is_dir() for folder in folders for p in folder.iterdir())
+        hint = " (-r looks in sub-folders)" if deeper else ""
         raise InputError(f"no photos found in {' '.join(map(str, inputs))}{hint}")
     return photos
 
@@ -252,12 +254,13 @@ def make_predictor(model, device, batch_size, compile=False, tta=False, **option
 
 
 def check_model(model):
-    """Fail early, before any work, on a model that is not there."""
+    """Fail early, before any work, on a model that is not there or not whole
+    (a sentence naming it, exit 2)."""
     from carmask import models
     try:
         models.check(model)
     except (FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 def describe_predictor(model, device, tta=False) -> str:
@@ -282,8 +285,9 @@ sets_option = click.option(
     help="How photos named <car>_<NN> are grouped. auto: a car's views are predicted as a set (with its "
          "median background) only when they share a studio: at least 3 readable views of one size, each "
          "differing from their median background over at most 45% of the frame (the car and its "
-         "shadow); other views are predicted photo by photo, with a warning naming them. always: trust "
-         "the names. never: every photo alone.")
+         "shadow); other views are predicted photo by photo, with a warning naming them. This tells "
+         "studios apart, not cars: photos of different cars shot in one studio and named as one car's "
+         "views pass it (use never). always: trust the names. never: every photo alone.")
 
 
 @click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]})

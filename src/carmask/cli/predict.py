@@ -86,11 +86,11 @@ def _open_writer(output, overwrite, photos, model, **options):
     """The submission's writer; `options`: what changes rows, recorded for a resume."""
     from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, run_record
     run = run_record(photos, model, **options)
-    try:
-        with writing(output):
+    with writing(output):
+        try:
             writer = SubmissionWriter(output, overwrite=overwrite, run=run)
-    except (FileExistsError, OutputInUse, OtherRun) as exc:
-        raise InputError(str(exc)) from None
+        except (FileExistsError, OutputInUse, OtherRun) as exc:  # a sentence of its own
+            raise InputError(str(exc)) from None
     if output == "-":
         info("writing the submission to stdout: an interrupted run cannot be resumed (-o FILE can)")
     elif writer.kept:
