@@ -143,6 +143,7 @@ def test_empty_input_is_an_error(tmp_path):
     out = tmp_path / "s.csv"
     result = run_cli("predict", tmp_path / "empty", "-o", out, *MODEL)
     assert result.exit_code == 2 and "no photos found" in result.stderr
+    assert "-r looks" not in result.stderr  # no sub-folder to look in
     assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
@@ -183,7 +184,7 @@ def test_files_globs_and_recursive_folders(data, tmp_path):
     assert sorted(read_submission(out)) == sorted([first.name] + [
         f"synth004c00{car}_0{view}.jpg" for car in (0, 1) for view in (1, 2, 3)])
     flat = run_cli("predict", tree, "-o", tmp_path / "flat.csv", *MODEL)
-    assert flat.exit_code == 2 and "no photos found" in flat.stderr
+    assert flat.exit_code == 2 and f"no photos found in {tree} (-r looks in sub-folders)" in flat.stderr
     deep = run_cli("predict", tree, "-r", "-o", tmp_path / "deep.csv", *MODEL)
     assert deep.exit_code == 0, deep.output
     assert len(read_submission(tmp_path / "deep.csv")) == 64
