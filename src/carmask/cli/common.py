@@ -121,16 +121,11 @@ def detail(message: str) -> None:
         _say(message)
 
 
-def showing_progress() -> bool:
-    """Whether progress is shown: on a terminal, without --quiet."""
-    return verbosity() >= NORMAL and getattr(sys.stderr, "isatty", lambda: False)()
-
-
 def progress(total: int, desc: str, unit: str = "photo"):
     """A tqdm bar on stderr, shown only on a terminal and without --quiet."""
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not showing_progress(),
-                dynamic_ncols=True)
+    shown = verbosity() >= NORMAL and getattr(sys.stderr, "isatty", lambda: False)()
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not shown, dynamic_ncols=True)
 
 
 def skipped_summary(errors: list[str], what: str = "photo") -> str:
