@@ -2,6 +2,7 @@
 before any work, data problems as sentences, skipped photos named (exit 1),
 epochs on stderr, bars only on a terminal, -q."""
 import io
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def no_training(monkeypatch):
 @pytest.mark.parametrize("where, says", [
     ("file", "{tmp}/file is a file, not a folder"),
     ("file/run", "cannot write {tmp}/file/run: {tmp}/file is not a folder"),
+    pytest.param("/sys/carmask-run", "cannot write in /sys",
+                 marks=pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs a read-only /sys")),
 ])
 def test_a_run_folder_that_cannot_be_made_is_a_sentence(data, tmp_path, no_training, where, says):
     (tmp_path / "file").write_text("")
