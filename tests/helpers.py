@@ -36,3 +36,21 @@ def interrupted_run(after_rows, *args):
 def partial_of(out):
     """The in-progress file of the submission `out`."""
     return out.with_name(out.name + ".partial")
+
+
+def unrelated_photos(folder, size=(192, 128), seed=13):
+    """Three photos of three cars in three places, named IMG_01..03.jpg as if
+    one car's views: names that promise a set the photos do not keep."""
+    import numpy as np
+    from PIL import Image
+
+    from carmask.synth import random_car, render_view, studio_background
+    rng = np.random.default_rng(seed)
+    places = [studio_background(*size, seed=2),
+              (studio_background(*size, seed=3) * np.array([0.3, 0.6, 0.35])).astype(np.uint8),  # a green room
+              np.broadcast_to(np.linspace(30, 200, size[0], dtype=np.float32)[None, :, None],
+                              (size[1], size[0], 3)).astype(np.uint8)]  # a dark-to-light wall
+    for i, (place, view) in enumerate(zip(places, (2, 5, 9)), 1):
+        photo, _ = render_view(place, random_car(rng), view, rng=rng)
+        Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
+    return sorted(folder.glob("IMG_*.jpg"))

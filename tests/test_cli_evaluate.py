@@ -110,3 +110,22 @@ def _cars(folder, cars):
     path = folder / "cars.txt"
     path.write_text("\n".join(cars))
     return path
+
+
+def test_a_car_not_predicted_as_a_set_is_named_once_and_counted(data, tmp_path):
+    """A car with 2 views is scored photo by photo with the single-photo model:
+    said once for the car, counted in the summary; --sets never says nothing."""
+    few = tmp_path / "few"
+    for folder, suffix in (("train", ".jpg"), ("train_masks", "_mask.gif")):
+        (few / folder).mkdir(parents=True)
+        for name in [f"{CARS[0]}_{view:02d}" for view in (1, 2)] + [f"{CARS[1]}_{v:02d}" for v in range(1, 17)]:
+            shutil.copy(data / folder / f"{name}{suffix}", few / folder / f"{name}{suffix}")
+    result = run_cli("evaluate", few, "--device", "cpu")  # the shipped models
+    assert result.exit_code == 0, result.output
+    assert "over 18 images" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("carmask: warning: ")]
+    assert len(warnings) == 2 and f"car {CARS[0]} has 2 readable views" in warnings[0]
+    assert warnings[1].endswith(f"1 car with views predicted photo by photo with the single-photo model: {CARS[0]}")
+    never = run_cli("evaluate", few, "--device", "cpu", "--sets", "never")
+    assert never.exit_code == 0 and "warning" not in never.stderr
+    assert mean_dice(never) != mean_dice(result)  # the 16-view car alone, photo by photo

@@ -1,14 +1,16 @@
 """`carmask predict` as a batch tool: one run's rows never mix with another's,
 nothing is claimed that was not done, and errors are sentences."""
+import json
 import os
 import shutil
 import sys
+
 
 import pytest
 
 from carmask.submission import SubmissionWriter, read_submission
 from carmask.synth import make_dataset
-from helpers import interrupted_run, partial_of, run_cli
+from helpers import interrupted_run, partial_of, run_cli, unrelated_photos
 
 MODEL = ("--model", "seed", "--device", "cpu")
 
@@ -66,6 +68,7 @@ def test_a_resumed_run_gives_the_uninterrupted_file_and_says_what_it_kept(photos
     (("--output-size", "48x32"), "output size was each photo's own, now 48x32"),
     (("--tta",), "tta was off, now on"),
     (("--model", "rgb"), "model was seed, now rgb"),
+    (("--sets", "never"), "sets was auto, now never"),
 ])
 def test_a_rerun_with_other_settings_refuses_and_names_them(photos, tmp_path, change, expected):
     out = tmp_path / "s.csv"
@@ -76,6 +79,17 @@ def test_a_rerun_with_other_settings_refuses_and_names_them(photos, tmp_path, ch
     assert expected in result.stderr and "--overwrite" in result.stderr
     assert "Traceback" not in result.output
     assert partial_of(out).read_bytes() == before and not out.exists()
+
+
+def test_a_rerun_on_another_device_refuses_and_names_it(photos, tmp_path):
+    """The device changes rows (bfloat16 on a GPU): a run begun on one is not finished on another."""
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", photos, "-o", out, *MODEL)
+    record = out.with_name(out.name + ".partial.json")
+    assert json.loads(record.read_text())["device"] == "cpu"
+    record.write_text(record.read_text().replace('"device": "cpu"', '"device": "cuda"'))
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 2 and "device was cuda, now cpu" in result.stderr
 
 
 def test_a_rerun_on_changed_photos_refuses_and_names_them(photos, tmp_path):
@@ -129,6 +143,7 @@ def test_empty_input_is_an_error(tmp_path):
     out = tmp_path / "s.csv"
     result = run_cli("predict", tmp_path / "empty", "-o", out, *MODEL)
     assert result.exit_code == 2 and "no photos found" in result.stderr
+    assert "-r looks" not in result.stderr  # no sub-folder to look in
     assert list(tmp_path.iterdir()) == [tmp_path / "empty"]
 
 
@@ -169,7 +184,7 @@ def test_files_globs_and_recursive_folders(data, tmp_path):
     assert sorted(read_submission(out)) == sorted([first.name] + [
         f"synth004c00{car}_0{view}.jpg" for car in (0, 1) for view in (1, 2, 3)])
     flat = run_cli("predict", tree, "-o", tmp_path / "flat.csv", *MODEL)
-    assert flat.exit_code == 2 and "no photos found" in flat.stderr
+    assert flat.exit_code == 2 and f"no photos found in {tree} (-r looks in sub-folders)" in flat.stderr
     deep = run_cli("predict", tree, "-r", "-o", tmp_path / "deep.csv", *MODEL)
     assert deep.exit_code == 0, deep.output
     assert len(read_submission(tmp_path / "deep.csv")) == 64
@@ -236,3 +251,43 @@ def test_quiet_and_verbose(photos, tmp_path):
     normal = run_cli("predict", photos, "-o", tmp_path / "n.csv", *MODEL)
     assert "model seed on cpu" not in normal.stderr and "wrote" in normal.stderr
     assert "\r" not in normal.stderr and "photo/s" not in normal.stderr  # no bar off a terminal
+
+
+@pytest.fixture(scope="module")
+def mixed(data, tmp_path_factory):
+    """What the names promise and the photos do not keep: three photos of
+    three cars in three places named IMG_01..03 as if one car's views, a car
+    with 2 views, and a whole car."""
+    folder = tmp_path_factory.mktemp("mixed")
+    unrelated_photos(folder, size=(96, 64))
+    views = sorted((data / "a" / "train").iterdir())
+    for view in views[:2] + views[16:]:  # synth003c000: 2 views; synth003c001: 16
+        shutil.copy(view, folder / view.name)
+    return folder
+
+
+def test_cars_not_predicted_as_their_names_suggest_are_named_once_and_counted(mixed, tmp_path):
+    result = run_cli("predict", mixed, "-o", tmp_path / "s.csv", "--device", "cpu")  # the shipped models
+    assert result.exit_code == 0, result.output
+    assert len(read_submission(tmp_path / "s.csv")) == 21
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("carmask: warning: ")]
+    assert len(warnings) == 4, warnings  # once per car, not once per photo; then the summary
+    assert "IMG_01.jpg, IMG_02.jpg, IMG_03.jpg: do not share one studio" in warnings[0]
+    assert "synth003c000_01.jpg, synth003c000_02.jpg: car synth003c000 has 2 readable views" in warnings[1]
+    assert warnings[2].endswith("1 car with views predicted photo by photo: IMG")
+    assert warnings[3].endswith("1 car with views predicted photo by photo with the single-photo model: "
+                                "synth003c000")
+    assert "warning" not in run_cli("-q", "predict", mixed, "-o", tmp_path / "q.csv", "--device", "cpu").stderr
+
+
+def test_sets_always_trusts_the_names_and_never_takes_every_photo_alone(mixed, tmp_path):
+    always = run_cli("predict", mixed, "-o", tmp_path / "always.csv", "--device", "cpu", "--sets", "always")
+    assert always.exit_code == 0 and "do not share one studio" not in always.stderr
+    never = run_cli("predict", mixed, "-o", tmp_path / "never.csv", "--device", "cpu", "--sets", "never")
+    assert never.exit_code == 0 and "warning" not in never.stderr
+    auto = run_cli("predict", mixed, "-o", tmp_path / "auto.csv", "--device", "cpu")
+    rows = {name: read_submission(tmp_path / f"{name}.csv") for name in ("always", "auto", "never")}
+    assert rows["auto"]["IMG_01.jpg"] == rows["never"]["IMG_01.jpg"] != rows["always"]["IMG_01.jpg"]
+    whole = "synth003c001_05.jpg"  # a real set: the multi-view model, unless --sets never
+    assert rows["auto"][whole] == rows["always"][whole] != rows["never"][whole]
+    assert auto.exit_code == 0

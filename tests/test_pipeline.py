@@ -223,7 +223,7 @@ def test_cars_share_model_batches_without_changing_results(unseen, seed_model, t
 
 def test_submissions_are_on_the_stored_pixel_grid(unseen, rgb_model, tmp_path):
     """A photo whose EXIF says to turn it (orientation 6) gets its mask on the
-    grid its pixels are stored on: the Kaggle convention."""
+    grid its pixels are stored on: the Kaggle convention; a warning names it."""
     import io as _io
 
     from carmask import Predictor
@@ -236,8 +236,13 @@ def test_submissions_are_on_the_stored_pixel_grid(unseen, rgb_model, tmp_path):
     buffer = _io.BytesIO()
     stored.save(buffer, "JPEG", exif=exif, quality=95)
     (photos / "turned.jpg").write_bytes(buffer.getvalue())
+    stored.save(photos / "plain.jpg", quality=95)
     out = tmp_path / "sub.csv"
-    assert run("predict", photos, "-o", out, "--model", rgb_model).exit_code == 0
+    result = run("predict", photos, "-o", out, "--model", rgb_model)
+    assert result.exit_code == 0, result.output
+    # said, so that a user who sees the photo turned is not surprised
+    assert "1 photo(s) with an EXIF orientation that turns them (turned.jpg: 6)" in result.stderr
+    assert "stored pixel grid" in result.stderr and "plain.jpg" not in result.stderr
     mask = decode(read_submission(out)["turned.jpg"], (128, 192))
     expected = Predictor(rgb_model, device="cpu").predict_photo(read_photo(photos / "turned.jpg", upright=False))
     assert np.array_equal(mask, (expected > 0.5).astype(np.uint8))

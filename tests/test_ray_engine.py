@@ -98,3 +98,23 @@ def test_cuda_on_a_cluster_without_gpus_is_a_usage_error(local_ray, photos, tmp_
     result = run("predict", photos, "-o", tmp_path / "s.csv", "--engine", "ray", "--device", "cuda")
     assert result.exit_code == 2 and "the Ray cluster has no GPU" in result.output
     assert ray.is_initialized()  # the caller's Ray session is left as it was
+
+
+def test_sets_and_warnings_travel_as_in_a_local_run(local_ray, photos, tmp_path):
+    """--sets reaches every actor's predictor, and each car's warning comes back once."""
+    mixed = tmp_path / "photos"
+    mixed.mkdir()
+    views = sorted(photos.iterdir())
+    for view in views[:2] + views[16:32]:  # a car with 2 views, a car with 16
+        shutil.copy(view, mixed / view.name)
+    car = views[0].name.rsplit("_", 1)[0]
+    for sets in ("auto", "never"):
+        outs = {engine: tmp_path / f"{engine}-{sets}.csv" for engine in ("local", "ray")}
+        for engine, out in outs.items():
+            result = run("predict", mixed, "-o", out, "--sets", sets, "--engine", engine, "--actors", 1)
+            assert result.exit_code == 0, result.output
+            said = 1 if sets == "auto" else 0  # once for the car, and in the summary
+            assert result.stderr.count("2 readable views") == said
+            assert result.stderr.count(f"predicted photo by photo with the single-photo model: {car}") == said
+        assert outs["ray"].read_text() == outs["local"].read_text()
+    assert (tmp_path / "ray-auto.csv").read_text() != (tmp_path / "ray-never.csv").read_text()

@@ -8,7 +8,8 @@ from PIL import Image
 
 from carmask.io import find_photos, group_by_car
 from carmask.predict import Predictor
-from carmask.synth import make_dataset, random_car, render_view, studio_background
+from carmask.synth import make_dataset
+from helpers import unrelated_photos
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +22,7 @@ def turntable(tmp_path_factory):
 @pytest.fixture(scope="module")
 def unrelated(tmp_path_factory):
     """Three photos of three cars in three places, named as if one car's views."""
-    folder = tmp_path_factory.mktemp("unrelated")
-    rng = np.random.default_rng(13)
-    size = (192, 128)
-    places = [studio_background(*size, seed=2),
-              (studio_background(*size, seed=3) * np.array([0.3, 0.6, 0.35])).astype(np.uint8),  # a green room
-              np.broadcast_to(np.linspace(30, 200, size[0], dtype=np.float32)[None, :, None],
-                              (size[1], size[0], 3)).astype(np.uint8)]  # a dark-to-light wall
-    for i, (place, view) in enumerate(zip(places, (2, 5, 9)), 1):
-        photo, _ = render_view(place, random_car(rng), view, rng=rng)
-        Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
-    return sorted(folder.glob("*.jpg"))
+    return unrelated_photos(tmp_path_factory.mktemp("unrelated"))
 
 
 def predictions(predictor, paths):

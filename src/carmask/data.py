@@ -113,7 +113,7 @@ class InputCache:
                                             (total, height, width))
         names, car_of, skipped, n = [], [], [], 0
         for car, examples in tqdm(sorted(cars.items()), desc="preparing inputs", unit="car",
-                                  disable=not progress):
+                                  disable=None if progress else True):  # None: on a terminal only
             photos, masks, kept = [], [], []
             for example in examples:
                 try:  # on the stored pixel grid, the grid of the masks
@@ -211,7 +211,8 @@ def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
     scratch = folder / f"{final.name}.shares"
     # spawn: a fresh interpreter per worker (fork would copy torch's threads and state).
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
-            tqdm(total=len(names), desc="preparing inputs", unit="car", disable=not progress) as bar:
+            tqdm(total=len(names), desc="preparing inputs", unit="car",
+                 disable=None if progress else True) as bar:  # None: on a terminal only
         futures = {pool.submit(_build_share, {c: cars[c] for c in share}, spec, scratch / str(i)): len(share)
                    for i, share in enumerate(shares)}
         for future in as_completed(futures):
@@ -252,7 +253,8 @@ def _shrink(tmp: Path, final: Path, n: int) -> None:
     source = np.load(tmp, mmap_mode="r")
     target = np.lib.format.open_memmap(final, "w+", source.dtype, (n, *source.shape[1:]))
     for start in range(0, n, 256):
-        target[start:start + 256] = source[start:start + 256]
+        end = min(start + 256, n)  # rows past n are those of skipped photos
+        target[start:end] = source[start:end]
     target.flush()
     del source, target
     tmp.unlink()

@@ -64,12 +64,14 @@ def read_cars(path) -> list[str]:
 
 def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
              cars=None, keep_worst: int = 8, progress=None) -> Scores:
-    """Predict every photo of the scored sets and compare with its mask."""
+    """Predict every photo of the scored sets and compare with its mask.
+    `progress`: called with each `Prediction` as it comes (its warning, if any,
+    says how it was predicted)."""
     sets, masks_dir = scored_sets(data_dir, masks_dir, cars)
     scores = Scores()
     for prediction in predictor.predict_sets(sets, output_size=output_size):
         if progress:
-            progress()
+            progress(prediction)
         truth_path = mask_path(prediction.path, masks_dir)
         if prediction.error:
             scores.skipped.append(prediction.error)

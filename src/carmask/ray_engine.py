@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+import torch
 
 from carmask.io import PhotoSet
 from carmask.predict import Prediction, Predictor
@@ -30,7 +31,8 @@ class RayPredictor:
     instance; `close()` leaves Ray as it found it. `actors` defaults to one per
     GPU, or one per CPU when the cluster has no GPU or `device` is cpu.
     `options`: the rest of `Predictor`'s options (upright, sets, tta, ...),
-    for every actor's predictor.
+    for every actor's predictor; `device`: the actors' torch device. Each
+    `Prediction` comes back with its error and warning, as a local run's.
     """
 
     def __init__(self, model=None, device: str = "auto", batch_size: int = 16,
@@ -49,6 +51,7 @@ class RayPredictor:
             model = str(Path(model).absolute())  # the actors may run in another folder
         self.model, self.batch_size, self.actors = model, batch_size, actors or default_actors
         self.options = options  # the rest of Predictor's options (upright, sets, tta, ...)
+        self.device = torch.device(self._device)
 
     def predict_sets(self, photo_sets: Iterable[PhotoSet], output_size=None,
                      encode: bool = True) -> Iterator[Prediction]:

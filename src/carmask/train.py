@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -80,7 +82,8 @@ class Run:
 
 
 def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: bool = False,
-          cache_dir=None, progress: bool = True, workers: int | None = None) -> Path:
+          cache_dir=None, progress: bool = True, workers: int | None = None,
+          skipped: Callable[[str], None] | None = None) -> Path:
     """Train a model and return the path of its best checkpoint (`best.pt`).
 
     With `config.max_minutes` the run is budgeted in time: the schedule follows
@@ -88,11 +91,16 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
     Under `torchrun` the processes share every batch (DDP); rank 0 alone logs
     and writes files, and the run gives what one process would give.
     `workers`: processes that build the input cache (default: `data.build_cache`'s).
+    `progress`: each epoch's figures on stderr, and bars there when it is a
+    terminal. `skipped`: called with each photo left out (the reason, naming it).
     """
     run_dir = Path(run_dir)
     with distributed.session(pick_device(device)) as device:
         progress = progress and distributed.is_main()
         run = setup(data_dir, run_dir, config, device, resume, cache_dir, workers, progress)
+        if skipped and distributed.is_main():
+            for reason in run.cache.skipped:
+                skipped(reason)
         for epoch in range(run.epoch, config.epochs):
             train_loss, out_of_time = train_one_epoch(run, epoch, progress)
             val_loss, val_dice = evaluate(run.net, run.cache, run.val_rows, config, device)
@@ -162,7 +170,8 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float
     # The loss sum stays on the device: reading it each step would make the CPU wait for the GPU.
     total, seen, out_of_time = torch.zeros((), dtype=torch.float64, device=device), 0, False
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               disable=None if progress else True)  # None: on a terminal only
     for step in bar:
         done = (run.elapsed + time.perf_counter() - t0) / budget if budget else \
             (epoch * steps + step) / (config.epochs * steps)
@@ -187,7 +196,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float
         run.optimizer.step()
         total += loss.detach().double() * len(x)
         seen += len(x)
-        if progress and step % 10 == 0:
+        if not bar.disable and step % 10 == 0:  # reading the loss waits for the device
             bar.set_postfix(loss=f"{total.item() / seen:.4f}")
     run.elapsed += time.perf_counter() - t0
     total, seen = distributed.total([total.item(), seen], device)
@@ -236,7 +245,7 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float,
                                 f"{lr:.2e}", f"{run.elapsed:.1f}"])
     if progress:
         tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                   f"val dice {val_dice:.4f}  ({run.elapsed:.0f}s)")
+                   f"val dice {val_dice:.4f}  ({run.elapsed:.0f}s)", file=sys.stderr)
     meta = {**run.meta, "epochs": run.epoch, "train_seconds": round(run.elapsed, 1),
             "val_dice": round(val_dice, 5)}
     if improved:

@@ -10,6 +10,7 @@ Every verb should:
 - talk on stderr through `info` (hidden by --quiet), `detail` (shown by
   --verbose) and `fail` (always), which never glue onto a progress bar, and
   show progress with `progress` (a bar on a terminal only);
+- say each prediction's warning once per car (`PredictionWarnings`);
 - end with a summary that counts what it wrote, kept and skipped
   (`skipped_summary` groups the skips by kind);
 - exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
@@ -62,6 +63,14 @@ class Verb(click.Command):
 class Carmask(click.Group):
     command_class = Verb
 
+    def invoke(self, ctx):
+        """Ctrl-C ends any verb with a sentence and exit status 130 (click's own: "Aborted!", 1)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            fail("interrupted")
+            ctx.exit(130)
+
 
 # -- messages and progress -------------------------------------------------------
 def verbosity() -> int:
@@ -92,6 +101,12 @@ def _say(text: str) -> None:
 def fail(message: str) -> None:
     """An error or a skipped input: always said."""
     _say(f"carmask: {message}")
+
+
+def warn(message: str) -> None:
+    """Something the user should know about a result: said unless --quiet."""
+    if verbosity() >= NORMAL:
+        _say(f"carmask: warning: {message}")
 
 
 def info(message: str) -> None:
@@ -125,6 +140,40 @@ def _kind(error: str) -> str:
     return re.split(r" \(|, |: ", error.split(": ", 1)[-1], maxsplit=1)[0]
 
 
+def some(names, shown: int = 5) -> str:
+    """'a, b, c, d, e, ... 3 more'."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
+
+
+class PredictionWarnings:
+    """Each `Prediction.warning` said once per car (the predictor puts the same
+    sentence on every photo it concerns), and counted by car for the summary,
+    grouped by what was done ('predicted photo by photo', ...: the sentence's
+    last clause)."""
+
+    def __init__(self):
+        self._said: set[tuple] = set()
+        self.cars: dict[str, dict[tuple, str]] = {}  # what was done -> {car: its name}
+
+    def add(self, prediction) -> None:
+        if not prediction.warning:
+            return
+        from carmask.io import parse_view_name
+        path = Path(prediction.path)
+        car = (path.parent, (parse_view_name(path) or (path.name,))[0])
+        if (car, prediction.warning) not in self._said:
+            self._said.add((car, prediction.warning))
+            warn(prediction.warning)
+        done = prediction.warning.rsplit(": ", 1)[-1]
+        self.cars.setdefault(done, {})[car] = car[1]
+
+    def summary(self) -> None:
+        """'3 cars with views predicted photo by photo: a, b, c' for each kind of warning."""
+        for done, cars in self.cars.items():
+            warn(f"{len(cars)} car{'s' if len(cars) > 1 else ''} with views {done}: {some(cars.values())}")
+
+
 # -- inputs and outputs ----------------------------------------------------------
 def find_inputs(inputs, recursive: bool = False) -> list[Path]:
     """The photos named on the command line: files, folders and globs (`-r`: in
@@ -135,7 +184,9 @@ def find_inputs(inputs, recursive: bool = False) -> list[Path]:
         raise InputError(f"no such file or folder: {', '.join(missing)}")
     photos = find_photos(inputs, recursive=recursive)
     if not photos:
-        hint = " (-r looks in sub-folders)" if not recursive and any(Path(i).is_dir() for i in inputs) else ""
+        folders = [Path(i) for i in inputs if Path(i).is_dir()]
+        deeper = not recursive and any(p.is_dir() for folder in folders for p in folder.iterdir())
+        hint = " (-r looks in sub-folders)" if deeper else ""
         raise InputError(f"no photos found in {' '.join(map(str, inputs))}{hint}")
     return photos
 
@@ -198,12 +249,13 @@ def make_predictor(model, device, batch_size, compile=False, tta=False, **option
 
 
 def check_model(model):
-    """Fail early, before any work, on a model that is not there."""
+    """Fail early, before any work, on a model that is not there or not whole
+    (a sentence naming it, exit 2)."""
     from carmask import models
     try:
         models.check(model)
     except (FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 def describe_predictor(model, device, tta=False) -> str:
@@ -223,6 +275,14 @@ batch_option = click.option("--batch-size", default=16, show_default=True, help=
 tta_option = click.option("--tta", is_flag=True,
                           help="Also predict each photo mirrored and average: twice the model work.")
 recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
+sets_option = click.option(
+    "--sets", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]),
+    help="How photos named <car>_<NN> are grouped. auto: a car's views are predicted as a set (with its "
+         "median background) only when they share a studio: at least 3 readable views of one size, each "
+         "differing from their median background over at most 45% of the frame (the car and its "
+         "shadow); other views are predicted photo by photo, with a warning naming them. This tells "
+         "studios apart, not cars: photos of different cars shot in one studio and named as one car's "
+         "views pass it (use never). always: trust the names. never: every photo alone.")
 
 
 @click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]})

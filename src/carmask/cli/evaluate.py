@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, batch_option, check_model, check_output, describe_predictor,
-                                detail, device_option, fail, info, main, make_predictor, model_option,
-                                progress, size_callback, size_option, skipped_summary, tta_option,
-                                verbosity_options, writing)
+from carmask.cli.common import (InputError, PredictionWarnings, batch_option, check_model, check_output,
+                                describe_predictor, detail, device_option, fail, info, main, make_predictor,
+                                model_option, progress, sets_option, size_callback, size_option,
+                                skipped_summary, some, tta_option, verbosity_options, writing)
 
 
 @main.command()
@@ -17,6 +17,7 @@ from carmask.cli.common import (InputError, batch_option, check_model, check_out
 @model_option
 @size_option
 @tta_option
+@sets_option
 @device_option
 @batch_option
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -30,12 +31,14 @@ from carmask.cli.common import (InputError, batch_option, check_model, check_out
 @click.option("--resize-loss", callback=size_callback, metavar="WxH",
               help="Also measure the dice lost by resizing the true masks to WxH and back.")
 @verbosity_options
-def evaluate(data_dir, model, output_size, tta, device, batch_size, masks, cars_file, report, overwrite,
+def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks, cars_file, report, overwrite,
              resize_loss):
     """Print the mean per-image dice of predictions against DATA_DIR's masks.
 
-    Views without a mask only serve their car's background. Each skipped
-    photo or mask is named on stderr.
+    Predictions are on each photo's stored pixel grid, the grid of the masks
+    (photos are not turned by their EXIF orientation). Views without a mask
+    only serve their car's background. Each skipped photo or mask is named on
+    stderr, and each car not predicted as its names suggest.
     """
     from carmask.evaluate import evaluate as run_evaluation, resize_loss as measure_resize_loss, scored_sets
     from carmask.io import mask_path
@@ -44,28 +47,33 @@ def evaluate(data_dir, model, output_size, tta, device, batch_size, masks, cars_
         check_output(report, folder=True, overwrite=overwrite)
     cars = _cars(cars_file)
     try:
-        sets, masks_dir = scored_sets(data_dir, masks, cars)
+        photo_sets, masks_dir = scored_sets(data_dir, masks, cars)
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from None
-    _check_sets(sets, cars, cars_file, data_dir, masks_dir)
+    _check_sets(photo_sets, cars, cars_file, data_dir, masks_dir)
     if resize_loss:
-        mask_files = [mask_path(p, masks_dir) for s in sets for p in s.paths]
+        mask_files = [mask_path(p, masks_dir) for s in photo_sets for p in s.paths]
         loss = measure_resize_loss([m for m in mask_files if m.exists()], resize_loss)
         click.echo(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks: "
                    f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
                    f"{loss['hard']:.5f} resizing hard masks (nearest)")
     check_model(model)
-    predictor = make_predictor(model, device, batch_size, tta=tta, upright=False)  # the masks' stored grid
-    todo = sum(len(s.paths) for s in sets)
-    detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos of {len(sets)} cars")
+    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, upright=False)  # the masks' grid
+    todo = sum(len(s.paths) for s in photo_sets)
+    detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos of {len(photo_sets)} cars")
+    warned = PredictionWarnings()
     with progress(todo, "evaluating") as bar:
-        scores = run_evaluation(predictor, data_dir, masks, output_size, cars, progress=bar.update)
+        def seen(prediction):
+            bar.update()
+            warned.add(prediction)
+        scores = run_evaluation(predictor, data_dir, masks, output_size, cars, progress=seen)
     for reason in scores.skipped:
         fail(f"skipped {reason}")
     if scores.dice:
         click.echo(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
     if scores.unscored:
         info(f"{scores.unscored} view(s) without a mask served only the background")
+    warned.summary()
     if scores.skipped:
         fail(skipped_summary(scores.skipped))
     if not scores.dice:
@@ -100,13 +108,9 @@ def _check_sets(sets, cars, cars_file, data_dir, masks_dir):
         missing = [c for c in cars if c not in found]
         if len(missing) == len(cars):
             raise InputError(f"none of the {len(cars)} car(s) of {cars_file} has photos with masks in "
-                             f"{data_dir} (masks from {masks_dir}): {_some(missing)}")
+                             f"{data_dir} (masks from {masks_dir}): {some(missing)}")
         if missing:
             info(f"{len(missing)} of the {len(cars)} cars of {cars_file} have no photos with masks in "
-                 f"{data_dir} (masks from {masks_dir}): {_some(missing)}")
+                 f"{data_dir} (masks from {masks_dir}): {some(missing)}")
     elif not sets:
         raise InputError(f"no photos with masks in {data_dir} (masks from {masks_dir})")
-
-
-def _some(names, shown=5):
-    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from carmask.cli.common import main
+from carmask.cli.common import InputError, main, verbosity_options
+
 
 def describe_input(spec) -> str:
     """A model's input in a few words, e.g. `photo + median & mean diffs at 256x256, cropped, 128x128`."""
@@ -47,6 +48,7 @@ def rows() -> list[dict[str, str]]:
 
 
 @main.command("models")
+@verbosity_options
 def list_models():
     """List the shipped models: the photos each takes, its input, size on disk,
     held-out dice (40 unseen cars at 512x512; at 1918x1280 on the one of them
@@ -60,8 +62,13 @@ def list_models():
     (that tier for each photo's kind). With no --model, every photo gets the
     most accurate tier shipped: the multiview model in a set, rgb alone.
     """
-    table = rows()
-    columns = list(table[0]) if table else []
+    try:
+        table = rows()
+    except (FileNotFoundError, ValueError) as exc:  # a shipped file damaged or missing
+        raise InputError(str(exc)) from None
+    if not table:
+        raise InputError("no model is shipped in this installation (src/carmask/weights/ holds none)")
+    columns = list(table[0])
     widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in columns}
     click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
     for r in table:

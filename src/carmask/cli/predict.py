@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, batch_option, check_model, check_output, describe_predictor,
-                                detail, device_option, fail, find_inputs, info, main, make_predictor,
-                                model_option, progress, recursive_option, size_option, skipped_summary,
-                                tta_option, verbosity_options, writing)
+from carmask.cli.common import (InputError, PredictionWarnings, batch_option, check_model, check_output,
+                                describe_predictor, detail, device_option, fail, find_inputs, info, main,
+                                make_predictor, model_option, progress, recursive_option, sets_option,
+                                size_option, skipped_summary, some, tta_option, verbosity_options, warn,
+                                writing)
 
 
 @main.command()
@@ -22,6 +24,7 @@ from carmask.cli.common import (InputError, batch_option, check_model, check_out
 @model_option
 @size_option
 @tta_option
+@sets_option
 @device_option
 @batch_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output, and start afresh instead of "
@@ -35,51 +38,59 @@ from carmask.cli.common import (InputError, batch_option, check_model, check_out
 @click.option("--actors", type=click.IntRange(min=1),
               help="Ray actors, one model each (default: one per GPU, else one per CPU).")
 @verbosity_options
-def predict(inputs, output, recursive, model, output_size, tta, device, batch_size, overwrite,
+def predict(inputs, output, recursive, model, output_size, tta, sets, device, batch_size, overwrite,
             compile_model, engine, ray_address, actors):
     """Predict a mask for every photo in INPUTS (files, folders, globs) and
     write a Kaggle submission CSV.
 
+    Masks are on each photo's stored pixel grid, as Kaggle's masks are and as
+    it scores them: a photo whose EXIF orientation says to turn it is not
+    turned (a warning names such photos; carmask cutout turns photos upright).
+
     Resumable: if a run is interrupted, run the same command again; it goes on
-    only if the photos, the model and the options are the same (--overwrite
-    starts afresh). A second run on the same output refuses while one runs.
-    Each skipped photo is named on stderr.
+    only if the photos, the model and the options that change rows (output
+    size, --tta, --sets, the device) are the same (--overwrite starts afresh).
+    A second run on the same output refuses while one runs. Each skipped photo
+    is named on stderr, and each car not predicted as its names suggest.
     """
     photos = find_inputs(inputs, recursive)
     _refuse_shared_names(photos)
     if output != "-":
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
     check_model(model)
-    # The writer first: a refusal (output there, in use, another run's) comes before any work.
-    writer = _open_writer(output, overwrite, photos, model, output_size, tta)
+    # Masks on the stored pixel grid (Kaggle's convention): photos are not turned by EXIF.
+    options = dict(tta=tta, sets=sets, upright=False)
+    if engine == "ray":
+        predictor = _ray_predictor(model, device, batch_size, actors, ray_address, **options)
+    else:
+        predictor = make_predictor(model, device, batch_size, compile_model, **options)
     try:
+        # The writer before any work: a refusal (output there, in use, another run's) comes first.
+        writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets,
+                              device=predictor.device.type)
+        try:
+            _write_submission(predictor, writer, photos, output, output_size, model, tta)
+        except KeyboardInterrupt:
+            writer.close()  # what was predicted stays in the partial file for a resume
+            fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
+            sys.exit(130)
+        except BaseException:
+            writer.close()
+            raise
+    finally:
         if engine == "ray":
-            predictor = _ray_predictor(model, device, batch_size, actors, ray_address, tta)
-            try:
-                _write_submission(predictor, writer, photos, output, output_size, model, tta)
-            finally:
-                predictor.close()
-        else:
-            # masks on the stored pixel grid (Kaggle's convention), not turned by EXIF
-            _write_submission(make_predictor(model, device, batch_size, compile_model, tta, upright=False), writer,
-                              photos, output, output_size, model, tta)
-    except KeyboardInterrupt:
-        writer.close()  # what was predicted stays in the partial file for a resume
-        fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
-        sys.exit(130)
-    except BaseException:
-        writer.close()
-        raise
+            predictor.close()
 
 
-def _open_writer(output, overwrite, photos, model, output_size, tta):
+def _open_writer(output, overwrite, photos, model, **options):
+    """The submission's writer; `options`: what changes rows, recorded for a resume."""
     from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, run_record
-    run = run_record(photos, model, output_size=output_size, tta=tta)
-    try:
-        with writing(output):
+    run = run_record(photos, model, **options)
+    with writing(output):
+        try:
             writer = SubmissionWriter(output, overwrite=overwrite, run=run)
-    except (FileExistsError, OutputInUse, OtherRun) as exc:
-        raise InputError(str(exc)) from None
+        except (FileExistsError, OutputInUse, OtherRun) as exc:  # a sentence of its own
+            raise InputError(str(exc)) from None
     if output == "-":
         info("writing the submission to stdout: an interrupted run cannot be resumed (-o FILE can)")
     elif writer.kept:
@@ -97,27 +108,29 @@ def _refuse_shared_names(photos: list[Path]) -> None:
                              f"(a submission row is named by the file name alone)")
 
 
-def _ray_predictor(model, device, batch_size, actors, address, tta):
+def _ray_predictor(model, device, batch_size, actors, address, **options):
     try:
         from carmask.ray_engine import RayPredictor
         return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address,
-                            tta=tta, upright=False)  # masks on the stored pixel grid, as Kaggle's
+                            **options)
     except (ImportError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
 
 def _write_submission(predictor, writer, photos, output, output_size, model, tta):
-    """The submission from either engine: rows as they come, resumable, skips named."""
+    """The submission from either engine: rows as they come, resumable, skips
+    and warnings named."""
     from carmask.io import group_by_car
 
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
-    detail(f"{describe_predictor(model, getattr(predictor, 'device', 'Ray actors'), tta)}; "
-           f"{todo} photos in {len(sets)} sets to predict")
-    skipped, start = [], time.perf_counter()
+    detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos in {len(sets)} sets to predict")
+    skipped, warned, start = [], PredictionWarnings(), time.perf_counter()
+    turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
     with writing(output), progress(todo, "predicting") as bar:
         for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
             bar.update()
+            warned.add(prediction)
             if prediction.error:
                 skipped.append(prediction.error)
                 fail(f"skipped {prediction.error}")
@@ -133,9 +146,40 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
         info(f"wrote {'stdout' if output == '-' else output}: {len(writer.done)} rows "
              f"({writer.written} predicted now{kept})")
+    warned.summary()
+    turned.report()
     if skipped:
         fail(skipped_summary(skipped))
     if not writer.done:
         fail("no photo could be predicted: nothing written")
     if skipped or not writer.done:
         sys.exit(1)
+
+
+class _TurnedPhotos(threading.Thread):
+    """Finds, beside the prediction, the photos whose EXIF orientation turns or
+    mirrors them (2-8): viewers show them turned, while their masks are on the
+    stored pixel grid. About 60 us a photo, from the file's header."""
+
+    def __init__(self, photos: list[Path]):
+        super().__init__(name="carmask-exif", daemon=True)
+        self.photos, self.turned = photos, {}
+        self.start()
+
+    def run(self) -> None:
+        from PIL import Image
+        for path in self.photos:
+            try:
+                with Image.open(path) as image:
+                    orientation = image.getexif().get(0x0112, 1)
+            except Exception:  # an unreadable photo is named when it is predicted
+                continue
+            if orientation in range(2, 9):
+                self.turned[path.name] = orientation
+
+    def report(self) -> None:
+        self.join()
+        if self.turned:
+            named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
+            warn(f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): masks are "
+                 f"on the stored pixel grid, as Kaggle's, not turned as viewers show the photos")

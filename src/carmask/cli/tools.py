@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (check_model, device_option, main, model_option, size_callback)
+from carmask.cli.common import (InputError, check_model, check_output, device_option, info, main, model_option,
+                                size_callback, verbosity_options, writing)
 
 
 @main.command()
@@ -34,32 +35,44 @@ def serve(host, port, model, device, api_key, allow_origin, max_upload_mib, conc
 
 
 @main.command()
-@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--cars", default=4, show_default=True, help="Cars with masks (train/).")
-@click.option("--test-cars", default=1, show_default=True, help="Cars without masks (test/).")
-@click.option("--views", default=16, show_default=True)
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--cars", default=4, show_default=True, type=click.IntRange(min=1), help="Cars with masks (train/).")
+@click.option("--test-cars", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Cars without masks (test/).")
+@click.option("--views", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--size", callback=size_callback, default="192x128", show_default=True, metavar="WxH")
 @click.option("--seed", default=0, show_default=True)
-def synth(output, cars, test_cars, views, size, seed):
+@click.option("--overwrite", is_flag=True, help="Write into a folder that already holds files (files of the "
+                                                "same names are replaced, others kept).")
+@verbosity_options
+def synth(output, cars, test_cars, views, size, seed, overwrite):
     """Write a synthetic turntable dataset (Kaggle layout, exact masks) to OUTPUT."""
     from carmask.synth import make_dataset
-    make_dataset(output, cars=cars, views=views, size=size, seed=seed, test_cars=test_cars)
-    click.echo(f"wrote {output}")
+    check_output(output, folder=True, overwrite=overwrite)
+    with writing(output):
+        make_dataset(output, cars=cars, views=views, size=size, seed=seed, test_cars=test_cars)
+    info(f"wrote {output}: {cars} car(s) of {views} views with masks in train/ and train_masks/"
+         + (f", {test_cars} in test/" if test_cars else ""))
 
 
 @main.command("export")
 @click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="ONNX file to write, e.g. model.onnx.")
-@click.option("--opset", default=17, show_default=True, help="ONNX opset version.")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 20),
+              help="ONNX opset version (torch's exporter writes 9 to 20).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@verbosity_options
 def export_onnx(model, output, opset, overwrite):
     """Export MODEL (a shipped name or a checkpoint) to ONNX, for onnxruntime or --model."""
     from carmask.onnx_export import export
-    if output.exists() and not overwrite:
-        raise click.UsageError(f"{output} exists; --overwrite replaces it")
+    check_output(output, overwrite=overwrite)
+    check_model(model)
     try:
-        export(model, output, opset=opset)
-    except (FileNotFoundError, ValueError, ImportError) as exc:
+        with writing(output):
+            export(model, output, opset=opset)
+    except ImportError as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"wrote {output}")
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+    info(f"wrote {output}")

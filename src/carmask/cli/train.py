@@ -1,17 +1,22 @@
 """`carmask train`: train a recipe on a Kaggle-layout dataset, split by car."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from carmask.cli.common import device_option, main, size_callback
+from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, main,
+                                size_callback, skipped_summary, verbosity, verbosity_options)
+
+# What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
+RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
 
 
 @main.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--output", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: checkpoints, metrics.csv, curve.png, split.json.")
+@click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder (created): checkpoints, metrics.csv, curve.png, split.json.")
 @click.option("--recipe", default="seed", show_default=True, metavar="NAME",
               help="The settings that trained a shipped model (carmask.recipes): seed, rgb-fast, "
                    "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation). "
@@ -42,17 +47,26 @@ from carmask.cli.common import device_option, main, size_callback
               help="Processes that prepare the input cache (default: one per core on 4 cores or more, "
                    "at most one per 4 cars).")
 @device_option
-@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt.")
-def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, **fields):
+@click.option("--resume", is_flag=True, help="Continue from RUN_DIR/last.pt (afresh if there is none).")
+@click.option("--overwrite", is_flag=True, help="Train afresh into a run folder that holds an earlier run: "
+                                                "its checkpoints, metrics and split are deleted first "
+                                                "(the input cache is kept: it is named by its content).")
+@verbosity_options
+def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, overwrite, **fields):
     """Train a model on a Kaggle-layout DATA_DIR (train/ + train_masks/), split by car.
 
     `--recipe multiview-fast` trains the shipped multiview-fast model again;
-    each model card in src/carmask/weights/ gives its command.
+    each model card in src/carmask/weights/ gives its command. Prints the
+    best checkpoint's path (stdout); each epoch's figures go to stderr (and
+    to RUN_DIR/metrics.csv), a progress bar only on a terminal. Photos left
+    out (unreadable, no mask, too few views) are named, and the exit status
+    is then 1.
 
     On N GPUs: torchrun --nproc-per-node N -m carmask train ... (each GPU takes
     1/N of every batch).
     """
     from carmask import distributed
+    from carmask.data import discover
     from carmask.recipes import recipe as make_recipe
     from carmask.train import train as run_training
 
@@ -60,10 +74,53 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, **f
         config = make_recipe(recipe, channels=tuple(inputs.split(",")) if inputs else None, **fields)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if resume and overwrite:
+        raise click.UsageError("--resume continues a run and --overwrite starts afresh: pass one")
+    try:
+        cars = discover(data_dir)  # the data's layout, before any work
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+    main_process = distributed.is_main()  # under torchrun, rank 0 checks, clears and reports
+    if main_process:
+        from carmask.cli.models import describe_input
+        from carmask.devices import pick_device
+        _check_run_dir(run_dir, resume, overwrite)
+        if cache:
+            check_output(cache, folder=True, overwrite=True)
+        info(f"training recipe {recipe} on the {len(cars)} cars of {data_dir}, into {run_dir}")
+        options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
+        detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
+               f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
+    skipped = []
+
+    def skip(reason: str) -> None:  # said at once, counted at the end
+        skipped.append(reason)
+        fail(f"skipped {reason}")
+
     try:
         best = run_training(data_dir, run_dir, config, device=device, resume=resume, cache_dir=cache,
-                            workers=workers)
+                            workers=workers, progress=verbosity() >= NORMAL, skipped=skip)
     except (FileNotFoundError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
-    if distributed.is_main():  # under torchrun, once
-        click.echo(f"best model: {best}")
+        raise InputError(str(exc)) from None
+    except KeyboardInterrupt:
+        fail(f"interrupted: `carmask train ... -o {run_dir} --resume` continues from the last finished epoch")
+        sys.exit(130)
+    if not main_process:
+        return
+    click.echo(f"best model: {best}")
+    if skipped:
+        fail(skipped_summary(skipped))
+        sys.exit(1)
+
+
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Before any work: a run folder that can be made and written, holding no
+    earlier run unless told to resume it or to start afresh (then cleared)."""
+    earlier = [name for name in RUN_FILES if (run_dir / name).exists()] if run_dir.is_dir() else []
+    if earlier and not (resume or overwrite):
+        raise InputError(f"{run_dir} holds an earlier run ({', '.join(earlier)}); pass --resume to continue "
+                         f"it or --overwrite to train afresh")
+    check_output(run_dir, folder=True, overwrite=True)
+    if overwrite:
+        for name in earlier:
+            (run_dir / name).unlink()
