@@ -43,6 +43,10 @@ class Cutout:
     error: ImageError | None = None
     warning: str | None = None
 
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
+
 
 def parse_background(text: str, files: bool = True):
     """'transparent', 'mask', a colour ('green', '#00b900', '0,185,0') -> the

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (batch_option, check_model, check_output, describe_predictor, detail,
-                                device_option, fail, find_inputs, info, main, make_predictor, model_option,
-                                progress, recursive_option, skipped_summary, tta_option, verbosity_options)
+from carmask.cli.common import (PredictionWarnings, batch_option, check_model, check_output, describe_predictor,
+                                detail, device_option, fail, find_inputs, info, main, make_predictor, model_option,
+                                progress, recursive_option, sets_option, skipped_summary, tta_option,
+                                verbosity_options)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -24,9 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
                    "or an image file.")
 @click.option("--refine/--no-refine", default=True, show_default=True,
               help="Re-decide the edges at the photo's own resolution, from the studio behind the car.")
-@click.option("--sets", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]),
-              help="Photos named <car>_<NN>: auto, a set when they share a studio (else one by one, "
-                   "with a warning); always, trust the names; never, every photo alone.")
+@sets_option
 @recursive_option
 @tta_option
 @model_option
@@ -68,16 +67,14 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    written, skipped, warned = 0, [], set()
+    written, skipped, warnings = 0, [], PredictionWarnings()
     with progress(len(todo), "cutting out") as bar:
         for result in _cutouts(photos, todo, stdin, predictor, back, refine):
             photo = Path("-") if stdin else Path(result.name)
             if photo not in todo:
                 continue  # a view kept from an earlier run: it gave its set's background
             bar.update()
-            if result.warning and result.warning not in warned:
-                warned.add(result.warning)
-                info(f"warning: {result.warning}")
+            warnings.add(result)
             if result.error:
                 skipped.append(str(result.error))
                 fail(f"skipped {result.error}")
@@ -89,6 +86,7 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
                 skipped.append(f"{photo}: not written ({exc.strerror or exc})")
                 fail(f"skipped {photo}: cannot write {targets[photo]} ({exc.strerror or exc})")
     info(summary(written, len(photos) - len(todo), "standard output" if to_stdout else output))
+    warnings.summary()
     if skipped:
         fail(skipped_summary(skipped))
         sys.exit(1)
