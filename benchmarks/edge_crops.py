@@ -12,7 +12,7 @@ a synthetic turntable set at 1918x1280 (crops placed from the car's outline),
 which may go into docs:
 
     python benchmarks/edge_crops.py                                  # runs/edge-crops/real.png
-    python benchmarks/edge_crops.py --crop 0004d4463b50_02:rear:1414:543
+    python benchmarks/edge_crops.py --crop 0004d4463b50_03:rear:1414:543
     python benchmarks/edge_crops.py --synthetic -o docs/edge-crops.png
 """
 from __future__ import annotations
@@ -32,11 +32,11 @@ from carmask.io import find_photos, group_by_car
 TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "carvana-test-1918" / "test"
 # photo stem, what, centre x, y (full resolution)
 REAL_CROPS = [
-    ("015d98226195_03", "antenna", 440, 330), ("015d98226195_03", "mirror", 975, 470),
-    ("015d98226195_03", "behind the cab", 1380, 462), ("015d98226195_03", "wheel arch", 1400, 590),
-    ("002b362dee46_03", "antenna", 1100, 390), ("002b362dee46_03", "roof", 880, 462),
-    ("002b362dee46_03", "mirror", 1085, 610), ("002b362dee46_03", "rear wheel arch", 1412, 680),
-    ("0004d4463b50_02", "rear", 1414, 543), ("0004d4463b50_02", "front", 114, 700),
+    ("015d98226195_01", "mirror", 1282, 462), ("015d98226195_01", "antenna", 592, 300),
+    ("015d98226195_01", "wheel", 560, 1025), ("015d98226195_03", "behind the cab", 1380, 462),
+    ("015d98226195_03", "wheel arch", 1400, 590), ("002b362dee46_03", "antenna", 1100, 390),
+    ("002b362dee46_03", "roof", 880, 462), ("002b362dee46_03", "rear wheel arch", 1412, 680),
+    ("0004d4463b50_03", "rear", 1414, 543), ("0004d4463b50_03", "front", 114, 700),
 ]
 DARK = (24, 32, 64)
 
