@@ -286,13 +286,12 @@ def test_warnings_reach_the_client(set_client, client, views, photo, monkeypatch
     assert response.status_code == 200 and response.headers["x-carmask-warning"] == "photo.jpg: predicted alone?(a test)"
 
 
-def test_memory_is_given_back_once_the_slots_are_idle(monkeypatch):
+def test_memory_is_given_back_once_the_slots_are_idle():
     import threading
 
     import carmask.serve
     trimmed = threading.Event()
-    monkeypatch.setattr(carmask.serve, "_trim_memory", trimmed.set)
-    slots = carmask.serve.PixelSlots(2, 100)
+    slots = carmask.serve.PixelSlots(2, 100, on_idle=trimmed.set)
     with slots(10):
         assert not trimmed.wait(1.5)  # never while a request is at work
     assert trimmed.wait(5)

@@ -82,12 +82,13 @@ ERRORS = {
 class PixelSlots:
     """At most `jobs` requests at work and `pixels` decoded pixels at once: a
     request waits here (`with slots(pixels):`), before decoding anything, until
-    its pixels fit. A second after the last one leaves, the memory freed is
-    given back to the system (glibc keeps it otherwise, and the server would
-    stay at its peak size)."""
+    its pixels fit. A second after the last one leaves, `on_idle` runs: by
+    default the memory freed is given back to the system (glibc keeps it
+    otherwise, and the server would stay at its peak size)."""
 
-    def __init__(self, jobs: int, pixels: int):
+    def __init__(self, jobs: int, pixels: int, on_idle=None):
         self.jobs, self.pixels = jobs, pixels
+        self._on_idle = on_idle or _trim_memory
         self._busy_jobs = self._busy_pixels = 0
         self._free = threading.Condition()
         self._worked = threading.Event()
@@ -116,7 +117,7 @@ class PixelSlots:
                 if self._busy_jobs:
                     continue
                 self._worked.clear()
-            _trim_memory()
+            self._on_idle()
 
 
 def _trim_memory() -> None:
