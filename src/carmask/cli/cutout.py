@@ -8,10 +8,9 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (PredictionWarnings, batch_option, check_model, check_output, describe_predictor,
-                                detail, device_option, fail, find_inputs, info, main, make_predictor, model_option,
-                                progress, recursive_option, sets_option, skipped_summary, tta_option,
-                                verbosity_options)
+from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
+                                find_inputs, info, main, make_predictor, prediction_options, progress,
+                                recursive_option, skipped_summary, verbosity_options)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -25,12 +24,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
                    "or an image file.")
 @click.option("--refine/--no-refine", default=True, show_default=True,
               help="Re-decide the edges at the photo's own resolution, from the studio behind the car.")
-@sets_option
 @recursive_option
-@tta_option
-@model_option
-@device_option
-@batch_option
+@prediction_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: keep them).")
 @verbosity_options
 def cutout(inputs, output, background, refine, sets, recursive, tta, model, device, batch_size, overwrite):
