@@ -2,7 +2,8 @@
 
 Rows are views of synthetic cars the model never saw (it was trained on real
 photos); columns are the photo, its transparent cut-out over a checkerboard,
-and the car over the seed write-up's green. Synthetic, so no real data ends
+and the car over the seed write-up's green, both made by `carmask.remove`
+with the car's other views (edges refined). Synthetic, so no real data ends
 up in the repository.
 
     python benchmarks/readme_picture.py -o docs/cutout-example.png
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from carmask import Predictor
-from carmask.cutout import SEED_GREEN, compose
+from carmask.cutout import SEED_GREEN, remove
 from carmask.io import find_photos, group_by_car, read_photo
 from carmask.synth import make_dataset
 
@@ -34,11 +35,10 @@ def over_checkerboard(rgba: np.ndarray) -> np.ndarray:
 
 
 def row(predictor: Predictor, paths: list[Path], view: int) -> np.ndarray:
-    """Photo | transparent cut-out | over green, for one view of a car's set."""
-    photos = [read_photo(p) for p in paths]
-    probs = predictor.predict_photo(photos[view], views=photos[:view] + photos[view + 1:])
-    photo = photos[view]
-    return np.hstack([photo, over_checkerboard(compose(photo, probs)), compose(photo, probs, SEED_GREEN)])
+    """Photo | transparent cut-out | over green, for one view of a car's set (the one cut-out path)."""
+    others = paths[:view] + paths[view + 1:]
+    cutouts = [remove(paths[view], predictor, background, views=others) for background in ("transparent", SEED_GREEN)]
+    return np.hstack([read_photo(paths[view]), over_checkerboard(cutouts[0]), cutouts[1]])
 
 
 def main() -> None:

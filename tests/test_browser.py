@@ -130,3 +130,19 @@ def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser
         assert archive.testzip() is None
     assert sorted(names) == sorted(p.stem + ".png" for p in views)
     browser.save_screenshot(str(ARTIFACTS / "browser-download-all.png"))
+
+
+def test_a_photo_taken_out_of_its_set_says_so(browser, synth_data, tmp_path):
+    """With the shipped models, a view of another size is cut out alone; its card says so."""
+    from PIL import Image
+    views = sorted((synth_data / "test").glob("*.jpg"))[:4]
+    paths = [tmp_path / p.name for p in views]
+    for view, path in zip(views, paths):
+        path.write_bytes(view.read_bytes())
+    Image.open(views[3]).resize((384, 256)).save(paths[3])
+    with live_server(create_app(Predictor(device="cpu"))) as url:
+        browser.get(url + "/")
+        browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
+        assert len(_results(browser, 4)) == 4
+        notes = [n.text for n in browser.find_elements(By.CSS_SELECTOR, ".card .note") if n.is_displayed()]
+    assert len(notes) == 1 and paths[3].name in notes[0] and "not the size of the other views" in notes[0]

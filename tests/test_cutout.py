@@ -47,9 +47,10 @@ def test_remove_errors_name_the_input(predictor, bad, named):
 def test_remove_set_reports_each_view(seed_model, synth_data):
     views = sorted((synth_data / "test").glob("*.jpg"))[:4]
     items = [(p.name, p.read_bytes()) for p in views] + [("broken_09.jpg", b"junk")]
-    results = dict(remove_set(items, Predictor(model=seed_model, device="cpu")))
-    assert all(results[p.name].shape == (128, 192, 4) for p in views)
-    assert isinstance(results["broken_09.jpg"], ImageError)
+    results = {r.name: r for r in remove_set(items, Predictor(model=seed_model, device="cpu"))}
+    assert list(results) == [name for name, _ in items]
+    assert all(results[p.name].image.shape == (128, 192, 4) and results[p.name].error is None for p in views)
+    assert isinstance(results["broken_09.jpg"].error, ImageError) and results["broken_09.jpg"].image is None
     assert load(Image.new("L", (3, 2))).shape == (2, 3, 3)
 
 
@@ -82,7 +83,7 @@ def test_skipped_inputs_exit_1_and_are_counted(rgb_model, photo_path, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     result = run_cli("cutout", photo_path, tmp_path / "broken.jpg", "-o", tmp_path / "out", "--model", rgb_model)
     assert result.exit_code == 1
-    assert "broken.jpg" in result.stderr and "skipped 1 (1 unreadable)" in result.stderr
+    assert "broken.jpg" in result.stderr and "1 photo(s) skipped" in result.stderr
     assert "wrote 1 cut-out(s)" in result.stderr
     assert "Exit status" in run_cli("cutout", "--help").output
 
@@ -119,3 +120,19 @@ def test_serve_without_the_extra_says_so(monkeypatch):
     result = run_cli("serve")
     assert result.exit_code == 2 and "pip install 'carmask[serve]'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_warnings_are_shown_once_and_sets_can_be_declined(synth_data, tmp_path):
+    """A car with 2 views is cut out photo by photo with a warning, said once
+    (as predict says it); --sets never predicts every photo alone, as asked, without one."""
+    views = sorted((synth_data / "test").glob("*.jpg"))[:2]
+    for i, view in enumerate(views, 1):
+        shutil.copy(view, tmp_path / f"pair_{i:02d}.jpg")
+    result = run_cli("cutout", tmp_path / "pair_01.jpg", tmp_path / "pair_02.jpg", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("2 readable views") == 1  # said once for the car, and counted in the summary
+    assert "warning: 1 car with views predicted photo by photo" in result.stderr
+    alone = run_cli("cutout", tmp_path / "pair_01.jpg", tmp_path / "pair_02.jpg", "-o", tmp_path / "out2",
+                    "--sets", "never", "--no-refine")
+    assert alone.exit_code == 0 and "warning:" not in alone.stderr and len(list((tmp_path / "out2").iterdir())) == 2
+    assert run_cli("cutout", views[0], "-o", tmp_path / "o3", "--sets", "sometimes").exit_code == 2

@@ -261,3 +261,37 @@ def test_set_bad_input(set_client, views):
     response = set_client.post("/api/cutout-set",
                                files=[("files", (n, d, "image/jpeg")) for n, d in views[:2]])
     assert response.status_code == 422 and "views" in response.json()["detail"]
+
+
+def test_warnings_reach_the_client(set_client, client, views, photo, monkeypatch):
+    """How a photo was cut out (here: a view of another size, taken out of its
+    set) comes back in warnings.txt for sets, in X-Carmask-Warning for one photo."""
+    odd = io.BytesIO()
+    Image.open(io.BytesIO(views[2][1])).resize((384, 256)).save(odd, format="JPEG")
+    files = [("files", (name, odd.getvalue() if i == 2 else data, "image/jpeg")) for i, (name, data) in
+             enumerate(views[:6])]
+    members = _zip_names(set_client.post("/api/cutout-set", files=files))
+    assert "not the size of the other views" in members["warnings.txt"].decode()
+    assert views[2][0] in members["warnings.txt"].decode() and views[2][0] in members["errors.txt"].decode()
+    import carmask.serve
+    real = carmask.serve.remove_set
+
+    def warned(*args, **kwargs):
+        results = real(*args, **kwargs)
+        results[0].warning = "photo.jpg: predicted alone\n(a test)"
+        return results
+
+    monkeypatch.setattr(carmask.serve, "remove_set", warned)
+    response = _post(client, photo[0])
+    assert response.status_code == 200 and response.headers["x-carmask-warning"] == "photo.jpg: predicted alone?(a test)"
+
+
+def test_memory_is_given_back_once_the_slots_are_idle():
+    import threading
+
+    import carmask.serve
+    trimmed = threading.Event()
+    slots = carmask.serve.PixelSlots(2, 100, on_idle=trimmed.set)
+    with slots(10):
+        assert not trimmed.wait(1.5)  # never while a request is at work
+    assert trimmed.wait(5)

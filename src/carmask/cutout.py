@@ -3,30 +3,49 @@
     remove(photo)                        one photo: path, bytes, array or PIL image
     remove(photo, views=other_views)     the same photo, with its car's other views
     remove_set([(name, source), ...])    every view of a car at once
+    remove_sets(photo_sets)              sets of photo files, streamed (the CLI)
 
-All three decode, predict (`Predictor`), refine the edges at the photo's own
-resolution (`refine`) and build the image (`compose`). The CLI, the HTTP
-service and the Python API call them.
+All of them ask the predictor for each photo's cut-out pieces (alpha and the
+car's own colour, refined at the photo's resolution in its device batch by
+`refine.edges`, see `Predictor.predict_views(cutout=...)`) and build the
+image with `compose`. The CLI, the HTTP service and the Python API call them.
 """
 from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageColor
 
-from carmask.io import ImageError, read_photo
-from carmask.views import MIN_VIEWS, NotEnoughViews, resize
+from carmask.io import ImageError, PhotoSet, read_photo
+from carmask.views import NotEnoughViews, resize
 
 SEED_GREEN = (0, 185, 0)  # the seed write-up's background colour
 KINDS = ("transparent", "mask")
+SOURCES = (bytes, bytearray, str, Path, np.ndarray, Image.Image)
 
 _COLOUR_NAME = re.compile(r"^[a-z]{3,30}$")
 _HEX = re.compile(r"^#(?:[0-9a-f]{3}|[0-9a-f]{6})$")
 _TRIPLE = re.compile(r"^\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}$")
+
+
+@dataclass
+class Cutout:
+    """One photo's cut-out (`image`), or the ImageError that names why not;
+    `warning`: how it was made, when the user should know (e.g. taken out of
+    its set)."""
+    name: str
+    image: np.ndarray | None = None
+    error: ImageError | None = None
+    warning: str | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.name)
 
 
 def parse_background(text: str, files: bool = True):
@@ -55,35 +74,29 @@ def parse_background(text: str, files: bool = True):
 def load(image, name: str | None = None) -> np.ndarray:
     """A photo as an upright RGB uint8 array, from a path, bytes, an array or a
     PIL image; anything unusable is an ImageError that names it."""
-    if not isinstance(image, (bytes, bytearray, str, Path, np.ndarray, Image.Image)):
-        raise ImageError(name or type(image).__name__,
-                         "is not a photo: give a path, bytes, a numpy array or a PIL image")
+    _check(image, name)
     return read_photo(image, name=name)
-
-
-def alpha_from_probs(probs: np.ndarray) -> np.ndarray:
-    """Soft alpha (uint8) without refinement: a smoothstep around the 0.5 threshold."""
-    t = np.clip((probs - 0.25) / 0.5, 0.0, 1.0)
-    return np.round(t * t * (3 - 2 * t) * 255).astype(np.uint8)
 
 
 def compose(photo: np.ndarray, alpha: np.ndarray, background="transparent") -> np.ndarray:
     """The output image: RGBA (transparent), L 0/255 (mask), or RGB over a
-    colour or an image (scaled to cover). `alpha`: H x W, float 0..1 or uint8."""
-    alpha = alpha.astype(np.float32) / 255 if alpha.dtype == np.uint8 else alpha.astype(np.float32)
+    colour or an image (scaled to cover). `photo`: H x W x 3 uint8 (a cut-out's
+    foreground); `alpha`: H x W, uint8 0..255 or float 0..1."""
+    if alpha.dtype != np.uint8:
+        alpha = np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8)
     if isinstance(background, str):
         background = parse_background(background)
     if isinstance(background, str) and background == "mask":
-        return np.where(alpha > 0.5, 255, 0).astype(np.uint8)
+        return np.where(alpha > 127, 255, 0).astype(np.uint8)
     if isinstance(background, str):  # transparent
-        return np.dstack([photo, np.round(alpha * 255).astype(np.uint8)])
+        return np.dstack([photo, alpha])
     height, width = photo.shape[:2]
     if isinstance(background, np.ndarray):
-        back = _cover(background, (width, height)).astype(np.float32)
+        back = _cover(background, (width, height))
     else:
-        back = np.broadcast_to(np.array(background, np.float32), photo.shape)
-    a = alpha[..., None]
-    return np.round(photo * a + back * (1 - a)).astype(np.uint8)
+        back = np.array(background, np.uint8)
+    a = alpha[..., None].astype(np.uint16)  # integer blending, rounded: (p a + b (255 - a) + 127) // 255
+    return ((photo * a + back * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def _cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -95,92 +108,74 @@ def _cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return scaled[top:top + size[1], left:left + size[0]]
 
 
-def cut_out(photos: Sequence[np.ndarray], probs: Sequence[np.ndarray], background="transparent",
-            refine: bool = True, keep: Sequence[int] | None = None, chunk: int = 4) -> list[np.ndarray]:
-    """Cut-outs of photos of one car (or of one photo) from their probabilities
-    at the photos' size. With `refine`, the edges are re-decided at full
-    resolution, and photos of one size that form a set of at least 3 views
-    give each other the studio behind the car. `keep`: the indices to return
-    (default all)."""
-    keep = range(len(photos)) if keep is None else keep
-    if not refine:
-        return [compose(photos[i], alpha_from_probs(probs[i]), background) for i in keep]
-    import torch
-
-    from carmask.refine import refine as refine_edges
-    out = {}
-    for size in dict.fromkeys(p.shape for p in photos):
-        same = [i for i, p in enumerate(photos) if p.shape == size]
-        wanted = [i for i in same if i in keep]
-        if not wanted:
-            continue
-        stack = lambda indices: torch.from_numpy(np.stack([photos[i] for i in indices])).permute(0, 3, 1, 2)  # noqa: E731
-        chances = lambda indices: torch.from_numpy(np.stack([probs[i] for i in indices])).float()  # noqa: E731
-        views = (stack(same), chances(same)) if len(same) >= MIN_VIEWS else (None, None)
-        for start in range(0, len(wanted), chunk):  # memory: a few full-size photos at a time
-            part = wanted[start:start + chunk]
-            alpha, foreground = refine_edges(stack(part), chances(part), *views)
-            for i, a, f in zip(part, alpha.numpy(), foreground.permute(0, 2, 3, 1).numpy()):
-                out[i] = compose(f, a, background)
-    return [out[i] for i in keep]
-
-
 def remove(image, predictor=None, background="transparent", views=(), *, refine: bool = True,
            name: str | None = None) -> np.ndarray:
     """One photo to its cut-out: `image` and `views` (the car's other views)
     are paths, bytes, arrays or PIL images; `background` is transparent, mask,
-    a colour, an image path or an array. Raises ImageError naming what could
-    not be read or cut out."""
-    from carmask.predict import Predictor
-    photo = load(image, name)
-    others = [load(v, f"view {i + 1}") for i, v in enumerate(views)]
-    if isinstance(background, str):
-        background = parse_background(background)
-    predictor = predictor or Predictor()
-    photos = [photo, *others]
+    a colour, an image path or an array. `refine`: the edges re-decided at the
+    photo's resolution (else the network's own soft edge). Raises ImageError
+    naming what could not be read or cut out; a warning (e.g. views that do
+    not share a studio) goes to `warnings.warn`."""
     label = name or _label(image)
-    try:  # the predictor's one path from a photo to the network, the views as its set
-        predictions = predictor.predict_views([(label, photo)] + [(f"view {i + 1}", v) for i, v in enumerate(others)])
-    except (NotEnoughViews, ValueError) as exc:
-        raise ImageError(label, str(exc)) from None
-    for prediction in predictions:
-        if prediction.error:
-            raise ImageError(label, str(prediction.exception or prediction.error))
-    if predictions[0].warning:
-        warnings.warn(predictions[0].warning, stacklevel=2)
-    return cut_out(photos, [p.probs for p in predictions], background, refine, keep=[0])[0]
+    named = [(label, image)] + [(f"view {i}", v) for i, v in enumerate(views, 2)]
+    for item_name, item in named:
+        _check(item, item_name)
+    result = remove_set(named, predictor, background, refine=refine)[0]
+    if result.error:
+        raise result.error
+    if result.warning:
+        warnings.warn(result.warning, stacklevel=2)
+    return result.image
 
 
 def remove_set(items: Sequence[tuple[str, object]], predictor=None, background="transparent", *,
-               refine: bool = True) -> list[tuple[str, np.ndarray | ImageError]]:
-    """Every view of one car, as (name, path or bytes) pairs, to its cut-out or
-    the ImageError that names why not; a lone photo is a set of one."""
-    from carmask.predict import Predictor
-    predictor = predictor or Predictor()
+               refine: bool = True) -> list[Cutout]:
+    """Every view of one car, as (name, path, bytes, array or PIL image)
+    pairs, to a `Cutout` each, in order; a lone photo is a set of one."""
+    predictor, background = _ready(predictor, background)
     try:
-        predictions = predictor.predict_views(list(items))
+        predictions = predictor.predict_views(list(items), cutout=_edges(refine))
     except (NotEnoughViews, ValueError) as exc:
-        return [(name, ImageError(name, str(exc))) for name, _ in items]
-    sources = dict(items)
-    results: dict[str, np.ndarray | ImageError] = {}
-    photos, probs, names = [], [], []
-    for prediction in predictions:
-        name = str(prediction.path)
-        if prediction.error:
-            results[name] = ImageError(name, prediction.error.split(": ", 1)[-1])
-            continue
-        try:
-            photos.append(load(sources[name], name))
-        except ImageError as exc:
-            results[name] = exc
-            continue
-        probs.append(prediction.probs)
-        names.append(name)
-    results.update(zip(names, cut_out(photos, probs, background, refine)))
-    return [(name, results[name]) for name, _ in items]
+        return [Cutout(name, error=ImageError(name, str(exc))) for name, _ in items]
+    return [_cutout(name, p, background) for (name, _), p in zip(items, predictions)]
+
+
+def remove_sets(photo_sets: Iterable[PhotoSet], predictor=None, background="transparent", *,
+                refine: bool = True) -> Iterator[Cutout]:
+    """Sets of photo files (`io.group_by_car`) to a `Cutout` each, streamed in
+    order: the next cars are decoded while one batch is cut out."""
+    predictor, background = _ready(predictor, background)
+    for prediction in predictor.predict_sets(photo_sets, cutout=_edges(refine)):
+        yield _cutout(str(prediction.path), prediction, background)
+
+
+def _ready(predictor, background):
+    from carmask.predict import Predictor
+    return predictor or Predictor(), parse_background(background) if isinstance(background, str) else background
+
+
+def _edges(refine: bool) -> str:
+    return "refined" if refine else "plain"
+
+
+def _cutout(name: str, prediction, background) -> Cutout:
+    if prediction.error:
+        error = prediction.exception
+        if not isinstance(error, ImageError):
+            error = ImageError(name, str(error or prediction.error))
+        return Cutout(name, error=error, warning=prediction.warning)
+    return Cutout(name, compose(prediction.foreground, prediction.alpha, background), warning=prediction.warning)
+
+
+def _check(image, name: str | None) -> None:
+    if not isinstance(image, SOURCES):
+        raise ImageError(name or type(image).__name__,
+                         "is not a photo: give a path, bytes, a numpy array or a PIL image")
 
 
 def _label(image) -> str:
     if isinstance(image, (str, Path)):
         return str(image)
-    return {np.ndarray: "<array>", bytes: "<bytes>"}.get(type(image), "<image>")
+    if isinstance(image, Image.Image):
+        return "<image>"
+    return {np.ndarray: "<array>", bytes: "<upload>", bytearray: "<upload>"}.get(type(image), type(image).__name__)

@@ -57,6 +57,8 @@ def _open(source, name) -> Image.Image:
         raise ImageError(name, "no such file") from None
     except IsADirectoryError:
         raise ImageError(name, "is a folder, not an image") from None
+    except Image.UnidentifiedImageError:  # its message shows Python's name of the stream
+        raise ImageError(name, "not a readable image (not an image format that can be read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(name, f"not a readable image ({exc})") from None
     width, height = image.size

@@ -1,220 +1,244 @@
-"""Edges at the photo's own resolution: alpha and the car's own colour in a band.
+"""Edges at the photo's own resolution: alpha and the car's own colour in a narrow band.
 
-The network sees a 128x128 crop, so its probabilities, scaled up to the photo,
-put a blurred ramp of several pixels where the edge is, and miss it by a few
-where the network was unsure. `refine` re-decides a narrow band around that
-edge from the full-resolution photo:
+The network sees a 128x128 crop, so its probabilities, scaled up to a
+1918x1280 photo, fade over several pixels where the edge is. `edges`
+re-decides that fade from the photo, pixel by pixel, with the compositing
+equation I = a F + (1 - a) B:
 
-* alpha follows the photo's own edges: a colour guided filter (He et al. 2010,
-  2013; fast form 2015) fits, in each window, the probability as a linear
-  function of colour on a coarse grid, and applies that model to each band
-  pixel's own colour at full resolution;
-* the studio's colour is taken out of the edge pixels with the compositing
-  equation I = a F + (1 - a) B (the foreground estimate of Forte & Pitie
-  2021: a blurred car colour corrected by the equation). B is the empty
-  studio behind the pixel: with the car's other views (a turntable set) the
-  median of the views whose own probabilities say studio there, as in
-  background matting (Sengupta et al. 2020, Lin et al. 2021); for a single
-  photo, its own studio pixels nearby.
+* B, the empty studio behind the pixel: for a photo of a turntable set, the
+  median of the views that show studio there (their own probabilities say
+  which), as background matting does (Sengupta et al. 2020, Lin et al. 2021);
+  elsewhere, and for a single photo, the studio next to the car, carried
+  inwards (a push-pull fill of the cells the network is sure are studio).
+* F, the car's own colour at its edge: the nearest cells inside the
+  network's edge that do not look like the studio, carried outwards.
+* a = (I - B).(F - B) / |F - B|^2, trusted where the car's and the studio's
+  colours are far apart (CONTRAST), where the car's colours around F agree
+  (SPREAD: not a black tyre beside chrome) and where I lies near the line
+  from B to F (OFF_LINE: not a reflection or a third colour). Where it is
+  not trusted, the network's own soft edge stays (`soft`).
+* The edge moves only within the network's fade: alpha stays within
+  soft(p - REACH)..soft(p + REACH) (a few pixels on a 1918x1280 photo, under
+  one at 512x512), and at the car's lower edges, where it meets its shadow on
+  the floor (which the Carvana masks leave out, and which differs from the
+  empty studio too), the equation may only take away.
+* The car's colour in the band's pixels, the studio's colour taken out:
+  F + a (I - a F - (1 - a) B) (Forte & Pitie 2021), as far as the equation is
+  trusted (elsewhere the photo's own colour).
 
-Everything smooth (studio, car colour, guided-filter coefficients) is
-computed on a grid about 240 cells wide; only the band's pixels, a few
-percent of the photo, are touched at full resolution. Pure torch, batched,
-on whatever device the tensors are on.
+A guided filter (He et al.) of the probabilities by the photo was the first
+version: it lowered dice (0.99167 to 0.99056 on the held-out cars at 512),
+as did the equation with F taken from deep inside the car; see docs/RESULTS.md.
+
+B, F and where the edges are lower edges are smooth maps on a grid about
+`WORK` cells across (the studio of a set once for all its views); only the
+band's pixels, about 2% of a photo, are computed at full resolution. Pure
+torch on the photos' device: the predictor calls `edges` in its device batch
+for cut-outs (see `predict.Batch`).
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-WORK_WIDTH = 240     # the smooth quantities are computed on a grid about this wide
-BAND = 0.01          # half-width of the band around the edge, as a fraction of the photo's longer side
-SURE = 0.02          # probabilities below SURE / above 1 - SURE are not re-decided (outside the band)
-STUDIO_BELOW = 0.1   # a view shows studio at a pixel where its probability is below this
-MIN_STUDIO_VIEWS = 3  # the studio behind a pixel is known where at least this many views show it
-GUIDE_EPS = 1e-3     # guided-filter regulariser (guide in 0..1): smaller follows the photo's edges more
+from carmask.views import MIN_VIEWS, _median, resize_image, resize_map
+
+WORK = 240              # the smooth maps are computed on a grid about this many cells across
+SURE = 0.02             # a cell is sure studio where the probability is below this
+CAR_ABOVE = 0.5         # ... and car (for F) above this, if its colour is not the studio's
+STUDIO_LIKE = 20        # grey levels: a cell within this of the studio in every channel looks like it
+STUDIO_BELOW = 0.1      # a view shows studio at a cell where its probability is below this
+REACH = 0.15            # alpha stays within soft(p - REACH)..soft(p + REACH)
+CONTRAST = (20.0, 50.0)  # |F - B| in grey levels: the equation trusted from 0 (below) to 1 (above)
+SPREAD = 3.0            # trust falls to 1/e where the car colours around F spread |F - B| / SPREAD
+OFF_LINE = 0.3          # ... and where I lies this far (times |F - B|) from the line from B to F
 
 
-@torch.no_grad()
-def refine(photos: torch.Tensor, probs: torch.Tensor, views: torch.Tensor | None = None,
-           view_probs: torch.Tensor | None = None, band: float = BAND) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alpha and foreground colour at the photos' resolution.
-
-    photos: N x 3 x H x W, uint8 (or float 0..255). probs: N x H x W car
-    probabilities at the same size (the network's, scaled up). views and
-    view_probs (optional, V x 3 x H x W and V x H x W): the car's views at the
-    same size and their probabilities, shared by the N photos (a photo may be
-    one of them); they give the studio behind each edge pixel.
-
-    Returns alpha (N x H x W float32, 0..1) and foreground (N x 3 x H x W
-    uint8: the photo, with the studio's colour taken out of the band's
-    pixels), on the photos' device.
-    """
-    n, _, height, width = photos.shape
-    scale = max(1, round(max(height, width) / WORK_WIDTH))
-    radius = max(1, math.ceil(band * max(height, width) / scale))  # the band's half-width in grid cells
-    small = _shrink(photos, scale)                                   # N x 3 x h x w
-    small_probs = _shrink(probs[:, None].float(), scale)[:, 0]       # N x h x w
-    cells = _band_cells(small_probs, radius)                         # N x h x w bool
-    # The smooth maps, all on the grid: guided-filter coefficients (4), the
-    # studio beside the car in this photo (3), the studio in the views (3, NaN
-    # where too few views show it) and the car's colour near its edge (3).
-    guide = _guided_filter(small / 255, small_probs, radius, GUIDE_EPS)
-    studio = _normalized_blur(small, small_probs < SURE, 2 * radius)
-    sure_car = small_probs > 1 - SURE
-    maps = [guide, studio]
-    if views is not None:
-        seen = _views_studio(views, view_probs, scale, cells)
-        sure_car &= ~((small - seen).abs().amax(1) < 12)  # studio-coloured: a halo of the network's
-        maps.append(seen)
-    maps.append(_normalized_blur(small, sure_car, 2 * radius))
-    maps = torch.cat(maps, 1)
-
-    alpha = (probs > 0.5).float()
-    foreground = torch.empty(photos.shape, dtype=torch.uint8, device=photos.device)
-    foreground.copy_(photos if photos.dtype == torch.uint8 else photos.round().clamp(0, 255))
-    image, offset, at = _band_pixels(cells, scale, height, width)    # photo, pixel, grid position
-    if image.numel() == 0:
-        return alpha, foreground
-    planes = foreground.view(n, 3, -1)
-    pixel = planes[image, :, offset].float()                         # K x 3
-    value = _bilinear(maps, at)                                      # K x 10 or 13
-    a, b, studio_k, car_k = value[:, :3], value[:, 3], value[:, 4:7], value[:, -3:]
-    # The guided filter at full resolution: the window's linear model of probability
-    # from colour, applied to the pixel's own colour. It leaves the mean probability
-    # of each side of the edge near the edge: stretched back to 0 and 1 as the
-    # plain cut-out is.
-    estimate = _stretch(((pixel / 255) * a).sum(1) + b)
-    if views is not None:  # the studio where the views show it, else the photo's own nearby
-        seen = value[:, 7:10]
-        known = ~seen.isnan().any(1)
-        studio_k[known] = seen[known]
-    alpha.view(n, -1)[image, offset] = estimate
-    # The car's own colour: the blurred estimate, corrected by the compositing equation.
-    a = estimate[:, None]
-    colour = car_k + a * (pixel - a * car_k - (1 - a) * studio_k)
-    planes[image, :, offset] = colour.round().clamp(0, 255).byte()
-    return alpha, foreground
+@dataclass
+class Edges:
+    """One photo's cut-out pieces, on the photo's device: `alpha` H x W uint8
+    (0..255) and `foreground` H x W x 3 uint8 (the photo, with the studio's
+    colour taken out of the edge's pixels)."""
+    alpha: torch.Tensor
+    foreground: torch.Tensor
 
 
-def _stretch(probs: torch.Tensor) -> torch.Tensor:
-    """0.25..0.75 to 0..1 with a smoothstep: what the plain cut-out does with probabilities."""
+def soft(probs: torch.Tensor) -> torch.Tensor:
+    """The network's own soft edge: probabilities 0.25..0.75 to alpha 0..1 (a smoothstep)."""
     t = ((probs - 0.25) / 0.5).clamp(0, 1)
     return t * t * (3 - 2 * t)
 
 
-# -- the grid --------------------------------------------------------------------------------------
-
-def _shrink(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """N x C x H x W (any dtype) -> float N x C x h x w on the grid (the mean of
-    each scale x scale cell, edge cells partial), one image at a time so that
-    no full-resolution float copy of a whole set is ever made."""
-    return torch.cat([F.avg_pool2d(image[None].float(), scale, ceil_mode=True) for image in images])
-
-
-def _box(images: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over a (2r+1)^2 window, clipped at the border (running sums: cost
-    independent of r)."""
-    for dim in (3, 2):
-        size = images.shape[dim]
-        sums = images.cumsum(dim)
-        pad = [0, 0] * (3 - dim) + [radius + 1, 0]
-        sums = F.pad(sums, pad)  # zeros before the first pixel...
-        last = sums.narrow(dim, sums.shape[dim] - 1, 1)
-        sums = torch.cat([sums, last.expand(*[radius if d == dim else -1 for d in range(4)])], dim)  # ...the total after
-        window = sums.narrow(dim, 2 * radius + 1, size) - sums.narrow(dim, 0, size)
-        index = torch.arange(size, device=images.device)
-        count = ((index + radius + 1).clamp(max=size) - (index - radius).clamp(min=0)).to(images.dtype)
-        images = window / (count[:, None] if dim == 2 else count)
-    return images
-
-
-def _band_cells(probs: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grid cells within `radius` of an unsure one (or of the 0.5 edge)."""
-    unsure = (probs > SURE) & (probs < 1 - SURE)
-    car = (probs > 0.5).float()[:, None]
-    edge = F.max_pool2d(car, 3, 1, 1)[:, 0] != -F.max_pool2d(-car, 3, 1, 1)[:, 0]
-    return F.max_pool2d((unsure | edge).float()[:, None], 2 * radius + 1, 1, radius)[:, 0] > 0
-
-
-def _band_pixels(cells: torch.Tensor, scale: int, height: int, width: int):
-    """Full-resolution pixels of the band's cells: their photo, their flat
-    index in it, and their centre's position on the grid (K x 3: photo, y, x)."""
-    image, row, col = cells.nonzero(as_tuple=True)
-    offset = torch.arange(scale, device=cells.device)
-    y = (row[:, None, None] * scale + offset[None, :, None]).expand(-1, scale, scale).reshape(-1)
-    x = (col[:, None, None] * scale + offset[None, None, :]).expand(-1, scale, scale).reshape(-1)
-    image = image[:, None].expand(-1, scale * scale).reshape(-1)
-    keep = (y < height) & (x < width)
-    image, y, x = image[keep], y[keep], x[keep]
-    at = torch.stack([image.float(), (y + 0.5) / scale - 0.5, (x + 0.5) / scale - 0.5], 1)
-    return image, y * width + x, at
-
-
-def _bilinear(maps: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Values of N x C x h x w maps at K grid positions (image, y, x): K x C."""
-    n, channels, h, w = maps.shape
-    table = maps.permute(0, 2, 3, 1).reshape(-1, channels)
-    image = at[:, 0].long()
-    y = at[:, 1].clamp(0, h - 1)
-    x = at[:, 2].clamp(0, w - 1)
-    y0, x0 = y.floor().long(), x.floor().long()
-    y1, x1 = (y0 + 1).clamp(max=h - 1), (x0 + 1).clamp(max=w - 1)
-    fy, fx = (y - y0)[:, None], (x - x0)[:, None]
-    base = image * h
-    row0, row1 = (base + y0) * w, (base + y1) * w
-    return ((table[row0 + x0] * (1 - fx) + table[row0 + x1] * fx) * (1 - fy)
-            + (table[row1 + x0] * (1 - fx) + table[row1 + x1] * fx) * fy)
-
-
-# -- the smooth maps -------------------------------------------------------------------------------
-
-def _guided_filter(guide: torch.Tensor, probs: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
-    """Colour guided filter (He et al.): per window, probs ~ a . guide + b.
-    Returns the window-averaged coefficients N x 4 x h x w (a: 3, b: 1)."""
-    p = probs[:, None]
-    ii = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
-    stats = _box(torch.cat([guide, p, guide * p] + [guide[:, i:i + 1] * guide[:, j:j + 1] for i, j in ii], 1),
-                 radius)
-    mean_i, mean_p, mean_ip, mean_ii = stats[:, :3], stats[:, 3:4], stats[:, 4:7], stats[:, 7:]
-    cov_ip = mean_ip - mean_i * mean_p
-    var = [mean_ii[:, k] - mean_i[:, i] * mean_i[:, j] for k, (i, j) in enumerate(ii)]
-    s00, s01, s02, s11, s12, s22 = var
-    s00, s11, s22 = s00 + eps, s11 + eps, s22 + eps
-    # The symmetric 3x3 inverse by cofactors, element-wise over the grid.
-    c00, c01, c02 = s11 * s22 - s12 * s12, s02 * s12 - s01 * s22, s01 * s12 - s02 * s11
-    c11, c12, c22 = s00 * s22 - s02 * s02, s01 * s02 - s00 * s12, s00 * s11 - s01 * s01
-    det = s00 * c00 + s01 * c01 + s02 * c02
-    x, y, z = cov_ip[:, 0], cov_ip[:, 1], cov_ip[:, 2]
-    a = torch.stack([c00 * x + c01 * y + c02 * z, c01 * x + c11 * y + c12 * z,
-                     c02 * x + c12 * y + c22 * z], 1) / det[:, None]
-    b = mean_p - (a * mean_i).sum(1, keepdim=True)
-    return _box(torch.cat([a, b], 1), radius)
-
-
-def _normalized_blur(images: torch.Tensor, weight: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean colour of the weighted pixels near each cell (two scales: near first)."""
-    w = weight.float()[:, None]
-    near, far = (_box(torch.cat([images * w, w], 1), r) for r in (radius, 4 * radius))
-    mean = lambda sums: sums[:, :3] / sums[:, 3:].clamp(min=1e-6)  # noqa: E731
-    return torch.where(near[:, 3:] > 1e-3, mean(near), torch.where(far[:, 3:] > 1e-3, mean(far), images))
-
-
-def _views_studio(views: torch.Tensor, view_probs: torch.Tensor | None, scale: int,
-                  cells: torch.Tensor) -> torch.Tensor:
-    """The studio on the grid at the band's cells (NaN elsewhere): per cell the
-    median of the views whose own probabilities say studio there, where at
-    least MIN_STUDIO_VIEWS do (without probabilities: of every view)."""
-    small = _shrink(views, scale)                                           # V x 3 x h x w
-    image, row, col = cells.nonzero(as_tuple=True)
-    values = small[:, :, row, col]                                          # V x 3 x K
-    known = torch.ones(len(row), dtype=torch.bool, device=cells.device)
-    if view_probs is not None:
-        most = F.max_pool2d(view_probs[:, None].float(), scale, ceil_mode=True)[:, 0]   # V x h x w
-        shows = most[:, row, col] < STUDIO_BELOW                             # V x K
-        values = values.masked_fill(~shows[:, None], float("nan"))
-        known = shows.sum(0) >= MIN_STUDIO_VIEWS
-    out = torch.full((len(cells), 3, *cells.shape[1:]), float("nan"), device=cells.device)
-    out[image[known], :, row[known], col[known]] = values[:, :, known].nanmedian(0).values.T
+def plain(batch) -> list[Edges]:
+    """Cut-out pieces without refinement: the photo, and alpha = soft(probabilities)."""
+    out = []
+    for photo, probs in zip(batch.photos, batch.probs):
+        alpha, band, p = _alpha_outside(_at_photo_size(probs, photo), 0.25, 0.75)
+        alpha.view(-1)[band] = _to_uint8(soft(p))
+        out.append(Edges(alpha, _hwc(photo).contiguous()))
     return out
+
+
+@torch.no_grad()
+def edges(batch) -> list[Edges]:
+    """The refined cut-out pieces of every photo of a predictor's `Batch`
+    (`photos`, `probs`, `views`), at each photo's own size."""
+    grids = [_Grid(photo, p) for photo, p in zip(batch.photos, batch.probs)]
+    studios: dict[tuple[int, ...], torch.Tensor | None] = {}
+    out = []
+    for i, grid in enumerate(grids):
+        views = tuple(j for j in batch.views[i] if grids[j].shape == grid.shape)
+        if views not in studios:
+            studios[views] = set_studio([grids[j] for j in views]) if len(views) >= MIN_VIEWS else None
+        out.append(refine_photo(grid, studios[views]))
+    return out
+
+
+def refine_photo(grid: _Grid, studio: torch.Tensor | None = None) -> Edges:
+    """One photo's edges from its grid and, for a set, the set's studio on that grid."""
+    alpha, band, pk = _alpha_outside(grid.probs, 0.25 - REACH, 0.75 + REACH)  # the K pixels that may change
+    foreground = _hwc(grid.photo).clone(memory_format=torch.contiguous_format)
+    if band.numel() == 0:
+        return Edges(alpha, foreground)
+    value = grid.sample(grid.maps(studio), band)                            # K x 8
+    b, f, spread, lower = value[:, 0:3], value[:, 3:6], value[:, 6], value[:, 7]
+    pixel = foreground.view(-1, 3)[band].float()                             # K x 3
+    equation, trust = _equation(pixel, b, f, spread)
+    a = trust * equation + (1 - trust) * soft(pk)
+    a = torch.minimum(torch.maximum(a, soft(pk - REACH)), soft(pk + REACH))
+    a = a - (a - soft(pk)).clamp_(min=0) * soft(lower * 1.25 + 0.5)   # lower edges: no growing into the shadow
+    alpha.view(-1)[band] = _to_uint8(a)
+    # The car's colour, as far as the equation is trusted: where it is not, alpha
+    # may be the network's mistake, and the photo's own colour is the safer guess.
+    a, trust = a[:, None], trust[:, None]
+    colour = pixel + trust * (f + a * (pixel - a * f - (1 - a) * b) - pixel)
+    foreground.view(-1, 3)[band] = colour.round_().clamp_(0, 255).to(torch.uint8)
+    return Edges(alpha, foreground)
+
+
+def _equation(pixel: torch.Tensor, studio: torch.Tensor, car: torch.Tensor,
+              spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alpha of K pixels from I = a F + (1 - a) B, and how far it is trusted (0..1)."""
+    d, i = car - studio, pixel - studio
+    length = _norm(d).clamp_(min=1e-3)
+    a = (i * d).sum(1) / (length * length)
+    off = _norm(i - a[:, None] * d) / (OFF_LINE * length)   # from the line through B and F
+    a = a.clamp_(0, 1)
+    low, high = CONTRAST
+    trust = ((length - low) / (high - low)).clamp_(0, 1) * torch.exp(-off * off - (SPREAD * spread / length) ** 2)
+    return a, trust
+
+
+# -- the grid ----------------------------------------------------------------------------------------
+
+class _Grid:
+    """A photo and its probabilities at its size, and both on a grid of
+    `scale` x `scale` pixel cells."""
+
+    def __init__(self, photo: torch.Tensor, probs: torch.Tensor):
+        self.photo, self.probs = photo, _at_photo_size(probs, photo)
+        self.shape = height, width = tuple(self.probs.shape)
+        self.scale = scale = max(1, round(max(height, width) / WORK))
+        size = (-(-width // scale), -(-height // scale))
+        self.small = resize_image(photo[None], size)                                          # 1 x 3 x h x w
+        self.small_probs = F.avg_pool2d(self.probs[None, None].float(), scale, ceil_mode=True)  # 1 x 1 x h x w
+
+    def maps(self, studio: torch.Tensor | None) -> torch.Tensor:
+        """1 x 8 x h x w: the studio (3), the car's colour near its edge (3),
+        the spread of those colours (1), and where the edge is a lower one (1: > 0)."""
+        p, colour = self.small_probs, self.small.float()
+        near = _fill(colour, p < SURE)
+        studio = near if studio is None else torch.where(studio.isnan(), near, studio)
+        car = (p > CAR_ABOVE) & ((colour - studio).abs().amax(1, keepdim=True) > STUDIO_LIKE)
+        car = _fill(torch.cat([colour, colour.square().sum(1, keepdim=True)], 1), car)
+        spread = (car[:, 3:] - car[:, :3].square().sum(1, keepdim=True)).clamp_(min=0).sqrt_()
+        return torch.cat([studio, car[:, :3], spread, _lower_edge(p)], 1)
+
+    def sample(self, maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Bilinear values of 1 x C x h x w maps on the grid at the centres of
+        full-resolution pixels (flat indices): K x C."""
+        width, (h, w) = self.shape[1], maps.shape[-2:]
+        at = torch.stack([index % width, index // width], 1).float().add_(0.5).div_(self.scale)  # x, y in cells
+        at = at.div_(torch.tensor([w, h], dtype=at.dtype, device=at.device)).mul_(2).sub_(1)
+        return F.grid_sample(maps, at[None, None], mode="bilinear", padding_mode="border",
+                             align_corners=False)[0, :, 0].T
+
+
+def set_studio(grids: Sequence[_Grid]) -> torch.Tensor:
+    """1 x 3 x h x w: the empty studio on the views' grid, the median of the
+    views whose probabilities say studio at each cell; NaN where fewer than
+    MIN_VIEWS do. The views that show the car at a cell are set alternately to
+    0 and 255, so that the median of all is that of the others (within one
+    rank): a uint8 sorting network rather than a sort."""
+    small = torch.cat([g.small for g in grids])                                # V x 3 x h x w uint8
+    hidden = torch.cat([g.small_probs for g in grids]) >= STUDIO_BELOW         # V x 1 x h x w
+    filler = (hidden.cumsum(0) % 2 == 0).to(torch.uint8).mul_(255)
+    median = _median(list(torch.where(hidden, filler, small).unbind(0)))[None].float()
+    return median.masked_fill_((~hidden).sum(0, keepdim=True) < MIN_VIEWS, float("nan"))
+
+
+def _fill(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:
+    """Each cell's nearest weighted values (1 x C x h x w values, 1 x 1 x h x w
+    boolean weight): a push-pull fill, the weighted mean pulled down a
+    pyramid, then pushed back up where a level has too little weight of its own."""
+    stacked, pyramid = torch.cat([values * weight, weight.float()], 1), []
+    while len(pyramid) < levels and min(stacked.shape[-2:]) > 1:
+        pyramid.append(stacked)
+        stacked = F.avg_pool2d(stacked, 2, ceil_mode=True)
+    filled = stacked[:, :-1] / stacked[:, -1:].clamp(min=1e-6)
+    for level in reversed(pyramid):
+        up = F.interpolate(filled, size=level.shape[-2:], mode="bilinear", align_corners=False)
+        share = level[:, -1:].mul(4).clamp_(max=1)
+        filled = level[:, :-1] / level[:, -1:].clamp(min=1e-6) * share + up * (1 - share)
+    return filled
+
+
+def _lower_edge(probs: torch.Tensor) -> torch.Tensor:
+    """1 x 1 x h x w, > 0 where the (smoothed) probabilities fall going down
+    more steeply than sideways: the car's lower edges."""
+    p = F.avg_pool2d(probs, 5, 1, 2, count_include_pad=False)
+    fall = F.pad(p[..., :-2, :] - p[..., 2:, :], (0, 0, 1, 1), mode="replicate")
+    side = F.pad(p[..., :, 2:] - p[..., :, :-2], (1, 1, 0, 0), mode="replicate").abs_()
+    return (fall - side) / (fall.abs() + side + 1e-6)
+
+
+# -- small helpers -----------------------------------------------------------------------------------
+
+def _alpha_outside(probs: torch.Tensor, low: float, high: float):
+    """uint8 alpha, 0 or 255 by the probabilities' side of 0.5, and the band
+    of pixels between `low` and `high` for the caller to fill: their flat
+    indices and probabilities."""
+    flat = probs.reshape(-1)
+    if probs.device.type == "cpu":  # numpy's compares: 3-4 times as fast as torch's on one thread
+        values = flat.numpy()
+        band = torch.from_numpy(np.flatnonzero((values > low) & (values < high)))
+        alpha = torch.from_numpy((probs.numpy() > 0.5).view(np.uint8) * np.uint8(255))
+    else:
+        band = ((flat > low) & (flat < high)).nonzero()[:, 0]
+        alpha = (probs > 0.5).view(torch.uint8).mul_(255)
+    return alpha, band, flat[band]
+
+
+def _hwc(photo: torch.Tensor) -> torch.Tensor:
+    """A 3 x H x W photo as H x W x 3 (a view)."""
+    return photo.permute(1, 2, 0)
+
+
+def _norm(vectors: torch.Tensor) -> torch.Tensor:
+    """Lengths of K x 3 vectors (cheaper than linalg's norm on such short rows)."""
+    return vectors.square().sum(1).sqrt_()
+
+
+def _to_uint8(alpha: torch.Tensor) -> torch.Tensor:
+    return alpha.mul(255).round_().to(torch.uint8)
+
+
+def _at_photo_size(probs: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+    """Probabilities at the photo's size (they come at the output size, which an evaluation may change)."""
+    if tuple(probs.shape) == tuple(photo.shape[-2:]):
+        return probs
+    return resize_map(probs[None, None].float(), (photo.shape[-1], photo.shape[-2]))[0, 0]

@@ -11,20 +11,21 @@ Endpoints (OpenAPI at /openapi.json):
   ``bg_image_file``, ``channels``; ``X-Api-Key`` when the server has a key), so its clients work
 * ``GET /``: the web page (``static/index.html``)
 
-Every cut-out goes through `cutout.remove_set`. Bounds: a request body over
+Every cut-out goes through `cutout.remove_set` (`Service.cut`). Bounds: a request body over
 the upload limit gets 413 (the body read and dropped up to a bound first, so
 the client sees the answer); every image's pixels are counted from its header
 before anything is decoded, against a per-request budget; decoding and all
 work happen inside `PixelSlots`, which admit a few requests and a fixed number
 of pixels at once; slow clients meet header and body timeouts. Pages of other
 origins cannot drive the API (Origin check), nor can other host names (Host
-check, against DNS rebinding). Nothing a client sends is used as a path.
+check, against DNS rebinding): `guard.py`. Nothing a client sends is used as a path.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import ctypes
+import gc
 import io
 import os
 import re
@@ -33,7 +34,8 @@ import threading
 import time
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -45,7 +47,9 @@ from PIL import Image
 
 from carmask import __version__
 from carmask import io as cio
-from carmask.cutout import parse_background, remove_set
+from carmask.cutout import Cutout, compose, parse_background, remove_set
+from carmask.guard import (BODY_TIMEOUT, MULTIPART_SLACK, Guard, error_response, local_hosts, removebg_path,
+                           timed_protocol)
 from carmask.io import ImageError, group_by_car
 from carmask.predict import Predictor
 from carmask.views import MIN_VIEWS, NotEnoughViews
@@ -54,25 +58,13 @@ MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 25 * MiB
 DEFAULT_REQUEST_PIXELS = 48_000_000   # every image of one request together (a 16-view 1918x1280 set: 39 Mpx)
 DEFAULT_PIXELS_AT_ONCE = 96_000_000   # decoded pixels in flight in the whole server
-DRAIN_BYTES = 256 * MiB               # an oversized body is read and dropped up to this, then answered
-MULTIPART_SLACK = 64 * 1024           # room for multipart headers and form fields
 MAX_SET_FILES = 64                    # photos in one /api/cutout-set request
 ZIP_EXPANSION = 4                     # a zip may unpack to at most this many times the upload limit
-HEADER_TIMEOUT = 10.0                 # seconds for a client to send a request's headers
-BODY_TIMEOUT = 60.0                   # seconds for a client to send a request's body
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PNG_COMPRESS_LEVEL = 1                # fast; the photo's noise dominates the size anyway
 
 IMAGE_TYPES_LOOSE = ("", "application/octet-stream", "binary/octet-stream")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip", "multipart/x-zip")
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
-                                  b"'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self'; "
-                                  b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
-]
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The cut-out as a PNG: RGBA (transparent), "
@@ -89,35 +81,66 @@ ERRORS = {
 
 class PixelSlots:
     """At most `jobs` requests at work and `pixels` decoded pixels at once: a
-    request waits here, before decoding anything, until its pixels fit."""
+    request waits here (`with slots(pixels):`), before decoding anything, until
+    its pixels fit. A second after the last one leaves, `on_idle` runs: by
+    default the memory freed is given back to the system (glibc keeps it
+    otherwise, and the server would stay at its peak size)."""
 
-    def __init__(self, jobs: int, pixels: int):
+    def __init__(self, jobs: int, pixels: int, on_idle=None):
         self.jobs, self.pixels = jobs, pixels
+        self._on_idle = on_idle or _trim_memory
         self._busy_jobs = self._busy_pixels = 0
         self._free = threading.Condition()
+        self._worked = threading.Event()
+        threading.Thread(target=self._trim_when_idle, name="carmask-trim", daemon=True).start()
 
-    def __call__(self, pixels: int) -> "_Held":
-        return _Held(self, min(int(pixels), self.pixels))
+    @contextmanager
+    def __call__(self, pixels: int):
+        pixels = min(int(pixels), self.pixels)
+        with self._free:
+            self._free.wait_for(lambda: self._busy_jobs < self.jobs and self._busy_pixels + pixels <= self.pixels)
+            self._busy_jobs += 1
+            self._busy_pixels += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self._busy_jobs -= 1
+                self._busy_pixels -= pixels
+                self._free.notify_all()
+            self._worked.set()
+
+    def _trim_when_idle(self) -> None:
+        while self._worked.wait():
+            time.sleep(1.0)  # the answers that were just made are sent and freed meanwhile
+            with self._free:
+                if self._busy_jobs:
+                    continue
+                self._worked.clear()
+            self._on_idle()
 
 
-class _Held:
-    def __init__(self, slots: PixelSlots, pixels: int):
-        self.slots, self.pixels = slots, pixels
+def _trim_memory() -> None:
+    gc.collect()  # arrays held by reference cycles (frames of finished requests)
+    Image.core.clear_cache()  # the memory blocks Pillow keeps for the next decodes
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
-    def __enter__(self):
-        s = self.slots
-        with s._free:
-            s._free.wait_for(lambda: s._busy_jobs < s.jobs and s._busy_pixels + self.pixels <= s.pixels)
-            s._busy_jobs += 1
-            s._busy_pixels += self.pixels
-        return self
 
-    def __exit__(self, *exc):
-        s = self.slots
-        with s._free:
-            s._busy_jobs -= 1
-            s._busy_pixels -= self.pixels
-            s._free.notify_all()
+def _server_malloc(arenas: int = 2, mmap_from: int = 4 * MiB) -> None:
+    """glibc's malloc set for a long-lived server: at most `arenas` arenas (as
+    MALLOC_ARENA_MAX) and blocks of `mmap_from` bytes or more always mapped
+    (returned to the system when freed) rather than carved from an arena,
+    where photo-sized buffers would leave the heap fragmented and the process
+    at its peak size after a burst of requests."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-8, arenas)     # M_ARENA_MAX
+        libc.mallopt(-3, mmap_from)  # M_MMAP_THRESHOLD (also stops glibc from raising it)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass
@@ -129,7 +152,6 @@ class Service:
     slots: PixelSlots = None
     api_key: str | None = None
     refine: bool = True
-    load_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def model_names(self) -> list[str]:
         from carmask import models
@@ -141,6 +163,10 @@ class Service:
     def too_big(self, what: str) -> HTTPException:
         return HTTPException(413, f"{what} is larger than the limit of {self.max_upload_bytes:,} bytes "
                                   f"({self.max_upload_bytes / MiB:.1f} MiB)")
+
+    def cut(self, items: list[tuple[str, bytes]], background) -> list[Cutout]:
+        """The one cut-out path (`cutout.remove_set`); call it inside the request's slots."""
+        return remove_set(items, self.predictor, background, refine=self.refine)
 
 
 def service(request: Request) -> Service:
@@ -231,29 +257,42 @@ def check_type(upload: UploadFile, allow_zip: bool = False) -> None:
     raise HTTPException(415, f"{safe_label(upload.filename)}: content type {kind!r} is not {wanted}")
 
 
-def background_of(bg: str | None, upload: UploadFile | None, state: Service, budget: Budget):
-    """The composition target: a kind or a colour (never a path), or an uploaded
-    image's bytes (decoded later, inside the slots)."""
-    if upload is not None and upload.filename:
+@dataclass
+class Upload:
+    """An uploaded image's bytes, counted in the budget, decoded only inside the slots."""
+    label: str
+    data: bytes
+
+
+def read_image(upload: UploadFile, state: Service, budget: Budget, default: str, check: bool = True) -> Upload:
+    """An uploaded image: its type checked, its bytes read and counted in the request's pixels."""
+    if check:
         check_type(upload)
-        data = read_upload(upload, state)
-        label = safe_label(upload.filename, "background")
-        budget.add(data, label)
-        return label, data
+    image = Upload(safe_label(upload.filename, default), read_upload(upload, state))
+    budget.add(image.data, image.label)
+    return image
+
+
+def background_of(bg: str | None, upload: UploadFile | None, state: Service, budget: Budget):
+    """The composition target: a kind or a colour (never a path), or an uploaded image."""
+    if upload is not None and upload.filename:
+        return read_image(upload, state, budget, "background")
     try:
         return parse_background(bg, files=False)
     except ValueError as exc:
         raise HTTPException(422, f"bg: {exc}") from None
 
 
-def cut(state: Service, items: list[tuple[str, bytes]], back, budget: Budget):
-    """Decode, predict, refine and compose inside the slots: (label, image | ImageError)."""
-    with state.slots(budget.used):
-        if isinstance(back, tuple) and len(back) == 2 and isinstance(back[1], bytes):
-            back = cio.read_photo(back[1], name=back[0])
-        with state.load_lock:  # the first request may load a model: load it once
-            state.predictor.model_for(len(items))
-        return remove_set(items, state.predictor, back, refine=state.refine)
+def decoded(background):
+    """A background ready for `compose`: an uploaded image decoded (inside the slots)."""
+    return cio.read_photo(background.data, name=background.label) if isinstance(background, Upload) else background
+
+
+def warning_header(result: Cutout) -> dict[str, str]:
+    """The cut-out's warning (e.g. views that do not share a studio) as a header, if any."""
+    if not result.warning:
+        return {}
+    return {"X-Carmask-Warning": re.sub(r"[^\x20-\x7e]", "?", result.warning)[:1000]}
 
 
 def _chunks(spool, size: int = 256 * 1024) -> Iterator[bytes]:
@@ -292,27 +331,28 @@ def cutout(request: Request,
            background: UploadFile | None = File(None, description="Optional background image "
                                                                     "(scaled to cover); wins over bg.")):
     state = service(request)
-    check_type(file)
-    label = safe_label(file.filename, "photo")
-    data = read_upload(file, state)
     budget = Budget(state.request_pixels)
-    budget.add(data, label)
+    photo = read_image(file, state, budget, "photo")
     back = background_of(bg, background, state, budget)
     try:
-        [(_, result)] = cut(state, [(label, data)], back, budget)
-    except ImageError as exc:
+        with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
+            [result] = state.cut([(photo.label, photo.data)], decoded(back))
+            body = None if result.error else encode(result.image)
+    except ImageError as exc:  # the background image
         raise HTTPException(422, str(exc)) from None
-    if isinstance(result, ImageError):
-        raise HTTPException(422, str(result))
-    return Response(encode(result), media_type="image/png",
-                    headers={"Content-Disposition": f'inline; filename="{_stem(label)}.png"'})
+    if result.error:
+        raise HTTPException(422, str(result.error))
+    return Response(body, media_type="image/png", headers={
+        "Content-Disposition": f'inline; filename="{_stem(photo.label)}.png"', **warning_header(result)})
 
 
 @router.post("/api/cutout-set", tags=["cutout"], summary="Cut out sets of views of cars (zip of PNGs)",
              response_class=Response,
              responses={200: {"content": {"application/zip": {}},
                               "description": "A zip of `<stem>.png` (`<stem>_mask.png` for masks), plus "
-                                             "`errors.txt` naming every skipped file and why."}, **ERRORS})
+                                             "`errors.txt` naming every skipped file and why, and "
+                                             "`warnings.txt` saying how some were cut out (e.g. taken out "
+                                             "of a set whose views do not share a studio)."}, **ERRORS})
 def cutout_set(request: Request,
                files: list[UploadFile] = File(..., description="Photos named <car>_<NN>.jpg "
                                                                "(or one zip of them)."),
@@ -331,22 +371,27 @@ def cutout_set(request: Request,
         raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
     suffix = "_mask.png" if back == "mask" else ".png"
     out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
-    written = 0
+    written, notes = 0, []
     try:
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-            by_label = dict(items)
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.slots(budget.used):
+            target, by_label = decoded(back), dict(items)
             for photo_set in group_by_car([Path(label) for label, _ in items]):  # labels only: no file access
-                part = [(p.name, by_label[p.name]) for p in photo_set.paths]
-                for label, result in cut(state, part, back, budget):
-                    if isinstance(result, ImageError):
-                        errors.append(str(result))
+                for result in state.cut([(p.name, by_label[p.name]) for p in photo_set.paths], target):
+                    if result.warning and result.warning not in notes:
+                        notes.append(result.warning)
+                    if result.error:
+                        errors.append(str(result.error))
                         continue
-                    archive.writestr(f"{_stem(label)}{suffix}", encode(result))
+                    archive.writestr(f"{_stem(result.name)}{suffix}", encode(result.image))
                     written += 1
-            if errors:
-                archive.writestr("errors.txt", "\n".join(errors) + "\n")
+            for name, lines in (("errors.txt", errors), ("warnings.txt", notes)):
+                if lines:
+                    archive.writestr(name, "\n".join(lines) + "\n")
         if not written:
             raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
+    except ImageError as exc:  # the background image
+        out.close()
+        raise HTTPException(422, str(exc)) from None
     except BaseException:
         out.close()
         raise
@@ -422,6 +467,7 @@ def unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str]
 
 # -- remove.bg's API ----------------------------------------------------------------------------
 
+WHITE = (255, 255, 255)  # remove.bg's JPEG background when none is given
 REMOVEBG_SIZES = {"preview": 0.25e6, "small": 0.25e6, "regular": 0.25e6, "medium": 1.5e6, "hd": 4e6,
                   "4k": 10e6, "full": None, "auto": None, "50mp": None}
 
@@ -445,64 +491,40 @@ def removebg(request: Request,
     if state.api_key is not None and request.headers.get("x-api-key") != state.api_key:
         raise RemoveBgError(403, "Missing or invalid API key (X-Api-Key)", "auth_failed")
     fmt, size, channels = (format or "auto").lower(), (size or "auto").lower(), (channels or "rgba").lower()
-    if fmt not in ("auto", "png", "jpg", "zip"):
-        raise RemoveBgError(400, f"format {format!r}: use auto, png, jpg or zip", "invalid_parameters")
-    if size not in REMOVEBG_SIZES:
-        raise RemoveBgError(400, f"size {size!r}: use one of {', '.join(REMOVEBG_SIZES)}", "invalid_parameters")
-    if channels not in ("rgba", "alpha"):
-        raise RemoveBgError(400, f"channels {channels!r}: use rgba or alpha", "invalid_parameters")
+    for name, value, allowed in (("format", fmt, ("auto", "png", "jpg", "zip")), ("size", size, REMOVEBG_SIZES),
+                                 ("channels", channels, ("rgba", "alpha"))):
+        if value not in allowed:
+            raise RemoveBgError(400, f"{name} {value[:40]!r}: use one of {', '.join(allowed)}", "invalid_parameters")
     if image_url:
         raise RemoveBgError(400, "image_url is not supported: this server fetches nothing; send image_file",
                             "invalid_parameters")
-    if image_file is not None and image_file.filename:
-        data, label = read_upload(image_file, state), safe_label(image_file.filename, "image")
-    elif image_file_b64:
-        try:
-            data, label = base64.b64decode(image_file_b64, validate=True), "image"
-        except (binascii.Error, ValueError):
-            raise RemoveBgError(400, "image_file_b64 is not valid base64", "invalid_parameters") from None
-        if len(data) > state.max_upload_bytes:
-            raise state.too_big("image_file_b64")
-    else:
-        raise RemoveBgError(400, "No image given: send image_file or image_file_b64", "missing_image")
     budget = Budget(state.request_pixels)
-    budget.add(data, label)
-    back = "transparent"
-    if bg_color:
-        colour = bg_color.strip()
-        colour = f"#{colour}" if re.fullmatch(r"[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}", colour) else colour
+    photo = _removebg_image(image_file, image_file_b64, state, budget)
+    back = background_of(None, bg_image_file, state, budget) if bg_image_file is not None and \
+        bg_image_file.filename else _removebg_colour(bg_color)
+    with state.slots(budget.used):
+        [result] = state.cut([(photo.label, photo.data)], "transparent")
+        if result.error:
+            raise RemoveBgError(400, str(result.error), "unknown_foreground" if "views" in result.error.reason
+                                else "invalid_image")
+        rgba = _scaled(result.image, REMOVEBG_SIZES[size])
+        alpha, coloured = rgba[..., 3], back != "transparent"
         try:
-            back = parse_background(colour, files=False)
-        except ValueError:
-            raise RemoveBgError(400, f"bg_color {bg_color[:40]!r} is not a colour", "invalid_parameters") from None
-    if bg_image_file is not None and bg_image_file.filename:
-        back = background_of(None, bg_image_file, state, budget)
-    [(_, result)] = cut(state, [(label, data)], "transparent", budget)
-    if isinstance(result, ImageError):
-        raise RemoveBgError(400, str(result), "unknown_foreground" if "views" in result.reason
-                            else "invalid_image")
-    rgba = _scaled(result, REMOVEBG_SIZES[size])
-    alpha = rgba[..., 3]
-    coloured = back != "transparent"
-    if coloured:
-        from carmask.cutout import compose
-        target = cio.read_photo(back[1], name=back[0]) if isinstance(back, tuple) and len(back) == 2 and \
-            isinstance(back[1], bytes) else back
-        colour_image = compose(rgba[..., :3], alpha, target)
-    else:
-        colour_image = rgba[..., :3]
-    if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-            archive.writestr("color.jpg", encode(colour_image, "JPEG"))
-            archive.writestr("alpha.png", encode(alpha))
-        body, media = buffer.getvalue(), "application/zip"
-    elif channels == "alpha":
-        body, media = encode(alpha), "image/png"
-    elif fmt == "jpg" or (fmt == "auto" and coloured):
-        body, media = encode(colour_image if coloured else compose_white(rgba), "JPEG"), "image/jpeg"
-    else:
-        body, media = encode(colour_image if coloured else rgba), "image/png"
+            flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
+        except ImageError as exc:
+            raise RemoveBgError(400, str(exc), "invalid_image") from None
+        if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+                archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
+                archive.writestr("alpha.png", encode(alpha))
+            body, media = buffer.getvalue(), "application/zip"
+        elif channels == "alpha":
+            body, media = encode(alpha), "image/png"
+        elif fmt == "jpg" or (fmt == "auto" and coloured):
+            body, media = encode(flat, "JPEG"), "image/jpeg"
+        else:
+            body, media = encode(flat if coloured else rgba), "image/png"
     height, width = alpha.shape
     return Response(body, media_type=media, headers={
         "X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
@@ -510,9 +532,32 @@ def removebg(request: Request,
         "X-Foreground-Width": str(width), "X-Foreground-Height": str(height)})
 
 
-def compose_white(rgba: np.ndarray) -> np.ndarray:
-    a = rgba[..., 3:].astype(np.float32) / 255
-    return np.round(rgba[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
+def _removebg_image(upload: UploadFile | None, b64: str | None, state: Service, budget: Budget) -> Upload:
+    """The photo, as a file (any content type, as remove.bg's clients send it) or as base64."""
+    if upload is not None and upload.filename:
+        return read_image(upload, state, budget, "image", check=False)
+    if not b64:
+        raise RemoveBgError(400, "No image given: send image_file or image_file_b64", "missing_image")
+    try:
+        photo = Upload("image", base64.b64decode(b64, validate=True))
+    except (binascii.Error, ValueError):
+        raise RemoveBgError(400, "image_file_b64 is not valid base64", "invalid_parameters") from None
+    if len(photo.data) > state.max_upload_bytes:
+        raise state.too_big("image_file_b64")
+    budget.add(photo.data, photo.label)
+    return photo
+
+
+def _removebg_colour(bg_color: str | None):
+    """remove.bg's bg_color (hex without '#', or a colour name) as a colour, or transparent."""
+    if not bg_color:
+        return "transparent"
+    colour = bg_color.strip()
+    colour = f"#{colour}" if re.fullmatch(r"[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}", colour) else colour
+    try:
+        return parse_background(colour, files=False)
+    except ValueError:
+        raise RemoveBgError(400, f"bg_color {bg_color[:40]!r} is not a colour", "invalid_parameters") from None
 
 
 def _scaled(rgba: np.ndarray, pixels: float | None) -> np.ndarray:
@@ -525,7 +570,7 @@ def _scaled(rgba: np.ndarray, pixels: float | None) -> np.ndarray:
 
 
 def _removebg_error(request: Request, exc: RemoveBgError) -> JSONResponse:
-    return JSONResponse({"errors": [{"title": exc.title, "code": exc.code}]}, status_code=exc.status)
+    return error_response(request.url.path, exc.status, exc.title, exc.code)
 
 
 # -- the page -----------------------------------------------------------------------------------
@@ -551,108 +596,13 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
             "must be a file upload" if "upload" in kind.lower() or "file" in kind.lower() else \
             re.sub(r"<[^>]*>|0x[0-9a-f]+", "", str(error.get("msg", "is not valid"))).strip()
         problems.append(f"field {where or 'request'!r} {what}")
-    message = "; ".join(problems) or "the request is not valid"
-    if request.url.path.startswith("/v1.0/"):
-        return JSONResponse({"errors": [{"title": message, "code": "invalid_parameters"}]}, status_code=400)
-    return JSONResponse({"detail": message}, status_code=422)
+    path = request.url.path
+    return error_response(path, 400 if removebg_path(path) else 422, "; ".join(problems) or "the request is not valid")
 
 
 def _http_error(request: Request, exc) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-    if request.url.path.startswith("/v1.0/"):
-        code = {413: "file_too_large", 415: "invalid_file_type", 408: "timeout", 403: "forbidden"}.get(
-            exc.status_code, "invalid_parameters")
-        return JSONResponse({"errors": [{"title": detail, "code": code}]}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
-
-
-# -- the guard in front of everything -----------------------------------------------------------
-
-class Guard:
-    """ASGI middleware, outermost: security headers on every answer; Host and
-    Origin checks; request bodies over `max_body` answered 413 after reading
-    and dropping them (up to DRAIN_BYTES, so that the client sees the answer);
-    a body that takes longer than `body_timeout` answered 408."""
-
-    def __init__(self, app, max_body: int, hosts: set[str] | None, origins: set[str],
-                 body_timeout: float = BODY_TIMEOUT):
-        self.app, self.max_body, self.hosts, self.origins = app, max_body, hosts, origins
-        self.body_timeout = body_timeout
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_secure(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": list(message.get("headers", [])) + SECURITY_HEADERS}
-            await send(message)
-
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        host = headers.get("host", "")
-        if self.hosts is not None and _hostname(host) not in self.hosts:
-            return await self._refuse(scope, receive, send_secure, 403, f"host {host[:80]!r} is not served here")
-        origin = headers.get("origin")
-        if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
-                origin != f"{scope.get('scheme', 'http')}://{host}" and origin not in self.origins:
-            return await self._refuse(scope, receive, send_secure, 403,
-                                      f"requests from pages of {origin[:80]} are not allowed "
-                                      "(carmask serve --allow-origin adds an origin)")
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await self._refuse(scope, receive, send_secure, 413, self._too_large(), drain=True)
-        seen, deadline = 0, time.monotonic() + self.body_timeout
-
-        async def guarded_receive():
-            nonlocal seen
-            try:
-                message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body took longer than {self.body_timeout:.0f} s",
-                                    headers={"Connection": "close"}) from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    # Raised inside the route's body parsing: answered 413 by the handler.
-                    raise HTTPException(413, self._too_large(), headers={"Connection": "close"})
-            return message
-
-        return await self.app(scope, guarded_receive, send_secure)
-
-    def _too_large(self) -> str:
-        return f"upload is larger than the limit of {self.max_body - MULTIPART_SLACK:,} bytes " \
-               f"({(self.max_body - MULTIPART_SLACK) / MiB:.1f} MiB)"
-
-    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool = False):
-        if drain or scope["method"] not in ("GET", "HEAD"):
-            await _drain(receive, self.body_timeout)
-        body = {"errors": [{"title": message, "code": "forbidden" if status == 403 else "file_too_large"}]} \
-            if scope["path"].startswith("/v1.0/") else {"detail": message}
-        response = JSONResponse(body, status_code=status, headers={"Connection": "close"})
-        await response(scope, receive, send)
-
-
-async def _drain(receive, timeout: float) -> None:
-    """Read and drop a request body, up to DRAIN_BYTES and `timeout` seconds."""
-    dropped, deadline = 0, time.monotonic() + timeout
-    while dropped <= DRAIN_BYTES:
-        try:
-            message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            return
-        if message["type"] != "http.request":
-            return
-        dropped += len(message.get("body", b""))
-        if not message.get("more_body"):
-            return
-
-
-def _hostname(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return error_response(request.url.path, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
 # -- the app ------------------------------------------------------------------------------------
@@ -700,46 +650,15 @@ def _preload(predictor: Predictor) -> None:
             pass
 
 
-def local_hosts(host: str) -> set[str] | None:
-    """Host names a server bound to `host` answers to: None (any) on every interface."""
-    if host in ("0.0.0.0", "::", ""):
-        return None
-    return {"127.0.0.1", "localhost", "::1", host.lower()}
-
-
 def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto",
         api_key: str | None = None, allow_origins=(), max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         max_concurrency: int | None = None) -> None:
     """Serve the API and the page with uvicorn (the `carmask serve` verb)."""
     import uvicorn
+    _server_malloc()
     app = create_app(model=model, device=device, api_key=api_key, hosts=local_hosts(host),
                      allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
                      max_concurrency=max_concurrency)
     print(f"carmask {__version__}: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
     uvicorn.run(app, host=host, port=port, log_level="info", http=timed_protocol(),
                 timeout_keep_alive=5, limit_concurrency=512)
-
-
-def timed_protocol(header_timeout: float = HEADER_TIMEOUT):
-    """uvicorn's h11 protocol, closing connections whose request headers take
-    longer than `header_timeout` seconds (slow clients cannot hold them open)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TimedH11Protocol(H11Protocol):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._arm_header_timer()
-
-        def on_response_complete(self):
-            super().on_response_complete()
-            self._arm_header_timer()
-
-        def _arm_header_timer(self):
-            cycle = self.cycle
-            self.loop.call_later(header_timeout, self._headers_late, cycle)
-
-        def _headers_late(self, cycle):
-            if self.cycle is cycle and not self.transport.is_closing():
-                self.transport.close()
-
-    return TimedH11Protocol

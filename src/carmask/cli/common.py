@@ -285,6 +285,13 @@ sets_option = click.option(
          "views pass it (use never). always: trust the names. never: every photo alone.")
 
 
+
+def prediction_options(command):
+    """The options of every verb that predicts: model, tta, sets, device, batch size."""
+    for option in (batch_option, device_option, sets_option, tta_option, model_option):
+        command = option(command)
+    return command
+
 @click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="carmask")
 @verbosity_options

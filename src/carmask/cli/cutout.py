@@ -8,14 +8,14 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (batch_option, check_model, device_option, fail, main, make_predictor,
-                                model_option)
+from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
+                                find_inputs, info, main, make_predictor, prediction_options, progress,
+                                recursive_option, skipped_summary, verbosity_options)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-@main.command(epilog="Exit status: 0 every photo cut out (or kept), 1 some photos skipped "
-                     "(each named on stderr), 2 usage or input error.")
+@main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True,
               help="Output folder, an image file name for a single input, or - for standard output.")
@@ -23,78 +23,78 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
               help="transparent (RGBA PNG), mask (<name>_mask.png), a colour (green, #00b900, 0,185,0) "
                    "or an image file.")
 @click.option("--refine/--no-refine", default=True, show_default=True,
-              help="Re-decide the edges at the photo's own resolution.")
-@click.option("--tta", is_flag=True, help="Also predict the mirrored photo and average (slower).")
-@model_option
-@device_option
-@batch_option
+              help="Re-decide the edges at the photo's own resolution, from the studio behind the car.")
+@recursive_option
+@prediction_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: keep them).")
-def cutout(inputs, output, background, refine, tta, model, device, batch_size, overwrite):
+@verbosity_options
+def cutout(inputs, output, background, refine, sets, recursive, tta, model, device, batch_size, overwrite):
     """Cut cars out of photos: files, folders or globs (INPUT...), or - for
     one photo on standard input.
 
     Photos named <car>_<NN>.jpg that form a set of at least 3 views are cut
     out with the multi-view model; other photos one by one. Outputs are
     <name>.png (<name>.jpg over a colour or an image, <name>_mask.png for
-    masks); two inputs that would share a name get distinct ones.
+    masks); two inputs that would share a name get distinct ones; existing
+    outputs are kept unless --overwrite.
     """
-    from tqdm import tqdm
-
-    from carmask.cutout import parse_background, remove_set
-    from carmask.io import ImageError, find_photos, group_by_car, save_image
+    from carmask.cutout import parse_background
+    from carmask.io import ImageError
 
     try:
         back = parse_background(background)
     except (ValueError, ImageError) as exc:
         raise click.BadParameter(str(exc), param_hint="--bg") from None
-    stdin = "-" in inputs
+    stdin, to_stdout = "-" in inputs, output == "-"
     if stdin and len(inputs) > 1:
         raise click.UsageError("- (standard input) is one photo: give it alone")
-    photos = [Path("-")] if stdin else find_photos(inputs)
-    if not photos:
-        raise click.UsageError(f"no photos found in {' '.join(inputs)}")
-    to_stdout = output == "-"
+    photos = [Path("-")] if stdin else find_inputs(inputs, recursive)
     single_file = len(photos) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES
     if to_stdout and len(photos) > 1:
         raise click.UsageError(f"-o - (standard output) takes one photo, not {len(photos)}")
     if stdin and not (to_stdout or single_file):
         raise click.UsageError("a photo from standard input needs -o FILE.png or -o -")
+    if not to_stdout:
+        check_output(output, folder=not single_file, overwrite=True)  # existing cut-outs are kept, not refused
     targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
         output_names(photos, Path(output), back)
     todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
-    kept = len(photos) - len(todo)
     check_model(model)
-    predictor = make_predictor(model, device, batch_size)
-    predictor.tta = tta
-    skipped: Counter[str] = Counter()
-    written = 0
-    sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
-    with tqdm(total=sum(len(s.paths) for s in sets), unit="photo", desc="cutting out", file=sys.stderr,
-              disable=not sys.stderr.isatty() or len(photos) == 1) as bar:
-        for photo_set in sets:
-            items = [("stdin", click.get_binary_stream("stdin").read())] if stdin else \
-                [(str(p), p) for p in photo_set.paths]
-            for name, result in remove_set(items, predictor, back, refine=refine):
-                bar.update()
-                photo = Path("-") if stdin else Path(name)
-                if photo not in todo:
-                    continue
-                if isinstance(result, ImageError):
-                    skipped["too few views" if "views" in result.reason else "unreadable"] += 1
-                    fail(f"skipped {result}")
-                    continue
-                try:
-                    if to_stdout:
-                        _write_stdout(result)
-                    else:
-                        save_image(targets[photo], result)
-                    written += 1
-                except OSError as exc:
-                    skipped["not written"] += 1
-                    fail(f"skipped {name}: cannot write {targets[photo]} ({exc.strerror or exc})")
-    click.echo(summary(written, kept, skipped, "standard output" if to_stdout else output), err=True)
+    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
+    detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
+    written, skipped, warnings = 0, [], PredictionWarnings()
+    with progress(len(todo), "cutting out") as bar:
+        for result in _cutouts(photos, todo, stdin, predictor, back, refine):
+            photo = Path("-") if stdin else Path(result.name)
+            if photo not in todo:
+                continue  # a view kept from an earlier run: it gave its set's background
+            bar.update()
+            warnings.add(result)
+            if result.error:
+                skipped.append(str(result.error))
+                fail(f"skipped {result.error}")
+                continue
+            try:
+                _write_stdout(result.image) if to_stdout else _save(targets[photo], result.image)
+                written += 1
+            except OSError as exc:
+                skipped.append(f"{photo}: not written ({exc.strerror or exc})")
+                fail(f"skipped {photo}: cannot write {targets[photo]} ({exc.strerror or exc})")
+    info(summary(written, len(photos) - len(todo), "standard output" if to_stdout else output))
+    warnings.summary()
     if skipped:
+        fail(skipped_summary(skipped))
         sys.exit(1)
+
+
+def _cutouts(photos, todo, stdin, predictor, back, refine):
+    """Every cut-out of the sets that hold a photo to do, streamed."""
+    from carmask.cutout import remove_set, remove_sets
+    from carmask.io import group_by_car
+    if stdin:
+        return remove_set([("-", click.get_binary_stream("stdin").read())], predictor, back, refine=refine)
+    sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
+    return remove_sets(sets, predictor, back, refine=refine)
 
 
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:
@@ -114,14 +114,15 @@ def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Pat
     return out
 
 
-def summary(written: int, kept: int, skipped: Counter, where) -> str:
-    parts = [f"wrote {written} cut-out(s) to {where}"]
-    if kept:
-        parts.append(f"kept {kept} existing (--overwrite replaces them)")
-    if skipped:
-        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(skipped.items()))
-        parts.append(f"skipped {sum(skipped.values())} ({kinds})")
-    return "; ".join(parts)
+def summary(written: int, kept: int, where) -> str:
+    return f"wrote {written} cut-out(s) to {where}" + (f"; kept {kept} existing (--overwrite replaces them)"
+                                                       if kept else "")
+
+
+def _save(path: Path, image) -> None:
+    from carmask.io import save_image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(path, image)
 
 
 def _write_stdout(image) -> None:

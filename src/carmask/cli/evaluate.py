@@ -6,20 +6,15 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, batch_option, check_model, check_output,
-                                describe_predictor, detail, device_option, fail, info, main, make_predictor,
-                                model_option, progress, sets_option, size_callback, size_option,
-                                skipped_summary, some, tta_option, verbosity_options, writing)
+from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
+                                detail, fail, info, main, make_predictor, prediction_options, progress,
+                                size_callback, size_option, skipped_summary, some, verbosity_options, writing)
 
 
 @main.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@model_option
+@prediction_options
 @size_option
-@tta_option
-@sets_option
-@device_option
-@batch_option
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Masks folder (default: train_masks/ beside the photos).")
 @click.option("--cars", "cars_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, batch_option, check_model, check_output,
-                                describe_predictor, detail, device_option, fail, find_inputs, info, main,
-                                make_predictor, model_option, progress, recursive_option, sets_option,
-                                size_option, skipped_summary, some, tta_option, verbosity_options, warn,
-                                writing)
+from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
+                                detail, fail, find_inputs, info, main, make_predictor, prediction_options,
+                                progress, recursive_option, size_option, skipped_summary, some, verbosity_options,
+                                warn, writing)
 
 
 @main.command()
@@ -21,12 +20,8 @@ from carmask.cli.common import (InputError, PredictionWarnings, batch_option, ch
 @click.option("-o", "--output", required=True, metavar="FILE",
               help="Submission CSV to write (img,rle_mask), or - for stdout (then not resumable).")
 @recursive_option
-@model_option
+@prediction_options
 @size_option
-@tta_option
-@sets_option
-@device_option
-@batch_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output, and start afresh instead of "
                                                 "continuing an interrupted run.")
 @click.option("--compile", "compile_model", is_flag=True,

@@ -1,0 +1,160 @@
+"""What stands in front of the HTTP service's routes.
+
+`Guard` (ASGI middleware, outermost) adds security headers to every answer,
+refuses other Host names (DNS rebinding) and POSTs from pages of other
+origins, answers a body over the upload limit with a 413 after reading and
+dropping it (so that the client sees the answer) and a body that takes too
+long with a 408; `timed_protocol` closes connections whose headers are late.
+`error_response` shapes every error as the endpoint's API does: remove.bg's
+`{"errors": [{"title", "code"}]}` under /v1.0/, else `{"detail"}`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+
+MiB = 1024 * 1024
+DRAIN_BYTES = 256 * MiB               # an oversized body is read and dropped up to this, then answered
+HEADER_TIMEOUT = 10.0                 # seconds for a client to send a request's headers
+BODY_TIMEOUT = 60.0                   # seconds for a client to send a request's body
+MULTIPART_SLACK = 64 * 1024           # room for multipart headers and form fields
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
+                                  b"'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self'; "
+                                  b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+]
+
+
+def error_response(path: str, status: int, message: str, code: str | None = None, headers=None) -> JSONResponse:
+    """An error as the endpoint's API shapes them: remove.bg's {"errors": [{"title", "code"}]}, else {"detail"}."""
+    if removebg_path(path):
+        code = code or {413: "file_too_large", 415: "invalid_file_type", 408: "timeout",
+                        403: "forbidden"}.get(status, "invalid_parameters")
+        return JSONResponse({"errors": [{"title": message, "code": code}]}, status_code=status, headers=headers)
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+def removebg_path(path: str) -> bool:
+    return path.startswith("/v1.0/")
+
+
+class Guard:
+    """ASGI middleware, outermost: security headers on every answer; Host and
+    Origin checks; request bodies over `max_body` answered 413 after reading
+    and dropping them (up to DRAIN_BYTES, so that the client sees the answer);
+    a body that takes longer than `body_timeout` answered 408."""
+
+    def __init__(self, app, max_body: int, hosts: set[str] | None, origins: set[str],
+                 body_timeout: float = BODY_TIMEOUT):
+        self.app, self.max_body, self.hosts, self.origins = app, max_body, hosts, origins
+        self.body_timeout = body_timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_secure(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + SECURITY_HEADERS}
+            await send(message)
+
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        host = headers.get("host", "")
+        if self.hosts is not None and _hostname(host) not in self.hosts:
+            return await self._refuse(scope, receive, send_secure, 403, f"host {host[:80]!r} is not served here")
+        origin = headers.get("origin")
+        if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
+                origin != f"{scope.get('scheme', 'http')}://{host}" and origin not in self.origins:
+            return await self._refuse(scope, receive, send_secure, 403,
+                                      f"requests from pages of {origin[:80]} are not allowed "
+                                      "(carmask serve --allow-origin adds an origin)")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._refuse(scope, receive, send_secure, 413, self._too_large(), drain=True)
+        seen, deadline = 0, time.monotonic() + self.body_timeout
+
+        async def guarded_receive():
+            nonlocal seen
+            try:
+                message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"the request body took longer than {self.body_timeout:.0f} s",
+                                    headers={"Connection": "close"}) from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    # Raised inside the route's body parsing: answered 413 by the handler.
+                    raise HTTPException(413, self._too_large(), headers={"Connection": "close"})
+            return message
+
+        return await self.app(scope, guarded_receive, send_secure)
+
+    def _too_large(self) -> str:
+        return f"upload is larger than the limit of {self.max_body - MULTIPART_SLACK:,} bytes " \
+               f"({(self.max_body - MULTIPART_SLACK) / MiB:.1f} MiB)"
+
+    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool = False):
+        if drain or scope["method"] not in ("GET", "HEAD"):
+            await _drain(receive, self.body_timeout)
+        await error_response(scope["path"], status, message, headers={"Connection": "close"})(scope, receive, send)
+
+
+async def _drain(receive, timeout: float) -> None:
+    """Read and drop a request body, up to DRAIN_BYTES and `timeout` seconds."""
+    dropped, deadline = 0, time.monotonic() + timeout
+    while dropped <= DRAIN_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def local_hosts(host: str) -> set[str] | None:
+    """Host names a server bound to `host` answers to: None (any) on every interface."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return {"127.0.0.1", "localhost", "::1", host.lower()}
+
+
+
+def timed_protocol(header_timeout: float = HEADER_TIMEOUT):
+    """uvicorn's h11 protocol, closing connections whose request headers take
+    longer than `header_timeout` seconds (slow clients cannot hold them open)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def _arm_header_timer(self):
+            cycle = self.cycle
+            self.loop.call_later(header_timeout, self._headers_late, cycle)
+
+        def _headers_late(self, cycle):
+            if self.cycle is cycle and not self.transport.is_closing():
+                self.transport.close()
+
+    return TimedH11Protocol
