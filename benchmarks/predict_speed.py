@@ -7,7 +7,8 @@ Three measurements with the shipped default models (or `--model`):
    into a `SubmissionWriter`), start-up included; photos/s, the child's peak
    memory (and peak GPU memory). `--baseline REF` runs the same in the
    carmask of another commit (a temporary git worktree), in the same run, so
-   the two compare on one machine in one state. `--nvjpeg both` runs this
+   the two compare on one machine in one state (`--rounds N`: alternately,
+   N times, the median ratio). `--nvjpeg both` runs this
    carmask with and without GPU decoding.
 2. A breakdown by stage, from the predictor's own timers
    (`Predictor(profile=True)`: the device is synchronised after each stage,
@@ -17,7 +18,7 @@ Three measurements with the shipped default models (or `--model`):
    (RLE text) and write (CSV). One untimed set first warms up.
 3. A single photo cut out (decode, predict, compose), warm: median latency.
 
-    python benchmarks/predict_speed.py ../shared/data/carvana-test-1918/test --baseline c30c025
+    python benchmarks/predict_speed.py ../shared/data/carvana-test-1918/test --baseline c30c025 --rounds 3
     python benchmarks/predict_speed.py DIR --device cuda --batch-size 64 --repeat 30 --nvjpeg both --json out.json
 """
 from __future__ import annotations
@@ -178,7 +179,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", help="default: the shipped models (multiview for sets, rgb for single photos)")
-    p.add_argument("--breakdown-sets", type=int, default=10, help="car sets timed stage by stage")
+    p.add_argument("--breakdown-sets", type=int, default=10, help="car sets timed stage by stage (0: none)")
+    p.add_argument("--rounds", type=int, default=1, help="with --baseline: run the two this many times, "
+                   "alternately, and give the median ratio (this machine is shared and noisy)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on a GPU)")
     p.add_argument("--repeat", type=int, default=1, help="predict every photo this many times end to end "
@@ -204,9 +207,14 @@ def measure(args) -> dict:
     if args.baseline:
         from baseline import describe, worktree  # beside this script
         with worktree(args.baseline) as src:
-            figures["baseline"] = {"ref": describe(args.baseline), **end_to_end(args.photo_dir, args, src=src)}
-    figures["end_to_end"] = {v: end_to_end(args.photo_dir, args, v) for v in variants}
-    figures["breakdown"] = {v: breakdown(sets[:args.breakdown_sets], args, v) for v in variants}
+            rounds = [({"ref": describe(args.baseline), **end_to_end(args.photo_dir, args, src=src)},
+                       {v: end_to_end(args.photo_dir, args, v) for v in variants}) for _ in range(args.rounds)]
+        figures["rounds"] = [{"baseline": b, "end_to_end": e} for b, e in rounds]
+        figures["baseline"], figures["end_to_end"] = rounds[-1]
+    else:
+        figures["end_to_end"] = {v: end_to_end(args.photo_dir, args, v) for v in variants}
+    if args.breakdown_sets:
+        figures["breakdown"] = {v: breakdown(sets[:args.breakdown_sets], args, v) for v in variants}
     if not args.no_cutout:
         figures["single_cutout"] = single_cutout(sets[0].paths[0], Predictor(args.model, device=args.device))
     return figures
@@ -225,7 +233,7 @@ def main() -> None:
 
 
 def report(figures: dict) -> None:
-    machine, parts = figures["machine"], figures["breakdown"]
+    machine, parts = figures["machine"], figures.get("breakdown", {})
     print(f"machine: {machine['cores']} cores, {machine['device']}, torch {machine['torch']}")
     runs = [(f"this commit, nvjpeg {v}", e) for v, e in figures["end_to_end"].items()]
     if "baseline" in figures:
@@ -238,9 +246,10 @@ def report(figures: dict) -> None:
               f"| {e['predicting_photos_per_s']}{' (stopped)' if 'stopped_after_s' in e else ''} "
               f"| {e.get('peak_rss_mib', '-')} "
               f"| {e.get('peak_gpu_mib', '-')} |")
-    if "baseline" in figures:
-        for v, e in figures["end_to_end"].items():
-            print(f"this commit (nvjpeg {v}) / baseline: {e['photos_per_s'] / figures['baseline']['photos_per_s']:.2f}x")
+    for v in figures["end_to_end"] if "baseline" in figures else ():
+        ratios = [r["end_to_end"][v]["photos_per_s"] / r["baseline"]["photos_per_s"] for r in figures["rounds"]]
+        each = f" (rounds: {', '.join(f'{r:.2f}x' for r in ratios)}; the table shows the last)" if len(ratios) > 1 else ""
+        print(f"this commit (nvjpeg {v}) / baseline: {float(np.median(ratios)):.2f}x{each}")
     for v, part in parts.items():
         print(f"\nbreakdown over {part['photos']} photos (nvjpeg {v}: {'used' if part['nvjpeg'] else 'not used'}), "
               f"stages one after another, ms per photo:")
