@@ -201,6 +201,21 @@ def test_unreadable_image(client, photo, case):
 
 def test_missing_file_field(client):
     assert client.post("/api/cutout", data={"bg": "mask"}).status_code == 422
+    as_text = client.post("/api/cutout", data={"file": "not a file"})
+    assert as_text.status_code == 422 and as_text.json()["detail"] == "field 'file' must be a file upload"
+
+
+def test_head_and_the_frameworks_own_errors(client):
+    """HEAD answers like GET (monitors use it); 404, 405 and the form parser's
+    400s come in the endpoint's error shape, naming what to do."""
+    assert client.head("/health").status_code == client.head("/").status_code == 200
+    wrong_method = client.get("/v1.0/removebg")
+    assert wrong_method.status_code == 405 and wrong_method.json()["errors"][0]["title"] == "Method Not Allowed"
+    assert client.get("/v1.0/account").json()["errors"][0]["title"] == "Not Found"
+    assert client.get("/api/cutout").json() == {"detail": "Method Not Allowed"}
+    too_long = client.post("/v1.0/removebg", data={"image_file_b64": "A" * (2 << 20)})
+    assert too_long.status_code == 400
+    assert "image_file" in too_long.json()["errors"][0]["title"]
 
 
 def test_model_that_cannot_handle_a_single_photo(set_client, photo):

@@ -44,6 +44,7 @@ from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, Uplo
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carmask import __version__
 from carmask import io as cio
@@ -308,7 +309,7 @@ def _chunks(spool, size: int = 256 * 1024) -> Iterator[bytes]:
 router = APIRouter()
 
 
-@router.get("/health", tags=["meta"], summary="Liveness check")
+@router.api_route("/health", methods=["GET", "HEAD"], tags=["meta"], summary="Liveness check")
 async def health() -> dict:
     return {"status": "ok"}  # async: answered on the event loop, never behind queued work
 
@@ -579,7 +580,7 @@ _PAGE = (STATIC_DIR / "index.html").read_text(encoding="utf-8") if (STATIC_DIR /
     else "<!doctype html><title>carmask</title><p>The web page is not installed; see /openapi.json.</p>"
 
 
-@router.get("/", include_in_schema=False, response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False, response_class=HTMLResponse)
 async def index() -> HTMLResponse:
     return HTMLResponse(_PAGE)
 
@@ -593,7 +594,7 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "header"))
         kind = error.get("type", "")
         what = "is required" if kind == "missing" else \
-            "must be a file upload" if "upload" in kind.lower() or "file" in kind.lower() else \
+            "must be a file upload" if re.search("upload|file", f"{kind} {error.get('msg', '')}", re.I) else \
             re.sub(r"<[^>]*>|0x[0-9a-f]+", "", str(error.get("msg", "is not valid"))).strip()
         problems.append(f"field {where or 'request'!r} {what}")
     path = request.url.path
@@ -601,7 +602,11 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
 
 
 def _http_error(request: Request, exc) -> JSONResponse:
+    """Every HTTP error (also the framework's 404, 405 and form-parsing 400s) in the endpoint's shape."""
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if re.fullmatch(r"(Field|Part) exceeded maximum size of \d+KB\.", detail):
+        detail = (f"a form field is larger than {detail.split()[-1][:-1]}: send images as file parts "
+                  "(image_file, file, files), not as text fields")
     return error_response(request.url.path, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
@@ -630,7 +635,7 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
     app.state.service = state
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RemoveBgError, _removebg_error)
     if STATIC_DIR.is_dir():
         from fastapi.staticfiles import StaticFiles
