@@ -1,4 +1,5 @@
 """The HTTP service: endpoints, limits, bad input and concurrency (TestClient, tiny models)."""
+import base64
 import io
 import re
 import zipfile
@@ -310,3 +311,20 @@ def test_memory_is_given_back_once_the_slots_are_idle():
     with slots(10):
         assert not trimmed.wait(1.5)  # never while a request is at work
     assert trimmed.wait(5)
+
+
+def test_removebg_json_answer_and_foreground_box(client, photo):
+    """remove.bg's clients send `Accept: application/json` and read data.result_b64;
+    X-Foreground-* and foreground_* give the car's box, not the frame."""
+    post = lambda **headers: client.post("/v1.0/removebg", headers=headers,  # noqa: E731
+                                         files={"image_file": ("car.jpg", photo[0], "image/jpeg")})
+    image, answer = post(), post(Accept="application/json")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    data = answer.json()["data"]
+    assert base64.b64decode(data["result_b64"]) == image.content
+    alpha = np.asarray(Image.open(io.BytesIO(image.content)))[..., 3] >= 32
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    box = {"top": rows[0], "left": cols[0], "width": cols[-1] - cols[0] + 1, "height": rows[-1] - rows[0] + 1}
+    assert box["width"] < alpha.shape[1]  # a car, not the frame
+    for key, value in box.items():
+        assert data[f"foreground_{key}"] == value == int(image.headers[f"X-Foreground-{key.title()}"])

@@ -469,6 +469,7 @@ def unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str]
 # -- remove.bg's API ----------------------------------------------------------------------------
 
 WHITE = (255, 255, 255)  # remove.bg's JPEG background when none is given
+FOREGROUND_ALPHA = 32    # alpha counted in the car's box (X-Foreground-*)
 REMOVEBG_SIZES = {"preview": 0.25e6, "small": 0.25e6, "regular": 0.25e6, "medium": 1.5e6, "hd": 4e6,
                   "4k": 10e6, "full": None, "auto": None, "50mp": None}
 
@@ -527,10 +528,30 @@ def removebg(request: Request,
         else:
             body, media = encode(flat if coloured else rgba), "image/png"
     height, width = alpha.shape
-    return Response(body, media_type=media, headers={
-        "X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
-        "X-Foreground-Top": "0", "X-Foreground-Left": "0",
-        "X-Foreground-Width": str(width), "X-Foreground-Height": str(height)})
+    box = _foreground_box(alpha)
+    headers = {"X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
+               **{f"X-Foreground-{k.title()}": str(v) for k, v in box.items()}}
+    if _wants_json(request):  # remove.bg's JSON answer: the image as base64 beside the car's box
+        return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode("ascii"),
+                                      **{f"foreground_{k}": v for k, v in box.items()}}}, headers=headers)
+    return Response(body, media_type=media, headers=headers)
+
+
+def _wants_json(request: Request) -> bool:
+    """remove.bg answers JSON to `Accept: application/json` (its SDKs ask so), else the image."""
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and "image/" not in accept
+
+
+def _foreground_box(alpha: np.ndarray) -> dict[str, int]:
+    """The car's bounding box in the result (pixels at least an eighth opaque,
+    not a faint haze): top, left, width, height."""
+    car = alpha >= FOREGROUND_ALPHA
+    rows, cols = np.flatnonzero(car.any(axis=1)), np.flatnonzero(car.any(axis=0))
+    if not len(rows):
+        return {"top": 0, "left": 0, "width": 0, "height": 0}
+    return {"top": int(rows[0]), "left": int(cols[0]),
+            "width": int(cols[-1] - cols[0] + 1), "height": int(rows[-1] - rows[0] + 1)}
 
 
 def _removebg_image(upload: UploadFile | None, b64: str | None, state: Service, budget: Budget) -> Upload:
