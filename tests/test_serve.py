@@ -328,3 +328,25 @@ def test_removebg_json_answer_and_foreground_box(client, photo):
     assert box["width"] < alpha.shape[1]  # a car, not the frame
     for key, value in box.items():
         assert data[f"foreground_{key}"] == value == int(image.headers[f"X-Foreground-{key.title()}"])
+
+
+def test_allowed_origins_can_read_the_answers(rgb_predictor, photo):
+    """--allow-origin: the browser's preflight (X-Api-Key is not a simple header)
+    is answered, and the answers (errors too) carry the CORS headers that let
+    that page read them; other origins get none."""
+    studio = "http://studio.example:8080"
+    with TestClient(create_app(rgb_predictor, api_key="k", allow_origins=[studio])) as c:
+        preflight = c.options("/v1.0/removebg", headers={"Origin": studio, "Access-Control-Request-Method": "POST",
+                                                         "Access-Control-Request-Headers": "x-api-key"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == studio
+        assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
+        answer = c.post("/v1.0/removebg", headers={"Origin": studio, "X-Api-Key": "k"},
+                        files={"image_file": ("car.jpg", photo[0], "image/jpeg")})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == studio
+        assert "x-width" in answer.headers["access-control-expose-headers"].lower()
+        refused = c.post("/v1.0/removebg", headers={"Origin": studio})
+        assert refused.status_code == 403 and refused.headers["access-control-allow-origin"] == studio
+        evil = c.options("/v1.0/removebg", headers={"Origin": "http://evil.example",
+                                                    "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in evil.headers

@@ -64,6 +64,9 @@ ZIP_EXPANSION = 4                     # a zip may unpack to at most this many ti
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PNG_COMPRESS_LEVEL = 1                # fast; the photo's noise dominates the size anyway
 
+EXPOSED_HEADERS = ["Content-Disposition", "X-Carmask-Warning", "X-Carmask-Cutouts", "X-Carmask-Skipped",
+                   "X-Width", "X-Height", "X-Type", "X-Credits-Charged", "X-Foreground-Top", "X-Foreground-Left",
+                   "X-Foreground-Width", "X-Foreground-Height"]  # readable by --allow-origin pages
 IMAGE_TYPES_LOOSE = ("", "application/octet-stream", "binary/octet-stream")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip", "multipart/x-zip")
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]+")
@@ -663,6 +666,10 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(Guard, max_body=state.max_upload_bytes + MULTIPART_SLACK, hosts=hosts,
                        origins=set(allow_origins), body_timeout=body_timeout)
+    if allow_origins:  # outermost: their pages may read every answer, the guard's refusals too
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "HEAD", "POST"],
+                           allow_headers=["X-Api-Key", "Accept"], expose_headers=EXPOSED_HEADERS)
     return app
 
 
