@@ -350,3 +350,15 @@ def test_allowed_origins_can_read_the_answers(rgb_predictor, photo):
         evil = c.options("/v1.0/removebg", headers={"Origin": "http://evil.example",
                                                     "Access-Control-Request-Method": "POST"})
         assert "access-control-allow-origin" not in evil.headers
+
+
+def test_the_api_key_guards_every_post(rgb_predictor, photo):
+    """With an API key, the page's routes need it too (else it protects nothing)."""
+    files = {"file": ("car.jpg", photo[0], "image/jpeg")}
+    with TestClient(create_app(rgb_predictor, api_key="k")) as c:
+        assert c.get("/version").json()["api_key"] is True  # the page asks for the key
+        for path, form in (("/api/cutout", files), ("/api/cutout-set", {"files": files["file"]})):
+            refused = c.post(path, files=form, headers={"X-Api-Key": "wrong"})
+            assert refused.status_code == 403 and "X-Api-Key" in refused.json()["detail"]
+        assert c.post("/v1.0/removebg").json()["errors"][0]["code"] == "auth_failed"
+        assert c.post("/api/cutout", files=files, headers={"X-Api-Key": "k"}).status_code == 200

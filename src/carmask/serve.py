@@ -8,7 +8,7 @@ Endpoints (OpenAPI at /openapi.json):
 * ``POST /api/cutout``: one photo (multipart field ``file``) -> PNG cut-out
 * ``POST /api/cutout-set``: views of one or more cars (``files``, or a zip) -> zip of PNGs
 * ``POST /v1.0/removebg``: remove.bg's API (``image_file``, ``size``, ``format``, ``bg_color``,
-  ``bg_image_file``, ``channels``; ``X-Api-Key`` when the server has a key), so its clients work
+  ``bg_image_file``, ``channels``), so its clients work; with an API key every POST needs ``X-Api-Key``
 * ``GET /``: the web page (``static/index.html``)
 
 Every cut-out goes through `cutout.remove_set` (`Service.cut`). Bounds: a request body over
@@ -18,7 +18,7 @@ before anything is decoded, against a per-request budget; decoding and all
 work happen inside `PixelSlots`, which admit a few requests and a fixed number
 of pixels at once; slow clients meet header and body timeouts. Pages of other
 origins cannot drive the API (Origin check), nor can other host names (Host
-check, against DNS rebinding): `guard.py`. Nothing a client sends is used as a path.
+check, against DNS rebinding), nor clients without the API key: `guard.py`. Nothing a client sends is used as a path.
 """
 from __future__ import annotations
 
@@ -492,9 +492,7 @@ def removebg(request: Request,
              image_url: str | None = Form(None), size: str = Form("auto"), type: str = Form("auto"),
              format: str = Form("auto"), bg_color: str | None = Form(None),
              bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba")):
-    state = service(request)
-    if state.api_key is not None and request.headers.get("x-api-key") != state.api_key:
-        raise RemoveBgError(403, "Missing or invalid API key (X-Api-Key)", "auth_failed")
+    state = service(request)  # the API key, if any, was checked in front (guard.py)
     fmt, size, channels = (format or "auto").lower(), (size or "auto").lower(), (channels or "rgba").lower()
     for name, value, allowed in (("format", fmt, ("auto", "png", "jpg", "zip")), ("size", size, REMOVEBG_SIZES),
                                  ("channels", channels, ("rgba", "alpha"))):
@@ -645,7 +643,7 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
     (a shipped name, a checkpoint path, or None for the shipped defaults) and
     `device`. `max_pixels`: every image of one request together. `hosts`: the
     Host names served (None: any). `allow_origins`: other origins whose pages
-    may POST. `api_key`: required as X-Api-Key on the remove.bg endpoint."""
+    may POST. `api_key`: required as X-Api-Key on every POST (the page asks for it)."""
     predictor = predictor or Predictor(model, device=device)
     jobs = max_concurrency or max(2, min(4, os.cpu_count() or 1))
     state = Service(predictor, int(max_upload_bytes), int(max_pixels),
@@ -665,7 +663,7 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
         from fastapi.staticfiles import StaticFiles
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(Guard, max_body=state.max_upload_bytes + MULTIPART_SLACK, hosts=hosts,
-                       origins=set(allow_origins), body_timeout=body_timeout)
+                       origins=set(allow_origins), body_timeout=body_timeout, api_key=api_key)
     if allow_origins:  # outermost: their pages may read every answer, the guard's refusals too
         from starlette.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "HEAD", "POST"],
