@@ -362,3 +362,20 @@ def test_the_api_key_guards_every_post(rgb_predictor, photo):
             assert refused.status_code == 403 and "X-Api-Key" in refused.json()["detail"]
         assert c.post("/v1.0/removebg").json()["errors"][0]["code"] == "auth_failed"
         assert c.post("/api/cutout", files=files, headers={"X-Api-Key": "k"}).status_code == 200
+
+
+def test_two_cars_in_zip_folders_with_the_same_names_stay_two_sets(set_client, views):
+    """a/car_01..03 and b/car_01..03: two sets (the seed model cuts out sets only),
+    b's outputs named car_0N-2.png and made from b's photos."""
+    names = [name for name, _ in views[:3]]
+    upload = io.BytesIO()
+    with zipfile.ZipFile(upload, "w") as archive:
+        for folder, chosen in (("a", views[:3]), ("b", views[3:6])):
+            for name, (_, data) in zip(names, chosen):
+                archive.writestr(f"{folder}/{name}", data)
+    members = _zip_names(set_client.post("/api/cutout-set", files={"files": ("cars.zip", upload.getvalue())}))
+    stems = [name.removesuffix(".jpg") for name in names]
+    assert sorted(members) == sorted([f"{s}.png" for s in stems] + [f"{s}-2.png" for s in stems])
+    alone = _zip_names(set_client.post("/api/cutout-set", files=[("files", (name, data, "image/jpeg"))
+                                                                  for name, (_, data) in zip(names, views[3:6])]))
+    assert all(members[f"{s}-2.png"] == alone[f"{s}.png"] for s in stems)

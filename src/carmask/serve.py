@@ -369,7 +369,7 @@ def cutout_set(request: Request,
     back = background_of(bg, background, state, budget)
     errors: list[str] = []
     items = collect(files, state, errors)
-    for label, data in items:
+    for label, data, _ in items:
         budget.add(data, label)
     if not items:
         raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
@@ -378,9 +378,9 @@ def cutout_set(request: Request,
     written, notes = 0, []
     try:
         with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.slots(budget.used):
-            target, by_label = decoded(back), dict(items)
-            for photo_set in group_by_car([Path(label) for label, _ in items]):  # labels only: no file access
-                for result in state.cut([(p.name, by_label[p.name]) for p in photo_set.paths], target):
+            target, by_place = decoded(back), {place: (label, data) for label, data, place in items}
+            for photo_set in group_by_car(list(by_place)):  # keys only: no file access
+                for result in state.cut([by_place[p] for p in photo_set.paths], target):
                     if result.warning and result.warning not in notes:
                         notes.append(result.warning)
                     if result.error:
@@ -408,13 +408,19 @@ def cutout_set(request: Request,
                                       "X-Carmask-Skipped": str(len(errors))})
 
 
-def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[tuple[str, bytes]]:
-    """(unique label, bytes) for every photo uploaded directly or inside a zip."""
-    items: list[tuple[str, bytes]] = []
+def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[tuple[str, bytes, Path]]:
+    """(unique label, bytes, place) for every photo uploaded directly or inside
+    a zip. The label names the output; the place groups views into cars: the
+    photo's folder in its zip (a number, never the client's path) and its name,
+    so that two cars' folders with the same file names stay two sets."""
+    items: list[tuple[str, bytes, Path]] = []
     taken: set[str] = set()
+    places: set[Path] = set()
+    folders: dict[str, int] = {}
 
-    def add(name: str | None, data: bytes) -> None:
+    def add(name: str | None, data: bytes, folder: str = "") -> None:
         label = safe_label(name, "photo")
+        base = label
         if label in taken:
             stem, suffix = _stem(label), PurePosixPath(label).suffix
             n = 2
@@ -422,7 +428,11 @@ def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[
                 n += 1
             label = f"{stem}-{n}{suffix}"
         taken.add(label)
-        items.append((label, data))
+        place = Path(str(folders.setdefault(folder, len(folders)))) / base
+        if place in places:  # the same name twice in one folder: a photo of its own
+            place = place.with_name(label)
+        places.add(place)
+        items.append((label, data, place))
         if len(items) > MAX_SET_FILES:
             raise HTTPException(413, f"more than {MAX_SET_FILES} photos in one request")
 
@@ -466,7 +476,7 @@ def unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str]
             budget[0] -= len(content)
             if budget[0] < 0:
                 raise HTTPException(413, f"{zip_label}: unpacks to more than {ZIP_EXPANSION}x the upload limit")
-            add(base, content)
+            add(base, content, f"{zip_label}/{PurePosixPath(name).parent}")
 
 
 # -- remove.bg's API ----------------------------------------------------------------------------
