@@ -379,3 +379,16 @@ def test_two_cars_in_zip_folders_with_the_same_names_stay_two_sets(set_client, v
     alone = _zip_names(set_client.post("/api/cutout-set", files=[("files", (name, data, "image/jpeg"))
                                                                   for name, (_, data) in zip(names, views[3:6])]))
     assert all(members[f"{s}-2.png"] == alone[f"{s}.png"] for s in stems)
+
+
+def test_removebg_json_request(client, photo):
+    """remove.bg also takes its fields as a JSON body (image_file_b64, size, format, ...)."""
+    b64 = base64.b64encode(photo[0]).decode()
+    answer = client.post("/v1.0/removebg", json={"image_file_b64": b64, "format": "jpg", "bg_color": "00b900"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    for body, field in (({"image_file_b64": 7}, "image_file_b64 must be a string"), ([b64], "object"),
+                        ({"image_url": "http://169.254.169.254/"}, "fetches nothing"), ({}, "No image given")):
+        refused = client.post("/v1.0/removebg", json=body)
+        assert refused.status_code == 400 and field in refused.json()["errors"][0]["title"]
+    broken = client.post("/v1.0/removebg", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and "JSON" in broken.json()["errors"][0]["title"]

@@ -27,6 +27,7 @@ import binascii
 import ctypes
 import gc
 import io
+import json
 import os
 import re
 import tempfile
@@ -40,7 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
@@ -494,6 +495,25 @@ class RemoveBgError(Exception):
         self.status, self.title, self.code = status, title, code
 
 
+REMOVEBG_JSON_FIELDS = ("image_file_b64", "image_url", "size", "type", "format", "bg_color", "channels")
+
+
+async def _json_fields(request: Request) -> dict:
+    """remove.bg's fields from an application/json body ({} for a form): strings only."""
+    if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+        return {}
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise RemoveBgError(400, "the request body is not valid JSON", "invalid_parameters") from None
+    if not isinstance(body, dict):
+        raise RemoveBgError(400, "the JSON body must be an object of remove.bg's fields", "invalid_parameters")
+    for name in REMOVEBG_JSON_FIELDS:
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise RemoveBgError(400, f"{name} must be a string", "invalid_parameters")
+    return {name: body[name] for name in REMOVEBG_JSON_FIELDS if body.get(name) is not None}
+
+
 @router.post("/v1.0/removebg", tags=["remove.bg"], summary="remove.bg-compatible cut-out",
              response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {},
                                                                     "application/zip": {}}}})
@@ -501,8 +521,13 @@ def removebg(request: Request,
              image_file: UploadFile | None = File(None), image_file_b64: str | None = Form(None),
              image_url: str | None = Form(None), size: str = Form("auto"), type: str = Form("auto"),
              format: str = Form("auto"), bg_color: str | None = Form(None),
-             bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba")):
+             bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba"),
+             json_body: dict = Depends(_json_fields)):
     state = service(request)  # the API key, if any, was checked in front (guard.py)
+    if json_body:  # remove.bg's JSON request: the same fields, files as base64
+        image_file_b64, image_url, bg_color = (json_body.get(k) for k in ("image_file_b64", "image_url", "bg_color"))
+        size, format, channels = (json_body.get(k) or d for k, d in (("size", "auto"), ("format", "auto"),
+                                                                      ("channels", "rgba")))
     fmt, size, channels = (format or "auto").lower(), (size or "auto").lower(), (channels or "rgba").lower()
     for name, value, allowed in (("format", fmt, ("auto", "png", "jpg", "zip")), ("size", size, REMOVEBG_SIZES),
                                  ("channels", channels, ("rgba", "alpha"))):
