@@ -392,3 +392,13 @@ def test_removebg_json_request(client, photo):
         assert refused.status_code == 400 and field in refused.json()["errors"][0]["title"]
     broken = client.post("/v1.0/removebg", content=b"{not json", headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and "JSON" in broken.json()["errors"][0]["title"]
+
+
+def test_a_bug_is_a_json_500_without_internals(rgb_predictor, photo, monkeypatch):
+    from carmask.serve import Service
+    monkeypatch.setattr(Service, "cut", lambda *a: 1 / 0)
+    with TestClient(create_app(rgb_predictor), raise_server_exceptions=False) as c:
+        for path, field, shape in (("/api/cutout", "file", "detail"), ("/v1.0/removebg", "image_file", "errors")):
+            answer = c.post(path, files={field: ("car.jpg", photo[0], "image/jpeg")})
+            assert answer.status_code == 500 and shape in answer.json()
+            assert "internal error" in answer.text and "ZeroDivision" not in answer.text

@@ -658,6 +658,12 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     return error_response(path, 400 if removebg_path(path) else 422, "; ".join(problems) or "the request is not valid")
 
 
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: a 500 in the endpoint's shape, no internals (the traceback goes to the server's log)."""
+    return error_response(request.url.path, 500, "internal error: the server could not answer this request "
+                                                 "(its log has the details)", "internal_error")
+
+
 def _http_error(request: Request, exc) -> JSONResponse:
     """Every HTTP error (also the framework's 404, 405 and form-parsing 400s) in the endpoint's shape."""
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
@@ -694,6 +700,7 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RemoveBgError, _removebg_error)
+    app.add_exception_handler(Exception, _internal_error)
     if STATIC_DIR.is_dir():
         from fastapi.staticfiles import StaticFiles
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
