@@ -175,3 +175,20 @@ def test_same_names_get_their_own_cutouts_and_focus_shows(server, browser, synth
     assert [link.get_attribute("download") for link in links] == \
         ["car_01.png", "car_02.png", "car_03.png", "car_01-2.png", "car_02-2.png", "car_03-2.png"]
     assert "car_01-2.jpg" in browser.find_elements(By.CSS_SELECTOR, ".card .note")[3].text
+
+
+def test_a_server_with_a_key_asks_for_it(rgb_model, browser, synth_data):
+    """--api-key: the page shows a key field; without the key a card says so, and
+    entering it redoes the failed photo."""
+    from selenium.webdriver.common.keys import Keys
+    photo = sorted((synth_data / "test").glob("*_05.jpg"))[0]
+    with live_server(create_app(Predictor(model=rgb_model, device="cpu"), api_key="k")) as url:
+        browser.get(url + "/")
+        WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "key-box").is_displayed())
+        browser.find_element(By.ID, "file-input").send_keys(str(photo))
+        _results(browser, 1, failed=1)
+        assert "X-Api-Key" in browser.find_element(By.CSS_SELECTOR, ".card").text
+        key = browser.find_element(By.ID, "api-key")
+        key.send_keys("k", Keys.TAB)
+        WebDriverWait(browser, 60).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, ".card").get_attribute("data-state") == "done")
