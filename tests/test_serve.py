@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from carmask import __version__  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
-from carmask.serve import create_app, safe_label  # noqa: E402
+from carmask.serve import create_app, page_url, safe_label  # noqa: E402
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -402,3 +402,9 @@ def test_a_bug_is_a_json_500_without_internals(rgb_predictor, photo, monkeypatch
             answer = c.post(path, files={field: ("car.jpg", photo[0], "image/jpeg")})
             assert answer.status_code == 500 and shape in answer.json()
             assert "internal error" in answer.text and "ZeroDivision" not in answer.text
+
+
+def test_the_printed_page_address_opens():
+    assert page_url("::1", 8000) == "http://[::1]:8000/"
+    assert page_url("0.0.0.0", 8000) == page_url("::", 8000) == "http://127.0.0.1:8000/"
+    assert page_url("localhost", 80) == "http://localhost:80/"

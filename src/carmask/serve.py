@@ -723,6 +723,12 @@ def _preload(predictor: Predictor) -> None:
             pass
 
 
+def page_url(host: str, port: int) -> str:
+    """Where to open the page of a server bound to `host` (an IPv6 address in brackets)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
 def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto",
         api_key: str | None = None, allow_origins=(), max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         max_concurrency: int | None = None) -> None:
@@ -732,6 +738,6 @@ def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "au
     app = create_app(model=model, device=device, api_key=api_key, hosts=local_hosts(host),
                      allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
                      max_concurrency=max_concurrency)
-    print(f"carmask {__version__}: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
+    print(f"carmask {__version__}: open {page_url(host, port)}")
     uvicorn.run(app, host=host, port=port, log_level="info", http=timed_protocol(),
                 timeout_keep_alive=5, limit_concurrency=512)
