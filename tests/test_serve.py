@@ -408,3 +408,18 @@ def test_the_printed_page_address_opens():
     assert page_url("::1", 8000) == "http://[::1]:8000/"
     assert page_url("0.0.0.0", 8000) == page_url("::", 8000) == "http://127.0.0.1:8000/"
     assert page_url("localhost", 80) == "http://localhost:80/"
+
+
+def test_removebg_crop(client, photo):
+    """crop=true trims the cut-out to the car's box (form or JSON); a bad value is named."""
+    files = {"image_file": ("car.jpg", photo[0], "image/jpeg")}
+    whole = client.post("/v1.0/removebg", files=files)
+    top, left, width, height = (int(whole.headers[f"X-Foreground-{k}"]) for k in ("Top", "Left", "Width", "Height"))
+    cropped = client.post("/v1.0/removebg", files=files, data={"crop": "true"})
+    image = np.asarray(Image.open(io.BytesIO(cropped.content)))
+    assert image.shape[:2] == (height, width) and cropped.headers["X-Width"] == str(width)
+    assert np.array_equal(image, np.asarray(Image.open(io.BytesIO(whole.content)))[top:top + height, left:left + width])
+    as_json = client.post("/v1.0/removebg", json={"image_file_b64": base64.b64encode(photo[0]).decode(), "crop": True})
+    assert as_json.content == cropped.content
+    refused = client.post("/v1.0/removebg", files=files, data={"crop": "maybe"})
+    assert refused.status_code == 400 and "crop" in refused.json()["errors"][0]["title"]

@@ -495,7 +495,8 @@ class RemoveBgError(Exception):
         self.status, self.title, self.code = status, title, code
 
 
-REMOVEBG_JSON_FIELDS = ("image_file_b64", "image_url", "size", "type", "format", "bg_color", "channels")
+REMOVEBG_JSON_FIELDS = ("image_file_b64", "image_url", "size", "type", "format", "bg_color", "channels", "crop")
+FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
 
 
 async def _json_fields(request: Request) -> dict:
@@ -509,6 +510,8 @@ async def _json_fields(request: Request) -> dict:
     if not isinstance(body, dict):
         raise RemoveBgError(400, "the JSON body must be an object of remove.bg's fields", "invalid_parameters")
     for name in REMOVEBG_JSON_FIELDS:
+        if isinstance(body.get(name), bool):  # crop: true
+            body[name] = str(body[name]).lower()
         if body.get(name) is not None and not isinstance(body[name], str):
             raise RemoveBgError(400, f"{name} must be a string", "invalid_parameters")
     return {name: body[name] for name in REMOVEBG_JSON_FIELDS if body.get(name) is not None}
@@ -522,17 +525,20 @@ def removebg(request: Request,
              image_url: str | None = Form(None), size: str = Form("auto"), type: str = Form("auto"),
              format: str = Form("auto"), bg_color: str | None = Form(None),
              bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba"),
+             crop: str = Form("false", description="true: trimmed to the car (X-Foreground-* box)."),
              json_body: dict = Depends(_json_fields)):
     state = service(request)  # the API key, if any, was checked in front (guard.py)
     if json_body:  # remove.bg's JSON request: the same fields, files as base64
         image_file_b64, image_url, bg_color = (json_body.get(k) for k in ("image_file_b64", "image_url", "bg_color"))
-        size, format, channels = (json_body.get(k) or d for k, d in (("size", "auto"), ("format", "auto"),
-                                                                      ("channels", "rgba")))
+        size, format, channels, crop = (json_body.get(k) or d for k, d in (("size", "auto"), ("format", "auto"),
+                                                                            ("channels", "rgba"), ("crop", "false")))
     fmt, size, channels = (format or "auto").lower(), (size or "auto").lower(), (channels or "rgba").lower()
     for name, value, allowed in (("format", fmt, ("auto", "png", "jpg", "zip")), ("size", size, REMOVEBG_SIZES),
                                  ("channels", channels, ("rgba", "alpha"))):
         if value not in allowed:
             raise RemoveBgError(400, f"{name} {value[:40]!r}: use one of {', '.join(allowed)}", "invalid_parameters")
+    if (crop or "").lower() not in FLAGS:
+        raise RemoveBgError(400, f"crop {crop[:40]!r}: use true or false", "invalid_parameters")
     if image_url:
         raise RemoveBgError(400, "image_url is not supported: this server fetches nothing; send image_file",
                             "invalid_parameters")
@@ -546,6 +552,8 @@ def removebg(request: Request,
             raise RemoveBgError(400, str(result.error), "unknown_foreground" if "views" in result.error.reason
                                 else "invalid_image")
         rgba = _scaled(result.image, REMOVEBG_SIZES[size])
+        if FLAGS[(crop or "").lower()]:
+            rgba = _cropped(rgba)
         alpha, coloured = rgba[..., 3], back != "transparent"
         try:
             flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
@@ -571,6 +579,14 @@ def removebg(request: Request,
         return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode("ascii"),
                                       **{f"foreground_{k}": v for k, v in box.items()}}}, headers=headers)
     return Response(body, media_type=media, headers=headers)
+
+
+def _cropped(rgba: np.ndarray) -> np.ndarray:
+    """remove.bg's crop: the cut-out trimmed to the car's box."""
+    box = _foreground_box(rgba[..., 3])
+    if not box["width"]:
+        raise RemoveBgError(400, "crop: no car was found to crop to", "unknown_foreground")
+    return rgba[box["top"]:box["top"] + box["height"], box["left"]:box["left"] + box["width"]]
 
 
 def _wants_json(request: Request) -> bool:
