@@ -308,7 +308,7 @@ def test_memory_is_given_back_once_the_slots_are_idle():
     import carmask.serve
     trimmed = threading.Event()
     slots = carmask.serve.PixelSlots(2, 100, on_idle=trimmed.set)
-    with slots(10):
+    with slots.job(), slots(10):
         assert not trimmed.wait(1.5)  # never while a request is at work
     assert trimmed.wait(5)
 
@@ -423,3 +423,29 @@ def test_removebg_crop(client, photo):
     assert as_json.content == cropped.content
     refused = client.post("/v1.0/removebg", files=files, data={"crop": "maybe"})
     assert refused.status_code == 400 and "crop" in refused.json()["errors"][0]["title"]
+
+
+def test_uploads_are_read_into_memory_only_inside_a_job(rgb_predictor, photo, monkeypatch):
+    """Requests beyond the jobs wait with their uploads spooled, not in memory
+    (30 tiny zips unpacking 100 MiB each took a server to 3.2 GiB)."""
+    import threading
+    import time
+
+    import carmask.serve as serve
+    active, most, lock = [0], [0], threading.Lock()
+    read = serve.read_upload
+
+    def counting(upload, state):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        try:
+            return read(upload, state)
+        finally:
+            with lock:
+                active[0] -= 1
+    monkeypatch.setattr(serve, "read_upload", counting)
+    with TestClient(create_app(rgb_predictor, max_concurrency=1)) as c, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _post(c, photo[0]).status_code, range(4)))
+    assert answers == [200] * 4 and most[0] == 1

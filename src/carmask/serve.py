@@ -14,11 +14,12 @@ Endpoints (OpenAPI at /openapi.json):
 Every cut-out goes through `cutout.remove_set` (`Service.cut`). Bounds: a request body over
 the upload limit gets 413 (the body read and dropped up to a bound first, so
 the client sees the answer); every image's pixels are counted from its header
-before anything is decoded, against a per-request budget; decoding and all
-work happen inside `PixelSlots`, which admit a few requests and a fixed number
-of pixels at once; slow clients meet header and body timeouts. Pages of other
-origins cannot drive the API (Origin check), nor can other host names (Host
-check, against DNS rebinding), nor clients without the API key: `guard.py`. Nothing a client sends is used as a path.
+before anything is decoded, against a per-request budget; reading uploads into
+memory, unpacking zips, decoding and all work happen inside `PixelSlots`,
+which admit a few requests and a fixed number of pixels at once; slow clients
+meet header and body timeouts. Pages of other origins cannot drive the API
+(Origin check), nor can other host names (Host check, against DNS rebinding),
+nor clients without the API key: `guard.py`. Nothing a client sends is used as a path.
 """
 from __future__ import annotations
 
@@ -85,11 +86,12 @@ ERRORS = {
 # -- what the routes share: the app's state ---------------------------------------------------------
 
 class PixelSlots:
-    """At most `jobs` requests at work and `pixels` decoded pixels at once: a
-    request waits here (`with slots(pixels):`), before decoding anything, until
-    its pixels fit. A second after the last one leaves, `on_idle` runs: by
-    default the memory freed is given back to the system (glibc keeps it
-    otherwise, and the server would stay at its peak size)."""
+    """At most `jobs` requests at work and `pixels` decoded pixels at once. A
+    request waits for a job (`with slots.job():`) before it reads its uploads
+    into memory or unpacks a zip, and then (`with slots(pixels):`), before
+    decoding anything, until its pixels fit. A second after the last job
+    ends, `on_idle` runs: by default the memory freed is given back to the
+    system (glibc keeps it otherwise, and the server would stay at its peak size)."""
 
     def __init__(self, jobs: int, pixels: int, on_idle=None):
         self.jobs, self.pixels = jobs, pixels
@@ -100,20 +102,31 @@ class PixelSlots:
         threading.Thread(target=self._trim_when_idle, name="carmask-trim", daemon=True).start()
 
     @contextmanager
-    def __call__(self, pixels: int):
-        pixels = min(int(pixels), self.pixels)
+    def job(self):
         with self._free:
-            self._free.wait_for(lambda: self._busy_jobs < self.jobs and self._busy_pixels + pixels <= self.pixels)
+            self._free.wait_for(lambda: self._busy_jobs < self.jobs)
             self._busy_jobs += 1
-            self._busy_pixels += pixels
         try:
             yield
         finally:
             with self._free:
                 self._busy_jobs -= 1
-                self._busy_pixels -= pixels
                 self._free.notify_all()
             self._worked.set()
+
+    @contextmanager
+    def __call__(self, pixels: int):
+        """Inside a job: wait until `pixels` more decoded pixels fit."""
+        pixels = min(int(pixels), self.pixels)
+        with self._free:
+            self._free.wait_for(lambda: self._busy_pixels + pixels <= self.pixels)
+            self._busy_pixels += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self._busy_pixels -= pixels
+                self._free.notify_all()
 
     def _trim_when_idle(self) -> None:
         while self._worked.wait():
@@ -336,19 +349,20 @@ def cutout(request: Request,
            background: UploadFile | None = File(None, description="Optional background image "
                                                                     "(scaled to cover); wins over bg.")):
     state = service(request)
-    budget = Budget(state.request_pixels)
-    photo = read_image(file, state, budget, "photo")
-    back = background_of(bg, background, state, budget)
-    try:
-        with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
-            [result] = state.cut([(photo.label, photo.data)], decoded(back))
-            body = None if result.error else encode(result.image)
-    except ImageError as exc:  # the background image
-        raise HTTPException(422, str(exc)) from None
-    if result.error:
-        raise HTTPException(422, str(result.error))
-    return Response(body, media_type="image/png", headers={
-        "Content-Disposition": f'inline; filename="{_stem(photo.label)}.png"', **warning_header(result)})
+    with state.slots.job():  # a few requests at once from here: their uploads in memory
+        budget = Budget(state.request_pixels)
+        photo = read_image(file, state, budget, "photo")
+        back = background_of(bg, background, state, budget)
+        try:
+            with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
+                [result] = state.cut([(photo.label, photo.data)], decoded(back))
+                body = None if result.error else encode(result.image)
+        except ImageError as exc:  # the background image
+            raise HTTPException(422, str(exc)) from None
+        if result.error:
+            raise HTTPException(422, str(result.error))
+        return Response(body, media_type="image/png", headers={
+            "Content-Disposition": f'inline; filename="{_stem(photo.label)}.png"', **warning_header(result)})
 
 
 @router.post("/api/cutout-set", tags=["cutout"], summary="Cut out sets of views of cars (zip of PNGs)",
@@ -364,49 +378,50 @@ def cutout_set(request: Request,
                bg: str = Form("transparent", description="As for /api/cutout."),
                background: UploadFile | None = File(None, description="Optional background image.")):
     state = service(request)
-    for upload in files:
-        check_type(upload, allow_zip=True)
-    budget = Budget(state.request_pixels)
-    back = background_of(bg, background, state, budget)
-    errors: list[str] = []
-    items = collect(files, state, errors)
-    for label, data, _ in items:
-        budget.add(data, label)
-    if not items:
-        raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
-    suffix = "_mask.png" if back == "mask" else ".png"
-    out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
-    written, notes = 0, []
-    try:
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.slots(budget.used):
-            target, by_place = decoded(back), {place: (label, data) for label, data, place in items}
-            for photo_set in group_by_car(list(by_place)):  # keys only: no file access
-                for result in state.cut([by_place[p] for p in photo_set.paths], target):
-                    if result.warning and result.warning not in notes:
-                        notes.append(result.warning)
-                    if result.error:
-                        errors.append(str(result.error))
-                        continue
-                    archive.writestr(f"{_stem(result.name)}{suffix}", encode(result.image))
-                    written += 1
-            for name, lines in (("errors.txt", errors), ("warnings.txt", notes)):
-                if lines:
-                    archive.writestr(name, "\n".join(lines) + "\n")
-        if not written:
-            raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
-    except ImageError as exc:  # the background image
-        out.close()
-        raise HTTPException(422, str(exc)) from None
-    except BaseException:
-        out.close()
-        raise
-    size = out.tell()
-    out.seek(0)
-    return StreamingResponse(_chunks(out), media_type="application/zip",
-                             headers={"Content-Disposition": 'attachment; filename="cutouts.zip"',
-                                      "Content-Length": str(size),
-                                      "X-Carmask-Cutouts": str(written),
-                                      "X-Carmask-Skipped": str(len(errors))})
+    with state.slots.job():  # a few at once from here: uploads and unpacked zips in memory
+        for upload in files:
+            check_type(upload, allow_zip=True)
+        budget = Budget(state.request_pixels)
+        back = background_of(bg, background, state, budget)
+        errors: list[str] = []
+        items = collect(files, state, errors)
+        for label, data, _ in items:
+            budget.add(data, label)
+        if not items:
+            raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
+        suffix = "_mask.png" if back == "mask" else ".png"
+        out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
+        written, notes = 0, []
+        try:
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.slots(budget.used):
+                target, by_place = decoded(back), {place: (label, data) for label, data, place in items}
+                for photo_set in group_by_car(list(by_place)):  # keys only: no file access
+                    for result in state.cut([by_place[p] for p in photo_set.paths], target):
+                        if result.warning and result.warning not in notes:
+                            notes.append(result.warning)
+                        if result.error:
+                            errors.append(str(result.error))
+                            continue
+                        archive.writestr(f"{_stem(result.name)}{suffix}", encode(result.image))
+                        written += 1
+                for name, lines in (("errors.txt", errors), ("warnings.txt", notes)):
+                    if lines:
+                        archive.writestr(name, "\n".join(lines) + "\n")
+            if not written:
+                raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
+        except ImageError as exc:  # the background image
+            out.close()
+            raise HTTPException(422, str(exc)) from None
+        except BaseException:
+            out.close()
+            raise
+        size = out.tell()
+        out.seek(0)
+        return StreamingResponse(_chunks(out), media_type="application/zip",
+                                 headers={"Content-Disposition": 'attachment; filename="cutouts.zip"',
+                                          "Content-Length": str(size),
+                                          "X-Carmask-Cutouts": str(written),
+                                          "X-Carmask-Skipped": str(len(errors))})
 
 
 def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[tuple[str, bytes, Path]]:
@@ -542,43 +557,44 @@ def removebg(request: Request,
     if image_url:
         raise RemoveBgError(400, "image_url is not supported: this server fetches nothing; send image_file",
                             "invalid_parameters")
-    budget = Budget(state.request_pixels)
-    photo = _removebg_image(image_file, image_file_b64, state, budget)
-    back = background_of(None, bg_image_file, state, budget) if bg_image_file is not None and \
-        bg_image_file.filename else _removebg_colour(bg_color)
-    with state.slots(budget.used):
-        [result] = state.cut([(photo.label, photo.data)], "transparent")
-        if result.error:
-            raise RemoveBgError(400, str(result.error), "unknown_foreground" if "views" in result.error.reason
-                                else "invalid_image")
-        rgba = _scaled(result.image, REMOVEBG_SIZES[size])
-        if FLAGS[(crop or "").lower()]:
-            rgba = _cropped(rgba)
-        alpha, coloured = rgba[..., 3], back != "transparent"
-        try:
-            flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
-        except ImageError as exc:
-            raise RemoveBgError(400, str(exc), "invalid_image") from None
-        if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
-            buffer = io.BytesIO()
-            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-                archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
-                archive.writestr("alpha.png", encode(alpha))
-            body, media = buffer.getvalue(), "application/zip"
-        elif channels == "alpha":
-            body, media = encode(alpha), "image/png"
-        elif fmt == "jpg" or (fmt == "auto" and coloured):
-            body, media = encode(flat, "JPEG"), "image/jpeg"
-        else:
-            body, media = encode(flat if coloured else rgba), "image/png"
-    height, width = alpha.shape
-    box = _foreground_box(alpha)
-    headers = {"X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
-               **{f"X-Foreground-{k.title()}": str(v) for k, v in box.items()}}
-    if _wants_json(request):  # remove.bg's JSON answer: the image as base64 beside the car's box
-        return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode("ascii"),
-                                      **{f"foreground_{k}": v for k, v in box.items()}}}, headers=headers)
-    return Response(body, media_type=media, headers=headers)
+    with state.slots.job():  # a few requests at once from here: their uploads in memory
+        budget = Budget(state.request_pixels)
+        photo = _removebg_image(image_file, image_file_b64, state, budget)
+        back = background_of(None, bg_image_file, state, budget) if bg_image_file is not None and \
+            bg_image_file.filename else _removebg_colour(bg_color)
+        with state.slots(budget.used):
+            [result] = state.cut([(photo.label, photo.data)], "transparent")
+            if result.error:
+                raise RemoveBgError(400, str(result.error), "unknown_foreground" if "views" in result.error.reason
+                                    else "invalid_image")
+            rgba = _scaled(result.image, REMOVEBG_SIZES[size])
+            if FLAGS[(crop or "").lower()]:
+                rgba = _cropped(rgba)
+            alpha, coloured = rgba[..., 3], back != "transparent"
+            try:
+                flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
+            except ImageError as exc:
+                raise RemoveBgError(400, str(exc), "invalid_image") from None
+            if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
+                buffer = io.BytesIO()
+                with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+                    archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
+                    archive.writestr("alpha.png", encode(alpha))
+                body, media = buffer.getvalue(), "application/zip"
+            elif channels == "alpha":
+                body, media = encode(alpha), "image/png"
+            elif fmt == "jpg" or (fmt == "auto" and coloured):
+                body, media = encode(flat, "JPEG"), "image/jpeg"
+            else:
+                body, media = encode(flat if coloured else rgba), "image/png"
+        height, width = alpha.shape
+        box = _foreground_box(alpha)
+        headers = {"X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
+                   **{f"X-Foreground-{k.title()}": str(v) for k, v in box.items()}}
+        if _wants_json(request):  # remove.bg's JSON answer: the image as base64 beside the car's box
+            return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode("ascii"),
+                                          **{f"foreground_{k}": v for k, v in box.items()}}}, headers=headers)
+        return Response(body, media_type=media, headers=headers)
 
 
 def _cropped(rgba: np.ndarray) -> np.ndarray:
