@@ -36,7 +36,7 @@ def test_remove_takes_a_path_bytes_an_array_or_a_pil_image(predictor, photo_path
     assert remove(array, predictor, "0,185,0", refine=False).shape == array.shape
 
 
-@pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.zeros((4, 4), np.float32), "<array>"),
+@pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.full((4, 4), 2.0, np.float32), "<array>"),
                                         (42, "int"), ("missing.jpg", "missing.jpg")])
 def test_remove_errors_name_the_input(predictor, bad, named):
     with pytest.raises(ImageError) as caught:

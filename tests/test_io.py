@@ -113,10 +113,30 @@ def test_arrays_and_pil_images_are_photos_too(photo):
     assert np.array_equal(read_photo(photo[..., 0]), np.repeat(photo[..., :1], 3, axis=-1))  # grey
     rgba = np.dstack([photo, np.full(photo.shape[:2], 7, np.uint8)])
     assert np.array_equal(read_photo(rgba), photo)  # alpha dropped
-    with pytest.raises(ImageError, match="front.png: a photo array must hold uint8"):
-        read_photo(photo.astype(np.float32), name="front.png")
     with pytest.raises(ImageError, match="H x W x 3"):
         read_photo(np.zeros((4, 5, 2), np.uint8))
+
+
+def test_arrays_of_other_value_types_and_layouts(photo):
+    """Floats in 0..1, 16-bit, bool and small integers are photos too; what
+    cannot be one gets a sentence naming it, never a torch or numpy error."""
+    assert np.array_equal(read_photo(photo / 255.0), photo)
+    assert np.array_equal(read_photo(photo.astype(np.float32) / 255), photo)
+    assert np.array_equal(read_photo(photo.astype(np.uint16) * 257), photo)
+    assert np.array_equal(read_photo(photo.astype(np.int64)), photo)
+    assert read_photo(photo[..., 0] > 100).max() == 255
+    flipped = photo[:, ::-1]  # negative strides
+    assert np.array_equal(read_photo(flipped), flipped) and all(s > 0 for s in read_photo(flipped).strides)
+    for array, message in [(photo * 1.0, "front.png: a float64 photo array must hold values in 0..1"),
+                           (np.full(photo.shape, np.nan), "NaN"),
+                           (photo.astype(np.int16) - 5, "values in 0..255"),
+                           (photo.transpose(2, 0, 1), "channels-first: pass array.transpose"),
+                           (photo[None], "not a batch")]:
+        with pytest.raises(ImageError, match=message):
+            read_photo(array, name="front.png")
+    for thing in (None, 5, [1, 2], io.BytesIO(b"x")):
+        with pytest.raises(ImageError, match="photo: a .* is not a photo: give a path"):
+            read_photo(thing)
 
 
 def test_masks(tmp_path):
