@@ -198,6 +198,8 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
     (folders are created, with their parents), a place without write access."""
     path = Path(path)
     if path.exists():
+        if not (path.is_dir() or path.is_file()):  # a device, a pipe: replacing it would break the system
+            raise InputError(f"{path} is not a regular file" + ("" if folder else "; name a file to write"))
         if folder and not path.is_dir():
             raise InputError(f"{path} is a file, not a folder")
         if not folder and path.is_dir():
@@ -230,6 +232,18 @@ def writing(path):
         if exc.strerror and exc.filename:
             raise InputError(f"cannot write {exc.filename}: {exc.strerror}") from None
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def result(text: str) -> None:
+    """A result line on stdout; a stdout that cannot take it (a full disk, a
+    closed pipe) is a sentence, not a traceback."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        # what stayed in the buffer would fail again, with a traceback, when Python exits
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise InputError(f"cannot write standard output: {exc.strerror or exc}") from None
 
 
 # -- options and the model ---------------------------------------------------------
@@ -271,7 +285,8 @@ size_option = click.option("--output-size", callback=size_callback, metavar="WxH
                            help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
 device_option = click.option("--device", default="auto", show_default=True,
                              type=click.Choice(["auto", "cpu", "cuda"]))
-batch_option = click.option("--batch-size", default=16, show_default=True, help="Photos per model batch.")
+batch_option = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+                            help="Photos per model batch.")
 tta_option = click.option("--tta", is_flag=True,
                           help="Also predict each photo mirrored and average: twice the model work.")
 recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")

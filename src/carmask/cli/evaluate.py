@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
-                                detail, fail, info, main, make_predictor, prediction_options, progress,
+                                detail, fail, info, main, make_predictor, prediction_options, progress, result,
                                 size_callback, size_option, skipped_summary, some, verbosity_options, writing)
 
 
@@ -49,7 +49,7 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     if resize_loss:
         mask_files = [mask_path(p, masks_dir) for s in photo_sets for p in s.paths]
         loss = measure_resize_loss([m for m in mask_files if m.exists()], resize_loss)
-        click.echo(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks: "
+        result(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks: "
                    f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
                    f"{loss['hard']:.5f} resizing hard masks (nearest)")
     check_model(model)
@@ -65,7 +65,7 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     for reason in scores.skipped:
         fail(f"skipped {reason}")
     if scores.dice:
-        click.echo(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
+        result(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
     if scores.unscored:
         info(f"{scores.unscored} view(s) without a mask served only the background")
     warned.summary()

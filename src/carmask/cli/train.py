@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, main,
-                                size_callback, skipped_summary, verbosity, verbosity_options)
+                                result, size_callback, skipped_summary, verbosity, verbosity_options)
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
 RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
@@ -107,7 +107,7 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         sys.exit(130)
     if not main_process:
         return
-    click.echo(f"best model: {best}")
+    result(f"best model: {best}")
     if skipped:
         fail(skipped_summary(skipped))
         sys.exit(1)
