@@ -37,6 +37,18 @@ def test_parse_size():
     assert parse_size("1918x1280") == (1918, 1280)
     with pytest.raises(ValueError):
         parse_size("1918by1280")
+    with pytest.raises(ValueError, match="100000x100000 is not between 1x1 and 64,000,000 pixels"):
+        parse_size("100000x100000")  # it would have asked for 40 GB in the middle of a run
+
+
+def test_predictor_refuses_sizes_and_batches_it_cannot_make():
+    from carmask.predict import Predictor
+    with pytest.raises(ValueError, match="batch size must be at least 1, not 0"):
+        Predictor(batch_size=0)
+    photo = np.zeros((8, 8, 3), np.uint8)
+    for size in [(0, 5), (100_000, 100_000), "ab"]:
+        with pytest.raises(ValueError, match="size"):
+            Predictor().predict_photo(photo, output_size=size)
 
 
 def test_reads_rgb_jpeg(tmp_path, photo):

@@ -280,4 +280,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
         raise ValueError(f"size must look like WIDTHxHEIGHT, e.g. 1918x1280, not {text!r}")
-    return int(match[1]), int(match[2])
+    return check_size((int(match[1]), int(match[2])))
+
+
+def check_size(size) -> tuple[int, int]:
+    """A (width, height) of at least one pixel a side and at most `MAX_PIXELS`, else ValueError."""
+    try:
+        width, height = (int(side) for side in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"a size is (width, height), not {size!r}") from None
+    if width < 1 or height < 1 or width * height > MAX_PIXELS:
+        raise ValueError(f"size {width}x{height} is not between 1x1 and {MAX_PIXELS:,} pixels")
+    return width, height

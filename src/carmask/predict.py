@@ -39,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from carmask import models
 from carmask.decode import Decoded, Decoder, Source, decode
 from carmask.devices import pick_device, usable_cores
-from carmask.io import ImageError, PhotoSet
+from carmask.io import ImageError, PhotoSet, check_size
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
@@ -127,6 +127,8 @@ class Predictor:
                  refine: Callable[[Batch], list[Edges | torch.Tensor]] | None = None, profile: bool = False):
         if sets not in SETS:
             raise ValueError(f"sets must be one of {', '.join(SETS)}, not {sets!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, not {batch_size}")
         self.device = pick_device(device)
         # torch.compile (CUDA graphs on a GPU): pays back its start-up on large runs
         self.compile = compile
@@ -254,6 +256,7 @@ class Predictor:
 
     # -- the stream -----------------------------------------------------------
     def _output(self, size, encode: bool, cutout: str | None) -> _Output:
+        size = None if size is None else check_size(size)
         if cutout is None:
             return _Output(size, encode, None)
         if cutout not in CUTOUTS:
