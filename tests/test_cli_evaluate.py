@@ -129,3 +129,13 @@ def test_a_car_not_predicted_as_a_set_is_named_once_and_counted(data, tmp_path):
     never = run_cli("evaluate", few, "--device", "cpu", "--sets", "never")
     assert never.exit_code == 0 and "warning" not in never.stderr
     assert mean_dice(never) != mean_dice(result)  # the 16-view car alone, photo by photo
+
+
+def test_resize_loss_leaves_out_unreadable_masks_and_names_them(data, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    (broken / "train_masks" / f"{CARS[0]}_02_mask.gif").write_bytes(b"")
+    result = run_cli("evaluate", broken, *MODEL, "--resize-loss", "24x16")
+    assert result.exit_code == 1, result.output  # the evaluation skips it too
+    assert f"over 47 masks (1 unreadable left out: {CARS[0]}_02_mask.gif): dice " in result.stdout
+    assert "mean dice" in result.stdout

@@ -49,9 +49,14 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     if resize_loss:
         mask_files = [mask_path(p, masks_dir) for s in photo_sets for p in s.paths]
         loss = measure_resize_loss([m for m in mask_files if m.exists()], resize_loss)
-        result(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks: "
+        unreadable = [Path(error.path).name for error in loss["skipped"]]
+        left_out = f" ({len(unreadable)} unreadable left out: {some(unreadable)})" if unreadable else ""
+        if loss["masks"]:
+            result(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks{left_out}: "
                    f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
                    f"{loss['hard']:.5f} resizing hard masks (nearest)")
+        else:
+            fail(f"resize loss: no readable mask{left_out}")
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, upright=False)  # the masks' grid
     todo = sum(len(s.paths) for s in photo_sets)
