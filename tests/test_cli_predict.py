@@ -196,7 +196,7 @@ def test_two_photos_with_one_name_refuse(data, tmp_path):
     shutil.copy(one, tmp_path / "copy" / one.name)
     result = run_cli("predict", one, tmp_path / "copy" / one.name, "-o", tmp_path / "s.csv", *MODEL)
     assert result.exit_code == 2
-    assert f"two photos named {one.name}" in result.stderr
+    assert f"2 photos named {one.name}" in result.stderr
 
 
 def test_dash_streams_the_submission_to_stdout(photos, full, tmp_path, monkeypatch):

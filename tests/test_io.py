@@ -33,6 +33,17 @@ def test_names_and_grouping(tmp_path):
     assert [p.name for p in find_photos([str(tmp_path / "a_*.jpg")])] == ["a_01.jpg", "a_02.jpg", "a_03.jpg"]
 
 
+def test_a_symlink_loop_gives_each_photo_once(tmp_path):
+    """`carmask predict 'dir/**/*.jpg' -r` over a link to a parent folder met
+    the photo at every depth down to the system's limit (40 paths, one name)."""
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "sub" / "a.jpg")
+    (tmp_path / "sub" / "up").symlink_to("..")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "sub" / "a.jpg")  # another name: another photo
+    for inputs in ([f"{tmp_path}/**/*.jpg"], [tmp_path]):
+        assert find_photos(inputs, recursive=True) == [tmp_path / "b.jpg", tmp_path / "sub" / "a.jpg"]
+
+
 def test_parse_size():
     assert parse_size("1918x1280") == (1918, 1280)
     with pytest.raises(ValueError):

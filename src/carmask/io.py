@@ -216,7 +216,8 @@ def save_image(path, array: np.ndarray, **params) -> None:
 def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
     """Photo files named by `inputs`: files, folders or globs, sorted. With
     `recursive`, folders are walked down and `**` in a glob matches sub-folders;
-    hidden files and folders are left out."""
+    hidden files and folders are left out, and a file reached through
+    symlinks again counts once."""
     found: list[Path] = []
     for item in inputs:
         item = str(item)
@@ -230,7 +231,12 @@ def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
                       and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         else:
             found.append(Path(item))  # a missing file is reported when it is read
-    return sorted(dict.fromkeys(found))
+    # One file met again through a symlink (a loop under `**` meets it at every
+    # depth) counts once, under its shortest path.
+    unique: dict[tuple[str, str], Path] = {}
+    for path in sorted(dict.fromkeys(found), key=lambda p: (len(p.parts), p)):
+        unique.setdefault((os.path.realpath(path), path.name), path)
+    return sorted(unique.values())
 
 
 @dataclass

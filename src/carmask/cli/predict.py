@@ -98,8 +98,7 @@ def _refuse_shared_names(photos: list[Path]) -> None:
     counts = Counter(p.name for p in photos)
     for name, count in counts.items():
         if count > 1:
-            raise InputError(f"two photos named {name}: "
-                             f"{', '.join(str(p) for p in photos if p.name == name)} "
+            raise InputError(f"{count} photos named {name}: {some(str(p) for p in photos if p.name == name)} "
                              f"(a submission row is named by the file name alone)")
 
 
