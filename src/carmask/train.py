@@ -103,6 +103,8 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
                 skipped(reason)
         for epoch in range(run.epoch, config.epochs):
             train_loss, out_of_time = train_one_epoch(run, epoch, progress)
+            if train_loss is None:  # the budget ran out before this epoch's first step: no epoch to log
+                break
             val_loss, val_dice = evaluate(run.net, run.cache, run.val_rows, config, device)
             save_epoch(run, train_loss, val_loss, val_dice, progress)
             if out_of_time:
@@ -158,9 +160,10 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     return run
 
 
-def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float, bool]:
+def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float | None, bool]:
     """One pass over the training photos in a fresh order, or less when the
-    time budget runs out: (mean training loss over all processes, out of time)."""
+    time budget runs out: (mean training loss over all processes, or None if
+    the budget ran out before the first step; out of time)."""
     config, device = run.config, run.device
     rank, world = distributed.rank(), distributed.world_size()
     steps = max(1, len(run.train_rows) // config.batch_size)
@@ -200,7 +203,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float
             bar.set_postfix(loss=f"{total.item() / seen:.4f}")
     run.elapsed += time.perf_counter() - t0
     total, seen = distributed.total([total.item(), seen], device)
-    return total / max(seen, 1), out_of_time
+    return (total / seen if seen else None), out_of_time
 
 
 @torch.no_grad()
