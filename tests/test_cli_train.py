@@ -138,3 +138,12 @@ def test_interrupted_training_says_how_to_resume(data, tmp_path, monkeypatch):
     monkeypatch.setattr("carmask.train.train", interrupted)
     result = run_cli("train", data, "-o", tmp_path / "run", *QUICK)
     assert result.exit_code == 130 and "--resume" in result.stderr
+
+
+def test_no_usable_photo_says_why(tmp_path):
+    """Cars of 2 views for a model that needs sets: the sentence says what left them out."""
+    data = make_dataset(tmp_path / "data", cars=1, views=2, test_cars=0, size=(96, 64), seed=6)
+    result = run_cli("train", data, "-o", tmp_path / "run", *QUICK)
+    assert result.exit_code == 2, result.output
+    assert "no usable training photos in" in result.stderr and "(2 left out; the first: " in result.stderr
+    assert "at least 3 views" in result.stderr

@@ -136,7 +136,8 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     in_val = np.isin(cache.cars, val_cars)
     train_rows, val_rows = np.flatnonzero(~in_val), np.flatnonzero(in_val)
     if len(train_rows) == 0:
-        raise ValueError(f"no usable training photos in {data_dir}")
+        why = f" ({len(cache.skipped)} left out; the first: {cache.skipped[0]})" if cache.skipped else ""
+        raise ValueError(f"no usable training photos in {data_dir}{why}")
     mean, std = cache.channel_stats(train_rows)
     net = models.Segmenter(config.arch, config.spec, config.arch_kwargs, mean, std).to(device)
     if device.type == "cuda":

@@ -89,7 +89,8 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         _check_run_dir(run_dir, resume, overwrite)
         if cache:
             check_output(cache, folder=True, overwrite=True)
-        info(f"training recipe {recipe} on the {len(cars)} cars of {data_dir}, into {run_dir}")
+        info(f"training recipe {recipe} on the {len(cars)} car{'s' * (len(cars) != 1)} of {data_dir}, "
+             f"into {run_dir}")
         options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
         detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
                f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
