@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import io as _io
+import operator
 import os
 import re
 import secrets
@@ -21,6 +22,8 @@ from PIL import Image, ImageOps
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Larger than any camera: refuses decompression bombs before they are decoded.
 MAX_PIXELS = 64_000_000
+# What a photo may be, everywhere a photo is taken (`read_photo`).
+PHOTO_TYPES = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
 _VIEW_NAME = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
 
 
@@ -106,7 +109,7 @@ def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.n
     stored pixel grid (the grid of Kaggle's masks, for submissions and
     training). Any failure is an `ImageError` naming `name` (or the path).
     """
-    if not isinstance(source, (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)):
+    if not isinstance(source, PHOTO_TYPES):
         raise ImageError(name or "photo", f"a {type(source).__name__} is not a photo: give a path, bytes, "
                                           f"a numpy array or a PIL image")
     name = _name(source, name)
@@ -292,9 +295,9 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 def check_size(size) -> tuple[int, int]:
     """A (width, height) of at least one pixel a side and at most `MAX_PIXELS`, else ValueError."""
     try:
-        width, height = (int(side) for side in size)
+        width, height = (operator.index(side) for side in size)  # whole numbers only
     except (TypeError, ValueError):
-        raise ValueError(f"a size is (width, height), not {size!r}") from None
+        raise ValueError(f"a size is (width, height) in whole pixels, not {size!r}") from None
     if width < 1 or height < 1 or width * height > MAX_PIXELS:
         raise ValueError(f"size {width}x{height} is not between 1x1 and {MAX_PIXELS:,} pixels")
     return width, height

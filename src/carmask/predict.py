@@ -30,7 +30,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NoReturn, Sequence
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from carmask import models
 from carmask.decode import Decoded, Decoder, Source, decode
 from carmask.devices import pick_device, usable_cores
-from carmask.io import ImageError, PhotoSet, check_size
+from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
@@ -216,7 +216,8 @@ class Predictor:
         (`Prediction.runs`), found on the predictor's device, instead of
         full-size probabilities. `cutout`: "refined" or "plain" edges, see
         `predict_views`."""
-        cars = (_Car(s.car, [Source(Path(p), p) for p in s.paths]) for s in photo_sets)
+        cars = (_Car(s.car, [Source(Path(p), p) for p in s.paths]) if isinstance(s, PhotoSet) else _not_a_set(s)
+                for s in photo_sets)
         return self._stream(cars, self._output(output_size, encode, cutout), lookahead, throughput=True)
 
     def predict_views(self, views: Sequence[tuple[str, object]],
@@ -227,7 +228,10 @@ class Predictor:
         cut-out pieces, `alpha` and `foreground` at its own size, computed in
         the device batch and read back once: "refined" (the `refine` hook, by
         default `refine.edges`) or "plain" (the network's own soft edge)."""
-        car = _Car(None, [Source(Path(name), data) for name, data in views])
+        if isinstance(views, PHOTO_TYPES) or not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in views):
+            raise TypeError("predict_views takes a car's views as (name, photo) pairs, e.g. "
+                            "[('car_01.jpg', array), ...]")
+        car = _Car(None, [Source(Path(str(name)), data) for name, data in views])
         return list(self._stream([car], self._output(output_size, False, cutout), lookahead=0))
 
     def predict_photo(self, photo, output_size: tuple[int, int] | None = None,
@@ -236,6 +240,8 @@ class Predictor:
         H x W probabilities; `views`: the car's other views (same kinds).
         Raises `ImageError` or `NotEnoughViews`; a warning (e.g. views that do
         not share a studio) goes to `warnings.warn`."""
+        if isinstance(views, PHOTO_TYPES):
+            raise TypeError("views is a list of the car's other views; give one view as [view]")
         named = [(_label(photo, "photo"), photo)] + [(_label(v, f"view {i}"), v) for i, v in enumerate(views, 2)]
         prediction = self.predict_views(named, output_size)[0]
         if prediction.error:
@@ -399,7 +405,7 @@ class Predictor:
         """A car's readable photos as units predicted together: its set, or
         single photos (with a warning where the set was not used)."""
         readable = [slot for slot in car.slots if slot.error is None]
-        name = f"car {car.name}" if car.name else "these views"
+        of_car = f" of car {car.name}" if car.name else ""  # uploads come without a car's name
         if len(readable) < 2 or self.sets == "never":
             return [_Unit([slot]) for slot in readable]
         if not self.model_for(max(len(readable), MIN_VIEWS)).spec.needs_views:
@@ -409,13 +415,14 @@ class Predictor:
             common = max({slot.size for slot in readable}, key=[slot.size for slot in readable].count)
             odd = [slot for slot in readable if slot.size != common]
             readable = [slot for slot in readable if slot.size == common]
-            warning = (f"{_names(odd)}: not the size of the other views of {name} ({common[0]}x{common[1]}): "
+            warning = (f"{_names(odd)}: not the size of the other views{of_car} ({common[0]}x{common[1]}): "
                        f"predicted alone")
             units += [_Unit([slot], warning) for slot in odd]
         if len(readable) >= MIN_VIEWS:
             return [_Unit(readable, check=self.sets == "auto")] + units
         if self.model_name is None or str(self.model_name) in models.TIERS:  # a default model for each case
-            warning = (f"{_names(readable)}: {name} has {len(readable)} readable views, and a background needs "
+            has = f"car {car.name} has" if car.name else "only"
+            warning = (f"{_names(readable)}: {has} {len(readable)} readable views, and a background needs "
                        f"{MIN_VIEWS}: predicted photo by photo with the single-photo model")
             return [_Unit([slot], warning) for slot in readable] + units
         return [_Unit([slot]) for slot in readable] + units  # the named model says what it needs
@@ -639,6 +646,11 @@ def _to_host(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     return host.copy_(tensor, non_blocking=True)
+
+
+def _not_a_set(item) -> NoReturn:
+    raise TypeError(f"predict_sets takes io.PhotoSet items (io.group_by_car(paths) makes them), "
+                    f"not {type(item).__name__}")
 
 
 def _label(source, default: str) -> str:
