@@ -291,3 +291,12 @@ def test_sets_always_trusts_the_names_and_never_takes_every_photo_alone(mixed, t
     whole = "synth003c001_05.jpg"  # a real set: the multi-view model, unless --sets never
     assert rows["auto"][whole] == rows["always"][whole] != rows["never"][whole]
     assert auto.exit_code == 0
+
+
+def test_a_name_with_a_line_break_is_refused_before_any_work(tmp_path):
+    from PIL import Image
+    photo = tmp_path / "a\nb.jpg"
+    Image.new("RGB", (8, 8)).save(photo, "JPEG")
+    result = run_cli("predict", tmp_path, "-o", tmp_path / "s.csv")
+    assert result.exit_code == 2 and "name holds a line break: 'a\\nb.jpg'" in result.stderr.replace(str(tmp_path) + "/", "")
+    assert not (tmp_path / "s.csv.partial").exists()

@@ -95,6 +95,10 @@ def _open_writer(output, overwrite, photos, model, **options):
 
 def _refuse_shared_names(photos: list[Path]) -> None:
     """A row is named by the file name alone: two photos may not share one."""
+    broken = [p for p in photos if "\n" in p.name or "\r" in p.name]
+    if broken:
+        raise InputError(f"a submission row cannot name a photo whose name holds a line break: "
+                         f"{some(repr(str(p)) for p in broken)}")
     counts = Counter(p.name for p in photos)
     for name, count in counts.items():
         if count > 1:
