@@ -27,5 +27,6 @@ def test_a_cutout_never_replaces_its_own_photo(photo, args):
     before = photo.read_bytes()
     result = run_cli("cutout", photo, *[a.format(photo=photo, folder=photo.parent) for a in args])
     assert result.exit_code == 2, result.output
-    assert f"{photo} is a photo to cut out: its cut-out would replace it" in result.stderr
+    assert f"{photo} is one of the input photos: the output would replace it" in result.stderr
     assert photo.read_bytes() == before
+

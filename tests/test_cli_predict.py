@@ -300,3 +300,13 @@ def test_a_name_with_a_line_break_is_refused_before_any_work(tmp_path):
     result = run_cli("predict", tmp_path, "-o", tmp_path / "s.csv")
     assert result.exit_code == 2 and "name holds a line break: 'a\\nb.jpg'" in result.stderr.replace(str(tmp_path) + "/", "")
     assert not (tmp_path / "s.csv.partial").exists()
+
+
+def test_a_submission_never_replaces_a_photo(tmp_path):
+    from PIL import Image
+    photo = tmp_path / "car.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    before = photo.read_bytes()
+    result = run_cli("predict", photo, "-o", photo, "--overwrite")
+    assert result.exit_code == 2 and f"{photo} is one of the input photos" in result.stderr
+    assert photo.read_bytes() == before

@@ -223,6 +223,15 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
         raise InputError(f"cannot write in {where}: {exc.strerror or exc}") from None
 
 
+def refuse_replacing_inputs(targets: dict[Path, Path]) -> None:
+    """An output never takes the place of a photo it is made from (-o onto an
+    input, or cut-outs into the inputs' folder): `targets` maps photos to outputs."""
+    for photo, target in targets.items():
+        if target.exists() and photo.exists() and os.path.samefile(photo, target):
+            raise InputError(f"{target} is one of the input photos: the output would replace it; "
+                             f"choose another -o")
+
+
 @contextmanager
 def writing(path):
     """An OSError while writing `path` becomes a sentence (exit 2)."""

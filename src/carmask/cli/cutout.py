@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import io
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
+from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
                                 find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, skipped_summary, verbosity_options)
+                                recursive_option, refuse_replacing_inputs, skipped_summary, verbosity_options)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -63,7 +62,8 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
                                  f"--bg COLOUR", param_hint="-o")
     targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
         output_names(photos, Path(output), back)
-    _refuse_replacing_inputs(targets, to_stdout)
+    if not to_stdout:
+        refuse_replacing_inputs(targets)
     todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
@@ -101,16 +101,6 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
         return remove_set([("-", click.get_binary_stream("stdin").read())], predictor, back, refine=refine)
     sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
     return remove_sets(sets, predictor, back, refine=refine)
-
-
-def _refuse_replacing_inputs(targets: dict[Path, Path], to_stdout: bool) -> None:
-    """A cut-out never takes the place of a photo it is cut from (-o onto the
-    input, or into the input's folder with --bg COLOUR)."""
-    if to_stdout:
-        return
-    for photo, target in targets.items():
-        if target.exists() and photo.exists() and os.path.samefile(photo, target):
-            raise InputError(f"{target} is a photo to cut out: its cut-out would replace it; choose another -o")
 
 
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:

@@ -11,8 +11,8 @@ import click
 
 from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
                                 detail, fail, find_inputs, info, main, make_predictor, prediction_options,
-                                progress, recursive_option, size_option, skipped_summary, some, verbosity_options,
-                                warn, writing)
+                                progress, recursive_option, refuse_replacing_inputs, size_option, skipped_summary,
+                                some, verbosity_options, warn, writing)
 
 
 @main.command()
@@ -51,6 +51,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     photos = find_inputs(inputs, recursive)
     _refuse_shared_names(photos)
     if output != "-":
+        refuse_replacing_inputs({photo: Path(output) for photo in photos})
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
     check_model(model)
     # Masks on the stored pixel grid (Kaggle's convention): photos are not turned by EXIF.
