@@ -158,6 +158,12 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     run.generator.manual_seed(config.seed + run.epoch)
     if main and run.epoch == 0:
         run.log.write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n")
+    elif main:  # a run stopped between an epoch's row and its last.pt: that epoch is trained again
+        lines = run.log.read_text().splitlines(keepends=True) if run.log.exists() else []
+        kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
+                            and int(line.split(",", 1)[0]) <= run.epoch]
+        if kept != lines:
+            atomic_write(run.log, lambda tmp: tmp.write_text("".join(kept)))
     return run
 
 
