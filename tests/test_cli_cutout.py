@@ -30,3 +30,16 @@ def test_a_cutout_never_replaces_its_own_photo(photo, args):
     assert f"{photo} is one of the input photos: the output would replace it" in result.stderr
     assert photo.read_bytes() == before
 
+
+
+def test_a_rerun_with_the_output_inside_the_inputs_leaves_earlier_cutouts_out(photo):
+    """`cutout in -r -o in/cut` twice: the second run cut out the first run's cut-outs (car.png.png)."""
+    out = photo.parent / "cut"
+    out.mkdir()
+    Image.new("RGBA", (8, 8)).save(out / "car.png")  # the first run's cut-out
+    result = run_cli("cutout", photo.parent, "-r", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "left out 1 image(s) in the output folder" in result.stderr and "kept 1 existing" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["car.png"]
+    only_cutouts = run_cli("cutout", out, "-o", out)
+    assert only_cutouts.exit_code == 2 and "no photos outside the output folder" in only_cutouts.stderr

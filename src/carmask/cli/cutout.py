@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
+from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
                                 find_inputs, info, main, make_predictor, prediction_options, progress,
                                 recursive_option, refuse_replacing_inputs, skipped_summary, verbosity_options)
 
@@ -48,7 +48,7 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     stdin, to_stdout = "-" in inputs, output == "-"
     if stdin and len(inputs) > 1:
         raise click.UsageError("- (standard input) is one photo: give it alone")
-    photos = [Path("-")] if stdin else find_inputs(inputs, recursive)
+    photos = [Path("-")] if stdin else _outside(find_inputs(inputs, recursive), output)
     single_file = len(photos) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES
     if to_stdout and len(photos) > 1:
         raise click.UsageError(f"-o - (standard output) takes one photo, not {len(photos)}")
@@ -101,6 +101,20 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
         return remove_set([("-", click.get_binary_stream("stdin").read())], predictor, back, refine=refine)
     sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
     return remove_sets(sets, predictor, back, refine=refine)
+
+
+def _outside(photos: list[Path], output: str) -> list[Path]:
+    """The photos, less earlier cut-outs: those in the output folder (a rerun
+    with -r and -o inside the inputs would cut out the cut-outs)."""
+    folder = Path(output).resolve()
+    if output == "-" or not folder.is_dir():
+        return photos
+    kept = [p for p in photos if folder not in p.resolve().parents]
+    if len(kept) < len(photos):
+        info(f"left out {len(photos) - len(kept)} image(s) in the output folder {output}")
+    if not kept:
+        raise InputError(f"no photos outside the output folder {output}")
+    return kept
 
 
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:
