@@ -139,3 +139,14 @@ def test_resize_loss_leaves_out_unreadable_masks_and_names_them(data, tmp_path):
     assert result.exit_code == 1, result.output  # the evaluation skips it too
     assert f"over 47 masks (1 unreadable left out: {CARS[0]}_02_mask.gif): dice " in result.stdout
     assert "mean dice" in result.stdout
+
+
+def test_masks_of_another_name_are_shown_in_the_error(data, tmp_path):
+    """PNG masks (a user's own dataset): the error says which names it wants and what it found."""
+    other = tmp_path / "png"
+    shutil.copytree(data, other)
+    for mask in (other / "train_masks").iterdir():
+        mask.rename(mask.with_suffix(".png"))
+    result = run_cli("evaluate", other, *MODEL)
+    assert result.exit_code == 2, result.output
+    assert f"named <photo>_mask.gif; it holds 48 other file(s): {CARS[0]}_01_mask.png" in result.stderr

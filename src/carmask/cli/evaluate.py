@@ -113,4 +113,7 @@ def _check_sets(sets, cars, cars_file, data_dir, masks_dir):
             info(f"{len(missing)} of the {len(cars)} cars of {cars_file} have no photos with masks in "
                  f"{data_dir} (masks from {masks_dir}): {some(missing)}")
     elif not sets:
-        raise InputError(f"no photos with masks in {data_dir} (masks from {masks_dir})")
+        others = sorted(p.name for p in Path(masks_dir).iterdir() if not p.name.startswith("."))
+        seen = f"; it holds {len(others)} other file(s): {some(others, 2)}" if others else ""
+        raise InputError(f"no photos with masks in {data_dir} (masks from {masks_dir}, named "
+                         f"<photo>_mask.gif{seen})")
