@@ -54,8 +54,10 @@ def test_parse_size():
 
 def test_predictor_refuses_sizes_and_batches_it_cannot_make():
     from carmask.predict import Predictor
-    with pytest.raises(ValueError, match="batch size must be at least 1, not 0"):
+    with pytest.raises(ValueError, match="batch size and workers must be at least 1, not 0 and None"):
         Predictor(batch_size=0)
+    with pytest.raises(ValueError, match="must be at least 1, not 16 and -1"):
+        Predictor(workers=-1)  # was a ThreadPoolExecutor error at the first photo
     photo = np.zeros((8, 8, 3), np.uint8)
     for size in [(0, 5), (100_000, 100_000), "ab"]:
         with pytest.raises(ValueError, match="size"):

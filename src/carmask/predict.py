@@ -127,8 +127,8 @@ class Predictor:
                  refine: Callable[[Batch], list[Edges | torch.Tensor]] | None = None, profile: bool = False):
         if sets not in SETS:
             raise ValueError(f"sets must be one of {', '.join(SETS)}, not {sets!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, not {batch_size}")
+        if batch_size < 1 or (workers is not None and workers < 1):
+            raise ValueError(f"batch size and workers must be at least 1, not {batch_size} and {workers}")
         self.device = pick_device(device)
         # torch.compile (CUDA graphs on a GPU): pays back its start-up on large runs
         self.compile = compile
