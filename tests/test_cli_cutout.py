@@ -43,3 +43,12 @@ def test_a_rerun_with_the_output_inside_the_inputs_leaves_earlier_cutouts_out(ph
     assert sorted(p.name for p in out.iterdir()) == ["car.png"]
     only_cutouts = run_cli("cutout", out, "-o", out)
     assert only_cutouts.exit_code == 2 and "no photos outside the output folder" in only_cutouts.stderr
+
+
+def test_an_image_name_for_several_photos_is_a_usage_error(photo, tmp_path):
+    """-o two.png for two photos made a folder named two.png."""
+    other = photo.with_name("other.jpg")
+    other.write_bytes(photo.read_bytes())
+    result = run_cli("cutout", photo, other, "-o", tmp_path / "two.png")
+    assert result.exit_code == 2 and "names one image, but 2 photos were given: name a folder" in result.output
+    assert not (tmp_path / "two.png").exists()

@@ -50,6 +50,9 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
         raise click.UsageError("- (standard input) is one photo: give it alone")
     photos = [Path("-")] if stdin else _outside(find_inputs(inputs, recursive), output)
     single_file = len(photos) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES
+    if len(photos) > 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES and not Path(output).is_dir():
+        raise click.UsageError(f"-o {output} names one image, but {len(photos)} photos were given: "
+                               f"name a folder")
     if to_stdout and len(photos) > 1:
         raise click.UsageError(f"-o - (standard output) takes one photo, not {len(photos)}")
     if stdin and not (to_stdout or single_file):
