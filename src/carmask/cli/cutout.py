@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
+from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
                                 find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, refuse_replacing_inputs, skipped_summary, verbosity_options)
+                                recursive_option, refuse_replacing_inputs, skipped_summary, some, verbosity_options)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -48,7 +48,7 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     stdin, to_stdout = "-" in inputs, output == "-"
     if stdin and len(inputs) > 1:
         raise click.UsageError("- (standard input) is one photo: give it alone")
-    photos = [Path("-")] if stdin else _outside(find_inputs(inputs, recursive), output)
+    photos = [Path("-")] if stdin else _less_earlier_outputs(find_inputs(inputs, recursive), output, back)
     single_file = len(photos) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES
     if len(photos) > 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES and not Path(output).is_dir():
         raise click.UsageError(f"-o {output} names one image, but {len(photos)} photos were given: "
@@ -106,26 +106,36 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
     return remove_sets(sets, predictor, back, refine=refine)
 
 
-def _outside(photos: list[Path], output: str) -> list[Path]:
-    """The photos, less earlier cut-outs: those in the output folder (a rerun
-    with -r and -o inside the inputs would cut out the cut-outs)."""
-    folder = Path(output).resolve()
+def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[Path]:
+    """The photos, less the cut-outs an earlier run made of the others: images
+    in the output folder named as another photo's output (a rerun with -r and
+    -o inside the inputs cut out the cut-outs)."""
+    folder = Path(output)
     if output == "-" or not folder.is_dir():
         return photos
-    kept = [p for p in photos if folder not in p.resolve().parents]
-    if len(kept) < len(photos):
-        info(f"left out {len(photos) - len(kept)} image(s) in the output folder {output}")
-    if not kept:
-        raise InputError(f"no photos outside the output folder {output}")
-    return kept
+    suffix = _suffix(background)
+    made: Counter[str] = Counter()
+    for photo in photos:
+        made.update({photo.stem + suffix, photo.name + suffix})
+    own = {photo: {photo.stem + suffix, photo.name + suffix} for photo in photos}
+    earlier = {p for p in photos if p.parent.resolve() == folder.resolve()
+               and made[p.name] > (p.name in own[p])}
+    if earlier:
+        info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: {some(sorted(p.name for p in earlier))}")
+    return [p for p in photos if p not in earlier]
+
+
+def _suffix(background) -> str:
+    """Of an output: _mask.png for masks, .png for transparent, .jpg over a colour or an image."""
+    return "_mask.png" if isinstance(background, str) and background == "mask" else \
+        ".png" if isinstance(background, str) else ".jpg"
 
 
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:
     """Each photo's output file in `folder`: <stem>.png, .jpg over a colour or an
     image, <stem>_mask.png for masks. Photos that would share a name use their
     full name (car_01.jpg.png) and, if still shared, -2, -3... in input order."""
-    suffix = "_mask.png" if isinstance(background, str) and background == "mask" else \
-        ".png" if isinstance(background, str) else ".jpg"
+    suffix = _suffix(background)
     stems = Counter(p.stem for p in photos)
     names = [p.stem if stems[p.stem] == 1 else p.name for p in photos]
     taken: Counter[str] = Counter()
