@@ -121,7 +121,8 @@ def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[P
     earlier = {p for p in photos if p.parent.resolve() == folder.resolve()
                and made[p.name] > (p.name in own[p])}
     if earlier:
-        info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: {some(sorted(p.name for p in earlier))}")
+        info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: "
+             f"{some(sorted(p.name for p in earlier))}")
     return [p for p in photos if p not in earlier]
 
 
