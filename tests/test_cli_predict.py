@@ -310,3 +310,16 @@ def test_a_submission_never_replaces_a_photo(tmp_path):
     result = run_cli("predict", photo, "-o", photo, "--overwrite")
     assert result.exit_code == 2 and f"{photo} is one of the input photos" in result.stderr
     assert photo.read_bytes() == before
+
+
+def test_a_pipe_named_as_a_photo_is_skipped_not_waited_on(tmp_path):
+    """A FIFO named x.jpg on the command line: reading it (and its EXIF) waited for a writer forever."""
+    import subprocess
+    pipe = tmp_path / "x.jpg"
+    os.mkfifo(pipe)
+    try:
+        done = subprocess.run([sys.executable, "-m", "carmask", "predict", str(pipe), "-o", "-"],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("carmask predict waited on a pipe")
+    assert done.returncode == 1 and "x.jpg: not a regular file (a pipe or a device)" in done.stderr

@@ -11,6 +11,7 @@ import operator
 import os
 import re
 import secrets
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,14 @@ def _open(source, name) -> Image.Image:
         data = _io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         if isinstance(source, (bytes, bytearray)) and not source:
             raise ImageError(name, "empty file (0 bytes)")
-        if not isinstance(data, _io.BytesIO) and os.path.getsize(data) == 0:
-            raise ImageError(name, "empty file (0 bytes)")
+        if not isinstance(data, _io.BytesIO):
+            info = os.stat(data)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(info.st_mode):  # opening a pipe would wait for a writer, forever
+                raise ImageError(name, "not a regular file (a pipe or a device)")
+            if info.st_size == 0:
+                raise ImageError(name, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(data)

@@ -168,6 +168,8 @@ class _TurnedPhotos(threading.Thread):
     def run(self) -> None:
         from PIL import Image
         for path in self.photos:
+            if not path.is_file():  # opening a pipe would wait forever; its prediction names it
+                continue
             try:
                 with Image.open(path) as image:
                     orientation = image.getexif().get(0x0112, 1)
