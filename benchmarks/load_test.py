@@ -11,8 +11,8 @@ before and after (and the peak seen while sampling).
     python benchmarks/load_test.py --adversarial     # the hostile cases, while normal requests run
 
 --adversarial sends, while --concurrency clients post normal cut-outs: tiny
-64-megapixel PNG backgrounds, a zip of 64-megapixel members, slow clients that
-never finish their headers, a 27 MiB upload, a POST from a foreign Origin; it
+64-megapixel PNG backgrounds, a zip of 64-megapixel members, tiny zips that
+unpack to 96 MiB, slow clients that never finish their headers, a 27 MiB upload, a POST from a foreign Origin; it
 checks each case's status code, /health latency throughout, and the server's
 memory (peak, and back near idle afterwards).
 
@@ -109,9 +109,14 @@ def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, 
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
         for i in range(4):
             z.writestr(f"car_{i + 1:02d}.png", bomb)
+    expanding = io.BytesIO()  # 100 KB that unpack to 96 MiB of non-photos
+    with zipfile.ZipFile(expanding, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(4):
+            z.writestr(f"car_{i + 1:02d}.jpg", b"\xff\xd8" + b"\0" * (24 * 2**20))
     host, port = url.removeprefix("http://").split(":")
     seen: dict[str, tuple[int, list]] = {"64 Mpx PNG background": (413, []), "zip of 64 Mpx members": (413, []),
                                          "27 MiB upload": (413, []), "foreign Origin": (403, []),
+                                         "zip unpacking 96 MiB": (422, []),
                                          "slow client (closed)": (0, [])}
 
     def post(case, path, **kwargs):
@@ -137,6 +142,8 @@ def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, 
                                         "background": ("b.png", bomb, "image/png")}))
         jobs.append(lambda: post("zip of 64 Mpx members", "/api/cutout-set",
                                  files={"files": ("set.zip", archive.getvalue(), "application/zip")}))
+    jobs += [lambda: post("zip unpacking 96 MiB", "/api/cutout-set",
+                          files={"files": ("set.zip", expanding.getvalue(), "application/zip")})] * 16
     jobs += [lambda: post("27 MiB upload", "/api/cutout",
                           files={"file": ("big.jpg", b"\0" * (27 * 2**20), "image/jpeg")})] * 2
     jobs += [lambda: post("foreign Origin", "/api/cutout", files={"file": ("car.jpg", photo, "image/jpeg")},

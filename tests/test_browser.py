@@ -146,3 +146,49 @@ def test_a_photo_taken_out_of_its_set_says_so(browser, synth_data, tmp_path):
         assert len(_results(browser, 4)) == 4
         notes = [n.text for n in browser.find_elements(By.CSS_SELECTOR, ".card .note") if n.is_displayed()]
     assert len(notes) == 1 and paths[3].name in notes[0] and "not the size of the other views" in notes[0]
+
+
+def test_same_names_get_their_own_cutouts_and_focus_shows(server, browser, synth_data, tmp_path):
+    """Three views of a car in a/ and three other photos with the same names in
+    b/: each card shows its own cut-out and downloads under its own name. Tab
+    reaches the (invisible) file input, and the drop zone shows the focus."""
+    from PIL import Image, ImageOps
+    from selenium.webdriver.common.keys import Keys
+    views = sorted((synth_data / "test").glob("*.jpg"))[:3]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    paths = [tmp_path / "a" / f"car_0{n}.jpg" for n in (1, 2, 3)] + [tmp_path / "b" / f"car_0{n}.jpg" for n in (1, 2, 3)]
+    for view, a, b in zip(views, paths[:3], paths[3:]):
+        a.write_bytes(view.read_bytes())
+        ImageOps.mirror(Image.open(view)).save(b)
+    browser.get(server + "/")
+    webdriver.ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "file-input"
+    drop = browser.find_element(By.ID, "drop")
+    assert browser.execute_script("return getComputedStyle(arguments[0]).outlineStyle", drop) == "solid"
+    browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
+    images = _results(browser, 6)
+    pixels = [browser.execute_script("""const c = document.createElement('canvas'), i = arguments[0];
+        c.width = i.naturalWidth; c.height = i.naturalHeight; c.getContext('2d').drawImage(i, 0, 0);
+        return c.toDataURL();""", image) for image in images]
+    assert len(set(pixels)) == 6
+    links = browser.find_elements(By.CSS_SELECTOR, ".card a.button")
+    assert [link.get_attribute("download") for link in links] == \
+        ["car_01.png", "car_02.png", "car_03.png", "car_01-2.png", "car_02-2.png", "car_03-2.png"]
+    assert "car_01-2.jpg" in browser.find_elements(By.CSS_SELECTOR, ".card .note")[3].text
+
+
+def test_a_server_with_a_key_asks_for_it(rgb_model, browser, synth_data):
+    """--api-key: the page shows a key field; without the key a card says so, and
+    entering it redoes the failed photo."""
+    from selenium.webdriver.common.keys import Keys
+    photo = sorted((synth_data / "test").glob("*_05.jpg"))[0]
+    with live_server(create_app(Predictor(model=rgb_model, device="cpu"), api_key="k")) as url:
+        browser.get(url + "/")
+        WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "key-box").is_displayed())
+        browser.find_element(By.ID, "file-input").send_keys(str(photo))
+        _results(browser, 1, failed=1)
+        assert "X-Api-Key" in browser.find_element(By.CSS_SELECTOR, ".card").text
+        key = browser.find_element(By.ID, "api-key")
+        key.send_keys("k", Keys.TAB)
+        WebDriverWait(browser, 60).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, ".card").get_attribute("data-state") == "done")

@@ -36,6 +36,13 @@ def test_remove_takes_a_path_bytes_an_array_or_a_pil_image(predictor, photo_path
     assert remove(array, predictor, "0,185,0", refine=False).shape == array.shape
 
 
+@pytest.mark.parametrize("size", [(1, 1), (2, 300), (300, 2)])
+def test_photos_one_or_two_pixels_thin_are_cut_out(predictor, size):
+    """The edge refinement has no slope across a side 1-2 pixels long (it crashed)."""
+    noise = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    assert remove(noise, predictor).shape == (*size, 4)
+
+
 @pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.full((4, 4), 2.0, np.float32), "<array>"),
                                         (42, "int"), ("missing.jpg", "missing.jpg")])
 def test_remove_errors_name_the_input(predictor, bad, named):

@@ -1,4 +1,5 @@
 """The HTTP service: endpoints, limits, bad input and concurrency (TestClient, tiny models)."""
+import base64
 import io
 import re
 import zipfile
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from carmask import __version__  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
-from carmask.serve import create_app, safe_label  # noqa: E402
+from carmask.serve import create_app, page_url, safe_label  # noqa: E402
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -201,6 +202,21 @@ def test_unreadable_image(client, photo, case):
 
 def test_missing_file_field(client):
     assert client.post("/api/cutout", data={"bg": "mask"}).status_code == 422
+    as_text = client.post("/api/cutout", data={"file": "not a file"})
+    assert as_text.status_code == 422 and as_text.json()["detail"] == "field 'file' must be a file upload"
+
+
+def test_head_and_the_frameworks_own_errors(client):
+    """HEAD answers like GET (monitors use it); 404, 405 and the form parser's
+    400s come in the endpoint's error shape, naming what to do."""
+    assert client.head("/health").status_code == client.head("/").status_code == 200
+    wrong_method = client.get("/v1.0/removebg")
+    assert wrong_method.status_code == 405 and wrong_method.json()["errors"][0]["title"] == "Method Not Allowed"
+    assert client.get("/v1.0/account").json()["errors"][0]["title"] == "Not Found"
+    assert client.get("/api/cutout").json() == {"detail": "Method Not Allowed"}
+    too_long = client.post("/v1.0/removebg", data={"image_file_b64": "A" * (2 << 20)})
+    assert too_long.status_code == 400
+    assert "image_file" in too_long.json()["errors"][0]["title"]
 
 
 def test_model_that_cannot_handle_a_single_photo(set_client, photo):
@@ -292,6 +308,144 @@ def test_memory_is_given_back_once_the_slots_are_idle():
     import carmask.serve
     trimmed = threading.Event()
     slots = carmask.serve.PixelSlots(2, 100, on_idle=trimmed.set)
-    with slots(10):
+    with slots.job(), slots(10):
         assert not trimmed.wait(1.5)  # never while a request is at work
     assert trimmed.wait(5)
+
+
+def test_removebg_json_answer_and_foreground_box(client, photo):
+    """remove.bg's clients send `Accept: application/json` and read data.result_b64;
+    X-Foreground-* and foreground_* give the car's box, not the frame."""
+    post = lambda **headers: client.post("/v1.0/removebg", headers=headers,  # noqa: E731
+                                         files={"image_file": ("car.jpg", photo[0], "image/jpeg")})
+    image, answer = post(), post(Accept="application/json")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    data = answer.json()["data"]
+    assert base64.b64decode(data["result_b64"]) == image.content
+    alpha = np.asarray(Image.open(io.BytesIO(image.content)))[..., 3] >= 32
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    box = {"top": rows[0], "left": cols[0], "width": cols[-1] - cols[0] + 1, "height": rows[-1] - rows[0] + 1}
+    assert box["width"] < alpha.shape[1]  # a car, not the frame
+    for key, value in box.items():
+        assert data[f"foreground_{key}"] == value == int(image.headers[f"X-Foreground-{key.title()}"])
+
+
+def test_allowed_origins_can_read_the_answers(rgb_predictor, photo):
+    """--allow-origin: the browser's preflight (X-Api-Key is not a simple header)
+    is answered, and the answers (errors too) carry the CORS headers that let
+    that page read them; other origins get none."""
+    studio = "http://studio.example:8080"
+    with TestClient(create_app(rgb_predictor, api_key="k", allow_origins=[studio])) as c:
+        preflight = c.options("/v1.0/removebg", headers={"Origin": studio, "Access-Control-Request-Method": "POST",
+                                                         "Access-Control-Request-Headers": "x-api-key"})
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == studio
+        assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
+        answer = c.post("/v1.0/removebg", headers={"Origin": studio, "X-Api-Key": "k"},
+                        files={"image_file": ("car.jpg", photo[0], "image/jpeg")})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == studio
+        assert "x-width" in answer.headers["access-control-expose-headers"].lower()
+        refused = c.post("/v1.0/removebg", headers={"Origin": studio})
+        assert refused.status_code == 403 and refused.headers["access-control-allow-origin"] == studio
+        evil = c.options("/v1.0/removebg", headers={"Origin": "http://evil.example",
+                                                    "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in evil.headers
+
+
+def test_the_api_key_guards_every_post(rgb_predictor, photo):
+    """With an API key, the page's routes need it too (else it protects nothing)."""
+    files = {"file": ("car.jpg", photo[0], "image/jpeg")}
+    with TestClient(create_app(rgb_predictor, api_key="k")) as c:
+        assert c.get("/version").json()["api_key"] is True  # the page asks for the key
+        for path, form in (("/api/cutout", files), ("/api/cutout-set", {"files": files["file"]})):
+            refused = c.post(path, files=form, headers={"X-Api-Key": "wrong"})
+            assert refused.status_code == 403 and "X-Api-Key" in refused.json()["detail"]
+        assert c.post("/v1.0/removebg").json()["errors"][0]["code"] == "auth_failed"
+        assert c.post("/api/cutout", files=files, headers={"X-Api-Key": "k"}).status_code == 200
+
+
+def test_two_cars_in_zip_folders_with_the_same_names_stay_two_sets(set_client, views):
+    """a/car_01..03 and b/car_01..03: two sets (the seed model cuts out sets only),
+    b's outputs named car_0N-2.png and made from b's photos."""
+    names = [name for name, _ in views[:3]]
+    upload = io.BytesIO()
+    with zipfile.ZipFile(upload, "w") as archive:
+        for folder, chosen in (("a", views[:3]), ("b", views[3:6])):
+            for name, (_, data) in zip(names, chosen):
+                archive.writestr(f"{folder}/{name}", data)
+    members = _zip_names(set_client.post("/api/cutout-set", files={"files": ("cars.zip", upload.getvalue())}))
+    stems = [name.removesuffix(".jpg") for name in names]
+    assert sorted(members) == sorted([f"{s}.png" for s in stems] + [f"{s}-2.png" for s in stems])
+    alone = _zip_names(set_client.post("/api/cutout-set", files=[("files", (name, data, "image/jpeg"))
+                                                                  for name, (_, data) in zip(names, views[3:6])]))
+    assert all(members[f"{s}-2.png"] == alone[f"{s}.png"] for s in stems)
+
+
+def test_removebg_json_request(client, photo):
+    """remove.bg also takes its fields as a JSON body (image_file_b64, size, format, ...)."""
+    b64 = base64.b64encode(photo[0]).decode()
+    answer = client.post("/v1.0/removebg", json={"image_file_b64": b64, "format": "jpg", "bg_color": "00b900"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+    for body, field in (({"image_file_b64": 7}, "image_file_b64 must be a string"), ([b64], "object"),
+                        ({"image_url": "http://169.254.169.254/"}, "fetches nothing"), ({}, "No image given")):
+        refused = client.post("/v1.0/removebg", json=body)
+        assert refused.status_code == 400 and field in refused.json()["errors"][0]["title"]
+    broken = client.post("/v1.0/removebg", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and "JSON" in broken.json()["errors"][0]["title"]
+
+
+def test_a_bug_is_a_json_500_without_internals(rgb_predictor, photo, monkeypatch):
+    from carmask.serve import Service
+    monkeypatch.setattr(Service, "cut", lambda *a: 1 / 0)
+    with TestClient(create_app(rgb_predictor), raise_server_exceptions=False) as c:
+        for path, field, shape in (("/api/cutout", "file", "detail"), ("/v1.0/removebg", "image_file", "errors")):
+            answer = c.post(path, files={field: ("car.jpg", photo[0], "image/jpeg")})
+            assert answer.status_code == 500 and shape in answer.json()
+            assert "internal error" in answer.text and "ZeroDivision" not in answer.text
+
+
+def test_the_printed_page_address_opens():
+    assert page_url("::1", 8000) == "http://[::1]:8000/"
+    assert page_url("0.0.0.0", 8000) == page_url("::", 8000) == "http://127.0.0.1:8000/"
+    assert page_url("localhost", 80) == "http://localhost:80/"
+
+
+def test_removebg_crop(client, photo):
+    """crop=true trims the cut-out to the car's box (form or JSON); a bad value is named."""
+    files = {"image_file": ("car.jpg", photo[0], "image/jpeg")}
+    whole = client.post("/v1.0/removebg", files=files)
+    top, left, width, height = (int(whole.headers[f"X-Foreground-{k}"]) for k in ("Top", "Left", "Width", "Height"))
+    cropped = client.post("/v1.0/removebg", files=files, data={"crop": "true"})
+    image = np.asarray(Image.open(io.BytesIO(cropped.content)))
+    assert image.shape[:2] == (height, width) and cropped.headers["X-Width"] == str(width)
+    assert np.array_equal(image, np.asarray(Image.open(io.BytesIO(whole.content)))[top:top + height, left:left + width])
+    as_json = client.post("/v1.0/removebg", json={"image_file_b64": base64.b64encode(photo[0]).decode(), "crop": True})
+    assert as_json.content == cropped.content
+    refused = client.post("/v1.0/removebg", files=files, data={"crop": "maybe"})
+    assert refused.status_code == 400 and "crop" in refused.json()["errors"][0]["title"]
+
+
+def test_uploads_are_read_into_memory_only_inside_a_job(rgb_predictor, photo, monkeypatch):
+    """Requests beyond the jobs wait with their uploads spooled, not in memory
+    (30 tiny zips unpacking 100 MiB each took a server to 3.2 GiB)."""
+    import threading
+    import time
+
+    import carmask.serve as serve
+    active, most, lock = [0], [0], threading.Lock()
+    read = serve.read_upload
+
+    def counting(upload, state):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.2)
+        try:
+            return read(upload, state)
+        finally:
+            with lock:
+                active[0] -= 1
+    monkeypatch.setattr(serve, "read_upload", counting)
+    with TestClient(create_app(rgb_predictor, max_concurrency=1)) as c, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _post(c, photo[0]).status_code, range(4)))
+    assert answers == [200] * 4 and most[0] == 1

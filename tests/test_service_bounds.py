@@ -17,6 +17,7 @@ from live_server import live_server  # noqa: E402
 from carmask.serve import create_app, timed_protocol  # noqa: E402
 
 KEY = "test-key"
+AUTH = {"X-Api-Key": KEY}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,8 @@ def test_removebg_options_and_error_shape(server, photo):
 
 def test_an_oversized_upload_gets_its_413(server):
     body = b"\0" * (3 << 20)  # 3 MiB against a 1 MiB limit, sent whole
-    answer = requests.post(server + "/api/cutout", files={"file": ("big.jpg", body, "image/jpeg")}, timeout=60)
+    answer = requests.post(server + "/api/cutout", files={"file": ("big.jpg", body, "image/jpeg")}, timeout=60,
+                           headers=AUTH)
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
 
 
@@ -82,16 +84,18 @@ def test_pixel_budget_is_counted_before_decoding(server, photo):
     bomb = io.BytesIO()
     Image.new("L", (8000, 8000)).save(bomb, "PNG")  # 64 Mpx in a few KB
     answer = requests.post(server + "/api/cutout", files={"file": ("car.jpg", photo[0].read_bytes(), "image/jpeg"),
-                                                          "background": ("back.png", bomb.getvalue(), "image/png")})
+                                                          "background": ("back.png", bomb.getvalue(), "image/png")},
+                           headers=AUTH)
     assert answer.status_code == 413 and "pixels" in answer.json()["detail"]
 
 
 def test_other_origins_and_hosts_are_refused(server, photo):
     files = {"file": ("car.jpg", photo[0].read_bytes(), "image/jpeg")}
-    foreign = requests.post(server + "/api/cutout", files=files, headers={"Origin": "http://evil.example"})
+    foreign = requests.post(server + "/api/cutout", files=files, headers={"Origin": "http://evil.example", **AUTH})
     assert foreign.status_code == 403 and "evil.example" in foreign.json()["detail"]
-    same = requests.post(server + "/api/cutout", files=files, headers={"Origin": server})
-    allowed = requests.post(server + "/api/cutout", files=files, headers={"Origin": "http://allowed.example:8080"})
+    same = requests.post(server + "/api/cutout", files=files, headers={"Origin": server, **AUTH})
+    allowed = requests.post(server + "/api/cutout", files=files, headers={"Origin": "http://allowed.example:8080",
+                                                                          **AUTH})
     assert same.status_code == allowed.status_code == 200
     rebound = requests.get(server + "/", headers={"Host": "attacker.example"})
     assert rebound.status_code == 403
@@ -105,7 +109,7 @@ def test_security_headers_and_docs(server):
 
 
 def test_messages_carry_no_python_internals(server):
-    answer = requests.post(server + "/api/cutout", data={"file": "not a file"})
+    answer = requests.post(server + "/api/cutout", data={"file": "not a file"}, headers=AUTH)
     assert answer.status_code == 422
     assert "file" in answer.json()["detail"] and "0x" not in answer.text and "<" not in answer.text
 
@@ -119,7 +123,8 @@ def test_slow_clients_are_cut_off(server):
         assert slow.recv(1024) == b""  # closed by the server
         assert time.monotonic() - started < 5
     with socket.create_connection((host, int(port))) as slow:  # headers sent, body never comes
-        slow.sendall(b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+        slow.sendall(b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Api-Key: test-key\r\n"
+                     b"Content-Type: multipart/form-data; "
                      b"boundary=x\r\nContent-Length: 1000\r\n\r\n--x\r\n")
         slow.settimeout(15)
         assert b" 408 " in slow.recv(4096).split(b"\r\n")[0] + b" "

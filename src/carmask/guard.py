@@ -1,8 +1,8 @@
 """What stands in front of the HTTP service's routes.
 
 `Guard` (ASGI middleware, outermost) adds security headers to every answer,
-refuses other Host names (DNS rebinding) and POSTs from pages of other
-origins, answers a body over the upload limit with a 413 after reading and
+refuses other Host names (DNS rebinding), POSTs from pages of other
+origins and, when the server has an API key, POSTs without it; answers a body over the upload limit with a 413 after reading and
 dropping it (so that the client sees the answer) and a body that takes too
 long with a 408; `timed_protocol` closes connections whose headers are late.
 `error_response` shapes every error as the endpoint's API does: remove.bg's
@@ -11,6 +11,7 @@ long with a 408; `timed_protocol` closes connections whose headers are late.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 
 from fastapi import HTTPException
@@ -46,13 +47,15 @@ def removebg_path(path: str) -> bool:
 
 class Guard:
     """ASGI middleware, outermost: security headers on every answer; Host and
-    Origin checks; request bodies over `max_body` answered 413 after reading
+    Origin checks; the API key (`api_key`: required as X-Api-Key on every
+    POST, the page's included); request bodies over `max_body` answered 413 after reading
     and dropping them (up to DRAIN_BYTES, so that the client sees the answer);
     a body that takes longer than `body_timeout` answered 408."""
 
     def __init__(self, app, max_body: int, hosts: set[str] | None, origins: set[str],
-                 body_timeout: float = BODY_TIMEOUT):
+                 body_timeout: float = BODY_TIMEOUT, api_key: str | None = None):
         self.app, self.max_body, self.hosts, self.origins = app, max_body, hosts, origins
+        self.api_key = api_key
         self.body_timeout = body_timeout
 
     async def __call__(self, scope, receive, send):
@@ -74,6 +77,10 @@ class Guard:
             return await self._refuse(scope, receive, send_secure, 403,
                                       f"requests from pages of {origin[:80]} are not allowed "
                                       "(carmask serve --allow-origin adds an origin)")
+        if self.api_key is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
+                not hmac.compare_digest(headers.get("x-api-key", "").encode("latin-1"), self.api_key.encode()):
+            return await self._refuse(scope, receive, send_secure, 403, "missing or wrong API key: this server "
+                                      "needs it as the X-Api-Key header", code="auth_failed")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             return await self._refuse(scope, receive, send_secure, 413, self._too_large(), drain=True)
@@ -99,10 +106,11 @@ class Guard:
         return f"upload is larger than the limit of {self.max_body - MULTIPART_SLACK:,} bytes " \
                f"({(self.max_body - MULTIPART_SLACK) / MiB:.1f} MiB)"
 
-    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool = False):
+    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool = False, code=None):
         if drain or scope["method"] not in ("GET", "HEAD"):
             await _drain(receive, self.body_timeout)
-        await error_response(scope["path"], status, message, headers={"Connection": "close"})(scope, receive, send)
+        await error_response(scope["path"], status, message, code,
+                             headers={"Connection": "close"})(scope, receive, send)
 
 
 async def _drain(receive, timeout: float) -> None:

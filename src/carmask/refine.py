@@ -201,8 +201,9 @@ def _lower_edge(probs: torch.Tensor) -> torch.Tensor:
     """1 x 1 x h x w, > 0 where the (smoothed) probabilities fall going down
     more steeply than sideways: the car's lower edges."""
     p = F.avg_pool2d(probs, 5, 1, 2, count_include_pad=False)
-    fall = F.pad(p[..., :-2, :] - p[..., 2:, :], (0, 0, 1, 1), mode="replicate")
-    side = F.pad(p[..., :, 2:] - p[..., :, :-2], (1, 1, 0, 0), mode="replicate").abs_()
+    height, width = p.shape[-2:]  # a photo 1 or 2 pixels high (or wide) has no slope that way
+    fall = F.pad(p[..., :-2, :] - p[..., 2:, :], (0, 0, 1, 1), mode="replicate") if height > 2 else p * 0
+    side = F.pad(p[..., :, 2:] - p[..., :, :-2], (1, 1, 0, 0), mode="replicate").abs_() if width > 2 else p * 0
     return (fall - side) / (fall.abs() + side + 1e-6)
 
 

@@ -8,17 +8,18 @@ Endpoints (OpenAPI at /openapi.json):
 * ``POST /api/cutout``: one photo (multipart field ``file``) -> PNG cut-out
 * ``POST /api/cutout-set``: views of one or more cars (``files``, or a zip) -> zip of PNGs
 * ``POST /v1.0/removebg``: remove.bg's API (``image_file``, ``size``, ``format``, ``bg_color``,
-  ``bg_image_file``, ``channels``; ``X-Api-Key`` when the server has a key), so its clients work
+  ``bg_image_file``, ``channels``), so its clients work; with an API key every POST needs ``X-Api-Key``
 * ``GET /``: the web page (``static/index.html``)
 
 Every cut-out goes through `cutout.remove_set` (`Service.cut`). Bounds: a request body over
 the upload limit gets 413 (the body read and dropped up to a bound first, so
 the client sees the answer); every image's pixels are counted from its header
-before anything is decoded, against a per-request budget; decoding and all
-work happen inside `PixelSlots`, which admit a few requests and a fixed number
-of pixels at once; slow clients meet header and body timeouts. Pages of other
-origins cannot drive the API (Origin check), nor can other host names (Host
-check, against DNS rebinding): `guard.py`. Nothing a client sends is used as a path.
+before anything is decoded, against a per-request budget; reading uploads into
+memory, unpacking zips, decoding and all work happen inside `PixelSlots`,
+which admit a few requests and a fixed number of pixels at once; slow clients
+meet header and body timeouts. Pages of other origins cannot drive the API
+(Origin check), nor can other host names (Host check, against DNS rebinding),
+nor clients without the API key: `guard.py`. Nothing a client sends is used as a path.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import binascii
 import ctypes
 import gc
 import io
+import json
 import os
 import re
 import tempfile
@@ -40,10 +42,11 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 import numpy as np
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carmask import __version__
 from carmask import io as cio
@@ -63,6 +66,9 @@ ZIP_EXPANSION = 4                     # a zip may unpack to at most this many ti
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PNG_COMPRESS_LEVEL = 1                # fast; the photo's noise dominates the size anyway
 
+EXPOSED_HEADERS = ["Content-Disposition", "X-Carmask-Warning", "X-Carmask-Cutouts", "X-Carmask-Skipped",
+                   "X-Width", "X-Height", "X-Type", "X-Credits-Charged", "X-Foreground-Top", "X-Foreground-Left",
+                   "X-Foreground-Width", "X-Foreground-Height"]  # readable by --allow-origin pages
 IMAGE_TYPES_LOOSE = ("", "application/octet-stream", "binary/octet-stream")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip", "multipart/x-zip")
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]+")
@@ -80,11 +86,12 @@ ERRORS = {
 # -- what the routes share: the app's state ---------------------------------------------------------
 
 class PixelSlots:
-    """At most `jobs` requests at work and `pixels` decoded pixels at once: a
-    request waits here (`with slots(pixels):`), before decoding anything, until
-    its pixels fit. A second after the last one leaves, `on_idle` runs: by
-    default the memory freed is given back to the system (glibc keeps it
-    otherwise, and the server would stay at its peak size)."""
+    """At most `jobs` requests at work and `pixels` decoded pixels at once. A
+    request waits for a job (`with slots.job():`) before it reads its uploads
+    into memory or unpacks a zip, and then (`with slots(pixels):`), before
+    decoding anything, until its pixels fit. A second after the last job
+    ends, `on_idle` runs: by default the memory freed is given back to the
+    system (glibc keeps it otherwise, and the server would stay at its peak size)."""
 
     def __init__(self, jobs: int, pixels: int, on_idle=None):
         self.jobs, self.pixels = jobs, pixels
@@ -95,20 +102,31 @@ class PixelSlots:
         threading.Thread(target=self._trim_when_idle, name="carmask-trim", daemon=True).start()
 
     @contextmanager
-    def __call__(self, pixels: int):
-        pixels = min(int(pixels), self.pixels)
+    def job(self):
         with self._free:
-            self._free.wait_for(lambda: self._busy_jobs < self.jobs and self._busy_pixels + pixels <= self.pixels)
+            self._free.wait_for(lambda: self._busy_jobs < self.jobs)
             self._busy_jobs += 1
-            self._busy_pixels += pixels
         try:
             yield
         finally:
             with self._free:
                 self._busy_jobs -= 1
-                self._busy_pixels -= pixels
                 self._free.notify_all()
             self._worked.set()
+
+    @contextmanager
+    def __call__(self, pixels: int):
+        """Inside a job: wait until `pixels` more decoded pixels fit."""
+        pixels = min(int(pixels), self.pixels)
+        with self._free:
+            self._free.wait_for(lambda: self._busy_pixels + pixels <= self.pixels)
+            self._busy_pixels += pixels
+        try:
+            yield
+        finally:
+            with self._free:
+                self._busy_pixels -= pixels
+                self._free.notify_all()
 
     def _trim_when_idle(self) -> None:
         while self._worked.wait():
@@ -308,7 +326,7 @@ def _chunks(spool, size: int = 256 * 1024) -> Iterator[bytes]:
 router = APIRouter()
 
 
-@router.get("/health", tags=["meta"], summary="Liveness check")
+@router.api_route("/health", methods=["GET", "HEAD"], tags=["meta"], summary="Liveness check")
 async def health() -> dict:
     return {"status": "ok"}  # async: answered on the event loop, never behind queued work
 
@@ -331,19 +349,20 @@ def cutout(request: Request,
            background: UploadFile | None = File(None, description="Optional background image "
                                                                     "(scaled to cover); wins over bg.")):
     state = service(request)
-    budget = Budget(state.request_pixels)
-    photo = read_image(file, state, budget, "photo")
-    back = background_of(bg, background, state, budget)
-    try:
-        with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
-            [result] = state.cut([(photo.label, photo.data)], decoded(back))
-            body = None if result.error else encode(result.image)
-    except ImageError as exc:  # the background image
-        raise HTTPException(422, str(exc)) from None
-    if result.error:
-        raise HTTPException(422, str(result.error))
-    return Response(body, media_type="image/png", headers={
-        "Content-Disposition": f'inline; filename="{_stem(photo.label)}.png"', **warning_header(result)})
+    with state.slots.job():  # a few requests at once from here: their uploads in memory
+        budget = Budget(state.request_pixels)
+        photo = read_image(file, state, budget, "photo")
+        back = background_of(bg, background, state, budget)
+        try:
+            with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
+                [result] = state.cut([(photo.label, photo.data)], decoded(back))
+                body = None if result.error else encode(result.image)
+        except ImageError as exc:  # the background image
+            raise HTTPException(422, str(exc)) from None
+        if result.error:
+            raise HTTPException(422, str(result.error))
+        return Response(body, media_type="image/png", headers={
+            "Content-Disposition": f'inline; filename="{_stem(photo.label)}.png"', **warning_header(result)})
 
 
 @router.post("/api/cutout-set", tags=["cutout"], summary="Cut out sets of views of cars (zip of PNGs)",
@@ -359,58 +378,65 @@ def cutout_set(request: Request,
                bg: str = Form("transparent", description="As for /api/cutout."),
                background: UploadFile | None = File(None, description="Optional background image.")):
     state = service(request)
-    for upload in files:
-        check_type(upload, allow_zip=True)
-    budget = Budget(state.request_pixels)
-    back = background_of(bg, background, state, budget)
-    errors: list[str] = []
-    items = collect(files, state, errors)
-    for label, data in items:
-        budget.add(data, label)
-    if not items:
-        raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
-    suffix = "_mask.png" if back == "mask" else ".png"
-    out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
-    written, notes = 0, []
-    try:
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.slots(budget.used):
-            target, by_label = decoded(back), dict(items)
-            for photo_set in group_by_car([Path(label) for label, _ in items]):  # labels only: no file access
-                for result in state.cut([(p.name, by_label[p.name]) for p in photo_set.paths], target):
-                    if result.warning and result.warning not in notes:
-                        notes.append(result.warning)
-                    if result.error:
-                        errors.append(str(result.error))
-                        continue
-                    archive.writestr(f"{_stem(result.name)}{suffix}", encode(result.image))
-                    written += 1
-            for name, lines in (("errors.txt", errors), ("warnings.txt", notes)):
-                if lines:
-                    archive.writestr(name, "\n".join(lines) + "\n")
-        if not written:
-            raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
-    except ImageError as exc:  # the background image
-        out.close()
-        raise HTTPException(422, str(exc)) from None
-    except BaseException:
-        out.close()
-        raise
-    size = out.tell()
-    out.seek(0)
-    return StreamingResponse(_chunks(out), media_type="application/zip",
-                             headers={"Content-Disposition": 'attachment; filename="cutouts.zip"',
-                                      "Content-Length": str(size),
-                                      "X-Carmask-Cutouts": str(written),
-                                      "X-Carmask-Skipped": str(len(errors))})
+    with state.slots.job():  # a few at once from here: uploads and unpacked zips in memory
+        for upload in files:
+            check_type(upload, allow_zip=True)
+        budget = Budget(state.request_pixels)
+        back = background_of(bg, background, state, budget)
+        errors: list[str] = []
+        items = collect(files, state, errors)
+        for label, data, _ in items:
+            budget.add(data, label)
+        if not items:
+            raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
+        suffix = "_mask.png" if back == "mask" else ".png"
+        out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
+        written, notes = 0, []
+        try:
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.slots(budget.used):
+                target, by_place = decoded(back), {place: (label, data) for label, data, place in items}
+                for photo_set in group_by_car(list(by_place)):  # keys only: no file access
+                    for result in state.cut([by_place[p] for p in photo_set.paths], target):
+                        if result.warning and result.warning not in notes:
+                            notes.append(result.warning)
+                        if result.error:
+                            errors.append(str(result.error))
+                            continue
+                        archive.writestr(f"{_stem(result.name)}{suffix}", encode(result.image))
+                        written += 1
+                for name, lines in (("errors.txt", errors), ("warnings.txt", notes)):
+                    if lines:
+                        archive.writestr(name, "\n".join(lines) + "\n")
+            if not written:
+                raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
+        except ImageError as exc:  # the background image
+            out.close()
+            raise HTTPException(422, str(exc)) from None
+        except BaseException:
+            out.close()
+            raise
+        size = out.tell()
+        out.seek(0)
+        return StreamingResponse(_chunks(out), media_type="application/zip",
+                                 headers={"Content-Disposition": 'attachment; filename="cutouts.zip"',
+                                          "Content-Length": str(size),
+                                          "X-Carmask-Cutouts": str(written),
+                                          "X-Carmask-Skipped": str(len(errors))})
 
 
-def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[tuple[str, bytes]]:
-    """(unique label, bytes) for every photo uploaded directly or inside a zip."""
-    items: list[tuple[str, bytes]] = []
+def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[tuple[str, bytes, Path]]:
+    """(unique label, bytes, place) for every photo uploaded directly or inside
+    a zip. The label names the output; the place groups views into cars: the
+    photo's folder in its zip (a number, never the client's path) and its name,
+    so that two cars' folders with the same file names stay two sets."""
+    items: list[tuple[str, bytes, Path]] = []
     taken: set[str] = set()
+    places: set[Path] = set()
+    folders: dict[str, int] = {}
 
-    def add(name: str | None, data: bytes) -> None:
+    def add(name: str | None, data: bytes, folder: str = "") -> None:
         label = safe_label(name, "photo")
+        base = label
         if label in taken:
             stem, suffix = _stem(label), PurePosixPath(label).suffix
             n = 2
@@ -418,7 +444,11 @@ def collect(files: list[UploadFile], state: Service, errors: list[str]) -> list[
                 n += 1
             label = f"{stem}-{n}{suffix}"
         taken.add(label)
-        items.append((label, data))
+        place = Path(str(folders.setdefault(folder, len(folders)))) / base
+        if place in places:  # the same name twice in one folder: a photo of its own
+            place = place.with_name(label)
+        places.add(place)
+        items.append((label, data, place))
         if len(items) > MAX_SET_FILES:
             raise HTTPException(413, f"more than {MAX_SET_FILES} photos in one request")
 
@@ -462,12 +492,13 @@ def unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str]
             budget[0] -= len(content)
             if budget[0] < 0:
                 raise HTTPException(413, f"{zip_label}: unpacks to more than {ZIP_EXPANSION}x the upload limit")
-            add(base, content)
+            add(base, content, f"{zip_label}/{PurePosixPath(name).parent}")
 
 
 # -- remove.bg's API ----------------------------------------------------------------------------
 
 WHITE = (255, 255, 255)  # remove.bg's JPEG background when none is given
+FOREGROUND_ALPHA = 32    # alpha counted in the car's box (X-Foreground-*)
 REMOVEBG_SIZES = {"preview": 0.25e6, "small": 0.25e6, "regular": 0.25e6, "medium": 1.5e6, "hd": 4e6,
                   "4k": 10e6, "full": None, "auto": None, "50mp": None}
 
@@ -479,6 +510,28 @@ class RemoveBgError(Exception):
         self.status, self.title, self.code = status, title, code
 
 
+REMOVEBG_JSON_FIELDS = ("image_file_b64", "image_url", "size", "type", "format", "bg_color", "channels", "crop")
+FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+
+
+async def _json_fields(request: Request) -> dict:
+    """remove.bg's fields from an application/json body ({} for a form): strings only."""
+    if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
+        return {}
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise RemoveBgError(400, "the request body is not valid JSON", "invalid_parameters") from None
+    if not isinstance(body, dict):
+        raise RemoveBgError(400, "the JSON body must be an object of remove.bg's fields", "invalid_parameters")
+    for name in REMOVEBG_JSON_FIELDS:
+        if isinstance(body.get(name), bool):  # crop: true
+            body[name] = str(body[name]).lower()
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise RemoveBgError(400, f"{name} must be a string", "invalid_parameters")
+    return {name: body[name] for name in REMOVEBG_JSON_FIELDS if body.get(name) is not None}
+
+
 @router.post("/v1.0/removebg", tags=["remove.bg"], summary="remove.bg-compatible cut-out",
              response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {},
                                                                     "application/zip": {}}}})
@@ -486,50 +539,87 @@ def removebg(request: Request,
              image_file: UploadFile | None = File(None), image_file_b64: str | None = Form(None),
              image_url: str | None = Form(None), size: str = Form("auto"), type: str = Form("auto"),
              format: str = Form("auto"), bg_color: str | None = Form(None),
-             bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba")):
-    state = service(request)
-    if state.api_key is not None and request.headers.get("x-api-key") != state.api_key:
-        raise RemoveBgError(403, "Missing or invalid API key (X-Api-Key)", "auth_failed")
+             bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba"),
+             crop: str = Form("false", description="true: trimmed to the car (X-Foreground-* box)."),
+             json_body: dict = Depends(_json_fields)):
+    state = service(request)  # the API key, if any, was checked in front (guard.py)
+    if json_body:  # remove.bg's JSON request: the same fields, files as base64
+        image_file_b64, image_url, bg_color = (json_body.get(k) for k in ("image_file_b64", "image_url", "bg_color"))
+        size, format, channels, crop = (json_body.get(k) or d for k, d in (("size", "auto"), ("format", "auto"),
+                                                                            ("channels", "rgba"), ("crop", "false")))
     fmt, size, channels = (format or "auto").lower(), (size or "auto").lower(), (channels or "rgba").lower()
     for name, value, allowed in (("format", fmt, ("auto", "png", "jpg", "zip")), ("size", size, REMOVEBG_SIZES),
                                  ("channels", channels, ("rgba", "alpha"))):
         if value not in allowed:
             raise RemoveBgError(400, f"{name} {value[:40]!r}: use one of {', '.join(allowed)}", "invalid_parameters")
+    if (crop or "").lower() not in FLAGS:
+        raise RemoveBgError(400, f"crop {crop[:40]!r}: use true or false", "invalid_parameters")
     if image_url:
         raise RemoveBgError(400, "image_url is not supported: this server fetches nothing; send image_file",
                             "invalid_parameters")
-    budget = Budget(state.request_pixels)
-    photo = _removebg_image(image_file, image_file_b64, state, budget)
-    back = background_of(None, bg_image_file, state, budget) if bg_image_file is not None and \
-        bg_image_file.filename else _removebg_colour(bg_color)
-    with state.slots(budget.used):
-        [result] = state.cut([(photo.label, photo.data)], "transparent")
-        if result.error:
-            raise RemoveBgError(400, str(result.error), "unknown_foreground" if "views" in result.error.reason
-                                else "invalid_image")
-        rgba = _scaled(result.image, REMOVEBG_SIZES[size])
-        alpha, coloured = rgba[..., 3], back != "transparent"
-        try:
-            flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
-        except ImageError as exc:
-            raise RemoveBgError(400, str(exc), "invalid_image") from None
-        if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
-            buffer = io.BytesIO()
-            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-                archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
-                archive.writestr("alpha.png", encode(alpha))
-            body, media = buffer.getvalue(), "application/zip"
-        elif channels == "alpha":
-            body, media = encode(alpha), "image/png"
-        elif fmt == "jpg" or (fmt == "auto" and coloured):
-            body, media = encode(flat, "JPEG"), "image/jpeg"
-        else:
-            body, media = encode(flat if coloured else rgba), "image/png"
-    height, width = alpha.shape
-    return Response(body, media_type=media, headers={
-        "X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
-        "X-Foreground-Top": "0", "X-Foreground-Left": "0",
-        "X-Foreground-Width": str(width), "X-Foreground-Height": str(height)})
+    with state.slots.job():  # a few requests at once from here: their uploads in memory
+        budget = Budget(state.request_pixels)
+        photo = _removebg_image(image_file, image_file_b64, state, budget)
+        back = background_of(None, bg_image_file, state, budget) if bg_image_file is not None and \
+            bg_image_file.filename else _removebg_colour(bg_color)
+        with state.slots(budget.used):
+            [result] = state.cut([(photo.label, photo.data)], "transparent")
+            if result.error:
+                raise RemoveBgError(400, str(result.error), "unknown_foreground" if "views" in result.error.reason
+                                    else "invalid_image")
+            rgba = _scaled(result.image, REMOVEBG_SIZES[size])
+            if FLAGS[(crop or "").lower()]:
+                rgba = _cropped(rgba)
+            alpha, coloured = rgba[..., 3], back != "transparent"
+            try:
+                flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
+            except ImageError as exc:
+                raise RemoveBgError(400, str(exc), "invalid_image") from None
+            if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
+                buffer = io.BytesIO()
+                with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+                    archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
+                    archive.writestr("alpha.png", encode(alpha))
+                body, media = buffer.getvalue(), "application/zip"
+            elif channels == "alpha":
+                body, media = encode(alpha), "image/png"
+            elif fmt == "jpg" or (fmt == "auto" and coloured):
+                body, media = encode(flat, "JPEG"), "image/jpeg"
+            else:
+                body, media = encode(flat if coloured else rgba), "image/png"
+        height, width = alpha.shape
+        box = _foreground_box(alpha)
+        headers = {"X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
+                   **{f"X-Foreground-{k.title()}": str(v) for k, v in box.items()}}
+        if _wants_json(request):  # remove.bg's JSON answer: the image as base64 beside the car's box
+            return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode("ascii"),
+                                          **{f"foreground_{k}": v for k, v in box.items()}}}, headers=headers)
+        return Response(body, media_type=media, headers=headers)
+
+
+def _cropped(rgba: np.ndarray) -> np.ndarray:
+    """remove.bg's crop: the cut-out trimmed to the car's box."""
+    box = _foreground_box(rgba[..., 3])
+    if not box["width"]:
+        raise RemoveBgError(400, "crop: no car was found to crop to", "unknown_foreground")
+    return rgba[box["top"]:box["top"] + box["height"], box["left"]:box["left"] + box["width"]]
+
+
+def _wants_json(request: Request) -> bool:
+    """remove.bg answers JSON to `Accept: application/json` (its SDKs ask so), else the image."""
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and "image/" not in accept
+
+
+def _foreground_box(alpha: np.ndarray) -> dict[str, int]:
+    """The car's bounding box in the result (pixels at least an eighth opaque,
+    not a faint haze): top, left, width, height."""
+    car = alpha >= FOREGROUND_ALPHA
+    rows, cols = np.flatnonzero(car.any(axis=1)), np.flatnonzero(car.any(axis=0))
+    if not len(rows):
+        return {"top": 0, "left": 0, "width": 0, "height": 0}
+    return {"top": int(rows[0]), "left": int(cols[0]),
+            "width": int(cols[-1] - cols[0] + 1), "height": int(rows[-1] - rows[0] + 1)}
 
 
 def _removebg_image(upload: UploadFile | None, b64: str | None, state: Service, budget: Budget) -> Upload:
@@ -579,7 +669,7 @@ _PAGE = (STATIC_DIR / "index.html").read_text(encoding="utf-8") if (STATIC_DIR /
     else "<!doctype html><title>carmask</title><p>The web page is not installed; see /openapi.json.</p>"
 
 
-@router.get("/", include_in_schema=False, response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False, response_class=HTMLResponse)
 async def index() -> HTMLResponse:
     return HTMLResponse(_PAGE)
 
@@ -593,15 +683,25 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "header"))
         kind = error.get("type", "")
         what = "is required" if kind == "missing" else \
-            "must be a file upload" if "upload" in kind.lower() or "file" in kind.lower() else \
+            "must be a file upload" if re.search("upload|file", f"{kind} {error.get('msg', '')}", re.I) else \
             re.sub(r"<[^>]*>|0x[0-9a-f]+", "", str(error.get("msg", "is not valid"))).strip()
         problems.append(f"field {where or 'request'!r} {what}")
     path = request.url.path
     return error_response(path, 400 if removebg_path(path) else 422, "; ".join(problems) or "the request is not valid")
 
 
+def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: a 500 in the endpoint's shape, no internals (the traceback goes to the server's log)."""
+    return error_response(request.url.path, 500, "internal error: the server could not answer this request "
+                                                 "(its log has the details)", "internal_error")
+
+
 def _http_error(request: Request, exc) -> JSONResponse:
+    """Every HTTP error (also the framework's 404, 405 and form-parsing 400s) in the endpoint's shape."""
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if re.fullmatch(r"(Field|Part) exceeded maximum size of \d+KB\.", detail):
+        detail = (f"a form field is larger than {detail.split()[-1][:-1]}: send images as file parts "
+                  "(image_file, file, files), not as text fields")
     return error_response(request.url.path, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
@@ -616,7 +716,7 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
     (a shipped name, a checkpoint path, or None for the shipped defaults) and
     `device`. `max_pixels`: every image of one request together. `hosts`: the
     Host names served (None: any). `allow_origins`: other origins whose pages
-    may POST. `api_key`: required as X-Api-Key on the remove.bg endpoint."""
+    may POST. `api_key`: required as X-Api-Key on every POST (the page asks for it)."""
     predictor = predictor or Predictor(model, device=device)
     jobs = max_concurrency or max(2, min(4, os.cpu_count() or 1))
     state = Service(predictor, int(max_upload_bytes), int(max_pixels),
@@ -630,13 +730,18 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
     app.state.service = state
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RemoveBgError, _removebg_error)
+    app.add_exception_handler(Exception, _internal_error)
     if STATIC_DIR.is_dir():
         from fastapi.staticfiles import StaticFiles
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(Guard, max_body=state.max_upload_bytes + MULTIPART_SLACK, hosts=hosts,
-                       origins=set(allow_origins), body_timeout=body_timeout)
+                       origins=set(allow_origins), body_timeout=body_timeout, api_key=api_key)
+    if allow_origins:  # outermost: their pages may read every answer, the guard's refusals too
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "HEAD", "POST"],
+                           allow_headers=["X-Api-Key", "Accept"], expose_headers=EXPOSED_HEADERS)
     return app
 
 
@@ -650,6 +755,12 @@ def _preload(predictor: Predictor) -> None:
             pass
 
 
+def page_url(host: str, port: int) -> str:
+    """Where to open the page of a server bound to `host` (an IPv6 address in brackets)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+
 def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto",
         api_key: str | None = None, allow_origins=(), max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         max_concurrency: int | None = None) -> None:
@@ -659,6 +770,6 @@ def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "au
     app = create_app(model=model, device=device, api_key=api_key, hosts=local_hosts(host),
                      allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
                      max_concurrency=max_concurrency)
-    print(f"carmask {__version__}: open http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/")
+    print(f"carmask {__version__}: open {page_url(host, port)}")
     uvicorn.run(app, host=host, port=port, log_level="info", http=timed_protocol(),
                 timeout_keep_alive=5, limit_concurrency=512)
