@@ -50,3 +50,11 @@ def test_an_image_name_for_several_photos_is_a_usage_error(photo, tmp_path):
     result = run_cli("cutout", photo, other, "-o", tmp_path / "two.png")
     assert result.exit_code == 2 and "names one image, but 2 photos were given: name a folder" in result.output
     assert not (tmp_path / "two.png").exists()
+
+
+@pytest.mark.parametrize("name", ["out.gif", "out.tif"])
+def test_an_image_name_cutout_does_not_write_is_a_usage_error(photo, tmp_path, name):
+    """-o out.gif made a folder named out.gif."""
+    result = run_cli("cutout", photo, "-o", tmp_path / name)
+    assert result.exit_code == 2 and "cut-outs are written as .png, .jpg, .jpeg, .webp" in result.output
+    assert not (tmp_path / name).exists()

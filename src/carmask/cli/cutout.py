@@ -49,6 +49,7 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     if stdin and len(inputs) > 1:
         raise click.UsageError("- (standard input) is one photo: give it alone")
     photos = [Path("-")] if stdin else _less_earlier_outputs(find_inputs(inputs, recursive), output, back)
+    _check_image_suffix(output)
     single_file = len(photos) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES
     if len(photos) > 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES and not Path(output).is_dir():
         raise click.UsageError(f"-o {output} names one image, but {len(photos)} photos were given: "
@@ -104,6 +105,15 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
         return remove_set([("-", click.get_binary_stream("stdin").read())], predictor, back, refine=refine)
     sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
     return remove_sets(sets, predictor, back, refine=refine)
+
+
+def _check_image_suffix(output: str) -> None:
+    """-o out.gif (or .tif, .bmp) named an image that cutout does not write: it became a folder of that name."""
+    from PIL import Image
+    suffix = Path(output).suffix.lower()
+    if suffix in Image.registered_extensions() and suffix not in IMAGE_SUFFIXES and not Path(output).is_dir():
+        raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(IMAGE_SUFFIXES)}; name such a "
+                                 f"file, or a folder", param_hint="-o")
 
 
 def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[Path]:
