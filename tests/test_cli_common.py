@@ -82,3 +82,15 @@ def test_a_result_that_stdout_cannot_take_is_a_sentence(tmp_path):
 def test_batch_size_below_one_is_a_usage_error(tmp_path, verb):
     result = run_cli(verb, tmp_path, "--batch-size", "0", *(() if verb == "evaluate" else ("-o", tmp_path / "o")))
     assert result.exit_code == 2 and "'--batch-size': 0 is not in the range x>=1" in result.output
+
+
+@pytest.mark.parametrize("args", [("predict", "{photo}", "-o"), ("export", "seed", "-o")])
+def test_an_output_file_named_as_a_folder_is_refused(tmp_path, args):
+    """-o out/ wrote a file named out (and said "wrote out/")."""
+    import numpy as np
+    from PIL import Image
+    photo = tmp_path / "car.jpg"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(photo)
+    result = run_cli(*[a.format(photo=photo) for a in args], f"{tmp_path}/out/")
+    assert result.exit_code == 2 and f"{tmp_path}/out/ names a folder (it ends with /)" in result.stderr
+    assert not (tmp_path / "out").exists()

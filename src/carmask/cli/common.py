@@ -196,6 +196,8 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
     one without --overwrite (a folder only if it holds files), a file where a
     folder is needed or the reverse, a missing folder to write a file into
     (folders are created, with their parents), a place without write access."""
+    if not folder and str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file
+        raise InputError(f"{path} names a folder (it ends with {str(path)[-1]}); name the file to write")
     path = Path(path)
     if path.exists():
         if not (path.is_dir() or path.is_file()):  # a device, a pipe: replacing it would break the system

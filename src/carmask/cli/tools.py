@@ -58,7 +58,7 @@ def synth(output, cars, test_cars, views, size, seed, overwrite):
 
 @main.command("export")
 @click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=click.Path(),
               help="ONNX file to write, e.g. model.onnx.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 20),
               help="ONNX opset version (torch's exporter writes 9 to 20).")
