@@ -58,3 +58,10 @@ def test_an_image_name_cutout_does_not_write_is_a_usage_error(photo, tmp_path, n
     result = run_cli("cutout", photo, "-o", tmp_path / name)
     assert result.exit_code == 2 and "cut-outs are written as .png, .jpg, .jpeg, .webp" in result.output
     assert not (tmp_path / name).exists()
+
+
+def test_an_output_ending_in_a_slash_is_a_folder(photo, tmp_path):
+    """-o out.png/ was taken for a file name (and refused as a folder's name)."""
+    result = run_cli("cutout", photo, "-o", f"{tmp_path}/out.png/", "--bg", "mask")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out.png").iterdir()) == ["car_mask.png"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -50,8 +51,8 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
         raise click.UsageError("- (standard input) is one photo: give it alone")
     photos = [Path("-")] if stdin else _less_earlier_outputs(find_inputs(inputs, recursive), output, back)
     _check_image_suffix(output)
-    single_file = len(photos) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES
-    if len(photos) > 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES and not Path(output).is_dir():
+    single_file = len(photos) == 1 and _names_image(output)
+    if len(photos) > 1 and _names_image(output) and not Path(output).is_dir():
         raise click.UsageError(f"-o {output} names one image, but {len(photos)} photos were given: "
                                f"name a folder")
     if to_stdout and len(photos) > 1:
@@ -107,10 +108,15 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
     return remove_sets(sets, predictor, back, refine=refine)
 
 
+def _names_image(output: str) -> bool:
+    """-o names one image file (out.png), not a folder (out/, out.png/)."""
+    return Path(output).suffix.lower() in IMAGE_SUFFIXES and not output.endswith(("/", os.sep))
+
+
 def _check_image_suffix(output: str) -> None:
     """-o out.gif (or .tif, .bmp) named an image that cutout does not write: it became a folder of that name."""
     from PIL import Image
-    suffix = Path(output).suffix.lower()
+    suffix = "" if output.endswith(("/", os.sep)) else Path(output).suffix.lower()
     if suffix in Image.registered_extensions() and suffix not in IMAGE_SUFFIXES and not Path(output).is_dir():
         raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(IMAGE_SUFFIXES)}; name such a "
                                  f"file, or a folder", param_hint="-o")
