@@ -118,3 +118,15 @@ def test_the_wrong_shape_of_views_is_a_sentence_not_a_misreading(turntable):
         predictor.predict_views([photo, photo, photo])
     with pytest.raises(TypeError, match="predict_sets takes io.PhotoSet items"):
         list(predictor.predict_sets([turntable[:3]]))
+
+
+def test_copies_of_one_photo_are_not_a_set(turntable, tmp_path):
+    """Three copies of one photo passed the studio check (0% differing) and their
+    median, the photo itself, left an empty mask (dice 0.02 against the photo alone)."""
+    for i in (1, 2, 3):
+        (tmp_path / f"copy_{i:02d}.jpg").write_bytes(turntable[0].read_bytes())
+    predictor = Predictor(device="cpu")
+    out = predictions(predictor, sorted(tmp_path.iterdir()))
+    assert all("are (nearly) one photo" in p.warning and "predicted photo by photo" in p.warning for p in out)
+    np.testing.assert_allclose(out[0].probs, predictor.predict_photo(turntable[0]), atol=1e-5)
+    assert not any(p.warning for p in predictions(predictor, turntable))  # a real set is still one

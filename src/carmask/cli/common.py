@@ -306,7 +306,7 @@ sets_option = click.option(
     help="How photos named <car>_<NN> are grouped. auto: a car's views are predicted as a set (with its "
          "median background) only when they share a studio: at least 3 readable views of one size, each "
          "differing from their median background over at most 45% of the frame (the car and its "
-         "shadow); other views are predicted photo by photo, with a warning naming them. This tells "
+         "shadow) and at least 1% (not copies of one photo); other views are predicted photo by photo, with a warning naming them. This tells "
          "studios apart, not cars: photos of different cars shot in one studio and named as one car's "
          "views pass it (use never). always: trust the names. never: every photo alone.")
 
