@@ -129,3 +129,24 @@ def test_a_car_not_predicted_as_a_set_is_named_once_and_counted(data, tmp_path):
     never = run_cli("evaluate", few, "--device", "cpu", "--sets", "never")
     assert never.exit_code == 0 and "warning" not in never.stderr
     assert mean_dice(never) != mean_dice(result)  # the 16-view car alone, photo by photo
+
+
+def test_resize_loss_leaves_out_unreadable_masks_and_names_them(data, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    (broken / "train_masks" / f"{CARS[0]}_02_mask.gif").write_bytes(b"")
+    result = run_cli("evaluate", broken, *MODEL, "--resize-loss", "24x16")
+    assert result.exit_code == 1, result.output  # the evaluation skips it too
+    assert f"over 47 masks (1 unreadable left out: {CARS[0]}_02_mask.gif): dice " in result.stdout
+    assert "mean dice" in result.stdout
+
+
+def test_masks_of_another_name_are_shown_in_the_error(data, tmp_path):
+    """PNG masks (a user's own dataset): the error says which names it wants and what it found."""
+    other = tmp_path / "png"
+    shutil.copytree(data, other)
+    for mask in (other / "train_masks").iterdir():
+        mask.rename(mask.with_suffix(".png"))
+    result = run_cli("evaluate", other, *MODEL)
+    assert result.exit_code == 2, result.output
+    assert f"named <photo>_mask.gif; it holds 48 other file(s): {CARS[0]}_01_mask.png" in result.stderr

@@ -196,7 +196,7 @@ def test_two_photos_with_one_name_refuse(data, tmp_path):
     shutil.copy(one, tmp_path / "copy" / one.name)
     result = run_cli("predict", one, tmp_path / "copy" / one.name, "-o", tmp_path / "s.csv", *MODEL)
     assert result.exit_code == 2
-    assert f"two photos named {one.name}" in result.stderr
+    assert f"2 photos named {one.name}" in result.stderr
 
 
 def test_dash_streams_the_submission_to_stdout(photos, full, tmp_path, monkeypatch):
@@ -291,3 +291,35 @@ def test_sets_always_trusts_the_names_and_never_takes_every_photo_alone(mixed, t
     whole = "synth003c001_05.jpg"  # a real set: the multi-view model, unless --sets never
     assert rows["auto"][whole] == rows["always"][whole] != rows["never"][whole]
     assert auto.exit_code == 0
+
+
+def test_a_name_with_a_line_break_is_refused_before_any_work(tmp_path):
+    from PIL import Image
+    photo = tmp_path / "a\nb.jpg"
+    Image.new("RGB", (8, 8)).save(photo, "JPEG")
+    result = run_cli("predict", tmp_path, "-o", tmp_path / "s.csv")
+    assert result.exit_code == 2 and "name holds a line break: 'a\\nb.jpg'" in result.stderr.replace(str(tmp_path) + "/", "")
+    assert not (tmp_path / "s.csv.partial").exists()
+
+
+def test_a_submission_never_replaces_a_photo(tmp_path):
+    from PIL import Image
+    photo = tmp_path / "car.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    before = photo.read_bytes()
+    result = run_cli("predict", photo, "-o", photo, "--overwrite")
+    assert result.exit_code == 2 and f"{photo} is one of the input photos" in result.stderr
+    assert photo.read_bytes() == before
+
+
+def test_a_pipe_named_as_a_photo_is_skipped_not_waited_on(tmp_path):
+    """A FIFO named x.jpg on the command line: reading it (and its EXIF) waited for a writer forever."""
+    import subprocess
+    pipe = tmp_path / "x.jpg"
+    os.mkfifo(pipe)
+    try:
+        done = subprocess.run([sys.executable, "-m", "carmask", "predict", str(pipe), "-o", "-"],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("carmask predict waited on a pipe")
+    assert done.returncode == 1 and "x.jpg: not a regular file (a pipe or a device)" in done.stderr

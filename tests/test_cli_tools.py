@@ -66,3 +66,9 @@ def test_ctrl_c_ends_any_verb_with_exit_130(monkeypatch):
     monkeypatch.setattr("carmask.cli.models.rows", interrupted)
     result = run_cli("models")
     assert result.exit_code == 130 and result.stderr == "carmask: interrupted\n"
+
+
+def test_synth_views_fit_two_digit_names(tmp_path):
+    """A 100th view, named <car>_100.jpg, would not have been read as one of its car's views."""
+    result = run_cli("synth", tmp_path / "s", "--views", "100")
+    assert result.exit_code == 2 and "100 is not in the range 1<=x<=99" in result.output

@@ -65,6 +65,20 @@ def test_an_earlier_run_is_kept_unless_resumed_or_overwritten(data, tmp_path, no
     assert run_cli("train", data, "-o", run, *QUICK, "--overwrite", "--resume").exit_code == 2
 
 
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--max-minutes", "-1"), ("--epochs", "0"),
+                                           ("--val-fraction", "1"), ("--lr", "0"), ("--width", "0")])
+def test_numbers_out_of_range_are_usage_errors(data, tmp_path, no_training, option, value):
+    """--batch-size 0 was a ZeroDivisionError traceback, --max-minutes -1 no budget at all."""
+    result = run_cli("train", data, "-o", tmp_path / "run", *QUICK, option, value)
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+    assert no_training == []
+
+
+def test_resume_with_nothing_to_resume_says_it_trains_afresh(data, tmp_path, no_training):
+    result = run_cli("train", data, "-o", tmp_path / "run", *QUICK, "--resume")
+    assert result.exit_code == 0 and "nothing to resume in" in result.stderr and "training afresh" in result.stderr
+
+
 @pytest.mark.parametrize("layout, says", [
     ("no masks", "no masks folder for"),
     ("no photos", "no <car>_<NN>.jpg photos found in"),
@@ -124,3 +138,12 @@ def test_interrupted_training_says_how_to_resume(data, tmp_path, monkeypatch):
     monkeypatch.setattr("carmask.train.train", interrupted)
     result = run_cli("train", data, "-o", tmp_path / "run", *QUICK)
     assert result.exit_code == 130 and "--resume" in result.stderr
+
+
+def test_no_usable_photo_says_why(tmp_path):
+    """Cars of 2 views for a model that needs sets: the sentence says what left them out."""
+    data = make_dataset(tmp_path / "data", cars=1, views=2, test_cars=0, size=(96, 64), seed=6)
+    result = run_cli("train", data, "-o", tmp_path / "run", *QUICK)
+    assert result.exit_code == 2, result.output
+    assert "no usable training photos in" in result.stderr and "(2 left out; the first: " in result.stderr
+    assert "at least 3 views" in result.stderr

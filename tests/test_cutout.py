@@ -43,7 +43,7 @@ def test_photos_one_or_two_pixels_thin_are_cut_out(predictor, size):
     assert remove(noise, predictor).shape == (*size, 4)
 
 
-@pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.zeros((4, 4), np.float32), "<array>"),
+@pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.full((4, 4), 2.0, np.float32), "<array>"),
                                         (42, "int"), ("missing.jpg", "missing.jpg")])
 def test_remove_errors_name_the_input(predictor, bad, named):
     with pytest.raises(ImageError) as caught:

@@ -33,10 +33,35 @@ def test_names_and_grouping(tmp_path):
     assert [p.name for p in find_photos([str(tmp_path / "a_*.jpg")])] == ["a_01.jpg", "a_02.jpg", "a_03.jpg"]
 
 
+def test_a_symlink_loop_gives_each_photo_once(tmp_path):
+    """`carmask predict 'dir/**/*.jpg' -r` over a link to a parent folder met
+    the photo at every depth down to the system's limit (40 paths, one name)."""
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "sub" / "a.jpg")
+    (tmp_path / "sub" / "up").symlink_to("..")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "sub" / "a.jpg")  # another name: another photo
+    for inputs in ([f"{tmp_path}/**/*.jpg"], [tmp_path]):
+        assert find_photos(inputs, recursive=True) == [tmp_path / "b.jpg", tmp_path / "sub" / "a.jpg"]
+
+
 def test_parse_size():
     assert parse_size("1918x1280") == (1918, 1280)
     with pytest.raises(ValueError):
         parse_size("1918by1280")
+    with pytest.raises(ValueError, match="100000x100000 is not between 1x1 and 64,000,000 pixels"):
+        parse_size("100000x100000")  # it would have asked for 40 GB in the middle of a run
+
+
+def test_predictor_refuses_sizes_and_batches_it_cannot_make():
+    from carmask.predict import Predictor
+    with pytest.raises(ValueError, match="batch size and workers must be at least 1, not 0 and None"):
+        Predictor(batch_size=0)
+    with pytest.raises(ValueError, match="must be at least 1, not 16 and -1"):
+        Predictor(workers=-1)  # was a ThreadPoolExecutor error at the first photo
+    photo = np.zeros((8, 8, 3), np.uint8)
+    for size in [(0, 5), (100_000, 100_000), "ab"]:
+        with pytest.raises(ValueError, match="size"):
+            Predictor().predict_photo(photo, output_size=size)
 
 
 def test_reads_rgb_jpeg(tmp_path, photo):
@@ -113,10 +138,30 @@ def test_arrays_and_pil_images_are_photos_too(photo):
     assert np.array_equal(read_photo(photo[..., 0]), np.repeat(photo[..., :1], 3, axis=-1))  # grey
     rgba = np.dstack([photo, np.full(photo.shape[:2], 7, np.uint8)])
     assert np.array_equal(read_photo(rgba), photo)  # alpha dropped
-    with pytest.raises(ImageError, match="front.png: a photo array must hold uint8"):
-        read_photo(photo.astype(np.float32), name="front.png")
     with pytest.raises(ImageError, match="H x W x 3"):
         read_photo(np.zeros((4, 5, 2), np.uint8))
+
+
+def test_arrays_of_other_value_types_and_layouts(photo):
+    """Floats in 0..1, 16-bit, bool and small integers are photos too; what
+    cannot be one gets a sentence naming it, never a torch or numpy error."""
+    assert np.array_equal(read_photo(photo / 255.0), photo)
+    assert np.array_equal(read_photo(photo.astype(np.float32) / 255), photo)
+    assert np.array_equal(read_photo(photo.astype(np.uint16) * 257), photo)
+    assert np.array_equal(read_photo(photo.astype(np.int64)), photo)
+    assert read_photo(photo[..., 0] > 100).max() == 255
+    flipped = photo[:, ::-1]  # negative strides
+    assert np.array_equal(read_photo(flipped), flipped) and all(s > 0 for s in read_photo(flipped).strides)
+    for array, message in [(photo * 1.0, "front.png: a float64 photo array must hold values in 0..1"),
+                           (np.full(photo.shape, np.nan), "NaN"),
+                           (photo.astype(np.int16) - 5, "values in 0..255"),
+                           (photo.transpose(2, 0, 1), "channels-first: pass array.transpose"),
+                           (photo[None], "not a batch")]:
+        with pytest.raises(ImageError, match=message):
+            read_photo(array, name="front.png")
+    for thing in (None, 5, [1, 2], io.BytesIO(b"x")):
+        with pytest.raises(ImageError, match="photo: a .* is not a photo: give a path"):
+            read_photo(thing)
 
 
 def test_masks(tmp_path):

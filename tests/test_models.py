@@ -40,9 +40,11 @@ def test_a_checkpoint_cannot_run_code(tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"format": models.FORMAT, "payload": Exploit()}, f)
-    with pytest.raises(ValueError, match="not a loadable carmask checkpoint"):
+    with pytest.raises(ValueError, match="not a loadable carmask checkpoint") as caught:
         models.load(evil)
     assert "must never run" not in capsys.readouterr().out
+    # one line, and never torch's advice to load it again with weights_only=False
+    assert "\n" not in str(caught.value) and "weights_only" not in str(caught.value)
 
 
 def test_unknown_names_and_junk_files(tmp_path):

@@ -96,3 +96,37 @@ def test_a_refine_hook_sees_full_resolution_photos_and_their_set(turntable, tmp_
     assert all(p.rle == f"1 {192 * 128}" for p in out)  # the hook's probabilities were used
     assert set(predictor.stage_seconds) == {"decode", "inputs", "model", "postprocess", "copy back"}
     assert all(seconds > 0 for seconds in predictor.stage_seconds.values())
+
+
+def test_views_without_a_car_name_get_a_sentence_that_reads(turntable):
+    """Uploads (no <car>_<NN> name) said "these views has 2 readable views"."""
+    photos = [np.asarray(Image.open(p)) for p in turntable[:4]]
+    out = Predictor(device="cpu").predict_views([("a.jpg", photos[0]), ("b.jpg", photos[1])])
+    assert out[0].warning.startswith("a.jpg, b.jpg: only 2 readable views, and a background needs 3")
+    out = Predictor(device="cpu").predict_views([(f"{i}.jpg", p[:64] if i == 1 else p) for i, p in enumerate(photos)])
+    assert out[1].warning == "1.jpg: not the size of the other views (192x128): predicted alone"
+
+
+def test_the_wrong_shape_of_views_is_a_sentence_not_a_misreading(turntable):
+    """views=one array was taken as 128 one-row views; a string as one view per letter."""
+    photo = np.asarray(Image.open(turntable[0]))
+    predictor = Predictor(device="cpu")
+    for views in (photo, str(turntable[1])):
+        with pytest.raises(TypeError, match="views is a list of the car's other views; give one view as"):
+            predictor.predict_photo(photo, views=views)
+    with pytest.raises(TypeError, match=r"\(name, photo\) pairs"):
+        predictor.predict_views([photo, photo, photo])
+    with pytest.raises(TypeError, match="predict_sets takes io.PhotoSet items"):
+        list(predictor.predict_sets([turntable[:3]]))
+
+
+def test_copies_of_one_photo_are_not_a_set(turntable, tmp_path):
+    """Three copies of one photo passed the studio check (0% differing) and their
+    median, the photo itself, left an empty mask (dice 0.02 against the photo alone)."""
+    for i in (1, 2, 3):
+        (tmp_path / f"copy_{i:02d}.jpg").write_bytes(turntable[0].read_bytes())
+    predictor = Predictor(device="cpu")
+    out = predictions(predictor, sorted(tmp_path.iterdir()))
+    assert all("are (nearly) one photo" in p.warning and "predicted photo by photo" in p.warning for p in out)
+    np.testing.assert_allclose(out[0].probs, predictor.predict_photo(turntable[0]), atol=1e-5)
+    assert not any(p.warning for p in predictions(predictor, turntable))  # a real set is still one

@@ -121,3 +121,20 @@ def test_a_run_that_wrote_no_row_leaves_nothing_to_trip_on(tmp_path):
     (tmp_path / "sub.csv.partial").write_text("img,rle_mask\n")  # a header, no row
     (tmp_path / "sub.csv.partial.json").write_text(json.dumps(RUN))
     assert SubmissionWriter(out, run=other).done == set()
+
+
+def test_names_with_commas_and_quotes_stay_whole_in_the_csv_and_on_resume(tmp_path):
+    """'a,b.jpg' was written bare: every CSV reader (and the resume) took 'a' for its name."""
+    import csv
+    out, names = tmp_path / "s.csv", ["a,b.jpg", 'q"x.jpg', "plain.jpg"]
+    writer = SubmissionWriter(out, run={"photos": {}})
+    for name in names[:2]:
+        writer.write(name, "1 2")
+    writer.close()  # interrupted
+    resumed = SubmissionWriter(out, run={"photos": {}})
+    assert resumed.done == set(names[:2])
+    resumed.write(names[2], "")
+    resumed.finish()
+    with open(out, newline="") as f:
+        assert [row[0] for row in csv.reader(f)][1:] == names
+    assert read_submission(out) == {"a,b.jpg": "1 2", 'q"x.jpg': "1 2", "plain.jpg": ""}

@@ -119,3 +119,27 @@ def test_a_time_budget_stops_training(synth_data, tmp_path):
     assert 1 <= len(rows) < config.epochs
     assert float(rows[-1]["seconds"]) >= 0.6  # the budget was spent, then training stopped
     assert float(rows[-1]["lr"]) < config.lr   # the schedule followed the budget
+
+
+def test_an_epoch_the_budget_left_no_step_is_not_logged(synth_data, tmp_path):
+    """One step an epoch: the budget runs out during an epoch's last step, and
+    the next epoch, with no step, was logged and saved as if trained (loss 0)."""
+    config = TrainConfig(spec=SMALL, epochs=10_000, batch_size=1_000, val_fraction=0.34, max_minutes=0.005)
+    train(synth_data, tmp_path, config, device="cpu", progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(row["train_loss"]) > 0 for row in rows)
+
+
+def test_resume_drops_the_row_of_an_epoch_that_never_reached_last_pt(synth_data, tmp_path):
+    """Interrupted between writing an epoch's metrics row and its last.pt, the
+    run trains that epoch again on --resume: its row was then in metrics.csv twice."""
+    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
+    train(synth_data, tmp_path, config, device="cpu", progress=False)
+    with open(tmp_path / "metrics.csv", "a") as f:
+        f.write("2,0.5,0.5,0.5,1e-3,9.9\n")  # epoch 2's row; last.pt still says epoch 1
+    train(synth_data, tmp_path, TrainConfig(spec=SMALL, epochs=2, batch_size=16, val_fraction=0.34),
+          device="cpu", resume=True, progress=False)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["1", "2"] and rows[1]["seconds"] != "9.9"

@@ -191,6 +191,8 @@ def _jpeg_for_nvjpeg(source: Source, upright: bool) -> bytes | None:
     if isinstance(source.data, (bytes, bytearray)):
         data = bytes(source.data)
     elif isinstance(source.data, (str, os.PathLike)):
+        if not Path(source.data).is_file():
+            return None  # Pillow's path names the problem (a pipe would wait forever)
         try:
             data = Path(source.data).read_bytes()
         except OSError:

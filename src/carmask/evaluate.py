@@ -99,13 +99,18 @@ def _small(probs: np.ndarray, width: int = 480) -> np.ndarray:
     return resize_probs(torch.from_numpy(probs)[None, None], (width, height))[0, 0].numpy()
 
 
-def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict[str, float]:
+def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict:
     """Mean dice of true masks after a trip down to `size` and back: resizing
     the soft mask (bilinear, then threshold) against resizing the hard mask
-    (nearest, as the seed did)."""
-    soft, hard = [], []
+    (nearest, as the seed did). Unreadable masks are left out: their
+    `ImageError`s in `skipped`."""
+    soft, hard, skipped = [], [], []
     for path in masks:
-        truth = read_mask(path)
+        try:
+            truth = read_mask(path)
+        except ImageError as exc:
+            skipped.append(exc)
+            continue
         height, width = truth.shape
         t = torch.from_numpy(truth.astype(np.float32))[None, None]
         down = resize_probs(t, size)
@@ -114,4 +119,4 @@ def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict[str, float
         hard_up = torch.nn.functional.interpolate(hard_down, size=(height, width), mode="nearest")
         hard.append(dice(hard_up[0, 0].numpy() > 0.5, truth))
     return {"soft": float(np.mean(soft)) if soft else float("nan"),
-            "hard": float(np.mean(hard)) if hard else float("nan"), "masks": len(soft)}
+            "hard": float(np.mean(hard)) if hard else float("nan"), "masks": len(soft), "skipped": skipped}

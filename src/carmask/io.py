@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import glob
 import io as _io
+import operator
 import os
 import re
 import secrets
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from PIL import Image, ImageOps
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Larger than any camera: refuses decompression bombs before they are decoded.
 MAX_PIXELS = 64_000_000
+# What a photo may be, everywhere a photo is taken (`read_photo`).
+PHOTO_TYPES = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
 _VIEW_NAME = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
 
 
@@ -44,8 +48,14 @@ def _open(source, name) -> Image.Image:
         data = _io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         if isinstance(source, (bytes, bytearray)) and not source:
             raise ImageError(name, "empty file (0 bytes)")
-        if not isinstance(data, _io.BytesIO) and os.path.getsize(data) == 0:
-            raise ImageError(name, "empty file (0 bytes)")
+        if not isinstance(data, _io.BytesIO):
+            info = os.stat(data)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(info.st_mode):  # opening a pipe would wait for a writer, forever
+                raise ImageError(name, "not a regular file (a pipe or a device)")
+            if info.st_size == 0:
+                raise ImageError(name, "empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(data)
@@ -71,13 +81,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Any mode (grayscale, palette, RGBA, 16-bit, CMYK) to 8-bit RGB."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit and 32-bit grey: scale to 8 bits instead of clipping.
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        grey = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+        values = np.asarray(image)
+        top = 65535 if image.mode.startswith("I;16") or values.max() > 255 else 255
+        return Image.fromarray(_eight_bits(values, top)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         return image.convert("RGBA").convert("RGB")
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _eight_bits(values: np.ndarray, top: int) -> np.ndarray:
+    """Integer values in 0..top scaled to uint8 (16-bit photos: top 65535)."""
+    values = np.clip(values.astype(np.int64), 0, top)
+    return (values * 255 // top).astype(np.uint8)
 
 
 def _name(source, name) -> str:
@@ -93,12 +108,17 @@ def _name(source, name) -> str:
 def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.ndarray:
     """A photo as a uint8 H x W x 3 RGB array at its full resolution.
 
-    `source`: a path, the file's bytes, a numpy array (H x W, H x W x 3 or
-    H x W x 4, uint8) or a PIL image. `upright`: turn the photo as its EXIF
+    `source`: a path, the file's bytes, a numpy array or a PIL image (any
+    mode). An array is H x W (grey), H x W x 3 or H x W x 4 (alpha dropped):
+    uint8, or floats in 0..1, or uint16 (16-bit, scaled to 8 bits), or bool,
+    or other integers in 0..255. `upright`: turn the photo as its EXIF
     orientation says (as viewers show it, for cut-outs); False keeps the
     stored pixel grid (the grid of Kaggle's masks, for submissions and
     training). Any failure is an `ImageError` naming `name` (or the path).
     """
+    if not isinstance(source, PHOTO_TYPES):
+        raise ImageError(name or "photo", f"a {type(source).__name__} is not a photo: give a path, bytes, "
+                                          f"a numpy array or a PIL image")
     name = _name(source, name)
     if isinstance(source, np.ndarray):
         return _from_array(source, name)
@@ -114,19 +134,49 @@ def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.n
 
 
 def _from_array(array: np.ndarray, name: str) -> np.ndarray:
-    """An array photo checked and brought to H x W x 3 (grey repeated, alpha dropped)."""
-    if array.dtype != np.uint8:
-        raise ImageError(name, f"a photo array must hold uint8 values, not {array.dtype}")
+    """An array photo checked and brought to H x W x 3 uint8 (grey repeated,
+    alpha dropped, other value types converted as `read_photo` says)."""
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
-        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}")
+        hint = ""
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            hint = " (it looks channels-first: pass array.transpose(1, 2, 0))"
+        elif array.ndim == 4 and array.shape[0] == 1:
+            hint = " (one photo, not a batch: pass array[0])"
+        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}{hint}")
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
         raise ImageError(name, f"image is {array.shape[1]}x{array.shape[0]}, "
                                f"over the limit of {MAX_PIXELS:,} pixels")
-    if array.shape[-1] == 1:
-        return np.repeat(array, 3, axis=-1)
-    return array[..., :3]
+    array = _as_uint8(array[..., :3], name)
+    if any(stride < 0 for stride in array.strides):  # a flipped view: torch takes no negative strides
+        array = np.ascontiguousarray(array)
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+
+
+def _as_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    """uint8 as it is; bool as 0/255; floats in 0..1 and integers in 0..255
+    scaled or cast; uint16 scaled from 0..65535, as 16-bit image files are."""
+    kind = array.dtype.kind
+    if array.dtype == np.uint8:
+        return array
+    if kind == "b":
+        return array.astype(np.uint8) * np.uint8(255)
+    if array.dtype == np.uint16:
+        return _eight_bits(array, 65535)
+    if kind not in "fiu":
+        raise ImageError(name, f"a photo array must hold numbers, not {array.dtype}")
+    low, high = array.min(), array.max()
+    if kind == "f":
+        if not np.isfinite(low) or not np.isfinite(high):
+            raise ImageError(name, f"a {array.dtype} photo array holds NaN or infinite values")
+        if low < 0 or high > 1:
+            raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..1, found "
+                                   f"{float(low):g}..{float(high):g} (for 0..255, pass array.astype(np.uint8))")
+        return np.rint(array * 255).astype(np.uint8)
+    if low < 0 or high > 255:
+        raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..255, found {low}..{high}")
+    return array.astype(np.uint8)
 
 
 def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -176,7 +226,8 @@ def save_image(path, array: np.ndarray, **params) -> None:
 def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
     """Photo files named by `inputs`: files, folders or globs, sorted. With
     `recursive`, folders are walked down and `**` in a glob matches sub-folders;
-    hidden files and folders are left out."""
+    hidden files and folders are left out, and a file reached through
+    symlinks again counts once."""
     found: list[Path] = []
     for item in inputs:
         item = str(item)
@@ -190,7 +241,12 @@ def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
                       and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         else:
             found.append(Path(item))  # a missing file is reported when it is read
-    return sorted(dict.fromkeys(found))
+    # One file met again through a symlink (a loop under `**` meets it at every
+    # depth) counts once, under its shortest path.
+    unique: dict[tuple[str, str], Path] = {}
+    for path in sorted(dict.fromkeys(found), key=lambda p: (len(p.parts), p)):
+        unique.setdefault((os.path.realpath(path), path.name), path)
+    return sorted(unique.values())
 
 
 @dataclass
@@ -240,4 +296,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
         raise ValueError(f"size must look like WIDTHxHEIGHT, e.g. 1918x1280, not {text!r}")
-    return int(match[1]), int(match[2])
+    return check_size((int(match[1]), int(match[2])))
+
+
+def check_size(size) -> tuple[int, int]:
+    """A (width, height) of at least one pixel a side and at most `MAX_PIXELS`, else ValueError."""
+    try:
+        width, height = (operator.index(side) for side in size)  # whole numbers only
+    except (TypeError, ValueError):
+        raise ValueError(f"a size is (width, height) in whole pixels, not {size!r}") from None
+    if width < 1 or height < 1 or width * height > MAX_PIXELS:
+        raise ValueError(f"size {width}x{height} is not between 1x1 and {MAX_PIXELS:,} pixels")
+    return width, height

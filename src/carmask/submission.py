@@ -145,7 +145,7 @@ class SubmissionWriter:
             for line in f:
                 if not line.endswith(b"\n"):
                     break
-                names.add(line.split(b",", 1)[0].decode())
+                names.add(split_row(line.decode("utf-8", "replace"))[0])
                 end += len(line)
         os.ftruncate(fd, end)
         return names
@@ -167,7 +167,7 @@ class SubmissionWriter:
             try:
                 if self._error is None:
                     img, rle = row
-                    self._file.write(f"{img},{rle if isinstance(rle, str) else encode_boundaries(rle)}\n")
+                    self._file.write(f"{_quoted(img)},{rle if isinstance(rle, str) else encode_boundaries(rle)}\n")
                     if self._rows.empty():
                         self._file.flush()
             except BaseException as exc:  # reported to the caller; keep taking rows so it never blocks
@@ -301,8 +301,21 @@ def read_submission(path) -> dict[str, str]:
             raise ValueError(f"{path}: the header must be img,rle_mask, found {header!r}")
         rows = {}
         for line in f:
-            if not line.strip():
-                continue
-            img, _, rle = line.rstrip("\r\n").partition(",")
-            rows[img.strip('"')] = rle.strip('"')
+            if line.strip():
+                img, rle = split_row(line)
+                rows[img] = rle
         return rows
+
+
+def _quoted(img: str) -> str:
+    """A name as a CSV field: quoted (quotes doubled) when it holds a comma or a quote."""
+    return f'"{img.replace(chr(34), chr(34) * 2)}"' if "," in img or '"' in img else img
+
+
+def split_row(line: str) -> tuple[str, str]:
+    """(img, rle) of a CSV row: the RLE holds no comma, so the last comma
+    splits them, whatever the name holds (quoted, as `_quoted` writes it)."""
+    img, _, rle = line.rstrip("\r\n").rpartition(",")
+    if len(img) >= 2 and img[0] == img[-1] == '"':
+        img = img[1:-1].replace('""', '"')
+    return img, rle.strip('"')

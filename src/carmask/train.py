@@ -103,6 +103,8 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
                 skipped(reason)
         for epoch in range(run.epoch, config.epochs):
             train_loss, out_of_time = train_one_epoch(run, epoch, progress)
+            if train_loss is None:  # the budget ran out before this epoch's first step: no epoch to log
+                break
             val_loss, val_dice = evaluate(run.net, run.cache, run.val_rows, config, device)
             save_epoch(run, train_loss, val_loss, val_dice, progress)
             if out_of_time:
@@ -134,7 +136,8 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     in_val = np.isin(cache.cars, val_cars)
     train_rows, val_rows = np.flatnonzero(~in_val), np.flatnonzero(in_val)
     if len(train_rows) == 0:
-        raise ValueError(f"no usable training photos in {data_dir}")
+        why = f" ({len(cache.skipped)} left out; the first: {cache.skipped[0]})" if cache.skipped else ""
+        raise ValueError(f"no usable training photos in {data_dir}{why}")
     mean, std = cache.channel_stats(train_rows)
     net = models.Segmenter(config.arch, config.spec, config.arch_kwargs, mean, std).to(device)
     if device.type == "cuda":
@@ -155,12 +158,19 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     run.generator.manual_seed(config.seed + run.epoch)
     if main and run.epoch == 0:
         run.log.write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n")
+    elif main:  # a run stopped between an epoch's row and its last.pt: that epoch is trained again
+        lines = run.log.read_text().splitlines(keepends=True) if run.log.exists() else []
+        kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
+                            and int(line.split(",", 1)[0]) <= run.epoch]
+        if kept != lines:
+            atomic_write(run.log, lambda tmp: tmp.write_text("".join(kept)))
     return run
 
 
-def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float, bool]:
+def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float | None, bool]:
     """One pass over the training photos in a fresh order, or less when the
-    time budget runs out: (mean training loss over all processes, out of time)."""
+    time budget runs out: (mean training loss over all processes, or None if
+    the budget ran out before the first step; out of time)."""
     config, device = run.config, run.device
     rank, world = distributed.rank(), distributed.world_size()
     steps = max(1, len(run.train_rows) // config.batch_size)
@@ -200,7 +210,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float
             bar.set_postfix(loss=f"{total.item() / seen:.4f}")
     run.elapsed += time.perf_counter() - t0
     total, seen = distributed.total([total.item(), seen], device)
-    return total / max(seen, 1), out_of_time
+    return (total / seen if seen else None), out_of_time
 
 
 @torch.no_grad()

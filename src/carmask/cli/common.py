@@ -196,8 +196,12 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
     one without --overwrite (a folder only if it holds files), a file where a
     folder is needed or the reverse, a missing folder to write a file into
     (folders are created, with their parents), a place without write access."""
+    if not folder and str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file
+        raise InputError(f"{path} names a folder (it ends with {str(path)[-1]}); name the file to write")
     path = Path(path)
     if path.exists():
+        if not (path.is_dir() or path.is_file()):  # a device, a pipe: replacing it would break the system
+            raise InputError(f"{path} is not a regular file" + ("" if folder else "; name a file to write"))
         if folder and not path.is_dir():
             raise InputError(f"{path} is a file, not a folder")
         if not folder and path.is_dir():
@@ -221,6 +225,15 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
         raise InputError(f"cannot write in {where}: {exc.strerror or exc}") from None
 
 
+def refuse_replacing_inputs(targets: dict[Path, Path]) -> None:
+    """An output never takes the place of a photo it is made from (-o onto an
+    input, or cut-outs into the inputs' folder): `targets` maps photos to outputs."""
+    for photo, target in targets.items():
+        if target.exists() and photo.exists() and os.path.samefile(photo, target):
+            raise InputError(f"{target} is one of the input photos: the output would replace it; "
+                             f"choose another -o")
+
+
 @contextmanager
 def writing(path):
     """An OSError while writing `path` becomes a sentence (exit 2)."""
@@ -230,6 +243,18 @@ def writing(path):
         if exc.strerror and exc.filename:
             raise InputError(f"cannot write {exc.filename}: {exc.strerror}") from None
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def result(text: str) -> None:
+    """A result line on stdout; a stdout that cannot take it (a full disk, a
+    closed pipe) is a sentence, not a traceback."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        # what stayed in the buffer would fail again, with a traceback, when Python exits
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise InputError(f"cannot write standard output: {exc.strerror or exc}") from None
 
 
 # -- options and the model ---------------------------------------------------------
@@ -271,7 +296,8 @@ size_option = click.option("--output-size", callback=size_callback, metavar="WxH
                            help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
 device_option = click.option("--device", default="auto", show_default=True,
                              type=click.Choice(["auto", "cpu", "cuda"]))
-batch_option = click.option("--batch-size", default=16, show_default=True, help="Photos per model batch.")
+batch_option = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+                            help="Photos per model batch.")
 tta_option = click.option("--tta", is_flag=True,
                           help="Also predict each photo mirrored and average: twice the model work.")
 recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
@@ -280,7 +306,7 @@ sets_option = click.option(
     help="How photos named <car>_<NN> are grouped. auto: a car's views are predicted as a set (with its "
          "median background) only when they share a studio: at least 3 readable views of one size, each "
          "differing from their median background over at most 45% of the frame (the car and its "
-         "shadow); other views are predicted photo by photo, with a warning naming them. This tells "
+         "shadow) and at least 1% (not copies of one photo); other views are predicted photo by photo, with a warning naming them. This tells "
          "studios apart, not cars: photos of different cars shot in one studio and named as one car's "
          "views pass it (use never). always: trust the names. never: every photo alone.")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,7 @@ import click
 
 from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
                                 find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, skipped_summary, verbosity_options)
+                                recursive_option, refuse_replacing_inputs, skipped_summary, some, verbosity_options)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -48,16 +49,26 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     stdin, to_stdout = "-" in inputs, output == "-"
     if stdin and len(inputs) > 1:
         raise click.UsageError("- (standard input) is one photo: give it alone")
-    photos = [Path("-")] if stdin else find_inputs(inputs, recursive)
-    single_file = len(photos) == 1 and Path(output).suffix.lower() in IMAGE_SUFFIXES
+    photos = [Path("-")] if stdin else _less_earlier_outputs(find_inputs(inputs, recursive), output, back)
+    _check_image_suffix(output)
+    single_file = len(photos) == 1 and _names_image(output)
+    if len(photos) > 1 and _names_image(output) and not Path(output).is_dir():
+        raise click.UsageError(f"-o {output} names one image, but {len(photos)} photos were given: "
+                               f"name a folder")
     if to_stdout and len(photos) > 1:
         raise click.UsageError(f"-o - (standard output) takes one photo, not {len(photos)}")
     if stdin and not (to_stdout or single_file):
         raise click.UsageError("a photo from standard input needs -o FILE.png or -o -")
     if not to_stdout:
         check_output(output, folder=not single_file, overwrite=True)  # existing cut-outs are kept, not refused
+    if single_file and isinstance(back, str) and back == "transparent" \
+            and Path(output).suffix.lower() in (".jpg", ".jpeg"):
+        raise click.BadParameter(f"{output}: JPEG has no transparency; name a .png or .webp file, or pass "
+                                 f"--bg COLOUR", param_hint="-o")
     targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
         output_names(photos, Path(output), back)
+    if not to_stdout:
+        refuse_replacing_inputs(targets)
     todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
@@ -97,12 +108,51 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
     return remove_sets(sets, predictor, back, refine=refine)
 
 
+def _names_image(output: str) -> bool:
+    """-o names one image file (out.png), not a folder (out/, out.png/)."""
+    return Path(output).suffix.lower() in IMAGE_SUFFIXES and not output.endswith(("/", os.sep))
+
+
+def _check_image_suffix(output: str) -> None:
+    """-o out.gif (or .tif, .bmp) named an image that cutout does not write: it became a folder of that name."""
+    from PIL import Image
+    suffix = "" if output.endswith(("/", os.sep)) else Path(output).suffix.lower()
+    if suffix in Image.registered_extensions() and suffix not in IMAGE_SUFFIXES and not Path(output).is_dir():
+        raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(IMAGE_SUFFIXES)}; name such a "
+                                 f"file, or a folder", param_hint="-o")
+
+
+def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[Path]:
+    """The photos, less the cut-outs an earlier run made of the others: images
+    in the output folder named as another photo's output (a rerun with -r and
+    -o inside the inputs cut out the cut-outs)."""
+    folder = Path(output)
+    if output == "-" or not folder.is_dir():
+        return photos
+    suffix = _suffix(background)
+    made: Counter[str] = Counter()
+    for photo in photos:
+        made.update({photo.stem + suffix, photo.name + suffix})
+    own = {photo: {photo.stem + suffix, photo.name + suffix} for photo in photos}
+    earlier = {p for p in photos if p.parent.resolve() == folder.resolve()
+               and made[p.name] > (p.name in own[p])}
+    if earlier:
+        info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: "
+             f"{some(sorted(p.name for p in earlier))}")
+    return [p for p in photos if p not in earlier]
+
+
+def _suffix(background) -> str:
+    """Of an output: _mask.png for masks, .png for transparent, .jpg over a colour or an image."""
+    return "_mask.png" if isinstance(background, str) and background == "mask" else \
+        ".png" if isinstance(background, str) else ".jpg"
+
+
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:
     """Each photo's output file in `folder`: <stem>.png, .jpg over a colour or an
     image, <stem>_mask.png for masks. Photos that would share a name use their
     full name (car_01.jpg.png) and, if still shared, -2, -3... in input order."""
-    suffix = "_mask.png" if isinstance(background, str) and background == "mask" else \
-        ".png" if isinstance(background, str) else ".jpg"
+    suffix = _suffix(background)
     stems = Counter(p.stem for p in photos)
     names = [p.stem if stems[p.stem] == 1 else p.name for p in photos]
     taken: Counter[str] = Counter()

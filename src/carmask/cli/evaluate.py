@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
-                                detail, fail, info, main, make_predictor, prediction_options, progress,
+                                detail, fail, info, main, make_predictor, prediction_options, progress, result,
                                 size_callback, size_option, skipped_summary, some, verbosity_options, writing)
 
 
@@ -49,9 +49,14 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     if resize_loss:
         mask_files = [mask_path(p, masks_dir) for s in photo_sets for p in s.paths]
         loss = measure_resize_loss([m for m in mask_files if m.exists()], resize_loss)
-        click.echo(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks: "
+        unreadable = [Path(error.path).name for error in loss["skipped"]]
+        left_out = f" ({len(unreadable)} unreadable left out: {some(unreadable)})" if unreadable else ""
+        if loss["masks"]:
+            result(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks{left_out}: "
                    f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
                    f"{loss['hard']:.5f} resizing hard masks (nearest)")
+        else:
+            fail(f"resize loss: no readable mask{left_out}")
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, upright=False)  # the masks' grid
     todo = sum(len(s.paths) for s in photo_sets)
@@ -65,7 +70,7 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     for reason in scores.skipped:
         fail(f"skipped {reason}")
     if scores.dice:
-        click.echo(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
+        result(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
     if scores.unscored:
         info(f"{scores.unscored} view(s) without a mask served only the background")
     warned.summary()
@@ -108,4 +113,7 @@ def _check_sets(sets, cars, cars_file, data_dir, masks_dir):
             info(f"{len(missing)} of the {len(cars)} cars of {cars_file} have no photos with masks in "
                  f"{data_dir} (masks from {masks_dir}): {some(missing)}")
     elif not sets:
-        raise InputError(f"no photos with masks in {data_dir} (masks from {masks_dir})")
+        others = sorted(p.name for p in Path(masks_dir).iterdir() if not p.name.startswith("."))
+        seen = f"; it holds {len(others)} other file(s): {some(others, 2)}" if others else ""
+        raise InputError(f"no photos with masks in {data_dir} (masks from {masks_dir}, named "
+                         f"<photo>_mask.gif{seen})")

@@ -1,9 +1,8 @@
 """`carmask models`: the shipped models, what each takes, and what it measured."""
 from __future__ import annotations
 
-import click
 
-from carmask.cli.common import InputError, main, verbosity_options
+from carmask.cli.common import InputError, main, result, verbosity_options
 
 
 def describe_input(spec) -> str:
@@ -70,6 +69,6 @@ def list_models():
         raise InputError("no model is shipped in this installation (src/carmask/weights/ holds none)")
     columns = list(table[0])
     widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in columns}
-    click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    result("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
     for r in table:
-        click.echo("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
+        result("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())

@@ -11,8 +11,8 @@ import click
 
 from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
                                 detail, fail, find_inputs, info, main, make_predictor, prediction_options,
-                                progress, recursive_option, size_option, skipped_summary, some, verbosity_options,
-                                warn, writing)
+                                progress, recursive_option, refuse_replacing_inputs, size_option, skipped_summary,
+                                some, verbosity_options, warn, writing)
 
 
 @main.command()
@@ -51,6 +51,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     photos = find_inputs(inputs, recursive)
     _refuse_shared_names(photos)
     if output != "-":
+        refuse_replacing_inputs({photo: Path(output) for photo in photos})
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
     check_model(model)
     # Masks on the stored pixel grid (Kaggle's convention): photos are not turned by EXIF.
@@ -95,11 +96,14 @@ def _open_writer(output, overwrite, photos, model, **options):
 
 def _refuse_shared_names(photos: list[Path]) -> None:
     """A row is named by the file name alone: two photos may not share one."""
+    broken = [p for p in photos if "\n" in p.name or "\r" in p.name]
+    if broken:
+        raise InputError(f"a submission row cannot name a photo whose name holds a line break: "
+                         f"{some(repr(str(p)) for p in broken)}")
     counts = Counter(p.name for p in photos)
     for name, count in counts.items():
         if count > 1:
-            raise InputError(f"two photos named {name}: "
-                             f"{', '.join(str(p) for p in photos if p.name == name)} "
+            raise InputError(f"{count} photos named {name}: {some(str(p) for p in photos if p.name == name)} "
                              f"(a submission row is named by the file name alone)")
 
 
@@ -164,6 +168,8 @@ class _TurnedPhotos(threading.Thread):
     def run(self) -> None:
         from PIL import Image
         for path in self.photos:
+            if not path.is_file():  # opening a pipe would wait forever; its prediction names it
+                continue
             try:
                 with Image.open(path) as image:
                     orientation = image.getexif().get(0x0112, 1)

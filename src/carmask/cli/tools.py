@@ -39,7 +39,8 @@ def serve(host, port, model, device, api_key, allow_origin, max_upload_mib, conc
 @click.option("--cars", default=4, show_default=True, type=click.IntRange(min=1), help="Cars with masks (train/).")
 @click.option("--test-cars", default=1, show_default=True, type=click.IntRange(min=0),
               help="Cars without masks (test/).")
-@click.option("--views", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--views", default=16, show_default=True, type=click.IntRange(min=1, max=99),
+              help="Views of each car, named <car>_<NN>.jpg.")
 @click.option("--size", callback=size_callback, default="192x128", show_default=True, metavar="WxH")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Write into a folder that already holds files (files of the "
@@ -57,7 +58,7 @@ def synth(output, cars, test_cars, views, size, seed, overwrite):
 
 @main.command("export")
 @click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", required=True, type=click.Path(),
               help="ONNX file to write, e.g. model.onnx.")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 20),
               help="ONNX opset version (torch's exporter writes 9 to 20).")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, main,
-                                size_callback, skipped_summary, verbosity, verbosity_options)
+                                result, size_callback, skipped_summary, verbosity, verbosity_options)
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
 RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
@@ -22,24 +22,26 @@ RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "spli
                    "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation). "
                    "The options below change single fields.")
 @click.option("--arch", type=click.Choice(["seed", "unet"]), help="Network architecture.")
-@click.option("--width", type=int, help="U-Net channels at full resolution.")
-@click.option("--depth", type=int, help="U-Net downsamplings.")
+@click.option("--width", type=click.IntRange(min=1), help="U-Net channels at full resolution.")
+@click.option("--depth", type=click.IntRange(min=1), help="U-Net downsamplings.")
 @click.option("--inputs", help="Input channels, comma-separated from rgb, median_diff, mean_diff.")
 @click.option("--size", callback=size_callback, metavar="WxH", help="Network input size.")
 @click.option("--frame", callback=size_callback, metavar="WxH",
               help="Size at which photos meet their background (default: follows --size where the recipe's does).")
 @click.option("--crop/--no-crop", default=None, help="Crop to the car's box from the background.")
-@click.option("--epochs", type=int, help="At most this many epochs.")
-@click.option("--max-minutes", type=float, help="Time budget: the learning-rate schedule follows it, "
+@click.option("--epochs", type=click.IntRange(min=1), help="At most this many epochs.")
+@click.option("--max-minutes", type=click.FloatRange(min=0), help="Time budget: the learning-rate schedule follows it, "
                                                 "then training stops (0: none, --epochs decides).")
-@click.option("--batch-size", type=int, help="Photos per step, over all processes.")
-@click.option("--lr", type=float, help="Peak learning rate (AdamW).")
-@click.option("--weight-decay", type=float, help="AdamW weight decay.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Photos per step, over all processes.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="AdamW weight decay.")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), help="Learning-rate schedule.")
-@click.option("--dice-weight", type=float, help="Weight of the soft-dice loss beside BCE (0: BCE only).")
-@click.option("--edge-weight", type=float, help="Extra BCE weight on pixels near the car's edge.")
+@click.option("--dice-weight", type=click.FloatRange(min=0),
+              help="Weight of the soft-dice loss beside BCE (0: BCE only).")
+@click.option("--edge-weight", type=click.FloatRange(min=0), help="Extra BCE weight on pixels near the car's edge.")
 @click.option("--augment/--no-augment", default=None, help="Flips, shift/scale/rotation, colour jitter.")
-@click.option("--val-fraction", type=float, help="Share of cars held out (default 0.15).")
+@click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Share of cars held out (default 0.15).")
 @click.option("--seed", type=int, help="Random seed: split, initialisation, order (default 0).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the prepared-input cache (default: RUN_DIR/cache).")
@@ -87,7 +89,8 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         _check_run_dir(run_dir, resume, overwrite)
         if cache:
             check_output(cache, folder=True, overwrite=True)
-        info(f"training recipe {recipe} on the {len(cars)} cars of {data_dir}, into {run_dir}")
+        info(f"training recipe {recipe} on the {len(cars)} car{'s' * (len(cars) != 1)} of {data_dir}, "
+             f"into {run_dir}")
         options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
         detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
                f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
@@ -107,7 +110,7 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         sys.exit(130)
     if not main_process:
         return
-    click.echo(f"best model: {best}")
+    result(f"best model: {best}")
     if skipped:
         fail(skipped_summary(skipped))
         sys.exit(1)
@@ -124,3 +127,5 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if overwrite:
         for name in earlier:
             (run_dir / name).unlink()
+    if resume and not (run_dir / "last.pt").exists():
+        info(f"nothing to resume in {run_dir} (no last.pt): training afresh")

@@ -156,8 +156,9 @@ def load(name_or_path, map_location="cpu") -> tuple[Segmenter, dict]:
         return model, model.meta
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle errors, truncation, a non-checkpoint file
-        raise ValueError(f"{path}: not a loadable carmask checkpoint ({exc})") from None
+    except Exception:  # pickle errors, truncation, a non-checkpoint file: torch's words run to paragraphs
+        raise ValueError(f"{path}: not a loadable carmask checkpoint (not a PyTorch file of plain tensors, "
+                         f"or a damaged one)") from None
     arch, spec, arch_kwargs, state = _checked(path, payload)
     model = Segmenter(arch, spec, arch_kwargs)
     model.load_state_dict(state)  # float16 weights are copied into float32 parameters
