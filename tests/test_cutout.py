@@ -51,6 +51,21 @@ def test_remove_errors_name_the_input(predictor, bad, named):
     assert named in str(caught.value)
 
 
+def test_one_view_given_as_views_is_a_sentence_not_a_misreading(predictor, photo_path):
+    array = np.asarray(Image.open(photo_path).convert("RGB"))
+    with pytest.raises(TypeError, match=r"give one view as \[view\]"):
+        remove(array, predictor, views=array)  # was read as one view per row
+
+
+def test_background_arrays_are_read_as_photos(predictor, photo_path):
+    """A grey H x W or float 0..1 background is the same background as its uint8 RGB."""
+    grey = np.linspace(0, 255, 40 * 60).reshape(40, 60).astype(np.uint8)
+    expected = remove(photo_path, predictor, np.dstack([grey] * 3))
+    assert np.array_equal(remove(photo_path, predictor, grey), expected)  # was a broadcast error
+    assert np.array_equal(remove(photo_path, predictor, grey / 255.0), expected)  # was black
+    assert np.array_equal(remove(photo_path, predictor, Image.fromarray(grey)), expected)
+
+
 def test_remove_set_reports_each_view(seed_model, synth_data):
     views = sorted((synth_data / "test").glob("*.jpg"))[:4]
     items = [(p.name, p.read_bytes()) for p in views] + [("broken_09.jpg", b"junk")]

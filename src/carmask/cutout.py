@@ -21,12 +21,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageColor
 
-from carmask.io import ImageError, PhotoSet, read_photo
+from carmask.io import ImageError, PhotoSet, check_source, read_photo
+from carmask.predict import Predictor, named_views
 from carmask.views import NotEnoughViews, resize
 
 SEED_GREEN = (0, 185, 0)  # the seed write-up's background colour
 KINDS = ("transparent", "mask")
-SOURCES = (bytes, bytearray, str, Path, np.ndarray, Image.Image)
 
 _COLOUR_NAME = re.compile(r"^[a-z]{3,30}$")
 _HEX = re.compile(r"^#(?:[0-9a-f]{3}|[0-9a-f]{6})$")
@@ -74,7 +74,6 @@ def parse_background(text: str, files: bool = True):
 def load(image, name: str | None = None) -> np.ndarray:
     """A photo as an upright RGB uint8 array, from a path, bytes, an array or a
     PIL image; anything unusable is an ImageError that names it."""
-    _check(image, name)
     return read_photo(image, name=name)
 
 
@@ -84,8 +83,7 @@ def compose(photo: np.ndarray, alpha: np.ndarray, background="transparent") -> n
     foreground); `alpha`: H x W, uint8 0..255 or float 0..1."""
     if alpha.dtype != np.uint8:
         alpha = np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8)
-    if isinstance(background, str):
-        background = parse_background(background)
+    background = _background(background)
     if isinstance(background, str) and background == "mask":
         return np.where(alpha > 127, 255, 0).astype(np.uint8)
     if isinstance(background, str):  # transparent
@@ -116,10 +114,9 @@ def remove(image, predictor=None, background="transparent", views=(), *, refine:
     photo's resolution (else the network's own soft edge). Raises ImageError
     naming what could not be read or cut out; a warning (e.g. views that do
     not share a studio) goes to `warnings.warn`."""
-    label = name or _label(image)
-    named = [(label, image)] + [(f"view {i}", v) for i, v in enumerate(views, 2)]
+    named = named_views(image, views, name)
     for item_name, item in named:
-        _check(item, item_name)
+        check_source(item, item_name)
     result = remove_set(named, predictor, background, refine=refine)[0]
     if result.error:
         raise result.error
@@ -150,8 +147,17 @@ def remove_sets(photo_sets: Iterable[PhotoSet], predictor=None, background="tran
 
 
 def _ready(predictor, background):
-    from carmask.predict import Predictor
-    return predictor or Predictor(), parse_background(background) if isinstance(background, str) else background
+    return predictor or Predictor(), _background(background)
+
+
+def _background(background):
+    """A kind, an (r, g, b) colour, or an H x W x 3 uint8 image: text parsed,
+    an array or PIL image read as any photo is (grey, floats, 16-bit...)."""
+    if isinstance(background, str):
+        return parse_background(background)
+    if isinstance(background, (np.ndarray, Image.Image)):
+        return read_photo(background, name="background")
+    return background
 
 
 def _edges(refine: bool) -> str:
@@ -167,15 +173,3 @@ def _cutout(name: str, prediction, background) -> Cutout:
     return Cutout(name, compose(prediction.foreground, prediction.alpha, background), warning=prediction.warning)
 
 
-def _check(image, name: str | None) -> None:
-    if not isinstance(image, SOURCES):
-        raise ImageError(name or type(image).__name__,
-                         "is not a photo: give a path, bytes, a numpy array or a PIL image")
-
-
-def _label(image) -> str:
-    if isinstance(image, (str, Path)):
-        return str(image)
-    if isinstance(image, Image.Image):
-        return "<image>"
-    return {np.ndarray: "<array>", bytes: "<upload>", bytearray: "<upload>"}.get(type(image), type(image).__name__)

@@ -95,14 +95,23 @@ def _eight_bits(values: np.ndarray, top: int) -> np.ndarray:
     return (values * 255 // top).astype(np.uint8)
 
 
-def _name(source, name) -> str:
-    if name:
-        return str(name)
+def source_name(source, default: str | None = None) -> str:
+    """A photo's name in messages: its path, else `default`, else what it is
+    (<upload> for bytes, <array>, <image>)."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if default:
+        return default
     if isinstance(source, (bytes, bytearray)):
         return "<upload>"
-    if isinstance(source, (np.ndarray, Image.Image)):
-        return "<array>" if isinstance(source, np.ndarray) else "<image>"
-    return str(source)
+    return "<array>" if isinstance(source, np.ndarray) else "<image>"
+
+
+def check_source(source, name: str | None = None) -> None:
+    """An ImageError, before any work, for what is no photo source at all."""
+    if not isinstance(source, PHOTO_TYPES):
+        raise ImageError(name or "photo", f"a {type(source).__name__} is not a photo: give a path, bytes, "
+                                          f"a numpy array or a PIL image")
 
 
 def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.ndarray:
@@ -116,10 +125,8 @@ def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.n
     stored pixel grid (the grid of Kaggle's masks, for submissions and
     training). Any failure is an `ImageError` naming `name` (or the path).
     """
-    if not isinstance(source, PHOTO_TYPES):
-        raise ImageError(name or "photo", f"a {type(source).__name__} is not a photo: give a path, bytes, "
-                                          f"a numpy array or a PIL image")
-    name = _name(source, name)
+    check_source(source, name)
+    name = str(name) if name else source_name(source)
     if isinstance(source, np.ndarray):
         return _from_array(source, name)
     image = source if isinstance(source, Image.Image) else _open(source, name)

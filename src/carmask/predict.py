@@ -39,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from carmask import models
 from carmask.decode import Decoded, Decoder, Source, decode
 from carmask.devices import pick_device, usable_cores
-from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size
+from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size, source_name
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
@@ -245,10 +245,7 @@ class Predictor:
         H x W probabilities; `views`: the car's other views (same kinds).
         Raises `ImageError` or `NotEnoughViews`; a warning (e.g. views that do
         not share a studio) goes to `warnings.warn`."""
-        if isinstance(views, PHOTO_TYPES):
-            raise TypeError("views is a list of the car's other views; give one view as [view]")
-        named = [(_label(photo, "photo"), photo)] + [(_label(v, f"view {i}"), v) for i, v in enumerate(views, 2)]
-        prediction = self.predict_views(named, output_size)[0]
+        prediction = self.predict_views(named_views(photo, views), output_size)[0]
         if prediction.error:
             raise prediction.exception
         if prediction.warning:
@@ -662,9 +659,15 @@ def _not_a_set(item) -> NoReturn:
                     f"not {type(item).__name__}")
 
 
-def _label(source, default: str) -> str:
-    """A photo's name in messages: its path, else `default` (bytes, arrays, images)."""
-    return str(source) if isinstance(source, (str, os.PathLike)) else default
+def named_views(photo, views: Sequence = (), name: str | None = None) -> list[tuple[str, object]]:
+    """A photo and its car's other views as the (name, source) pairs of
+    `Predictor.predict_views`: the photo named `name`, else by its path, else
+    as what it is (<upload>, <array>, <image>); the views by their paths, else
+    "view 2", "view 3"..."""
+    if isinstance(views, PHOTO_TYPES):
+        raise TypeError("views is a list of the car's other views; give one view as [view]")
+    return [(name or source_name(photo), photo)] + [(source_name(v, f"view {i}"), v)
+                                                             for i, v in enumerate(views, 2)]
 
 
 def _names(slots: Sequence[_Slot]) -> str:
