@@ -15,6 +15,7 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from carmask import __version__  # noqa: E402
+from helpers import run_cli  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
 from carmask.serve import create_app, page_url, safe_label  # noqa: E402
@@ -350,6 +351,20 @@ def test_allowed_origins_can_read_the_answers(rgb_predictor, photo):
         evil = c.options("/v1.0/removebg", headers={"Origin": "http://evil.example",
                                                     "Access-Control-Request-Method": "POST"})
         assert "access-control-allow-origin" not in evil.headers
+
+
+def test_allowed_origins_are_written_as_browsers_send_them(rgb_predictor, photo):
+    """An origin given with a default port, capitals or a slash still matches
+    the browser's Origin header; '*' and what is no origin are refused."""
+    with TestClient(create_app(rgb_predictor, allow_origins=["HTTPS://Studio.Example:443/"])) as c:
+        answer = c.post("/api/cutout", headers={"Origin": "https://studio.example"},
+                        files={"file": ("car.jpg", photo[0], "image/jpeg")})
+        assert answer.status_code == 200, answer.text
+    for bad in ("*", "studio.example", "https://studio.example/page", "ftp://studio.example"):
+        with pytest.raises(ValueError, match="is not an origin"):
+            create_app(rgb_predictor, allow_origins=[bad])
+    result = run_cli("serve", "--allow-origin", "*")
+    assert result.exit_code == 2 and "'*' is not allowed" in result.output
 
 
 def test_the_api_key_guards_every_post(rgb_predictor, photo):

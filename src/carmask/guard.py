@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -43,6 +44,25 @@ def error_response(path: str, status: int, message: str, code: str | None = None
 
 def removebg_path(path: str) -> bool:
     return path.startswith("/v1.0/")
+
+
+def origin(text: str) -> str:
+    """An allowed origin as browsers send it in the Origin header (scheme://host,
+    with the port unless it is the scheme's default; lower case, no path);
+    a ValueError naming the text for anything else, '*' included (any web page
+    could then drive the server)."""
+    parts = urlsplit(text.strip())
+    if text.strip() == "*" or parts.scheme not in ("http", "https") or not parts.hostname \
+            or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError(f"{text[:80]!r} is not an origin: give scheme://host[:port] of one site, e.g. "
+                         "https://studio.example (repeat the option for more; '*' is not allowed)")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text[:80]!r}: the port is not a number 0..65535") from None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 class Guard:

@@ -51,8 +51,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from carmask import __version__
 from carmask import io as cio
 from carmask.cutout import Cutout, compose, parse_background, remove_set
-from carmask.guard import (BODY_TIMEOUT, MULTIPART_SLACK, Guard, error_response, local_hosts, removebg_path,
-                           timed_protocol)
+from carmask.guard import (BODY_TIMEOUT, MULTIPART_SLACK, Guard, error_response, local_hosts, origin,
+                           removebg_path, timed_protocol)
 from carmask.io import ImageError, group_by_car
 from carmask.predict import Predictor
 from carmask.views import MIN_VIEWS, NotEnoughViews
@@ -716,7 +716,8 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
     (a shipped name, a checkpoint path, or None for the shipped defaults) and
     `device`. `max_pixels`: every image of one request together. `hosts`: the
     Host names served (None: any). `allow_origins`: other origins whose pages
-    may POST. `api_key`: required as X-Api-Key on every POST (the page asks for it)."""
+    may POST (ValueError for what is no origin). `api_key`: required as X-Api-Key on every POST (the page asks for it)."""
+    allow_origins = [origin(o) for o in allow_origins]
     predictor = predictor or Predictor(model, device=device)
     jobs = max_concurrency or max(2, min(4, os.cpu_count() or 1))
     state = Service(predictor, int(max_upload_bytes), int(max_pixels),

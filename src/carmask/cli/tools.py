@@ -28,6 +28,11 @@ def serve(host, port, model, device, api_key, allow_origin, max_upload_mib, conc
     if missing:
         raise click.UsageError(f"carmask serve needs the serve extra ({', '.join(missing)} not installed): "
                                "pip install 'carmask[serve]'")
+    from carmask.guard import origin
+    try:
+        allow_origin = [origin(o) for o in allow_origin]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-origin") from None
     check_model(model)
     from carmask.serve import run
     run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
