@@ -246,3 +246,10 @@ def test_submissions_are_on_the_stored_pixel_grid(unseen, rgb_model, tmp_path):
     mask = decode(read_submission(out)["turned.jpg"], (128, 192))
     expected = Predictor(rgb_model, device="cpu").predict_photo(read_photo(photos / "turned.jpg", upright=False))
     assert np.array_equal(mask, (expected > 0.5).astype(np.uint8))
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu"])
+def test_an_unknown_device_is_a_sentence(device):
+    from carmask.predict import Predictor
+    with pytest.raises(ValueError, match="is not one of auto, cpu, cuda, cuda:N"):
+        Predictor(device=device)  # was torch's list of twenty device types
