@@ -143,3 +143,12 @@ def test_other_onnx_files_are_refused(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a loadable ONNX model"):
         models.load(junk)
+
+
+def test_an_export_under_another_name_still_loads(exported, tmp_path):
+    """`carmask export -o model.bin`, or a renamed export: known by its first byte."""
+    _, path = exported["rgb"]
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(path.read_bytes())
+    model, _ = models.load(renamed)
+    assert isinstance(model, OnnxSegmenter)

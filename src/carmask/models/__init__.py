@@ -150,7 +150,7 @@ def save(model: Segmenter, path, meta: dict | None = None, half: bool = False) -
 def load(name_or_path, map_location="cpu") -> tuple[Segmenter, dict]:
     """Load a checkpoint safely; returns the model (eval mode, float32) and its meta."""
     path = resolve(name_or_path)
-    if path.suffix.lower() == ".onnx":  # an export: run by onnxruntime (carmask[onnx])
+    if _is_onnx(path):  # an export: run by onnxruntime (carmask[onnx])
         from carmask.onnx_runtime import OnnxSegmenter
         model = OnnxSegmenter(path)
         return model, model.meta
@@ -163,6 +163,18 @@ def load(name_or_path, map_location="cpu") -> tuple[Segmenter, dict]:
     model = Segmenter(arch, spec, arch_kwargs)
     model.load_state_dict(state)  # float16 weights are copied into float32 parameters
     return model.eval(), payload.get("meta", {})
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX export, by its name or, renamed, by its first byte (an ONNX
+    model opens with its IR version, field 1; a PyTorch checkpoint is a zip)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    try:
+        with open(path, "rb") as file:
+            return file.read(1) == b"\x08"
+    except OSError:
+        return False
 
 
 def _checked(path: Path, payload) -> tuple[str, InputSpec, dict, dict]:
