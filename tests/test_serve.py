@@ -464,3 +464,28 @@ def test_uploads_are_read_into_memory_only_inside_a_job(rgb_predictor, photo, mo
     with TestClient(create_app(rgb_predictor, max_concurrency=1)) as c, ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: _post(c, photo[0]).status_code, range(4)))
     assert answers == [200] * 4 and most[0] == 1
+
+
+def test_a_body_too_large_to_drain_is_answered_at_once():
+    """A Content-Length past what the guard would ever drain is answered 413
+    at once, not after the body timeout (the client never sends it)."""
+    import asyncio
+
+    from carmask.guard import DRAIN_BYTES, Guard
+
+    async def app(scope, receive, send):
+        raise AssertionError("the route must not run")
+
+    async def receive():
+        await asyncio.Event().wait()  # the body never comes
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    guard = Guard(app, max_body=1000, hosts=None, origins=set(), body_timeout=600)
+    scope = {"type": "http", "method": "POST", "path": "/api/cutout", "scheme": "http",
+             "headers": [(b"content-length", str(DRAIN_BYTES * 10**9).encode())]}
+    asyncio.run(asyncio.wait_for(guard(scope, receive, send), 30))
+    assert sent[0]["status"] == 413

@@ -103,7 +103,10 @@ class Guard:
                                       "needs it as the X-Api-Key header", code="auth_failed")
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await self._refuse(scope, receive, send_secure, 413, self._too_large(), drain=True)
+            # Read and dropped first, so the client sees the answer; not a body
+            # that would never fit the bound (the answer would wait for the timeout).
+            return await self._refuse(scope, receive, send_secure, 413, self._too_large(),
+                                      drain=int(length) <= DRAIN_BYTES)
         seen, deadline = 0, time.monotonic() + self.body_timeout
 
         async def guarded_receive():
@@ -126,8 +129,10 @@ class Guard:
         return f"upload is larger than the limit of {self.max_body - MULTIPART_SLACK:,} bytes " \
                f"({(self.max_body - MULTIPART_SLACK) / MiB:.1f} MiB)"
 
-    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool = False, code=None):
-        if drain or scope["method"] not in ("GET", "HEAD"):
+    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool | None = None, code=None):
+        """Answer `status` without the app; `drain`: read and drop the body
+        first (default: for methods that have one)."""
+        if scope["method"] not in ("GET", "HEAD") if drain is None else drain:
             await _drain(receive, self.body_timeout)
         await error_response(scope["path"], status, message, code,
                              headers={"Connection": "close"})(scope, receive, send)
