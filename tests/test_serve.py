@@ -154,6 +154,21 @@ def test_parse_client_background(tmp_path):
     assert safe_label("../../etc/passwd") == "passwd"
     assert safe_label("..\\a b.jpg") == "a_b.jpg"
     assert safe_label("...") == "upload"
+    assert safe_label("Kühler Grill/Æbleø_01.jpg") == "Æbleø_01.jpg"
+    assert safe_label("a\x00b\u202e.jpg") == "a_b_.jpg"  # controls and bidi marks are not kept
+
+
+def test_names_in_other_scripts_are_kept(client, photo):
+    answer = client.post("/api/cutout", files={"file": ("Kühler.jpg", photo[0], "image/jpeg")})
+    assert answer.status_code == 200
+    assert answer.headers["content-disposition"] == \
+        "inline; filename=\"K_hler.png\"; filename*=UTF-8''K%C3%BChler.png"  # was K_hler.png alone
+
+
+def test_a_set_in_another_script_keeps_its_names(set_client, views):
+    files = [("files", (f"Škoda_{i:02d}.jpg", data, "image/jpeg")) for i, (_, data) in enumerate(views[:3], 1)]
+    assert sorted(_zip_names(set_client.post("/api/cutout-set", files=files))) == \
+        ["Škoda_01.png", "Škoda_02.png", "Škoda_03.png"]
 
 
 # -- bad input ----------------------------------------------------------------------------------

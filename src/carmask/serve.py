@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -71,7 +72,7 @@ EXPOSED_HEADERS = ["Content-Disposition", "X-Carmask-Warning", "X-Carmask-Cutout
                    "X-Foreground-Width", "X-Foreground-Height"]  # readable by --allow-origin pages
 IMAGE_TYPES_LOOSE = ("", "application/octet-stream", "binary/octet-stream")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip", "multipart/x-zip")
-_LABEL_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+_LABEL_BAD = re.compile(r"[^\w.-]+")  # letters and digits of any script stay
 
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The cut-out as a PNG: RGBA (transparent), "
                                                             "L (mask) or RGB (over a colour or image)."}
@@ -194,10 +195,20 @@ def service(request: Request) -> Service:
 # -- small helpers ------------------------------------------------------------------------------
 
 def safe_label(name: str | None, default: str = "upload") -> str:
-    """A client-supplied file name reduced to a harmless label (basename, [A-Za-z0-9._-])."""
+    """A client-supplied file name reduced to a harmless label (basename;
+    letters and digits of any script, '.', '_' and '-')."""
     base = re.split(r"[\\/]", name or "")[-1]
     label = _LABEL_BAD.sub("_", base).lstrip(".")[:120]
     return label or default
+
+
+def disposition(kind: str, filename: str) -> str:
+    """A Content-Disposition header for `filename` (a safe label): plain ASCII
+    as it is, else an ASCII fallback and the UTF-8 name (RFC 6266)."""
+    fallback = filename.encode("ascii", "replace").decode().replace("?", "_")
+    if fallback == filename:
+        return f'{kind}; filename="{filename}"'
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"
 
 
 def _stem(label: str) -> str:
@@ -362,7 +373,7 @@ def cutout(request: Request,
         if result.error:
             raise HTTPException(422, str(result.error))
         return Response(body, media_type="image/png", headers={
-            "Content-Disposition": f'inline; filename="{_stem(photo.label)}.png"', **warning_header(result)})
+            "Content-Disposition": disposition("inline", f"{_stem(photo.label)}.png"), **warning_header(result)})
 
 
 @router.post("/api/cutout-set", tags=["cutout"], summary="Cut out sets of views of cars (zip of PNGs)",
