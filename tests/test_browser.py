@@ -132,6 +132,21 @@ def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser
     browser.save_screenshot(str(ARTIFACTS / "browser-download-all.png"))
 
 
+def test_a_file_over_the_upload_limit_is_refused_before_sending(rgb_model, browser, synth_data, tmp_path):
+    import numpy as np
+    from PIL import Image
+    photo = sorted((synth_data / "train").glob("*_05.jpg"))[0]
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(big)
+    with live_server(create_app(Predictor(model=rgb_model, device="cpu"), max_upload_bytes=100_000)) as url:
+        browser.get(url + "/")
+        WebDriverWait(browser, 10).until(lambda d: "v" in d.find_element(By.ID, "meta").text)  # limits known
+        browser.find_element(By.ID, "file-input").send_keys(f"{photo}\n{big}")
+        _results(browser, 2, failed=1)
+    [refused] = [c for c in browser.find_elements(By.CSS_SELECTOR, ".card") if c.get_attribute("data-state") == "error"]
+    assert "big.png" in refused.text and "over this server's upload limit of 0.1 MiB" in refused.text
+
+
 def test_a_photo_taken_out_of_its_set_says_so(browser, synth_data, tmp_path):
     """With the shipped models, a view of another size is cut out alone; its card says so."""
     from PIL import Image
