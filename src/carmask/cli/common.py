@@ -295,7 +295,9 @@ model_option = click.option("--model", help="A tier (accurate, fast), a shipped 
 size_option = click.option("--output-size", callback=size_callback, metavar="WxH",
                            help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
 device_option = click.option("--device", default="auto", show_default=True,
-                             type=click.Choice(["auto", "cpu", "cuda"]))
+                             type=click.Choice(["auto", "cpu", "cuda"]),
+                             help="Where the model runs: auto (a CUDA GPU where there is one, else the CPU), "
+                                  "cpu or cuda.")
 batch_option = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
                             help="Photos per model batch.")
 tta_option = click.option("--tta", is_flag=True,
@@ -325,5 +327,6 @@ def main():
     """Remove the studio background from car photos.
 
     Photos named <car>_<NN>.jpg (Kaggle Carvana layout) are grouped by car:
-    sets of at least 3 views use the car's median background.
+    a set of at least 3 views that share a studio is predicted with the car's
+    median background, other photos one by one (--sets).
     """

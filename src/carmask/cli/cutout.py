@@ -16,7 +16,7 @@ from carmask.cli.common import (PredictionWarnings, check_model, check_output, d
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-@main.command()
+@main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True,
               help="Output folder, an image file name for a single input, or - for standard output.")
@@ -30,7 +30,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: keep them).")
 @verbosity_options
 def cutout(inputs, output, background, refine, sets, recursive, tta, model, device, batch_size, overwrite):
-    """Cut cars out of photos: files, folders or globs (INPUT...), or - for
+    """Cut cars out of photos: files, folders or globs (INPUTS), or - for
     one photo on standard input.
 
     Photos named <car>_<NN>.jpg that form a set of at least 3 views are cut

@@ -11,7 +11,7 @@ from carmask.cli.common import (InputError, PredictionWarnings, check_model, che
                                 size_callback, size_option, skipped_summary, some, verbosity_options, writing)
 
 
-@main.command()
+@main.command(short_help="Print the mean dice against a dataset's masks.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @prediction_options
 @size_option

@@ -46,7 +46,7 @@ def rows() -> list[dict[str, str]]:
     return table
 
 
-@main.command("models")
+@main.command("models", short_help="List the shipped models and their figures.")
 @verbosity_options
 def list_models():
     """List the shipped models: the photos each takes, its input, size on disk,

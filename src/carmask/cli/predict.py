@@ -15,7 +15,7 @@ from carmask.cli.common import (InputError, PredictionWarnings, check_model, che
                                 some, verbosity_options, warn, writing)
 
 
-@main.command()
+@main.command(short_help="Write a Kaggle submission CSV for photos.")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, metavar="FILE",
               help="Submission CSV to write (img,rle_mask), or - for stdout (then not resumable).")

@@ -9,9 +9,9 @@ from carmask.cli.common import (InputError, check_model, check_output, device_op
                                 size_callback, verbosity_options, writing)
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
+@main.command(short_help="Serve the HTTP API and the web page.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, help="Port to listen on.")
 @model_option
 @device_option
 @click.option("--api-key", envvar="CARMASK_API_KEY", help="Require this X-Api-Key on the API (also "
@@ -39,15 +39,16 @@ def serve(host, port, model, device, api_key, allow_origin, max_upload_mib, conc
         max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
 
 
-@main.command()
+@main.command(short_help="Write a synthetic turntable dataset.")
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--cars", default=4, show_default=True, type=click.IntRange(min=1), help="Cars with masks (train/).")
 @click.option("--test-cars", default=1, show_default=True, type=click.IntRange(min=0),
               help="Cars without masks (test/).")
 @click.option("--views", default=16, show_default=True, type=click.IntRange(min=1, max=99),
               help="Views of each car, named <car>_<NN>.jpg.")
-@click.option("--size", callback=size_callback, default="192x128", show_default=True, metavar="WxH")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--size", callback=size_callback, default="192x128", show_default=True, metavar="WxH",
+              help="Photo size.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
 @click.option("--overwrite", is_flag=True, help="Write into a folder that already holds files (files of the "
                                                 "same names are replaced, others kept).")
 @verbosity_options
@@ -61,7 +62,7 @@ def synth(output, cars, test_cars, views, size, seed, overwrite):
          + (f", {test_cars} in test/" if test_cars else ""))
 
 
-@main.command("export")
+@main.command("export", short_help="Export a model to ONNX.")
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="ONNX file to write, e.g. model.onnx.")

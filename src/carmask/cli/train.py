@@ -13,7 +13,7 @@ from carmask.cli.common import (NORMAL, InputError, check_output, detail, device
 RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
 
 
-@main.command()
+@main.command(short_help="Train a model (a recipe) on a Kaggle-layout dataset.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
               help="Run folder (created): checkpoints, metrics.csv, curve.png, split.json.")
