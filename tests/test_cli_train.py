@@ -147,3 +147,12 @@ def test_no_usable_photo_says_why(tmp_path):
     assert result.exit_code == 2, result.output
     assert "no usable training photos in" in result.stderr and "(2 left out; the first: " in result.stderr
     assert "at least 3 views" in result.stderr
+
+
+def test_one_car_trains_without_validation_and_says_so(tmp_path):
+    """With one car none can be held out: said once, no 'val dice nan' per epoch."""
+    data = make_dataset(tmp_path / "data", cars=1, test_cars=0, size=(96, 64), seed=6)
+    result = run_cli("train", data, "-o", tmp_path / "run", *QUICK)
+    assert result.exit_code == 0, result.output
+    assert "none can be held out" in result.stderr and "no validation cars" in result.stderr
+    assert "nan" not in result.stderr and (tmp_path / "run" / "best.pt").is_file()

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from carmask.decode import decode
 from carmask.devices import usable_cores
-from carmask.io import ImageError, find_photos, group_by_car, mask_path, masks_dir_for, photos_dir_for, read_mask
+from carmask.io import (ImageError, atomic_write, find_photos, group_by_car, mask_path, masks_dir_for, photos_dir_for,
+                        read_mask)
 from carmask.views import InputSpec, NotEnoughViews, car_inputs, resize_map
 
 
@@ -139,8 +140,7 @@ class InputCache:
         del inputs, targets
         _shrink(folder / "inputs.tmp.npy", folder / "inputs.npy", n)
         _shrink(folder / "targets.tmp.npy", folder / "targets.npy", n)
-        (folder / "index.json").write_text(json.dumps(
-            {"names": names, "cars": car_of, "skipped": skipped, "spec": spec.to_dict()}))
+        _write_index(folder, {"names": names, "cars": car_of, "skipped": skipped, "spec": spec.to_dict()})
         return cls(folder)
 
     def channel_stats(self, rows: np.ndarray, sample: int = 512) -> tuple[list[float], list[float]]:
@@ -245,7 +245,14 @@ def _join(parts: list[InputCache], folder: Path) -> None:
         del out
     index = {key: sum((part.index[key] for part in parts), []) if isinstance(value, list) else value
              for key, value in parts[0].index.items()}
-    (folder / "index.json").write_text(json.dumps(index))
+    _write_index(folder, index)
+
+
+def _write_index(folder: Path, index: dict) -> None:
+    """index.json, the mark of a finished cache: whole or not there (a run
+    killed while writing it must not leave a cache that looks finished)."""
+    text = json.dumps(index)
+    atomic_write(folder / "index.json", lambda tmp: tmp.write_text(text))
 
 
 def _shrink(tmp: Path, final: Path, n: int) -> None:

@@ -128,7 +128,8 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     cars = discover(data_dir)
     train_cars, val_cars = held_out(list(cars), config)
     if main:
-        (run_dir / "split.json").write_text(json.dumps({"train": train_cars, "val": val_cars}, indent=1))
+        split = json.dumps({"train": train_cars, "val": val_cars}, indent=1)
+        atomic_write(run_dir / "split.json", lambda tmp: tmp.write_text(split))
     # Rank 0 builds the cache; the others then find it on disk and open it.
     cache = distributed.main_first(lambda: build_cache(
         {c: cars[c] for c in train_cars + val_cars}, config.spec,
@@ -244,7 +245,8 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float,
     """An epoch is done: a metrics.csv row, best.pt when validation dice
     improved, model.pt (this epoch) and last.pt (to resume); rank 0 writes."""
     run.epoch += 1
-    improved = not run.val_rows.size or val_dice > run.best_dice
+    validated = bool(run.val_rows.size)
+    improved = not validated or val_dice > run.best_dice
     if improved:
         run.best_dice = val_dice
     if not distributed.is_main():
@@ -254,10 +256,11 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float,
         csv.writer(f).writerow([run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}",
                                 f"{lr:.2e}", f"{run.elapsed:.1f}"])
     if progress:
-        tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                   f"val dice {val_dice:.4f}  ({run.elapsed:.0f}s)", file=sys.stderr)
+        figures = f"val loss {val_loss:.4f}  val dice {val_dice:.4f}" if validated else "no validation cars"
+        tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  {figures}  ({run.elapsed:.0f}s)",
+                   file=sys.stderr)
     meta = {**run.meta, "epochs": run.epoch, "train_seconds": round(run.elapsed, 1),
-            "val_dice": round(val_dice, 5)}
+            "val_dice": round(val_dice, 5) if validated else None}
     if improved:
         models.save(run.net, run.run_dir / "best.pt", meta)
     models.save(run.net, run.run_dir / "model.pt", meta)

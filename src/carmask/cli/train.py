@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, main,
-                                result, size_callback, skipped_summary, verbosity, verbosity_options)
+                                result, size_callback, skipped_summary, verbosity, verbosity_options, warn)
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
 RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
@@ -91,6 +91,9 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
             check_output(cache, folder=True, overwrite=True)
         info(f"training recipe {recipe} on the {len(cars)} car{'s' * (len(cars) != 1)} of {data_dir}, "
              f"into {run_dir}")
+        if len(cars) < 2 and not config.val_cars:
+            warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
+                 "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
         options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
         detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
                f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
