@@ -222,6 +222,13 @@ def test_missing_file_field(client):
     assert as_text.status_code == 422 and as_text.json()["detail"] == "field 'file' must be a file upload"
 
 
+def test_the_openapi_schema_has_no_duplicate_operations(client, recwarn):
+    schema = client.get("/openapi.json").json()
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)) and client.head("/health").status_code == 200
+    assert not [w for w in recwarn if "Duplicate Operation ID" in str(w.message)]
+
+
 def test_head_and_the_frameworks_own_errors(client):
     """HEAD answers like GET (monitors use it); 404, 405 and the form parser's
     400s come in the endpoint's error shape, naming what to do."""
