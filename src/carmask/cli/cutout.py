@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    written, skipped, warnings = 0, [], PredictionWarnings()
+    written, skipped, warnings, start = 0, [], PredictionWarnings(), time.perf_counter()
     with progress(len(todo), "cutting out") as bar:
         for result in _cutouts(photos, todo, stdin, predictor, back, refine):
             photo = Path("-") if stdin else Path(result.name)
@@ -92,6 +93,9 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
                 skipped.append(f"{photo}: not written ({exc.strerror or exc})")
                 fail(f"skipped {photo}: cannot write {targets[photo]} ({exc.strerror or exc})")
     info(summary(written, len(photos) - len(todo), "standard output" if to_stdout else output))
+    seconds = time.perf_counter() - start
+    detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
+           "photos/s)")
     warnings.summary()
     if skipped:
         fail(skipped_summary(skipped))

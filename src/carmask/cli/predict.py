@@ -123,7 +123,8 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
 
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
-    detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos in {len(sets)} sets to predict")
+    detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
+           f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
     skipped, warned, start = [], PredictionWarnings(), time.perf_counter()
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
     with writing(output), progress(todo, "predicting") as bar:
@@ -140,7 +141,8 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
             writer.finish()
         else:
             writer.discard()
-    detail(f"{todo} photos in {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    detail(f"{todo} photo{'s' * (todo != 1)} in {seconds:.1f} s ({todo / max(seconds, 1e-9):.1f} photos/s)")
     if writer.done:
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
         info(f"wrote {'stdout' if output == '-' else output}: {len(writer.done)} rows "
