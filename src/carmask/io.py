@@ -13,6 +13,7 @@ import re
 import secrets
 import stat
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -249,10 +250,13 @@ def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
         else:
             found.append(Path(item))  # a missing file is reported when it is read
     # One file met again through a symlink (a loop under `**` meets it at every
-    # depth) counts once, under its shortest path.
+    # depth) counts once, under its shortest path. Only names met more than
+    # once can be such a file: the others are not resolved (100,000 photos).
+    found = list(dict.fromkeys(found))
+    names = Counter(path.name for path in found)
     unique: dict[tuple[str, str], Path] = {}
-    for path in sorted(dict.fromkeys(found), key=lambda p: (len(p.parts), p)):
-        unique.setdefault((os.path.realpath(path), path.name), path)
+    for path in sorted(found, key=lambda p: (len(p.parts), p)):
+        unique.setdefault((os.path.realpath(path) if names[path.name] > 1 else str(path), path.name), path)
     return sorted(unique.values())
 
 

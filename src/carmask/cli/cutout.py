@@ -134,12 +134,10 @@ def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[P
     if output == "-" or not folder.is_dir():
         return photos
     suffix = _suffix(background)
-    made: Counter[str] = Counter()
-    for photo in photos:
-        made.update({photo.stem + suffix, photo.name + suffix})
     own = {photo: {photo.stem + suffix, photo.name + suffix} for photo in photos}
-    earlier = {p for p in photos if p.parent.resolve() == folder.resolve()
-               and made[p.name] > (p.name in own[p])}
+    made = Counter(name for names in own.values() for name in names)
+    here = folder.resolve()
+    earlier = {p for p in photos if made[p.name] > (p.name in own[p]) and p.parent.resolve() == here}
     if earlier:
         info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: "
              f"{some(sorted(p.name for p in earlier))}")
