@@ -18,6 +18,11 @@ the repository root, carrying .device:
 
     PYTHONPATH=src python benchmarks/gpu_speed.py
 
+`--compile-run` adds an end-to-end run with `torch.compile` (CUDA graphs);
+`--architectures multiview-accurate,rgb-accurate` adds one for each recipe's
+network with untrained weights (its speed does not depend on their values), so
+the GPU speed of a model is known before it is trained.
+
 A dry run on the CPU with tiny sizes checks the script end to end:
 
     python benchmarks/gpu_speed.py --device cpu --cars 2 --repeat 2 --batch-size 16 --nvjpeg off
@@ -58,6 +63,16 @@ def prepare(source: Path, cars: int) -> None:
     print(f"{FOLDER}: {len(sets)} cars, {sum(len(s.paths) for s in sets)} photos, {size / 2**20:.1f} MiB")
 
 
+def untrained(recipe_name: str, folder: Path) -> Path:
+    """A checkpoint of `recipe_name`'s network with its initial weights, for timing."""
+    from carmask import models
+    from carmask.recipes import recipe
+    config = recipe(recipe_name)
+    path = folder / f"{recipe_name}-untrained.pt"
+    models.save(models.Segmenter(config.arch, config.spec, config.arch_kwargs), path, {"untrained": True}, half=True)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepare", action="store_true", help="copy test cars into .device/test and stop")
@@ -69,6 +84,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30, help="the folder this many times over, end to end")
     parser.add_argument("--nvjpeg", default="both", choices=["auto", "on", "off", "both"])
     parser.add_argument("--time-limit", type=float, default=150, help="seconds at most per end-to-end run")
+    parser.add_argument("--compile-run", action="store_true", help="also end to end with --compile")
+    parser.add_argument("--architectures", default="", metavar="RECIPES",
+                        help="also end to end with these recipes' networks, untrained (comma-separated)")
     parser.add_argument("--json", type=Path, help="default: $OUT/gpu_speed.json, else gpu_speed.json")
     args = parser.parse_args()
     if args.prepare:
@@ -97,15 +115,25 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**figures, "seconds": round(time.perf_counter() - started, 1)}, indent=1))
 
+    def run(kind: str, key: str, measure) -> None:
+        """One measurement into figures[kind][key]; a failure is recorded and the rest go on."""
+        try:
+            figures[kind][key] = measure()
+        except Exception as exc:
+            figures[kind][key] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"}
+        save()
+        print(f"[{time.perf_counter() - started:.0f} s] {kind} {key}: {figures[kind][key]}", file=sys.stderr)
+
     for v in variants:  # a failure in one variant (e.g. no torchvision) leaves the others
-        for kind, measure in (("breakdown", lambda: predict_speed.breakdown(sets, speed, v)),
-                              ("end_to_end", lambda: predict_speed.end_to_end(folder, speed, v))):
-            try:
-                figures[kind][v] = measure()
-            except Exception as exc:
-                figures[kind][v] = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"}
-            save()
-            print(f"[{time.perf_counter() - started:.0f} s] nvjpeg {v}, {kind}: {figures[kind][v]}", file=sys.stderr)
+        run("breakdown", v, lambda: predict_speed.breakdown(sets, speed, v))
+        run("end_to_end", v, lambda: predict_speed.end_to_end(folder, speed, v))
+    if args.compile_run:  # compiling takes its own start-up: twice the time limit
+        compiled = argparse.Namespace(**{**vars(speed), "compile": True, "time_limit": 2 * args.time_limit})
+        run("end_to_end", "compile", lambda: predict_speed.end_to_end(folder, compiled, "auto"))
+    for name in filter(None, args.architectures.split(",")):
+        path = untrained(name, folder.parent)
+        with_model = argparse.Namespace(**{**vars(speed), "model": str(path)})
+        run("end_to_end", name, lambda: predict_speed.end_to_end(folder, with_model, "auto"))
     figures["single_cutout"] = predict_speed.single_cutout(sets[0].paths[0], Predictor(device=args.device))
     save()
     print(json.dumps(figures, indent=1))
@@ -119,6 +147,10 @@ def main() -> None:
         print(f"| {v}{' (used)' if b.get('nvjpeg') else ''} | {e.get('photos_per_s', e.get('error'))} "
               f"| {e.get('photos', '-')} | {e.get('predicting_photos_per_s', '-')} "
               f"| {e.get('peak_gpu_mib', '-')} / {b.get('peak_gpu_mib', '-')} | {stages} |")
+    for key in [k for k in figures["end_to_end"] if k not in variants]:
+        e = figures["end_to_end"][key]
+        print(f"{key} (nvjpeg auto): {e.get('photos_per_s', e.get('error'))} photos/s end to end, "
+              f"{e.get('predicting_photos_per_s', '-')} predicting, {e.get('photos', '-')} photos")
     print(f"single cut-out: median {figures['single_cutout']['median_s']} s")
 
 

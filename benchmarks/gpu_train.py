@@ -49,6 +49,7 @@ from ablation import held_out_cars, parse_set, score  # noqa: E402  (benchmarks/
 from carmask import models  # noqa: E402
 from carmask.cli.models import describe_input  # noqa: E402
 from carmask.data import build_cache, discover  # noqa: E402
+from carmask.devices import pick_device  # noqa: E402
 from carmask.io import atomic_write  # noqa: E402
 from carmask.recipes import recipe  # noqa: E402
 from carmask.train import train  # noqa: E402
@@ -232,6 +233,7 @@ def main() -> None:
     (args.work / "split.json").write_text(json.dumps(packed["split"]))
     val_cars, full_cars = held_out_cars(train_dir, full_masks, args.work / "split.json")
     cars = discover(train_dir)
+    device = pick_device(args.device)  # on a GPU the input caches are built there, in this process
     names = args.recipes.split(",")
     overrides = parse_set(args.set)
     results = {"machine": machine(args.device), "torch": torch.__version__, "started": str(datetime.datetime.now()),
@@ -257,7 +259,7 @@ def main() -> None:
         for i, name in enumerate(names):
             config = recipe(name, val_cars=val_cars, **overrides)
             t0 = time.monotonic()
-            build_cache(cars, config.spec, args.work / "cache", workers=args.workers)
+            build_cache(cars, config.spec, args.work / "cache", workers=args.workers, device=device)
             cache_s = time.monotonic() - t0
             later = len(names) - i - 1  # recipes still to come: each needs a cache and a start
             fixed = STARTUP_S * (1 + later) + CACHE_S * later + args.score_reserve + MARGIN_S

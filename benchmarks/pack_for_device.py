@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path(".device"), help="parts go to OUT/part1, OUT/part2, ...")
     parser.add_argument("--parts", type=int, default=2)
+    parser.add_argument("--shares", help="each part's share of the bytes, e.g. 0.46,0.54 (default: equal), "
+                        "to leave room beside one part for other carried files")
     parser.add_argument("--train-cars", type=int, help="only this many training cars (a dry run)")
     parser.add_argument("--val-cars", type=int, help="only this many held-out cars (a dry run)")
     parser.add_argument("--no-optimize", action="store_true", help="copy JPEGs as they are")
@@ -92,9 +94,13 @@ def main() -> None:
         files[car] += sorted(full_masks.glob(f"{car}_*"))
     # Whole cars to the part with the fewest bytes so far, largest cars first.
     sizes = {car: sum(f.stat().st_size for f in paths) for car, paths in files.items()}
+    shares = [float(x) for x in args.shares.split(",")] if args.shares else [1.0] * args.parts
+    if len(shares) != args.parts:
+        sys.exit(f"--shares gives {len(shares)} shares for {args.parts} parts")
     parts: list[list[str]] = [[] for _ in range(args.parts)]
     for car in sorted(files, key=lambda c: (-sizes[c], c)):
-        min(parts, key=lambda p: sum(sizes[c] for c in p)).append(car)
+        fill = [sum(sizes[c] for c in p) / share for p, share in zip(parts, shares)]
+        parts[fill.index(min(fill))].append(car)
 
     checkout = checkout_bytes(repo)
     split = {"train": train_cars, "val": val_cars}

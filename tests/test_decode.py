@@ -180,6 +180,8 @@ def test_nvjpeg_agrees_with_the_cpu_decoder(big_set):
             assert a.shape == b.shape and difference.mean() < 1.5 and difference.max() <= 40
     with_nvjpeg = Predictor(device="cuda", nvjpeg=True).predict_views([(p.name, p) for p in big_set])
     without = Predictor(device="cuda", nvjpeg=False).predict_views([(p.name, p) for p in big_set])
-    for a, b in zip(with_nvjpeg, without):
-        agree = ((a.probs > 0.5) == (b.probs > 0.5)).mean()
-        assert agree > 0.999
+    # The shipped model on these synthetic photos moves its outline with noise of one grey level
+    # (agreement 0.979 at worst, 0.996 on average, on the CPU); nvjpeg's few levels do as much
+    # (0.994 at worst on an H200). What this catches is the wiring: order, size, orientation.
+    agree = [((a.probs > 0.5) == (b.probs > 0.5)).mean() for a, b in zip(with_nvjpeg, without)]
+    assert min(agree) > 0.97 and np.mean(agree) > 0.99

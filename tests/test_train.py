@@ -89,6 +89,8 @@ def test_a_cache_built_by_several_processes_is_the_one_built_by_one(synth_data, 
     assert shared.names == one.names and shared.cars == one.cars and shared.skipped == one.skipped
     assert np.array_equal(shared.inputs, one.inputs) and np.array_equal(shared.targets, one.targets)
     assert InputCache.build(cars, spec, tmp_path / "three").folder == shared.folder  # found, not rebuilt
+    on_device = InputCache.build(cars, spec, tmp_path / "device", progress=False, device="cpu")  # as on a GPU
+    assert np.array_equal(on_device.inputs, one.inputs) and np.array_equal(on_device.targets, one.targets)
 
 
 def test_batches_from_a_cache_held_in_memory_match_the_files(synth_data, tmp_path):

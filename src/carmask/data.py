@@ -100,8 +100,9 @@ class InputCache:
 
     @classmethod
     def build(cls, cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
-              progress: bool = True) -> "InputCache":
-        """Compute (or reuse) the cache for these cars and this input spec."""
+              progress: bool = True, device=None) -> "InputCache":
+        """Compute (or reuse) the cache for these cars and this input spec;
+        `device`: compute the inputs there (photos are decoded on the CPU)."""
         folder = Path(folder) / cache_key(cars, spec)
         if (folder / "index.json").exists():
             return cls(folder)
@@ -118,7 +119,7 @@ class InputCache:
             photos, masks, kept = [], [], []
             for example in examples:
                 try:  # on the stored pixel grid, the grid of the masks
-                    photo = decode(example.photo, upright=False)
+                    photo = decode(example.photo, upright=False).to(device or "cpu")
                     masks.append(read_mask(example.mask, expected_size=(photo.shape[2], photo.shape[1])))
                     photos.append(photo)
                     kept.append(example)
@@ -131,8 +132,8 @@ class InputCache:
             except NotEnoughViews as exc:  # too few readable views for a background
                 skipped += [f"{e.photo}: {exc}" for e in kept]
                 continue
-            inputs[n:n + len(kept)] = x.x.permute(0, 2, 3, 1).numpy()
-            targets[n:n + len(kept)] = soft_targets(masks, x.boxes, spec)
+            inputs[n:n + len(kept)] = x.x.permute(0, 2, 3, 1).cpu().numpy()
+            targets[n:n + len(kept)] = soft_targets(masks, x.boxes, spec, device)
             names += [e.photo.name for e in kept]
             car_of += [car] * len(kept)
             n += len(kept)
@@ -184,28 +185,31 @@ class InputCache:
         return x.permute(0, 3, 1, 2).float(), y[:, None].float() / 255.0
 
 
-def soft_targets(masks: list[np.ndarray], boxes, spec: InputSpec) -> np.ndarray:
+def soft_targets(masks: list[np.ndarray], boxes, spec: InputSpec, device=None) -> np.ndarray:
     """Full-size 0/1 masks as the network's targets: resized (bilinear,
     antialiased) to the frame, cropped to each photo's box and resized to the
-    network's size, as probabilities x 255 (uint8)."""
-    soft = torch.cat([resize_map(torch.from_numpy(m).float()[None, None], spec.frame) for m in masks])
+    network's size, as probabilities x 255 (uint8); computed on `device`."""
+    soft = torch.cat([resize_map(torch.from_numpy(m).to(device or "cpu").float()[None, None], spec.frame)
+                      for m in masks])
     out = torch.cat([resize_map(p[None, :, b.top:b.bottom, b.left:b.right], spec.size) for p, b in zip(soft, boxes)])
-    return (out[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    return (out[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
 def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
-                workers: int | None = None, progress: bool = True) -> InputCache:
+                workers: int | None = None, progress: bool = True, device=None) -> InputCache:
     """`InputCache.build` in `workers` processes (default: one per usable core
     where there are at least 4, at most one per 4 cars; each costs a Python
     start, which two cores do not win back). Each builds a contiguous share of
     the cars, in car order, and the shares are joined into the cache one
-    process would build."""
+    process would build. On a CUDA `device` it is built in this process, on
+    the GPU: no worker processes (16 of them once stalled a GPU machine)."""
     folder = Path(folder)
     final = folder / cache_key(cars, spec)
     cores = usable_cores()
     workers = min(workers, len(cars)) if workers else min(cores if cores >= 4 else 1, len(cars) // 4)
-    if workers <= 1 or (final / "index.json").exists():
-        return InputCache.build(cars, spec, folder, progress=progress)
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    if on_gpu or workers <= 1 or (final / "index.json").exists():
+        return InputCache.build(cars, spec, folder, progress=progress, device=device if on_gpu else None)
     names = sorted(cars)
     shares = [names[len(names) * i // workers:len(names) * (i + 1) // workers] for i in range(workers)]
     scratch = folder / f"{final.name}.shares"
@@ -224,6 +228,7 @@ def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
 
 
 def _build_share(cars: dict[str, list[Example]], spec: InputSpec, folder: Path) -> Path:
+    torch.set_num_threads(1)  # one process per core: torch's own threads would oversubscribe them
     return InputCache.build(cars, spec, folder, progress=False).folder
 
 

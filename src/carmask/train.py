@@ -133,7 +133,7 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     # Rank 0 builds the cache; the others then find it on disk and open it.
     cache = distributed.main_first(lambda: build_cache(
         {c: cars[c] for c in train_cars + val_cars}, config.spec,
-        Path(cache_dir or run_dir / "cache"), workers=workers, progress=progress))
+        Path(cache_dir or run_dir / "cache"), workers=workers, progress=progress, device=device))
     in_val = np.isin(cache.cars, val_cars)
     train_rows, val_rows = np.flatnonzero(~in_val), np.flatnonzero(in_val)
     if len(train_rows) == 0:
