@@ -60,7 +60,7 @@ from carmask import io as cio
 from carmask import removebg
 from carmask.cutout import Cutout, parse_background, remove_set
 from carmask.guard import (BODY_TIMEOUT, MULTIPART_SLACK, Guard, error_response, local_hosts, origin,
-                           removebg_path, timed_protocol)
+                           removebg_path, served, timed_protocol)
 from carmask.io import ImageError, group_by_car
 from carmask.predict import Predictor
 from carmask.removebg import RemoveBgError
@@ -312,10 +312,9 @@ class Upload:
     image: Image.Image
 
 
-def read_image(upload: UploadFile, state: Service, budget: Budget, default: str, check: bool = True) -> Upload:
+def read_image(upload: UploadFile, state: Service, budget: Budget, default: str) -> Upload:
     """An uploaded image: its type checked, its bytes read, opened and counted in the request's pixels."""
-    if check:
-        check_type(upload)
+    check_type(upload)
     label = safe_label(upload.filename, default)
     return Upload(label, budget.add(read_upload(upload, state), label))
 
@@ -565,8 +564,7 @@ def _removebg(state: Service, fields: dict[str, str], files: dict[str, UploadFil
     with state.slots.job():  # a few requests at once from here: their uploads in memory
         budget = Budget(state.request_pixels)
         photo = _removebg_photo(options, fields, files, state, budget)
-        back = read_image(files["bg_image_file"], state, budget, "bg_image_file", check=False) \
-            if options.bg_image else None
+        back = _file_field("bg_image_file", files, state, budget) if options.bg_image else None
         with state.slots(budget.used):
             [result] = state.cut([(photo.label, photo.image)], "transparent")
             if result.error and isinstance(result.error.__cause__, NotEnoughViews):
@@ -588,9 +586,9 @@ def _removebg(state: Service, fields: dict[str, str], files: dict[str, UploadFil
 
 def _removebg_photo(options: removebg.Options, fields: dict[str, str], files: dict[str, UploadFile],
                     state: Service, budget: Budget) -> Upload:
-    """The photo, as a file (any content type, as remove.bg's clients send it) or as base64."""
+    """The photo, as a file or as base64."""
     if options.source == "image_file":
-        return read_image(files["image_file"], state, budget, "image_file", check=False)
+        return _file_field("image_file", files, state, budget)
     try:  # line breaks are common in base64 text
         data = base64.b64decode("".join(fields["image_file_b64"].split()), validate=True)
     except (binascii.Error, ValueError):
@@ -598,6 +596,11 @@ def _removebg_photo(options: removebg.Options, fields: dict[str, str], files: di
     if len(data) > state.max_upload_bytes:
         raise state.too_big("image_file_b64 (decoded)")
     return Upload("image_file_b64", budget.add(data, "image_file_b64"))
+
+
+def _file_field(name: str, files: dict[str, UploadFile], state: Service, budget: Budget) -> Upload:
+    """A remove.bg file field (of any content type, as its clients send them), named by the field."""
+    return Upload(name, budget.add(read_upload(files[name], state), name))
 
 
 def _form_fields(form) -> tuple[dict[str, str], dict[str, UploadFile]]:
@@ -828,8 +831,9 @@ def page_url(host: str, port: int) -> str:
 
 def startup_lines(host: str, port: int, hosts: set[str], drain_seconds: float) -> list[str]:
     """What `carmask serve` says before it serves: where, which host names, how it stops."""
+    names = sorted(name for name in hosts if not served(name, set()))  # IP addresses go without saying
     return [f"carmask {__version__}: open {page_url(host, port)}",
-            f"Answers requests addressed to {', '.join(sorted(hosts))} or to an IP address; other host names "
+            f"Answers requests addressed to {', '.join(names)} or to an IP address; other host names "
             "are refused (against DNS rebinding): add each name that clients use with --allow-host NAME "
             "(repeatable).",
             f"Ctrl+C or SIGTERM: requests in flight get up to {drain_seconds:g} s to finish; "
