@@ -112,7 +112,8 @@ def parse(fields: Mapping[str, str], files: set[str]) -> Options:
         if name in given:
             raise RemoveBgError(400, f"{name} is not supported: this server fetches nothing; send {instead}",
                                 "url_not_supported")
-    text = {name: fields.get(name, "").strip() for name in FIELDS if FIELDS[name].kind in ("text", "flag")}
+    text = {name: fields.get(name, "").strip() for name, field in FIELDS.items()
+            if field.kind in ("text", "flag") and name not in SOURCES}  # not the photo's base64: no copy
     for name, value in text.items():
         field = FIELDS[name]
         if field.choices and value and value.lower() not in field.choices:
