@@ -12,7 +12,8 @@ before and after (and the peak seen while sampling).
 
 --adversarial sends, while --concurrency clients post normal cut-outs: tiny
 64-megapixel PNG backgrounds, a zip of 64-megapixel members, tiny zips that
-unpack to 96 MiB, slow clients that never finish their headers, a 27 MiB upload, a POST from a foreign Origin; it
+unpack to 96 MiB, slow clients that never finish their headers, a 27 MiB upload, a POST from a foreign Origin,
+one for a rebound Host name, an EPS file sent as a JPEG, two `file` parts, a remove.bg `bg_image_url`; it
 checks each case's status code, /health latency throughout, and the server's
 memory (peak, and back near idle afterwards).
 
@@ -113,11 +114,15 @@ def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, 
     with zipfile.ZipFile(expanding, "w", zipfile.ZIP_DEFLATED) as z:
         for i in range(4):
             z.writestr(f"car_{i + 1:02d}.jpg", b"\xff\xd8" + b"\0" * (24 * 2**20))
+    eps = io.BytesIO()  # Pillow would hand it to Ghostscript, were it not restricted to photo formats
+    Image.new("RGB", (64, 48)).save(eps, format="EPS")
     host, port = url.removeprefix("http://").split(":")
     seen: dict[str, tuple[int, list]] = {"64 Mpx PNG background": (413, []), "zip of 64 Mpx members": (413, []),
                                          "27 MiB upload": (413, []), "foreign Origin": (403, []),
                                          "zip unpacking 96 MiB": (422, []),
-                                         "slow client (closed)": (0, [])}
+                                         "slow client (closed)": (0, []), "rebound Host": (403, []),
+                                         "EPS as a JPEG": (422, []), "two file parts": (400, []),
+                                         "bg_image_url": (400, [])}
 
     def post(case, path, **kwargs):
         try:
@@ -148,6 +153,14 @@ def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, 
                           files={"file": ("big.jpg", b"\0" * (27 * 2**20), "image/jpeg")})] * 2
     jobs += [lambda: post("foreign Origin", "/api/cutout", files={"file": ("car.jpg", photo, "image/jpeg")},
                           headers={"Origin": "http://evil.example"})] * 2
+    jobs += [lambda: post("rebound Host", "/api/cutout", files={"file": ("car.jpg", photo, "image/jpeg")},
+                          headers={"Host": "attacker.example", "Origin": "http://attacker.example"})] * 2
+    jobs += [lambda: post("EPS as a JPEG", "/api/cutout",
+                          files={"file": ("car.jpg", eps.getvalue(), "image/jpeg")})] * 2
+    jobs += [lambda: post("two file parts", "/api/cutout", files=[("file", ("a.jpg", photo, "image/jpeg")),
+                                                                  ("file", ("b.jpg", photo, "image/jpeg"))])] * 2
+    jobs += [lambda: post("bg_image_url", "/v1.0/removebg", files={"image_file": ("car.jpg", photo, "image/jpeg")},
+                          data={"bg_image_url": f"http://{host}:{port}/health"})] * 2
     jobs += [slow] * 100
     with ThreadPoolExecutor(32) as pool:
         for future in [pool.submit(job) for job in jobs]:

@@ -4,8 +4,11 @@ Skipped when chromium, chromedriver or selenium are not installed:
     apt-get install -y chromium chromium-driver && pip install selenium
 Leaves screenshots in artifacts/ (git-ignored).
 """
+import json
 import shutil
 import tempfile
+import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -41,13 +44,18 @@ def browser():
     profile = tempfile.mkdtemp(prefix="carmask-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # Offline but for the server: other hosts resolve to nothing, and anything not on
+    # loopback goes to a proxy that is not there (Chromium sends loopback direct).
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-                 "--window-size=1280,1000", "--hide-scrollbars"):
+                 "--window-size=1280,1000", "--hide-scrollbars", "--proxy-server=http://127.0.0.1:9",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})  # every request seen
     downloads = Path(profile) / "downloads"
     downloads.mkdir()
+    ARTIFACTS.mkdir(exist_ok=True)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     # An explicit driver path: selenium-manager never runs, nothing is downloaded.
@@ -75,6 +83,124 @@ def _results(driver, count, timeout=120, failed=0):
     WebDriverWait(driver, 10).until(lambda d: all(
         d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images))
     return images
+
+
+@pytest.fixture
+def gated_server(rgb_model):
+    """A server whose cut-outs wait for `gate` (open unless a test closes it) and
+    note the photos they were asked for: (url, gate, photos)."""
+    app = create_app(Predictor(model=rgb_model, device="cpu"))
+    state, gate, photos = app.state.service, threading.Event(), []
+    real = state.cut
+
+    def cut(items, background):
+        photos.extend(name for name, _ in items)
+        gate.wait()
+        return real(items, background)
+
+    state.cut = cut
+    gate.set()
+    try:
+        with live_server(app) as url:
+            yield url, gate, photos
+    finally:
+        gate.set()
+
+
+def _drop(driver, paths, target="drop"):
+    """Files dragged from the desktop and dropped on the element's centre: Chromium's own
+    drag and drop (trusted events, hit-tested where a user would drop), not a script's."""
+    x, y = driver.execute_script("const r = arguments[0].getBoundingClientRect();"
+                                 "return [r.left + r.width / 2, r.top + r.height / 2];",
+                                 driver.find_element(By.ID, target))
+    data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
+    for kind in ("dragEnter", "dragOver", "drop"):
+        driver.execute_cdp_cmd("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
+
+
+def _states(driver) -> dict[str, int]:
+    states = [c.get_attribute("data-state") for c in driver.find_elements(By.CSS_SELECTOR, ".card")]
+    return {state: states.count(state) for state in set(states)}
+
+
+def _settled(driver, timeout=120):
+    """Wait until there are cards and none is queued or at work; the cards."""
+    WebDriverWait(driver, timeout).until(lambda d: _states(d) and set(_states(d)) <= {"done", "error"})
+    return driver.find_elements(By.CSS_SELECTOR, ".card")
+
+
+def _photos(synth_data, folder, count):
+    """`count` synthetic photos named shot-NNN.jpg (no view numbers: each is cut out on its own)."""
+    folder.mkdir(exist_ok=True)
+    sources = sorted((synth_data / "train").glob("*.jpg")) + sorted((synth_data / "test").glob("*.jpg"))
+    paths = [folder / f"shot-{n:03d}.jpg" for n in range(1, count + 1)]
+    for path, source in zip(paths, sources):
+        path.write_bytes(source.read_bytes())
+    return paths
+
+
+def test_photos_dropped_on_the_drop_zone_are_added_once(gated_server, browser, synth_data, tmp_path):
+    url, _, photos = gated_server
+    paths = _photos(synth_data, tmp_path / "three", 3)
+    browser.get(url + "/")
+    _drop(browser, paths)
+    cards = _settled(browser)
+    assert sorted(c.find_element(By.CSS_SELECTOR, ".name").text for c in cards) == [p.name for p in paths]
+    assert sorted(photos) == [p.name for p in paths]  # one request each
+    assert [a.get_attribute("download") for a in browser.find_elements(By.CSS_SELECTOR, ".card a.button")] == \
+        [p.stem + ".png" for p in paths]
+    assert browser.find_element(By.ID, "progress").text == "3 of 3 done"
+
+
+def test_a_hundred_dropped_photos_show_their_progress(gated_server, browser, synth_data, tmp_path):
+    """100 photos dropped: two at work, the others queued, each card and the overall
+    progress saying which; at the end 100 of 100 done and a zip of 100 cut-outs."""
+    url, gate, photos = gated_server
+    paths = _photos(synth_data, tmp_path / "hundred", 100)
+    gate.clear()  # the first two requests wait at the server
+    browser.get(url + "/")
+    _drop(browser, paths)
+    WebDriverWait(browser, 60).until(lambda d: _states(d) == {"working": 2, "queued": 98})
+    pills = [p.text for p in browser.find_elements(By.CSS_SELECTOR, ".card .pill")]
+    assert pills.count("Cutting out…") == 2 and pills.count("Queued") == 98
+    assert browser.find_element(By.ID, "progress").text == "0 of 100 done · 2 cutting out · 98 queued"
+    browser.save_screenshot(str(ARTIFACTS / "browser-progress.png"))
+    gate.set()
+    WebDriverWait(browser, 600).until(lambda d: d.find_element(By.ID, "progress").text == "100 of 100 done")
+    assert len(_results(browser, 100)) == 100 and len(photos) == 100
+    browser.find_element(By.ID, "download-all").click()
+    target = browser.downloads / "cutouts.zip"
+    WebDriverWait(browser, 60).until(lambda d: target.is_file() and zipfile.is_zipfile(target))
+    with zipfile.ZipFile(target) as archive:
+        assert sorted(archive.namelist()) == [p.stem + ".png" for p in paths] and archive.testzip() is None
+    target.unlink()
+    browser.save_screenshot(str(ARTIFACTS / "browser-hundred.png"))
+
+
+def _requested(driver) -> list[str]:
+    """Every URL the browser asked for since the last call (Chromium's performance log)."""
+    events = (json.loads(entry["message"])["message"] for entry in driver.get_log("performance"))
+    return [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+
+
+def test_the_api_pages_render_offline(server, browser):
+    """/docs (Swagger UI) and /redoc render with every request to the server: the
+    browser can reach nothing else, and asks for nothing else."""
+    _requested(browser)
+    browser.get(server + "/docs")
+    WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 4)
+    assert "/v1.0/removebg" in browser.find_element(By.ID, "swagger-ui").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "browser-docs.png"))
+    browser.get(server + "/redoc")
+    WebDriverWait(browser, 60).until(
+        lambda d: "remove.bg-compatible cut-out" in d.find_element(By.TAG_NAME, "body").text)
+    browser.save_screenshot(str(ARTIFACTS / "browser-redoc.png"))
+    urls = _requested(browser)
+    assert any(url.endswith("/swagger-ui-bundle.js") for url in urls)
+    assert any(url.endswith("/openapi.json") for url in urls)
+    local = (server + "/", "data:", "blob:", "about:", "chrome:")  # chrome: the browser's own pages, no network
+    assert not [url for url in urls if not url.startswith(local)], urls
 
 
 def test_upload_and_see_the_cutout(server, browser, synth_data, tmp_path):

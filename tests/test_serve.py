@@ -80,7 +80,19 @@ def test_health_version_openapi(client, rgb_model):
     schema = client.get("/openapi.json").json()
     assert {"/health", "/version", "/api/cutout", "/api/cutout-set"} <= set(schema["paths"])
     assert "image/png" in schema["paths"]["/api/cutout"]["post"]["responses"]["200"]["content"]
-    assert client.get("/docs").status_code == 404  # not served: its assets would come from a CDN
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_pages_are_served_from_here(client, page):
+    """/docs and /redoc with their scripts, styles and icon from this server (the
+    fastapi-offline wheel's files), never a CDN; the browser test renders them offline."""
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    urls = re.findall(r"""(?:src|href|url)\s*[=:]\s*["']([^"']+)""", html.text)
+    assert urls and not [url for url in urls if re.match(r"(https?:)?//", url)], urls
+    assert "fonts.googleapis" not in html.text
+    for url in urls:
+        assert client.get(url).status_code == 200, url
 
 
 def test_page_is_self_contained(client):
@@ -216,6 +228,65 @@ def test_unreadable_image(client, photo, case):
     assert f"broken_{case}.jpg" in response.json()["detail"]
 
 
+def test_a_repeated_field_is_refused(client, photo):
+    """Two photos to /api/cutout (or two bg): a 400 naming the field, not one of them used silently."""
+    twice = client.post("/api/cutout", files=[("file", ("a.jpg", photo[0], "image/jpeg")),
+                                              ("file", ("b.jpg", photo[0], "image/jpeg"))])
+    assert twice.status_code == 400 and twice.json()["detail"] == \
+        "field 'file' was sent 2 times: send it once (several photos go to /api/cutout-set)"
+    two_bg = client.post("/api/cutout", files={"file": ("a.jpg", photo[0], "image/jpeg")},
+                         data={"bg": ["mask", "green"]})
+    assert two_bg.status_code == 400 and "'bg' was sent 2 times" in two_bg.json()["detail"]
+
+
+@pytest.mark.parametrize("kind", ["eps", "gif"])
+def test_only_photo_formats_are_decoded(client, set_client, views, kind, monkeypatch):
+    """An EPS file (Pillow would run Ghostscript on it) or a GIF, sent as a JPEG:
+    refused by name on every endpoint, no other decoder ever reached."""
+    from PIL import EpsImagePlugin
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: pytest.fail("Ghostscript was run"))
+    data = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 10)).save(data, kind.upper())
+    sent = ("car_01.jpg", data.getvalue(), "image/jpeg")
+    answer = client.post("/api/cutout", files={"file": sent})
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "car_01.jpg: not a readable JPEG, PNG, WebP, TIFF or BMP image"
+    removebg = client.post("/v1.0/removebg", files={"image_file": sent})
+    assert removebg.status_code == 400 and removebg.json()["errors"][0]["code"] == "invalid_image"
+    background = client.post("/api/cutout", files={"file": ("car.jpg", views[0][1], "image/jpeg"), "background": sent})
+    assert background.status_code == 422 and background.json()["detail"].startswith("car_01.jpg: not a readable")
+    members = _zip_names(set_client.post("/api/cutout-set", files=[("files", sent)] + [
+        ("files", (name, data, "image/jpeg")) for name, data in views[1:4]]))
+    assert "car_01.jpg: not a readable JPEG" in members["errors.txt"].decode()
+
+
+def test_the_host_check_stays_on_for_every_interface(rgb_predictor):
+    """Bound to 0.0.0.0: IP addresses and localhost are served, a rebound name
+    is not (even with a matching Origin), a name given with --allow-host is."""
+    from carmask.guard import local_hosts
+    hosts = local_hosts("0.0.0.0", ["Studio.Example"])
+    with TestClient(create_app(rgb_predictor, hosts=hosts)) as c:
+        rebound = c.post("/api/cutout", headers={"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"})
+        assert rebound.status_code == 403 and "--allow-host" in rebound.json()["detail"]
+        for host in ("192.168.1.20:8000", "[fe80::1]:8000", "127.0.0.1", "localhost:8000", "studio.example"):
+            assert c.get("/health", headers={"Host": host}).status_code == 200, host
+
+
+def test_serve_takes_allow_host_and_says_how(monkeypatch):
+    import carmask.serve
+    from carmask.serve import startup_lines
+    seen = {}
+    monkeypatch.setattr(carmask.serve, "run", lambda **kwargs: seen.update(kwargs))
+    result = run_cli("serve", "--host", "0.0.0.0", "--allow-host", "studio.example", "--allow-host", "cars.example")
+    assert result.exit_code == 0 and seen["allow_hosts"] == ("studio.example", "cars.example")
+    refused = run_cli("serve", "--allow-host", "http://studio.example:80")
+    assert refused.exit_code == 2 and "is not a host name" in refused.output
+    from carmask.guard import local_hosts
+    lines = startup_lines("0.0.0.0", 8000, local_hosts("0.0.0.0", ["studio.example"]), 30)
+    assert "localhost, studio.example or to an IP address" in lines[1] and "--allow-host NAME" in lines[1]
+    assert "up to 30 s" in lines[2] and "a second signal quits at once" in lines[2]
+
+
 def test_missing_file_field(client):
     assert client.post("/api/cutout", data={"bg": "mask"}).status_code == 422
     as_text = client.post("/api/cutout", data={"file": "not a file"})
@@ -237,9 +308,10 @@ def test_head_and_the_frameworks_own_errors(client):
     assert wrong_method.status_code == 405 and wrong_method.json()["errors"][0]["title"] == "Method Not Allowed"
     assert client.get("/v1.0/account").json()["errors"][0]["title"] == "Not Found"
     assert client.get("/api/cutout").json() == {"detail": "Method Not Allowed"}
-    too_long = client.post("/v1.0/removebg", data={"image_file_b64": "A" * (2 << 20)})
-    assert too_long.status_code == 400
-    assert "image_file" in too_long.json()["errors"][0]["title"]
+    not_a_photo = client.post("/v1.0/removebg", data={"image_file_b64": "A" * (2 << 20)})  # 1.5 MB of zeros
+    assert not_a_photo.status_code == 400
+    assert not_a_photo.json()["errors"][0] == {"title": "image_file_b64: not a readable JPEG, PNG, WebP, TIFF "
+                                                        "or BMP image", "code": "invalid_image"}
 
 
 def test_model_that_cannot_handle_a_single_photo(set_client, photo):
@@ -423,7 +495,7 @@ def test_removebg_json_request(client, photo):
     b64 = base64.b64encode(photo[0]).decode()
     answer = client.post("/v1.0/removebg", json={"image_file_b64": b64, "format": "jpg", "bg_color": "00b900"})
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
-    for body, field in (({"image_file_b64": 7}, "image_file_b64 must be a string"), ([b64], "object"),
+    for body, field in (({"image_file_b64": [7]}, "image_file_b64 must be a string"), ([b64], "object"),
                         ({"image_url": "http://169.254.169.254/"}, "fetches nothing"), ({}, "No image given")):
         refused = client.post("/v1.0/removebg", json=body)
         assert refused.status_code == 400 and field in refused.json()["errors"][0]["title"]

@@ -1,6 +1,10 @@
 """The service on a real socket: a remove.bg client, and the bounds a hostile client meets."""
+import base64
 import io
+import signal
 import socket
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -38,18 +42,42 @@ def photo(synth_data):
 
 
 def test_unmodified_removebg_client_gets_a_cutout(server, photo, tmp_path, monkeypatch):
-    """The `removebg` package from PyPI, as published: only its endpoint is pointed here."""
+    """The `removebg` package from PyPI, as published: only its endpoint is pointed
+    here. Its three calls: a file, a base64 photo of 0.9 MB, and a URL (refused, never fetched)."""
     removebg = pytest.importorskip("removebg")
     import removebg.removebg as client_module
     monkeypatch.setattr(client_module, "API_ENDPOINT", server + "/v1.0/removebg")
+    client = removebg.RemoveBg(KEY, str(tmp_path / "errors.log"))
     path, mask = photo
     local = tmp_path / path.name
     local.write_bytes(path.read_bytes())
-    removebg.RemoveBg(KEY, str(tmp_path / "errors.log")).remove_background_from_img_file(str(local))
+    client.remove_background_from_img_file(str(local))
     image = Image.open(str(local) + "_no_bg.png")
     assert image.format == "PNG" and image.mode == "RGBA" and image.size == (mask.shape[1], mask.shape[0])
     alpha = np.asarray(image)[..., 3].astype(float)
     assert alpha[mask].mean() > 0.8 * 255 and alpha[~mask].mean() < 0.2 * 255
+
+    noisy = io.BytesIO()  # 0.9 MB: its base64 is over a megabyte, within this server's 1 MiB photo limit
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(
+        noisy, "JPEG", quality=90)
+    assert 0.75 * 2**20 < len(noisy.getvalue()) < 2**20
+    client.remove_background_from_base64_img(base64.b64encode(noisy.getvalue()).decode(),
+                                             new_file_name=str(tmp_path / "b64.png"))
+    result = Image.open(tmp_path / "b64.png")
+    assert result.format == "PNG" and result.width * result.height <= 250_000  # size=regular: 0.25 Mpx
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        with pytest.raises(requests.HTTPError) as refused:
+            client.remove_background_from_img_url(f"http://127.0.0.1:{listener.getsockname()[1]}/car.jpg",
+                                                  new_file_name=str(tmp_path / "url.png"))
+        with pytest.raises(BlockingIOError):  # nobody connected
+            listener.accept()
+    assert refused.value.response.status_code == 400
+    assert refused.value.response.json()["errors"][0]["code"] == "url_not_supported"
+    assert not (tmp_path / "url.png").exists()
     with pytest.raises(requests.HTTPError):  # a wrong key is refused
         removebg.RemoveBg("wrong", str(tmp_path / "errors.log")).remove_background_from_img_file(str(local))
 
@@ -105,7 +133,8 @@ def test_security_headers_and_docs(server):
     page = requests.get(server + "/")
     assert page.headers["X-Content-Type-Options"] == "nosniff"
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
-    assert "href=\"/docs\"" not in page.text and requests.get(server + "/docs").status_code == 404
+    docs = requests.get(server + "/docs")
+    assert docs.status_code == 200 and "frame-ancestors 'none'" in docs.headers["Content-Security-Policy"]
 
 
 def test_messages_carry_no_python_internals(server):
@@ -129,3 +158,67 @@ def test_slow_clients_are_cut_off(server):
         slow.settimeout(15)
         assert b" 408 " in slow.recv(4096).split(b"\r\n")[0] + b" "
     assert requests.get(server + "/health", timeout=5).json() == {"status": "ok"}
+
+
+# -- stopping -------------------------------------------------------------------------------------------
+
+def _serve(rgb_model, drain_seconds=None):
+    """The server in a process of its own (signals reach only a main thread) on a free port:
+    `carmask serve`, or `carmask.serve.run` with `drain_seconds`."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "carmask.cli", "serve", "--port", str(port), "--model", str(rgb_model),
+               "--device", "cpu"] if drain_seconds is None else \
+        [sys.executable, "-c", f"from carmask.serve import run; run(port={port}, model={str(rgb_model)!r}, "
+                               f"device='cpu', drain_seconds={drain_seconds})"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while True:
+        assert process.poll() is None, process.stderr.read()
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).ok:
+                return process, port
+        except requests.ConnectionError:
+            time.sleep(0.1)
+
+
+def _slow_upload(port):
+    """A POST whose body never finishes (the guard would answer it 408 after 60 s)."""
+    slow = socket.create_connection(("127.0.0.1", port))
+    slow.sendall(b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                 b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
+    return slow
+
+
+def _stop_listening(port, process):
+    """Until the server has taken the first signal: it stops accepting connections."""
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+        except ConnectionRefusedError:
+            return
+        assert process.poll() is None
+        time.sleep(0.05)
+
+
+def test_a_second_sigterm_quits_at_once(rgb_model):
+    process, port = _serve(rgb_model)
+    with _slow_upload(port) as slow:
+        process.send_signal(signal.SIGTERM)
+        _stop_listening(port, process)
+        assert process.poll() is None  # draining: the slow upload holds it
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(120) == -signal.SIGTERM
+        slow.settimeout(30)
+        assert slow.recv(1024) == b""  # closed unanswered: no 408, the drain was cut short
+    assert "a second signal: quitting now" in process.stderr.read()
+
+
+def test_the_drain_is_bounded(rgb_model):
+    process, port = _serve(rgb_model, drain_seconds=1)
+    with _slow_upload(port) as slow:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(120) == -signal.SIGTERM
+        slow.settimeout(30)
+        assert slow.recv(1024) == b""  # no 408: the drain ended before the body timeout
+    assert "timeout graceful shutdown exceeded" in process.stderr.read()

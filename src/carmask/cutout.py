@@ -133,7 +133,7 @@ def remove_set(items: Sequence[tuple[str, object]], predictor=None, background="
     try:
         predictions = predictor.predict_views(list(items), cutout=_edges(refine))
     except (NotEnoughViews, ValueError) as exc:
-        return [Cutout(name, error=ImageError(name, str(exc))) for name, _ in items]
+        return [Cutout(name, error=_caused(ImageError(name, str(exc)), exc)) for name, _ in items]
     return [_cutout(name, p, background) for (name, _), p in zip(items, predictions)]
 
 
@@ -144,6 +144,12 @@ def remove_sets(photo_sets: Iterable[PhotoSet], predictor=None, background="tran
     predictor, background = _ready(predictor, background)
     for prediction in predictor.predict_sets(photo_sets, cutout=_edges(refine)):
         yield _cutout(str(prediction.path), prediction, background)
+
+
+def _caused(error: ImageError, cause: Exception) -> ImageError:
+    """`error` with its cause kept (`__cause__`): callers tell the kinds apart by type, not by text."""
+    error.__cause__ = cause
+    return error
 
 
 def _ready(predictor, background):

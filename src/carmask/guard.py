@@ -1,9 +1,11 @@
 """What stands in front of the HTTP service's routes.
 
 `Guard` (ASGI middleware, outermost) adds security headers to every answer,
-refuses other Host names (DNS rebinding), POSTs from pages of other
-origins and, when the server has an API key, POSTs without it; answers a body over the upload limit with a 413 after reading and
-dropping it (so that the client sees the answer) and a body that takes too
+refuses Host names it does not serve (DNS rebinding; IP addresses are always
+served, names only as `local_hosts` lists them), POSTs from pages of other
+origins and, when the server has an API key, POSTs without it; answers a body
+over the upload limit with a 413 after reading and dropping it (so that the
+client sees the answer) and a body that takes too
 long with a 408; `timed_protocol` closes connections whose headers are late.
 `error_response` shapes every error as the endpoint's API does: remove.bg's
 `{"errors": [{"title", "code"}]}` under /v1.0/, else `{"detail"}`.
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
+import re
 import time
 from urllib.parse import urlsplit
 
@@ -73,10 +77,12 @@ class Guard:
     a body that takes longer than `body_timeout` answered 408."""
 
     def __init__(self, app, max_body: int, hosts: set[str] | None, origins: set[str],
-                 body_timeout: float = BODY_TIMEOUT, api_key: str | None = None):
+                 body_timeout: float = BODY_TIMEOUT, api_key: str | None = None,
+                 max_removebg_body: int | None = None):
         self.app, self.max_body, self.hosts, self.origins = app, max_body, hosts, origins
         self.api_key = api_key
         self.body_timeout = body_timeout
+        self.max_removebg_body = max_removebg_body or max_body  # remove.bg's photos may come as base64 text
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -89,8 +95,9 @@ class Guard:
 
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
         host = headers.get("host", "")
-        if self.hosts is not None and _hostname(host) not in self.hosts:
-            return await self._refuse(scope, receive, send_secure, 403, f"host {host[:80]!r} is not served here")
+        if self.hosts is not None and not served(host, self.hosts):
+            return await self._refuse(scope, receive, send_secure, 403, f"host {host[:80]!r} is not served here "
+                                      "(carmask serve --allow-host NAME adds a name)")
         origin = headers.get("origin")
         if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
                 origin != f"{scope.get('scheme', 'http')}://{host}" and origin not in self.origins:
@@ -101,11 +108,12 @@ class Guard:
                 not hmac.compare_digest(headers.get("x-api-key", "").encode("latin-1"), self.api_key.encode()):
             return await self._refuse(scope, receive, send_secure, 403, "missing or wrong API key: this server "
                                       "needs it as the X-Api-Key header", code="auth_failed")
+        limit = self.max_removebg_body if removebg_path(scope["path"]) else self.max_body
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
+        if length is not None and length.isdigit() and int(length) > limit:
             # Read and dropped first, so the client sees the answer; not a body
             # that would never fit the bound (the answer would wait for the timeout).
-            return await self._refuse(scope, receive, send_secure, 413, self._too_large(),
+            return await self._refuse(scope, receive, send_secure, 413, self._too_large(limit),
                                       drain=int(length) <= DRAIN_BYTES)
         seen, deadline = 0, time.monotonic() + self.body_timeout
 
@@ -118,16 +126,19 @@ class Guard:
                                     headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > limit:
                     # Raised inside the route's body parsing: answered 413 by the handler.
-                    raise HTTPException(413, self._too_large(), headers={"Connection": "close"})
+                    raise HTTPException(413, self._too_large(limit), headers={"Connection": "close"})
             return message
 
         return await self.app(scope, guarded_receive, send_secure)
 
-    def _too_large(self) -> str:
-        return f"upload is larger than the limit of {self.max_body - MULTIPART_SLACK:,} bytes " \
-               f"({(self.max_body - MULTIPART_SLACK) / MiB:.1f} MiB)"
+    def _too_large(self, limit: int) -> str:
+        upload = self.max_body - MULTIPART_SLACK
+        if limit != self.max_body:
+            return f"the request is larger than the limit of {limit:,} bytes (a photo of up to {upload:,} bytes, " \
+                   "as a file or as base64)"
+        return f"upload is larger than the limit of {upload:,} bytes ({upload / MiB:.1f} MiB)"
 
     async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool | None = None, code=None):
         """Answer `status` without the app; `drain`: read and drop the body
@@ -160,11 +171,34 @@ def _hostname(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-def local_hosts(host: str) -> set[str] | None:
-    """Host names a server bound to `host` answers to: None (any) on every interface."""
-    if host in ("0.0.0.0", "::", ""):
-        return None
-    return {"127.0.0.1", "localhost", "::1", host.lower()}
+def served(host: str, names: set[str]) -> bool:
+    """Whether a Host header is served: an IP address (no DNS, so no rebinding), or one of `names`."""
+    name = _hostname(host)
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name in names
+
+
+def local_hosts(host: str, allow=()) -> set[str]:
+    """Host names (besides IP addresses) a server bound to `host` answers to:
+    localhost, the bound name, and `allow` (--allow-host). The check stays on
+    for every interface: a page of attacker.example rebound to this server
+    sends Host: attacker.example, which is refused."""
+    names = {"localhost"} | {host_name(name) for name in allow}
+    if host not in ("0.0.0.0", "::", ""):
+        names.add(host.lower().strip("[]"))
+    return names
+
+
+def host_name(text: str) -> str:
+    """A name for --allow-host (studio.example), lower case, else a ValueError naming it."""
+    name = text.strip().lower().rstrip(".")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", name):
+        raise ValueError(f"{text[:80]!r} is not a host name: give a name as clients write it in their URLs, "
+                         "like studio.example (no scheme, port or wildcard; repeat the option for more)")
+    return name
 
 
 

@@ -7,14 +7,16 @@ Endpoints (OpenAPI at /openapi.json):
 * ``GET /health`` (answered on the event loop, never queued behind work), ``GET /version``
 * ``POST /api/cutout``: one photo (multipart field ``file``) -> PNG cut-out
 * ``POST /api/cutout-set``: views of one or more cars (``files``, or a zip) -> zip of PNGs
-* ``POST /v1.0/removebg``: remove.bg's API (``image_file``, ``size``, ``format``, ``bg_color``,
-  ``bg_image_file``, ``channels``), so its clients work; with an API key every POST needs ``X-Api-Key``
-* ``GET /``: the web page (``static/index.html``)
+* ``POST /v1.0/removebg``: remove.bg's API (its fields and their handling: `removebg.FIELDS`), so
+  its clients work; with an API key every POST needs ``X-Api-Key``
+* ``GET /``: the web page (``static/index.html``); ``GET /docs``, ``/redoc``: the API's pages, their
+  scripts served from here (the ``fastapi-offline`` wheel), never from a CDN
 
 Every cut-out goes through `cutout.remove_set` (`Service.cut`). Bounds: a request body over
 the upload limit gets 413 (the body read and dropped up to a bound first, so
 the client sees the answer); every image's pixels are counted from its header
-before anything is decoded, against a per-request budget; reading uploads into
+before anything is decoded, against a per-request budget, and only JPEG, PNG,
+WebP, TIFF and BMP are ever decoded (`open_photo`); reading uploads into
 memory, unpacking zips, decoding and all work happen inside `PixelSlots`,
 which admit a few requests and a fixed number of pixels at once; slow clients
 meet header and body timeouts. Pages of other origins cannot drive the API
@@ -26,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import functools
 import gc
 import io
 import json
@@ -43,19 +46,24 @@ from typing import Iterator
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile, params
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
+from starlette.datastructures import UploadFile as FormFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carmask import __version__
 from carmask import io as cio
-from carmask.cutout import Cutout, compose, parse_background, remove_set
+from carmask import removebg
+from carmask.cutout import Cutout, parse_background, remove_set
 from carmask.guard import (BODY_TIMEOUT, MULTIPART_SLACK, Guard, error_response, local_hosts, origin,
-                           removebg_path, timed_protocol)
+                           removebg_path, served, timed_protocol)
 from carmask.io import ImageError, group_by_car
 from carmask.predict import Predictor
+from carmask.removebg import RemoveBgError
 from carmask.views import MIN_VIEWS, NotEnoughViews
 
 MiB = 1024 * 1024
@@ -65,7 +73,11 @@ DEFAULT_PIXELS_AT_ONCE = 96_000_000   # decoded pixels in flight in the whole se
 MAX_SET_FILES = 64                    # photos in one /api/cutout-set request
 ZIP_EXPANSION = 4                     # a zip may unpack to at most this many times the upload limit
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+DOCS_URL = "/docs-assets"             # Swagger UI and ReDoc, from the fastapi-offline wheel (no CDN)
 PNG_COMPRESS_LEVEL = 1                # fast; the photo's noise dominates the size anyway
+# The only decoders a client's bytes reach: never EPS/PS (Pillow would run Ghostscript), nor any other.
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
+DRAIN_SECONDS = 30                    # on SIGTERM or Ctrl+C, requests in flight get this long to finish
 
 EXPOSED_HEADERS = ["Content-Disposition", "X-Carmask-Warning", "X-Carmask-Cutouts", "X-Carmask-Skipped",
                    "X-Width", "X-Height", "X-Type", "X-Credits-Charged", "X-Foreground-Top", "X-Foreground-Left",
@@ -172,6 +184,12 @@ class Service:
     api_key: str | None = None
     refine: bool = True
 
+    @property
+    def max_removebg_body(self) -> int:
+        """A remove.bg request's body: room for the photo as base64 text, url-encoded (4/3 and
+        a little more: + and / become %2B, %2F), or for a photo and a background file."""
+        return 2 * self.max_upload_bytes + MULTIPART_SLACK
+
     def model_names(self) -> list[str]:
         from carmask import models
         if self.predictor.model_name is not None:
@@ -225,19 +243,17 @@ def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def pixels_of(data: bytes, label: str) -> int:
-    """Pixels an image announces in its header, read without decoding it (0
-    when it is not an image at all: decoding then names the file)."""
+def open_photo(data: bytes, label: str) -> Image.Image:
+    """An uploaded image opened (its header read, nothing decoded) as one of
+    PHOTO_FORMATS, else an ImageError naming it; too many pixels: 413."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
+            return Image.open(io.BytesIO(data), formats=PHOTO_FORMATS)
     except Image.DecompressionBombError:
         raise HTTPException(413, f"{label}: image has too many pixels") from None
-    except Exception:  # noqa: BLE001 - not an image: the decoder names the file later
-        return 0
-    return width * height
+    except Exception:  # noqa: BLE001 - whatever Pillow raises for what is no photo of these formats
+        raise ImageError(label, "not a readable JPEG, PNG, WebP, TIFF or BMP image") from None
 
 
 class Budget:
@@ -246,8 +262,10 @@ class Budget:
     def __init__(self, limit: int):
         self.limit, self.used = limit, 0
 
-    def add(self, data: bytes, label: str) -> None:
-        pixels = pixels_of(data, label)
+    def add(self, data: bytes, label: str) -> Image.Image:
+        """The photo opened (`open_photo`) and its pixels counted."""
+        image = open_photo(data, label)
+        pixels = image.width * image.height
         if pixels > min(self.limit, cio.MAX_PIXELS):
             raise HTTPException(413, f"{label}: image has {pixels:,} pixels, over the limit of "
                                      f"{min(self.limit, cio.MAX_PIXELS):,}")
@@ -255,6 +273,7 @@ class Budget:
         if self.used > self.limit:
             raise HTTPException(413, f"the images of this request have more than {self.limit:,} pixels "
                                      f"together ({label} passes the budget)")
+        return image
 
 
 def read_upload(upload: UploadFile, state: Service) -> bytes:
@@ -288,18 +307,16 @@ def check_type(upload: UploadFile, allow_zip: bool = False) -> None:
 
 @dataclass
 class Upload:
-    """An uploaded image's bytes, counted in the budget, decoded only inside the slots."""
+    """An uploaded image, opened and counted in the budget, decoded only inside the slots."""
     label: str
-    data: bytes
+    image: Image.Image
 
 
-def read_image(upload: UploadFile, state: Service, budget: Budget, default: str, check: bool = True) -> Upload:
-    """An uploaded image: its type checked, its bytes read and counted in the request's pixels."""
-    if check:
-        check_type(upload)
-    image = Upload(safe_label(upload.filename, default), read_upload(upload, state))
-    budget.add(image.data, image.label)
-    return image
+def read_image(upload: UploadFile, state: Service, budget: Budget, default: str) -> Upload:
+    """An uploaded image: its type checked, its bytes read, opened and counted in the request's pixels."""
+    check_type(upload)
+    label = safe_label(upload.filename, default)
+    return Upload(label, budget.add(read_upload(upload, state), label))
 
 
 def background_of(bg: str | None, upload: UploadFile | None, state: Service, budget: Budget):
@@ -314,7 +331,7 @@ def background_of(bg: str | None, upload: UploadFile | None, state: Service, bud
 
 def decoded(background):
     """A background ready for `compose`: an uploaded image decoded (inside the slots)."""
-    return cio.read_photo(background.data, name=background.label) if isinstance(background, Upload) else background
+    return cio.read_photo(background.image, name=background.label) if isinstance(background, Upload) else background
 
 
 def warning_header(result: Cutout) -> dict[str, str]:
@@ -352,10 +369,22 @@ async def version(request: Request) -> dict:
             "api_key": state.api_key is not None}
 
 
+def once(*names: str) -> params.Depends:
+    """A dependency refusing a form that repeats any of `names` (FastAPI would use one silently)."""
+    async def check(request: Request) -> None:
+        form = await request.form()  # the form FastAPI parsed, not parsed again
+        for name in names:
+            if len(form.getlist(name)) > 1:
+                raise HTTPException(400, f"field {name!r} was sent {len(form.getlist(name))} times: send it once"
+                                         + (" (several photos go to /api/cutout-set)" if name == "file" else ""))
+    return Depends(check)
+
+
 @router.post("/api/cutout", tags=["cutout"], summary="Cut the car out of one photo",
-             response_class=Response, responses={200: PNG_RESPONSE, **ERRORS})
+             response_class=Response, responses={200: PNG_RESPONSE, **ERRORS},
+             dependencies=[once("file", "bg", "background")])
 def cutout(request: Request,
-           file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, ...)."),
+           file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, TIFF or BMP)."),
            bg: str = Form("transparent", description="transparent (RGBA PNG), mask (L PNG), or a "
                                                      "colour: green, #00b900, 0,185,0 (RGB PNG)."),
            background: UploadFile | None = File(None, description="Optional background image "
@@ -365,14 +394,11 @@ def cutout(request: Request,
         budget = Budget(state.request_pixels)
         photo = read_image(file, state, budget, "photo")
         back = background_of(bg, background, state, budget)
-        try:
-            with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
-                [result] = state.cut([(photo.label, photo.data)], decoded(back))
-                body = None if result.error else encode(result.image)
-        except ImageError as exc:  # the background image
-            raise HTTPException(422, str(exc)) from None
+        with state.slots(budget.used):  # decoding, the cut-out and its PNG: all inside
+            [result] = state.cut([(photo.label, photo.image)], decoded(back))
+            body = None if result.error else encode(result.image)
         if result.error:
-            raise HTTPException(422, str(result.error))
+            raise result.error
         return Response(body, media_type="image/png", headers={
             "Content-Disposition": disposition("inline", f"{_stem(photo.label)}.png"), **warning_header(result)})
 
@@ -383,7 +409,8 @@ def cutout(request: Request,
                               "description": "A zip of `<stem>.png` (`<stem>_mask.png` for masks), plus "
                                              "`errors.txt` naming every skipped file and why, and "
                                              "`warnings.txt` saying how some were cut out (e.g. taken out "
-                                             "of a set whose views do not share a studio)."}, **ERRORS})
+                                             "of a set whose views do not share a studio)."}, **ERRORS},
+             dependencies=[once("bg", "background")])
 def cutout_set(request: Request,
                files: list[UploadFile] = File(..., description="Photos named <car>_<NN>.jpg "
                                                                "(or one zip of them)."),
@@ -396,9 +423,12 @@ def cutout_set(request: Request,
         budget = Budget(state.request_pixels)
         back = background_of(bg, background, state, budget)
         errors: list[str] = []
-        items = collect(files, state, errors)
-        for label, data, _ in items:
-            budget.add(data, label)
+        items = []
+        for label, data, place in collect(files, state, errors):
+            try:
+                items.append((label, budget.add(data, label), place))
+            except ImageError as exc:  # one photo: skipped, named in errors.txt
+                errors.append(str(exc))
         if not items:
             raise HTTPException(422, "no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
         suffix = "_mask.png" if back == "mask" else ".png"
@@ -406,7 +436,7 @@ def cutout_set(request: Request,
         written, notes = 0, []
         try:
             with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.slots(budget.used):
-                target, by_place = decoded(back), {place: (label, data) for label, data, place in items}
+                target, by_place = decoded(back), {place: (label, image) for label, image, place in items}
                 for photo_set in group_by_car(list(by_place)):  # keys only: no file access
                     for result in state.cut([by_place[p] for p in photo_set.paths], target):
                         if result.warning and result.warning not in notes:
@@ -421,9 +451,6 @@ def cutout_set(request: Request,
                         archive.writestr(name, "\n".join(lines) + "\n")
             if not written:
                 raise HTTPException(422, "no photo could be cut out: " + "; ".join(errors[:10]))
-        except ImageError as exc:  # the background image
-            out.close()
-            raise HTTPException(422, str(exc)) from None
         except BaseException:
             out.close()
             raise
@@ -509,166 +536,136 @@ def unzip(data: bytes, zip_label: str, add, budget: list[int], errors: list[str]
 
 # -- remove.bg's API ----------------------------------------------------------------------------
 
-WHITE = (255, 255, 255)  # remove.bg's JPEG background when none is given
-FOREGROUND_ALPHA = 32    # alpha counted in the car's box (X-Foreground-*)
-REMOVEBG_SIZES = {"preview": 0.25e6, "small": 0.25e6, "regular": 0.25e6, "medium": 1.5e6, "hd": 4e6,
-                  "4k": 10e6, "full": None, "auto": None, "50mp": None}
-
-
-class RemoveBgError(Exception):
-    """An error in remove.bg's shape: {"errors": [{"title", "code"}]}."""
-
-    def __init__(self, status: int, title: str, code: str):
-        self.status, self.title, self.code = status, title, code
-
-
-REMOVEBG_JSON_FIELDS = ("image_file_b64", "image_url", "size", "type", "format", "bg_color", "channels", "crop")
-FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
-
-
-async def _json_fields(request: Request) -> dict:
-    """remove.bg's fields from an application/json body ({} for a form): strings only."""
-    if (request.headers.get("content-type") or "").split(";")[0].strip().lower() != "application/json":
-        return {}
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise RemoveBgError(400, "the request body is not valid JSON", "invalid_parameters") from None
-    if not isinstance(body, dict):
-        raise RemoveBgError(400, "the JSON body must be an object of remove.bg's fields", "invalid_parameters")
-    for name in REMOVEBG_JSON_FIELDS:
-        if isinstance(body.get(name), bool):  # crop: true
-            body[name] = str(body[name]).lower()
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise RemoveBgError(400, f"{name} must be a string", "invalid_parameters")
-    return {name: body[name] for name in REMOVEBG_JSON_FIELDS if body.get(name) is not None}
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 @router.post("/v1.0/removebg", tags=["remove.bg"], summary="remove.bg-compatible cut-out",
-             response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {},
-                                                                    "application/zip": {}}}})
-def removebg(request: Request,
-             image_file: UploadFile | None = File(None), image_file_b64: str | None = Form(None),
-             image_url: str | None = Form(None), size: str = Form("auto"), type: str = Form("auto"),
-             format: str = Form("auto"), bg_color: str | None = Form(None),
-             bg_image_file: UploadFile | None = File(None), channels: str = Form("rgba"),
-             crop: str = Form("false", description="true: trimmed to the car (X-Foreground-* box)."),
-             json_body: dict = Depends(_json_fields)):
-    state = service(request)  # the API key, if any, was checked in front (guard.py)
-    if json_body:  # remove.bg's JSON request: the same fields, files as base64
-        image_file_b64, image_url, bg_color = (json_body.get(k) for k in ("image_file_b64", "image_url", "bg_color"))
-        size, format, channels, crop = (json_body.get(k) or d for k, d in (("size", "auto"), ("format", "auto"),
-                                                                            ("channels", "rgba"), ("crop", "false")))
-    fmt, size, channels = (format or "auto").lower(), (size or "auto").lower(), (channels or "rgba").lower()
-    for name, value, allowed in (("format", fmt, ("auto", "png", "jpg", "zip")), ("size", size, REMOVEBG_SIZES),
-                                 ("channels", channels, ("rgba", "alpha"))):
-        if value not in allowed:
-            raise RemoveBgError(400, f"{name} {value[:40]!r}: use one of {', '.join(allowed)}", "invalid_parameters")
-    if (crop or "").lower() not in FLAGS:
-        raise RemoveBgError(400, f"crop {crop[:40]!r}: use true or false", "invalid_parameters")
-    if image_url:
-        raise RemoveBgError(400, "image_url is not supported: this server fetches nothing; send image_file",
-                            "invalid_parameters")
+             description="remove.bg's API: its fields as a form or a JSON body, its answers and error "
+                         "shape. Every field and what carmask does with it is described below; size "
+                         "defaults to preview (0.25 Mpx), as remove.bg's does: send size=full for the "
+                         "photo's own resolution.",
+             response_class=Response, openapi_extra=removebg.openapi())
+async def removebg_cutout(request: Request) -> Response:
+    """The fields are read here (form or JSON), the work done in a thread: one path for both."""
+    state, kind = service(request), _media_type(request.headers.get("content-type"))
+    as_json = _wants_json(request)
+    if kind == "application/json":
+        return await run_in_threadpool(_removebg, state, _json_fields(await request.body()), {}, as_json)
+    if kind and kind not in FORM_TYPES:
+        raise RemoveBgError(400, f"a body of type {kind[:60]!r}: send the fields as multipart/form-data, "
+                                 "application/x-www-form-urlencoded or application/json", "invalid_parameters")
+    async with request.form(max_files=8, max_fields=64, max_part_size=state.max_removebg_body) as form:
+        fields, files = _form_fields(form)
+        return await run_in_threadpool(_removebg, state, fields, files, as_json)
+
+
+def _removebg(state: Service, fields: dict[str, str], files: dict[str, UploadFile], as_json: bool) -> Response:
+    options = removebg.parse(fields, set(files))
     with state.slots.job():  # a few requests at once from here: their uploads in memory
         budget = Budget(state.request_pixels)
-        photo = _removebg_image(image_file, image_file_b64, state, budget)
-        back = background_of(None, bg_image_file, state, budget) if bg_image_file is not None and \
-            bg_image_file.filename else _removebg_colour(bg_color)
+        photo = _removebg_photo(options, fields, files, state, budget)
+        back = _file_field("bg_image_file", files, state, budget) if options.bg_image else None
         with state.slots(budget.used):
-            [result] = state.cut([(photo.label, photo.data)], "transparent")
+            [result] = state.cut([(photo.label, photo.image)], "transparent")
+            if result.error and isinstance(result.error.__cause__, NotEnoughViews):
+                raise RemoveBgError(400, str(result.error), "unknown_foreground")
             if result.error:
-                raise RemoveBgError(400, str(result.error), "unknown_foreground" if "views" in result.error.reason
-                                    else "invalid_image")
-            rgba = _scaled(result.image, REMOVEBG_SIZES[size])
-            if FLAGS[(crop or "").lower()]:
-                rgba = _cropped(rgba)
-            alpha, coloured = rgba[..., 3], back != "transparent"
-            try:
-                flat = compose(rgba[..., :3], alpha, decoded(back) if coloured else WHITE)
-            except ImageError as exc:
-                raise RemoveBgError(400, str(exc), "invalid_image") from None
-            if fmt == "zip":  # remove.bg's zip: the colour image and its alpha, to combine later
-                buffer = io.BytesIO()
-                with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-                    archive.writestr("color.jpg", encode(flat if coloured else rgba[..., :3], "JPEG"))
-                    archive.writestr("alpha.png", encode(alpha))
-                body, media = buffer.getvalue(), "application/zip"
-            elif channels == "alpha":
-                body, media = encode(alpha), "image/png"
-            elif fmt == "jpg" or (fmt == "auto" and coloured):
-                body, media = encode(flat, "JPEG"), "image/jpeg"
-            else:
-                body, media = encode(flat if coloured else rgba), "image/png"
-        height, width = alpha.shape
-        box = _foreground_box(alpha)
-        headers = {"X-Width": str(width), "X-Height": str(height), "X-Type": "car", "X-Credits-Charged": "0",
-                   **{f"X-Foreground-{k.title()}": str(v) for k, v in box.items()}}
-        if _wants_json(request):  # remove.bg's JSON answer: the image as base64 beside the car's box
-            return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode("ascii"),
-                                          **{f"foreground_{k}": v for k, v in box.items()}}}, headers=headers)
-        return Response(body, media_type=media, headers=headers)
+                raise result.error
+            rgba = removebg.shape(result.image, options)
+            body, media = removebg.render(rgba, decoded(back) if back else None, options)
+    height, width = rgba.shape[:2]
+    box = removebg.foreground_box(rgba[..., 3])
+    headers = {"X-Width": str(width), "X-Height": str(height), "X-Credits-Charged": "0",
+               **({"X-Type": "car"} if options.x_type else {}),
+               **{f"X-Foreground-{k.title()}": str(v) for k, v in box.items()}}
+    if as_json:  # remove.bg's JSON answer: the image as base64 beside the car's box
+        return JSONResponse({"data": {"result_b64": base64.b64encode(body).decode("ascii"),
+                                      **{f"foreground_{k}": v for k, v in box.items()}}}, headers=headers)
+    return Response(body, media_type=media, headers=headers)
 
 
-def _cropped(rgba: np.ndarray) -> np.ndarray:
-    """remove.bg's crop: the cut-out trimmed to the car's box."""
-    box = _foreground_box(rgba[..., 3])
-    if not box["width"]:
-        raise RemoveBgError(400, "crop: no car was found to crop to", "unknown_foreground")
-    return rgba[box["top"]:box["top"] + box["height"], box["left"]:box["left"] + box["width"]]
+def _removebg_photo(options: removebg.Options, fields: dict[str, str], files: dict[str, UploadFile],
+                    state: Service, budget: Budget) -> Upload:
+    """The photo, as a file or as base64."""
+    if options.source == "image_file":
+        return _file_field("image_file", files, state, budget)
+    try:  # line breaks are common in base64 text
+        data = base64.b64decode("".join(fields["image_file_b64"].split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise RemoveBgError(400, "image_file_b64 is not valid base64", "invalid_parameters") from None
+    if len(data) > state.max_upload_bytes:
+        raise state.too_big("image_file_b64 (decoded)")
+    return Upload("image_file_b64", budget.add(data, "image_file_b64"))
+
+
+def _file_field(name: str, files: dict[str, UploadFile], state: Service, budget: Budget) -> Upload:
+    """A remove.bg file field (of any content type, as its clients send them), named by the field."""
+    return Upload(name, budget.add(read_upload(files[name], state), name))
+
+
+def _form_fields(form) -> tuple[dict[str, str], dict[str, UploadFile]]:
+    """remove.bg's fields of a form: text and files apart, each given once (others are ignored)."""
+    fields, files, seen = {}, {}, set()
+    for name, value in form.multi_items():
+        if name not in removebg.FIELDS:
+            continue
+        if name in seen:
+            raise RemoveBgError(400, f"{name} was sent {len(form.getlist(name))} times: send it once",
+                                "invalid_parameters")
+        seen.add(name)
+        is_file = removebg.FIELDS[name].kind == "file"
+        if is_file != isinstance(value, FormFile):
+            raise RemoveBgError(400, f"{name} must be {'a file upload' if is_file else 'a text field'}",
+                                "invalid_parameters")
+        if is_file:
+            files[name] = value
+        else:
+            fields[name] = value
+    return fields, files
+
+
+def _json_fields(body: bytes) -> dict[str, str]:
+    """remove.bg's fields from a JSON body, as the text a form would carry (true, 12, ...)."""
+    try:
+        data = json.loads(body or b"{}", object_pairs_hook=_unique_names)
+    except (ValueError, UnicodeDecodeError):
+        raise RemoveBgError(400, "the request body is not valid JSON", "invalid_parameters") from None
+    if not isinstance(data, dict):
+        raise RemoveBgError(400, "the JSON body must be an object of remove.bg's fields", "invalid_parameters")
+    return {name: _as_text(name, value) for name, value in data.items()
+            if name in removebg.FIELDS and value is not None}
+
+
+def _unique_names(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose names are each given once (json keeps the last silently)."""
+    names = [name for name, _ in pairs]
+    for name in names:
+        if names.count(name) > 1:
+            raise RemoveBgError(400, f"{name} was sent {names.count(name)} times: send it once", "invalid_parameters")
+    return dict(pairs)
+
+
+def _as_text(name: str, value) -> str:
+    if removebg.FIELDS[name].kind == "file":
+        raise RemoveBgError(400, f"{name} cannot be sent in a JSON body"
+                                 + (": send image_file_b64" if name == "image_file" else ""), "invalid_parameters")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        raise RemoveBgError(400, f"{name} must be a string", "invalid_parameters")
+    return value
+
+
+def _media_type(header: str | None) -> str:
+    return (header or "").split(";")[0].strip().lower()
 
 
 def _wants_json(request: Request) -> bool:
     """remove.bg answers JSON to `Accept: application/json` (its SDKs ask so), else the image."""
     accept = request.headers.get("accept", "").lower()
     return "application/json" in accept and "image/" not in accept
-
-
-def _foreground_box(alpha: np.ndarray) -> dict[str, int]:
-    """The car's bounding box in the result (pixels at least an eighth opaque,
-    not a faint haze): top, left, width, height."""
-    car = alpha >= FOREGROUND_ALPHA
-    rows, cols = np.flatnonzero(car.any(axis=1)), np.flatnonzero(car.any(axis=0))
-    if not len(rows):
-        return {"top": 0, "left": 0, "width": 0, "height": 0}
-    return {"top": int(rows[0]), "left": int(cols[0]),
-            "width": int(cols[-1] - cols[0] + 1), "height": int(rows[-1] - rows[0] + 1)}
-
-
-def _removebg_image(upload: UploadFile | None, b64: str | None, state: Service, budget: Budget) -> Upload:
-    """The photo, as a file (any content type, as remove.bg's clients send it) or as base64."""
-    if upload is not None and upload.filename:
-        return read_image(upload, state, budget, "image", check=False)
-    if not b64:
-        raise RemoveBgError(400, "No image given: send image_file or image_file_b64", "missing_image")
-    try:
-        photo = Upload("image", base64.b64decode(b64, validate=True))
-    except (binascii.Error, ValueError):
-        raise RemoveBgError(400, "image_file_b64 is not valid base64", "invalid_parameters") from None
-    if len(photo.data) > state.max_upload_bytes:
-        raise state.too_big("image_file_b64")
-    budget.add(photo.data, photo.label)
-    return photo
-
-
-def _removebg_colour(bg_color: str | None):
-    """remove.bg's bg_color (hex without '#', or a colour name) as a colour, or transparent."""
-    if not bg_color:
-        return "transparent"
-    colour = bg_color.strip()
-    colour = f"#{colour}" if re.fullmatch(r"[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}", colour) else colour
-    try:
-        return parse_background(colour, files=False)
-    except ValueError:
-        raise RemoveBgError(400, f"bg_color {bg_color[:40]!r} is not a colour", "invalid_parameters") from None
-
-
-def _scaled(rgba: np.ndarray, pixels: float | None) -> np.ndarray:
-    height, width = rgba.shape[:2]
-    if not pixels or width * height <= pixels:
-        return rgba
-    scale = (pixels / (width * height)) ** 0.5
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(rgba).resize(size, Image.LANCZOS))
 
 
 def _removebg_error(request: Request, exc: RemoveBgError) -> JSONResponse:
@@ -686,20 +683,74 @@ async def index() -> HTMLResponse:
     return HTMLResponse(_PAGE)
 
 
+def _docs_assets() -> Path | None:
+    """Swagger UI's and ReDoc's files as the fastapi-offline wheel ships them (MIT), or None."""
+    import importlib.util
+    spec = importlib.util.find_spec("fastapi_offline")
+    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) / "static" if spec else None
+    return folder if folder and (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+DOCS_ASSETS = _docs_assets()
+
+
+@router.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    if DOCS_ASSETS is None:
+        raise HTTPException(404, "the API pages need the fastapi-offline package (pip install 'carmask[serve]'); "
+                                 "the schema is at /openapi.json")
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="carmask API",
+                               swagger_js_url=f"{DOCS_URL}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{DOCS_URL}/swagger-ui.css",
+                               swagger_favicon_url=f"{DOCS_URL}/favicon.png",
+                               swagger_ui_parameters={"validatorUrl": None})  # else a badge from swagger.io
+
+
+@router.get(f"{DOCS_URL}/redoc.standalone.js", include_in_schema=False)  # before the mount of DOCS_URL
+async def redoc_script() -> Response:
+    if DOCS_ASSETS is None:
+        raise HTTPException(404, "the API pages need the fastapi-offline package")
+    return Response(_redoc_script(), media_type="text/javascript")
+
+
+@functools.cache
+def _redoc_script() -> bytes:
+    """ReDoc's script, its one outside request (its logo, from a CDN) pointed here instead."""
+    script = (DOCS_ASSETS / "redoc.standalone.js").read_bytes()
+    return script.replace(b"https://cdn.redoc.ly/redoc/logo-mini.svg", f"{DOCS_URL}/favicon.png".encode())
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc() -> HTMLResponse:
+    if DOCS_ASSETS is None:
+        raise HTTPException(404, "the API pages need the fastapi-offline package (pip install 'carmask[serve]'); "
+                                 "the schema is at /openapi.json")
+    return get_redoc_html(openapi_url="/openapi.json", title="carmask API",
+                          redoc_js_url=f"{DOCS_URL}/redoc.standalone.js",
+                          redoc_favicon_url=f"{DOCS_URL}/favicon.png", with_google_fonts=False)
+
+
 # -- errors without Python internals ------------------------------------------------------------
 
 def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming the field and what was wrong, never the value's repr."""
+    route = request.scope.get("route")
+    files = {field.name for field in getattr(getattr(route, "dependant", None), "body_params", ())
+             if isinstance(field.field_info, params.File)}  # the route's file fields
     problems = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "header"))
-        kind = error.get("type", "")
-        what = "is required" if kind == "missing" else \
-            "must be a file upload" if re.search("upload|file", f"{kind} {error.get('msg', '')}", re.I) else \
-            re.sub(r"<[^>]*>|0x[0-9a-f]+", "", str(error.get("msg", "is not valid"))).strip()
-        problems.append(f"field {where or 'request'!r} {what}")
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "header")]
+        what = "is required" if error.get("type") == "missing" else \
+            "must be a file upload" if loc and loc[0] in files and isinstance(error.get("input"), str) else \
+            re.sub(r"<[^>]*>|0x[0-9a-f]+", "", str(error.get("msg", "is not valid"))).strip()  # no reprs
+        problems.append(f"field {'.'.join(loc) or 'request'!r} {what}")
+    return error_response(request.url.path, 422, "; ".join(problems) or "the request is not valid")
+
+
+def _image_error(request: Request, exc: ImageError) -> JSONResponse:
+    """A photo that cannot be read or cut out, named: 422 (400 invalid_image for remove.bg's clients)."""
     path = request.url.path
-    return error_response(path, 400 if removebg_path(path) else 422, "; ".join(problems) or "the request is not valid")
+    return error_response(path, 400 if removebg_path(path) else 422, str(exc), "invalid_image")
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -711,9 +762,6 @@ def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 def _http_error(request: Request, exc) -> JSONResponse:
     """Every HTTP error (also the framework's 404, 405 and form-parsing 400s) in the endpoint's shape."""
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-    if re.fullmatch(r"(Field|Part) exceeded maximum size of \d+KB\.", detail):
-        detail = (f"a form field is larger than {detail.split()[-1][:-1]}: send images as file parts "
-                  "(image_file, file, files), not as text fields")
     return error_response(request.url.path, exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
@@ -727,8 +775,10 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
     """The FastAPI app. `predictor`: use this one; else one is made from `model`
     (a shipped name, a checkpoint path, or None for the shipped defaults) and
     `device`. `max_pixels`: every image of one request together. `hosts`: the
-    Host names served (None: any). `allow_origins`: other origins whose pages
-    may POST (ValueError for what is no origin). `api_key`: required as X-Api-Key on every POST (the page asks for it)."""
+    Host names served besides IP addresses (`guard.local_hosts`; None: any, for
+    tests and proxies that check). `allow_origins`: other origins whose pages
+    may POST (ValueError for what is no origin). `api_key`: required as
+    X-Api-Key on every POST (the page asks for it)."""
     allow_origins = [origin(o) for o in allow_origins]
     predictor = predictor or Predictor(model, device=device)
     jobs = max_concurrency or max(2, min(4, os.cpu_count() or 1))
@@ -739,18 +789,23 @@ def create_app(predictor: Predictor | None = None, model=None, device: str = "au
                   description="Remove the studio background from car photos. Upload one photo to "
                               "`/api/cutout`, or the views of a car (`<car>_<NN>.jpg`, at least "
                               f"{MIN_VIEWS}) to `/api/cutout-set` for the multi-view model; "
-                              "`/v1.0/removebg` speaks remove.bg's API.")
+                              "`/v1.0/removebg` speaks remove.bg's API (its `size` defaults to preview, "
+                              "0.25 Mpx, as remove.bg's does). Photos: JPEG, PNG, WebP, TIFF or BMP.")
     app.state.service = state
     app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RemoveBgError, _removebg_error)
+    app.add_exception_handler(ImageError, _image_error)
     app.add_exception_handler(Exception, _internal_error)
+    from fastapi.staticfiles import StaticFiles
     if STATIC_DIR.is_dir():
-        from fastapi.staticfiles import StaticFiles
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if DOCS_ASSETS is not None:
+        app.mount(DOCS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     app.add_middleware(Guard, max_body=state.max_upload_bytes + MULTIPART_SLACK, hosts=hosts,
-                       origins=set(allow_origins), body_timeout=body_timeout, api_key=api_key)
+                       origins=set(allow_origins), body_timeout=body_timeout, api_key=api_key,
+                       max_removebg_body=state.max_removebg_body)
     if allow_origins:  # outermost: their pages may read every answer, the guard's refusals too
         from starlette.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "HEAD", "POST"],
@@ -774,15 +829,44 @@ def page_url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
+def startup_lines(host: str, port: int, hosts: set[str], drain_seconds: float) -> list[str]:
+    """What `carmask serve` says before it serves: where, which host names, how it stops."""
+    names = sorted(name for name in hosts if not served(name, set()))  # IP addresses go without saying
+    return [f"carmask {__version__}: open {page_url(host, port)}",
+            f"Answers requests addressed to {', '.join(names)} or to an IP address; other host names "
+            "are refused (against DNS rebinding): add each name that clients use with --allow-host NAME "
+            "(repeatable).",
+            f"Ctrl+C or SIGTERM: requests in flight get up to {drain_seconds:g} s to finish; "
+            "a second signal quits at once."]
+
+
 def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto",
-        api_key: str | None = None, allow_origins=(), max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-        max_concurrency: int | None = None) -> None:
+        api_key: str | None = None, allow_origins=(), allow_hosts=(),
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrency: int | None = None,
+        drain_seconds: float = DRAIN_SECONDS) -> None:
     """Serve the API and the page with uvicorn (the `carmask serve` verb)."""
     import uvicorn
     _server_malloc()
-    app = create_app(model=model, device=device, api_key=api_key, hosts=local_hosts(host),
+    hosts = local_hosts(host, allow_hosts)
+    app = create_app(model=model, device=device, api_key=api_key, hosts=hosts,
                      allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
                      max_concurrency=max_concurrency)
-    print(f"carmask {__version__}: open {page_url(host, port)}")
-    uvicorn.run(app, host=host, port=port, log_level="info", http=timed_protocol(),
-                timeout_keep_alive=5, limit_concurrency=512)
+    print("\n".join(startup_lines(host, port, hosts, drain_seconds)), flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", http=timed_protocol(),
+                            timeout_keep_alive=5, limit_concurrency=512, timeout_graceful_shutdown=drain_seconds)
+    _server(config).run()
+
+
+def _server(config):
+    """uvicorn's server, but a second SIGTERM quits at once too (uvicorn forces only on a
+    second Ctrl+C, and would wait out a slow upload)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit and not self.force_exit:
+                os.write(2, b"carmask: a second signal: quitting now, requests in flight are dropped\n")
+                self.force_exit = True
+            super().handle_exit(sig, frame)
+
+    return Server(config)

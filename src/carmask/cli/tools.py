@@ -19,24 +19,28 @@ from carmask.cli.common import (InputError, check_model, check_output, device_op
 @click.option("--allow-origin", multiple=True, metavar="ORIGIN",
               help="Another origin (scheme://host:port) whose pages may call the API; repeatable. "
                    "Default: only pages served by this server.")
+@click.option("--allow-host", multiple=True, metavar="NAME",
+              help="A host name clients use to reach the server (studio.example); repeatable. Default: "
+                   "localhost and IP addresses only (other names are refused, against DNS rebinding).")
 @click.option("--max-upload-mib", default=25.0, show_default=True, help="Largest request body.")
 @click.option("--concurrency", type=int, help="Photos worked on at once. Default: 2-4 by cores.")
-def serve(host, port, model, device, api_key, allow_origin, max_upload_mib, concurrency):
+def serve(host, port, model, device, api_key, allow_origin, allow_host, max_upload_mib, concurrency):
     """Serve the HTTP API and the web page (POST /api/cutout, POST /v1.0/removebg, GET /health, GET /)."""
     import importlib.util
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
     if missing:
         raise click.UsageError(f"carmask serve needs the serve extra ({', '.join(missing)} not installed): "
                                "pip install 'carmask[serve]'")
-    from carmask.guard import origin
-    try:
-        allow_origin = [origin(o) for o in allow_origin]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--allow-origin") from None
+    from carmask.guard import host_name, origin
+    for option, check, values in (("--allow-origin", origin, allow_origin), ("--allow-host", host_name, allow_host)):
+        try:
+            [check(value) for value in values]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
     check_model(model)
     from carmask.serve import run
     run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
-        max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
+        allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
 
 
 @main.command(short_help="Write a synthetic turntable dataset.")
