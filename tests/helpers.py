@@ -1,5 +1,6 @@
 """Helpers shared by test modules (pytest puts this folder on the import path)."""
 import itertools
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -54,3 +55,31 @@ def unrelated_photos(folder, size=(192, 128), seed=13):
         photo, _ = render_view(place, random_car(rng), view, rng=rng)
         Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
     return sorted(folder.glob("IMG_*.jpg"))
+
+
+def signalled_run(signum, after, *args, busy=False):
+    """`carmask ARGS...` in a process of its own, sent the signal `signum` once
+    it has handed out `after` outputs (rows or cut-outs; `paused.py`): (exit
+    status, stderr). `busy`: the finishing thread is in torch work meanwhile."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    with tempfile.TemporaryDirectory() as scratch:
+        marker = Path(scratch) / "paused"
+        env = {**os.environ, **({"CARMASK_TEST_BUSY": "1"} if busy else {})}
+        run = subprocess.Popen([sys.executable, str(Path(__file__).with_name("paused.py")), str(marker),
+                                str(after), *map(str, args)], stderr=subprocess.PIPE, env=env)
+        while not marker.exists() and run.poll() is None:
+            time.sleep(0.02)
+        if run.poll() is None:
+            run.send_signal(signum)
+        stderr = run.communicate(timeout=600)[1]  # a guard against a hang, not a measure
+    return run.returncode, os.fsdecode(stderr)
+
+
+def remount(where: Path, options: str) -> None:
+    """Change a test tmpfs's mount options ("ro", "size=4m")."""
+    import subprocess
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)

@@ -323,3 +323,68 @@ def test_a_pipe_named_as_a_photo_is_skipped_not_waited_on(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("carmask predict waited on a pipe")
     assert done.returncode == 1 and "x.jpg: not a regular file (a pipe or a device)" in done.stderr
+
+
+def test_an_output_name_that_fits_gets_partial_and_temporary_names_that_fit_too(photos, full, tmp_path):
+    """-o of 229+ bytes: 'File name too long' for the partial file's record
+    (the name + 27 bytes), and a 0-byte .partial left."""
+    out = tmp_path / ("é" * 120 + "s.csv")  # 246 bytes
+    interrupted_run(12, "predict", photos, "-o", out, *MODEL)
+    assert run_cli("predict", photos, "-o", out, *MODEL).exit_code == 0
+    assert out.read_bytes() == full.read_bytes()
+    assert sorted(tmp_path.iterdir()) == sorted([photos, out])
+
+
+def test_sibling_names_fit_and_stay_one_name_for_one_path(tmp_path):
+    from carmask.io import sibling
+    long, other = tmp_path / ("é" * 125 + ".csv"), tmp_path / ("é" * 125 + ".CSV")
+    names = [sibling(p, ".partial.json", prefix=".") for p in (long, long, other)]
+    assert all(len(os.fsencode(n.name)) <= 255 for n in names)
+    assert names[0] == names[1] != names[2] and names[0].parent == tmp_path
+    assert sibling(tmp_path / "s.csv", ".partial") == tmp_path / "s.csv.partial"  # as ever where it fits
+
+
+def test_a_disk_that_fills_up_is_one_sentence_and_the_rows_stay_resumable(photos, tmpfs, tmp_path):
+    """-o on a 64 KiB tmpfs: sometimes a traceback from writer.close(), exit 1."""
+    from helpers import remount
+    disk, size = tmpfs("64k"), ("--output-size", "1918x1280")  # rows of some 20 KB
+    result = run_cli("predict", photos, "-o", disk / "s.csv", *MODEL, *size)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"carmask: cannot write {disk / 's.csv.partial'}: No space left on device; ")
+    assert "rows kept in" in message and message.endswith("run the same command again to continue")
+    assert "Traceback" not in result.output and not (disk / "s.csv").exists()
+    remount(disk, "size=16m")
+    resumed = run_cli("predict", photos, "-o", disk / "s.csv", *MODEL, *size)
+    assert resumed.exit_code == 0 and "resuming: " in resumed.stderr, resumed.output
+    assert run_cli("predict", photos, "-o", tmp_path / "whole.csv", *MODEL, *size).exit_code == 0
+    assert (disk / "s.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert sorted(p.name for p in disk.iterdir()) == ["s.csv"]
+
+
+def test_a_disk_too_full_for_the_first_row_leaves_nothing_behind(photos, tmpfs):
+    """On 4 KiB: a 0-byte .partial and its .partial.json were left."""
+    disk = tmpfs("4k")
+    (disk / "filler").write_bytes(b"x" * 4096)
+    result = run_cli("predict", photos, "-o", disk / "s.csv", *MODEL)
+    assert result.exit_code == 2 and "No space left on device" in result.stderr, result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_a_full_disk_without_a_tmpfs_is_the_same_sentence(photos, tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted, a disk that fills up after some rows."""
+    import errno
+    from carmask import submission
+    write_all, calls = submission._write_all, iter(range(1000))
+
+    def filling(stream, data):
+        if next(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(stream, data)
+    monkeypatch.setattr(submission, "_write_all", filling)
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"cannot write {partial_of(out)}: No space left on device" in result.stderr
+    assert not out.exists() and partial_of(out).exists()

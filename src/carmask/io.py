@@ -6,6 +6,7 @@ commands can report it and go on with the rest.
 from __future__ import annotations
 
 import glob
+import hashlib
 import io as _io
 import operator
 import os
@@ -206,23 +207,54 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def atomic_write(path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file.
-    The file is created as any other (0666 less the umask: 0644 as a rule)."""
+    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file,
+    and tmp never outlives the call (a signal that stops it included). The
+    file is created as any other (0666 less the umask: 0644 as a rule); an
+    OSError about tmp names `path`, the file asked for."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # mkstemp would create 0600, whatever the umask
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    tmp, published = None, False
     try:
+        while tmp is None:  # mkstemp would create 0600, whatever the umask
+            candidate = sibling(path, f".{secrets.token_hex(4)}.tmp", prefix=".")
+            try:
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                tmp = candidate
+            except FileExistsError:
+                continue
         write(tmp)
         os.replace(tmp, path)
+        published = True
+    except OSError as exc:
+        if exc.filename in (str(tmp), tmp):
+            exc.filename = str(path)
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None and not published:
+            tmp.unlink(missing_ok=True)
+
+
+def sibling(path, suffix: str, prefix: str = "") -> Path:
+    """`prefix + name + suffix` beside `path` (a partial or temporary file).
+    Where that would not fit in a file name of `path`'s folder, the name is
+    cut short and ends in a hash of the whole: it fits whenever `path` fits,
+    and stays one name for one path."""
+    path = Path(path)
+    name, room = path.name, _name_max(path.parent) - len(os.fsencode(prefix + suffix))
+    if len(os.fsencode(name)) > room:
+        mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+        while name and len(os.fsencode(name + mark)) > room:
+            name = name[:-1]
+        name += mark
+    return path.with_name(prefix + name + suffix)
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that `folder` takes (255 as a rule)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def save_image(path, array: np.ndarray, **params) -> None:

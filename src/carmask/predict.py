@@ -313,6 +313,12 @@ class Predictor:
                 yield from finisher.done()
             yield from finisher.close()
         finally:
+            # Stopped early (Ctrl-C, a closed generator): no decoding for cars
+            # never to be predicted, and no thread left in torch when Python
+            # exits (that aborted the process: "terminate called...").
+            for car in pending:
+                for future in car.futures:
+                    future.cancel()
             finisher.stop()
         if self.stage_seconds is not None:  # the workers' decoding time (they overlap the rest)
             self.stage_seconds["decode"] += decoder.seconds - decoded_before
@@ -599,10 +605,12 @@ class _Finisher:
         yield from self.done()
 
     def stop(self) -> None:
-        """Let the thread end without more work (the caller stopped reading)."""
+        """End the thread without more work (the caller stopped reading): the
+        batch in hand is finished, then the thread is gone."""
         self._stopped = True
         if self._threaded:
             self._todo.put(None)
+            self._thread.join()
             self._threaded = False
 
     def _check(self) -> None:

@@ -14,18 +14,25 @@ Every verb should:
 - end with a summary that counts what it wrote, kept and skipped
   (`skipped_summary` groups the skips by kind);
 - exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
-  or input error (`InputError`, click's UsageError), 130 when interrupted:
-  `EXIT_STATUS`, shown in every verb's --help.
+  or input error (`InputError`, click's UsageError), 128 + the signal's number
+  when stopped by Ctrl-C, SIGTERM or SIGHUP (130, 143, 129): `EXIT_STATUS`,
+  shown in every verb's --help. SIGTERM and SIGHUP raise `Interrupted`, a
+  KeyboardInterrupt, so that whatever cleans up after Ctrl-C cleans up after
+  them too; a verb that says more ("run it again to continue") calls
+  `interrupted(exc, advice)`.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -38,7 +45,7 @@ Exit status:
   1    done, but some inputs were skipped (each is named on stderr)
   2    usage or input error: a bad option, no photos, an output that
        cannot be written
-  130  interrupted"""
+  130  interrupted (Ctrl-C); 143, 129: stopped by SIGTERM, SIGHUP"""
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _VERBOSITY = "carmask.verbosity"
@@ -60,16 +67,57 @@ class Verb(click.Command):
         super().__init__(*args, epilog=f"{epilog}\n\n{EXIT_STATUS}" if epilog else EXIT_STATUS, **kwargs)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread where Ctrl-C raises
+    KeyboardInterrupt, so that one path cleans up after all three."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> NoReturn:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def _stopping_signals():
+    """SIGTERM and SIGHUP raise `Interrupted` while a verb runs; a signal the
+    caller ignores (nohup ignores SIGHUP) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupted(exc: KeyboardInterrupt, advice: str | None = None) -> NoReturn:
+    """Say that the verb was stopped (and `advice`: what continues it), and exit
+    with 128 + the signal's number (130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+    fail(f"interrupted{by}" + (f": {advice}" if advice else ""))
+    sys.exit(128 + signum)
+
+
 class Carmask(click.Group):
     command_class = Verb
 
     def invoke(self, ctx):
-        """Ctrl-C ends any verb with a sentence and exit status 130 (click's own: "Aborted!", 1)."""
+        """Ctrl-C, SIGTERM and SIGHUP end any verb with a sentence and 128 + the
+        signal's number (click's own for Ctrl-C: "Aborted!", 1)."""
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            fail("interrupted")
-            ctx.exit(130)
+            with _stopping_signals():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            interrupted(exc)
 
 
 # -- messages and progress -------------------------------------------------------
@@ -240,21 +288,34 @@ def writing(path):
     try:
         yield
     except OSError as exc:
-        if exc.strerror and exc.filename:
-            raise InputError(f"cannot write {exc.filename}: {exc.strerror}") from None
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise InputError(cannot_write(exc, path)) from None
+
+
+def cannot_write(exc: OSError, path) -> str:
+    """'cannot write PATH: reason', for an OSError met while writing `path`
+    (the file it names, if any; "-": standard output, then let go)."""
+    where = exc.filename if exc.strerror and exc.filename else path
+    if str(where) == "-":
+        where = "standard output"
+        _let_go_of_stdout()
+    return f"cannot write {where}: {exc.strerror or exc}"
+
+
+def _let_go_of_stdout() -> None:
+    """Standard output to /dev/null: what stayed in its buffer would fail
+    again, with a traceback and exit status 120, when Python exits."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # none there, or not a file (tests)
+        pass
 
 
 def result(text: str) -> None:
     """A result line on stdout; a stdout that cannot take it (a full disk, a
     closed pipe) is a sentence, not a traceback."""
-    try:
+    with writing("-"):
         click.echo(text)
         sys.stdout.flush()
-    except OSError as exc:
-        # what stayed in the buffer would fail again, with a traceback, when Python exits
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise InputError(f"cannot write standard output: {exc.strerror or exc}") from None
 
 
 # -- options and the model ---------------------------------------------------------

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
-                                detail, fail, find_inputs, info, main, make_predictor, prediction_options,
-                                progress, recursive_option, refuse_replacing_inputs, size_option, skipped_summary,
-                                some, verbosity_options, warn, writing)
+from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output, describe_predictor,
+                                detail, fail, find_inputs, info, interrupted, main, make_predictor,
+                                prediction_options, progress, recursive_option, refuse_replacing_inputs, size_option,
+                                skipped_summary, some, verbosity_options, warn, writing)
 
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
@@ -66,16 +66,28 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
                               device=predictor.device.type)
         try:
             _write_submission(predictor, writer, photos, output, output_size, model, tta)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             writer.close()  # what was predicted stays in the partial file for a resume
-            fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
-            sys.exit(130)
+            interrupted(exc, _how_to_continue(writer, overwrite))
+        except OSError as exc:  # a full disk, a closed pipe: one sentence, the rows kept
+            writer.close()
+            advice = _how_to_continue(writer, overwrite)
+            raise InputError(cannot_write(exc, output) + (f"; {advice}" if advice else "")) from None
         except BaseException:
             writer.close()
             raise
     finally:
         if engine == "ray":
             predictor.close()
+
+
+def _how_to_continue(writer, overwrite: bool) -> str | None:
+    """What continues an interrupted run: the same command (less --overwrite,
+    which would start afresh), when rows were kept for it."""
+    if writer.path is None or not writer.done:
+        return None
+    return (f"{len(writer.done)} rows kept in {writer.partial}; run the same command again"
+            + (" without --overwrite" if overwrite else "") + " to continue")
 
 
 def _open_writer(output, overwrite, photos, model, **options):
@@ -127,7 +139,7 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
            f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
     skipped, warned, start = [], PredictionWarnings(), time.perf_counter()
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
-    with writing(output), progress(todo, "predicting") as bar:
+    with progress(todo, "predicting") as bar:
         for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
             bar.update()
             warned.add(prediction)
