@@ -65,3 +65,70 @@ def test_an_output_ending_in_a_slash_is_a_folder(photo, tmp_path):
     result = run_cli("cutout", photo, "-o", f"{tmp_path}/out.png/", "--bg", "mask")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "out.png").iterdir()) == ["car_mask.png"]
+
+
+def test_an_existing_output_folder_on_a_read_only_disk_is_refused_before_any_work(photo, tmpfs, monkeypatch):
+    """It predicted everything, then said 'skipped (Read-only file system)' for each photo."""
+    from carmask import predict
+    disk = tmpfs("64k", readonly=True)  # the folder itself; the one above it is writable
+    monkeypatch.setattr(predict.Predictor, "predict_sets", lambda *a, **k: pytest.fail("work began"))
+    result = run_cli("cutout", photo, "-o", disk)
+    assert result.exit_code == 2, result.output
+    assert f"cannot write in {disk}: Read-only file system" in result.stderr
+
+
+def test_a_photo_name_that_fits_gets_a_cutout_whose_temporary_name_fits_too(photo, tmp_path):
+    """A 243-255 byte photo name: 'File name too long' for the cut-out's temporary file."""
+    long = photo.with_name("c" * 251 + ".jpg")
+    photo.rename(long)
+    result = run_cli("cutout", long, "-o", tmp_path / "cut")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "cut").iterdir()] == ["c" * 251 + ".png"]  # 255 bytes
+
+
+def big_photo(path):
+    """A photo whose cut-out PNG is far larger than a pipe's buffer (64 KiB)."""
+    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    return path
+
+
+def test_a_closed_pipe_on_standard_output_is_an_error(tmp_path):
+    """`cutout photo.jpg -o - | head -c 10`: 64 KiB of 738 KB written, 'wrote 1 cut-out(s)', exit 0."""
+    import subprocess
+    import sys
+    photo = big_photo(tmp_path / "car.png")
+    run = subprocess.Popen([sys.executable, "-m", "carmask", "cutout", str(photo), "-o", "-", "--device", "cpu"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(run.stdout.read(10)) == 10
+    run.stdout.close()  # as head does
+    stderr = run.stderr.read().decode()
+    assert run.wait() == 2, stderr
+    assert stderr.strip() == "carmask: cannot write standard output: Broken pipe"
+
+
+def test_a_full_standard_output_is_an_error(tmp_path):
+    """`cutout photo.jpg -o - > /dev/full`: exit 1, 'skipped'; predict says exit 2."""
+    import os
+    import subprocess
+    import sys
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    photo = big_photo(tmp_path / "car.png")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "carmask", "cutout", str(photo), "-o", "-", "--device", "cpu"],
+                              stdout=full, stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "carmask: cannot write standard output: No space left on device"
+
+
+def test_a_broken_link_or_a_pipe_in_a_folder_is_named_not_dropped(photo, tmp_path):
+    """No cut-out, no message: the run was short without a word."""
+    import os
+    os.symlink(tmp_path / "nowhere.jpg", photo.parent / "gone.jpg")
+    os.mkfifo(photo.parent / "pipe.jpg")
+    result = run_cli("cutout", photo.parent, "-o", tmp_path / "cut")
+    assert result.exit_code == 1, result.output
+    assert f"skipped {photo.parent / 'gone.jpg'}: no such file" in result.stderr
+    assert f"skipped {photo.parent / 'pipe.jpg'}: not a regular file" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["car.png"]

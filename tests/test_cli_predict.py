@@ -376,15 +376,28 @@ def test_a_full_disk_without_a_tmpfs_is_the_same_sentence(photos, tmp_path, monk
     """Where no tmpfs can be mounted, a disk that fills up after some rows."""
     import errno
     from carmask import submission
-    write_all, calls = submission._write_all, iter(range(1000))
+    write_all, calls = submission.write_all, iter(range(1000))
 
     def filling(stream, data):
         if next(calls) == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         write_all(stream, data)
-    monkeypatch.setattr(submission, "_write_all", filling)
+    monkeypatch.setattr(submission, "write_all", filling)
     out = tmp_path / "s.csv"
     result = run_cli("predict", photos, "-o", out, *MODEL)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert f"cannot write {partial_of(out)}: No space left on device" in result.stderr
     assert not out.exists() and partial_of(out).exists()
+
+
+def test_a_broken_link_or_a_pipe_in_a_folder_is_named_not_dropped(photos, tmp_path):
+    """The submission was short by them, without a word."""
+    os.symlink(tmp_path / "nowhere.jpg", photos / "gone_01.jpg")
+    os.mkfifo(photos / "pipe.jpg")
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 1, result.output
+    assert f"skipped {photos / 'gone_01.jpg'}: no such file" in result.stderr
+    assert f"skipped {photos / 'pipe.jpg'}: not a regular file" in result.stderr
+    assert "2 photo(s) skipped: 1 no such file, 1 not a regular file" in result.stderr
+    assert len(read_submission(out)) == 32

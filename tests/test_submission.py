@@ -51,7 +51,7 @@ def test_a_failing_disk_is_reported_not_swallowed(tmp_path, monkeypatch):
     def full(stream, data):
         stream.write(data[:5])  # part of a row, then the disk is full
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(submission, "_write_all", full)
+    monkeypatch.setattr(submission, "write_all", full)
     writer.write("b.jpg", "3 4")
     with pytest.raises(OSError) as caught:
         writer.flush()

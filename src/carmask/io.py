@@ -234,6 +234,15 @@ def atomic_write(path, write: Callable[[Path], None]) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def write_all(stream, data) -> None:
+    """All of `data` to a binary stream, through as many writes as it takes:
+    an unbuffered one (a pipe's FileIO) may take part of it and say so by
+    the count, which dropped the rest of a cut-out (64 KiB of 738 KB)."""
+    view = memoryview(data)
+    while view:
+        view = view[stream.write(view):]
+
+
 def sibling(path, suffix: str, prefix: str = "") -> Path:
     """`prefix + name + suffix` beside `path` (a partial or temporary file).
     Where that would not fit in a file name of `path`'s folder, the name is
@@ -276,8 +285,10 @@ def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
                       if Path(p).suffix.lower() in PHOTO_SUFFIXES]
         elif Path(item).is_dir():
             root = Path(item)
+            # anything with a photo's name but a folder: a broken link or a pipe is
+            # named when it is read ("no such file", "not a regular file"), not dropped
             found += [p for p in (root.rglob("*") if recursive else root.iterdir())
-                      if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+                      if p.suffix.lower() in PHOTO_SUFFIXES and not p.is_dir()
                       and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         else:
             found.append(Path(item))  # a missing file is reported when it is read

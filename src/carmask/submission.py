@@ -28,7 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
-from carmask.io import atomic_write, sibling
+from carmask.io import atomic_write, sibling, write_all
 from carmask.rle import encode_boundaries
 from carmask.views import MIN_VIEWS
 
@@ -64,7 +64,7 @@ class SubmissionWriter:
             self.path = self.partial = self.record = None
             self.done: set[str] = set()
             self._out = _stdout()
-            _write_all(self._out, HEADER.encode())
+            write_all(self._out, HEADER.encode())
         else:
             self.path = Path(path)
             # names that fit wherever the submission's own name fits
@@ -129,7 +129,7 @@ class SubmissionWriter:
                 return done
         os.ftruncate(self._out.fileno(), 0)
         atomic_write(self.record, lambda tmp: tmp.write_text(json.dumps({**self.run, "replaces": replaces})))
-        _write_all(self._out, HEADER.encode())
+        write_all(self._out, HEADER.encode())
         return set()
 
     def _forget_if_empty(self) -> None:
@@ -185,7 +185,7 @@ class SubmissionWriter:
                         rle = rle if isinstance(rle, str) else encode_boundaries(rle)
                         pending += f"{_quoted(img)},{rle}\n".encode()
                     if row is None or self._rows.empty() or len(pending) > 1 << 20:
-                        _write_all(self._out, pending)
+                        write_all(self._out, pending)
                         pending.clear()
             except Exception as exc:  # reported to the caller; keep taking rows so that it never blocks
                 self._error = exc
@@ -257,14 +257,6 @@ def _stdout():
     if stream is None:
         raise OSError(errno.EBADF, "standard output is closed")
     return stream
-
-
-def _write_all(stream, data: bytes) -> None:
-    """All of `data`, through as many writes as the stream needs (an
-    unbuffered file may take part of it)."""
-    view = memoryview(data)
-    while view:
-        view = view[stream.write(view):]
 
 
 # -- what a run is for -----------------------------------------------------------

@@ -256,7 +256,7 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
             raise InputError(f"{path} is a folder; name the file to write")
         if not overwrite and (not folder or any(path.iterdir())):
             raise InputError(f"{path} exists; pass --overwrite to replace it")
-    where = path.parent
+    where = path if folder and path.is_dir() else path.parent  # an existing folder is written into
     while folder and not where.exists() and where != where.parent:
         where = where.parent
     if not where.exists():

@@ -12,7 +12,8 @@ import click
 
 from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
                                 find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, refuse_replacing_inputs, skipped_summary, some, verbosity_options)
+                                recursive_option, refuse_replacing_inputs, skipped_summary, some, verbosity_options,
+                                writing)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -86,8 +87,13 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
                 skipped.append(str(result.error))
                 fail(f"skipped {result.error}")
                 continue
+            if to_stdout:
+                with writing("-"):  # a closed pipe or a full disk is the run's end, exit 2
+                    _write_stdout(result.image)
+                written += 1
+                continue
             try:
-                _write_stdout(result.image) if to_stdout else _save(targets[photo], result.image)
+                _save(targets[photo], result.image)
                 written += 1
             except OSError as exc:
                 skipped.append(f"{photo}: not written ({exc.strerror or exc})")
@@ -179,8 +185,10 @@ def _save(path: Path, image) -> None:
 
 def _write_stdout(image) -> None:
     from PIL import Image
+
+    from carmask.io import write_all
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     stream = click.get_binary_stream("stdout")
-    stream.write(buffer.getvalue())
+    write_all(stream, buffer.getbuffer())
     stream.flush()
