@@ -293,13 +293,46 @@ def test_sets_always_trusts_the_names_and_never_takes_every_photo_alone(mixed, t
     assert auto.exit_code == 0
 
 
-def test_a_name_with_a_line_break_is_refused_before_any_work(tmp_path):
-    from PIL import Image
-    photo = tmp_path / "a\nb.jpg"
-    Image.new("RGB", (8, 8)).save(photo, "JPEG")
-    result = run_cli("predict", tmp_path, "-o", tmp_path / "s.csv")
-    assert result.exit_code == 2 and "name holds a line break: 'a\\nb.jpg'" in result.stderr.replace(str(tmp_path) + "/", "")
-    assert not (tmp_path / "s.csv.partial").exists()
+def test_a_name_with_a_line_break_is_skipped_and_named_and_the_rest_predicted(photos, tmp_path):
+    """The whole run was refused for one such name."""
+    shutil.copy(sorted(photos.iterdir())[0], photos / "a\nb.jpg")
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 1, result.output
+    assert (f"carmask: skipped {photos}/a\\nb.jpg: name holds a line break, which a submission row cannot "
+            f"hold (rename the photo)") in result.stderr.splitlines()
+    assert "1 photo(s) skipped: 1 name holds a line break" in result.stderr
+    assert sorted(read_submission(out)) == sorted(p.name for p in photos.iterdir() if "\n" not in p.name)
+
+
+def test_a_name_that_is_no_utf8_is_skipped_and_named_and_the_rest_predicted(photos, tmp_path):
+    """caf\\xe9.jpg: every photo predicted, then exit 2 'surrogates not allowed',
+    a .partial left, and every rerun "resumed" and failed the same way."""
+    import subprocess
+    command = [sys.executable, "-m", "carmask", "predict", str(photos), "--device", "cpu", "-o"]
+    assert subprocess.run([*command, str(tmp_path / "without.csv")]).returncode == 0
+    os.link(sorted(photos.iterdir())[0], os.path.join(os.fsencode(photos), b"caf\xe9.jpg"))
+    out = tmp_path / "s.csv"
+    done = subprocess.run([*command, str(out)], capture_output=True)
+    stderr = done.stderr.decode()  # UTF-8 throughout: the name's byte shown as \xe9
+    assert done.returncode == 1, stderr
+    assert (f"carmask: skipped {photos}/caf\\xe9.jpg: name not UTF-8 text, which a submission row cannot hold "
+            f"(rename the photo)") in stderr.splitlines()
+    assert "1 photo(s) skipped: 1 name not UTF-8 text" in stderr
+    assert out.read_bytes() == (tmp_path / "without.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "s.csv", "without.csv"]
+
+
+def test_a_tier_as_the_model_predicts_and_names_the_models_it_picked(photos, tmp_path):
+    """--model fast, as --help offers: a traceback from the run record ("'fast' is a tier")."""
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", photos, "-o", out, "--model", "fast", "--device", "cpu")
+    record = json.loads(out.with_name(out.name + ".partial.json").read_text())
+    assert record["model"]["name"] == "fast (multiview-fast, rgb-fast)"
+    result = run_cli("predict", photos, "-o", out, "--model", "fast", "--device", "cpu")
+    assert result.exit_code == 0 and "resuming: 5 rows" in result.stderr, result.output
+    assert run_cli("predict", photos, "-o", tmp_path / "d.csv", "--device", "cpu").exit_code == 0
+    assert out.read_bytes() == (tmp_path / "d.csv").read_bytes()  # the fast models are the shipped defaults
 
 
 def test_a_submission_never_replaces_a_photo(tmp_path):

@@ -276,17 +276,21 @@ def run_record(photos: Iterable[Path], model=None, **options) -> dict:
 
 
 def _model_record(model) -> dict:
-    """The model by name (for messages) and by content (for the comparison)."""
+    """The model by name (for messages) and by content (for the comparison);
+    for no model or a tier, the shipped models it picks for sets and for
+    single photos, named."""
     from carmask import models
-    if model is not None:
+    if model is not None and str(model) not in models.TIERS:
         names, label = [model], str(model)
-    else:  # the shipped defaults, for sets and for single photos
-        names, label = [], "the shipped defaults"
+    else:
+        names = []
         for views in (MIN_VIEWS, 1):
             try:
-                names.append(models.default_for(views))
+                names.append(models.default_for(views, tier=model))
             except ValueError:
                 pass
+        names = list(dict.fromkeys(names))
+        label = f"{model or 'the shipped defaults'} ({', '.join(names) or 'none shipped'})"
     digest = hashlib.sha256()
     for name in names:
         digest.update(hashlib.sha256(models.resolve(name).read_bytes()).digest())

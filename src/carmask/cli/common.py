@@ -143,7 +143,23 @@ def verbosity_options(command):
 
 def _say(text: str) -> None:
     from tqdm import tqdm
-    tqdm.write(text, file=sys.stderr)  # clears a progress bar first, then redraws it below
+    tqdm.write(_undecoded_bytes_shown(text), file=sys.stderr)  # clears a progress bar first, then redraws it
+
+
+def _undecoded_bytes_shown(text: str) -> str:
+    """Bytes of a file name that are no UTF-8 (which Python decodes to lone
+    surrogates) as \\xe9, as `ls -b` shows them."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name has
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def shown(path) -> str:
+    """A path in a message, on one line: its bytes that are no UTF-8 as \\xe9,
+    a line break or other control character as its escape (a\\nb.jpg)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                   for ch in _undecoded_bytes_shown(str(path)))
 
 
 def fail(message: str) -> None:

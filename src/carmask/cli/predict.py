@@ -12,7 +12,7 @@ import click
 from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output, describe_predictor,
                                 detail, fail, find_inputs, info, interrupted, main, make_predictor,
                                 prediction_options, progress, recursive_option, refuse_replacing_inputs, size_option,
-                                skipped_summary, some, verbosity_options, warn, writing)
+                                shown, skipped_summary, some, verbosity_options, warn, writing)
 
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
@@ -49,6 +49,8 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     is named on stderr, and each car not predicted as its names suggest.
     """
     photos = find_inputs(inputs, recursive)
+    nameless = _without_row_names(photos)  # skipped, and said so when the run starts
+    photos = [photo for photo in photos if photo not in nameless]
     _refuse_shared_names(photos)
     if output != "-":
         refuse_replacing_inputs({photo: Path(output) for photo in photos})
@@ -65,7 +67,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
         writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets,
                               device=predictor.device.type)
         try:
-            _write_submission(predictor, writer, photos, output, output_size, model, tta)
+            _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless)
         except KeyboardInterrupt as exc:
             writer.close()  # what was predicted stays in the partial file for a resume
             interrupted(exc, _how_to_continue(writer, overwrite))
@@ -106,12 +108,24 @@ def _open_writer(output, overwrite, photos, model, **options):
     return writer
 
 
+def _without_row_names(photos: list[Path]) -> dict[Path, str]:
+    """The photos whose file name a submission row cannot hold, and why: a
+    name that is no UTF-8 text (the CSV is), or that holds a line break (a row
+    is a line)."""
+    nameless = {}
+    for photo in photos:
+        try:
+            photo.name.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are no UTF-8, as Python decodes file names
+            nameless[photo] = "name not UTF-8 text"
+            continue
+        if "\n" in photo.name or "\r" in photo.name:
+            nameless[photo] = "name holds a line break"
+    return nameless
+
+
 def _refuse_shared_names(photos: list[Path]) -> None:
     """A row is named by the file name alone: two photos may not share one."""
-    broken = [p for p in photos if "\n" in p.name or "\r" in p.name]
-    if broken:
-        raise InputError(f"a submission row cannot name a photo whose name holds a line break: "
-                         f"{some(repr(str(p)) for p in broken)}")
     counts = Counter(p.name for p in photos)
     for name, count in counts.items():
         if count > 1:
@@ -128,16 +142,21 @@ def _ray_predictor(model, device, batch_size, actors, address, **options):
         raise click.UsageError(str(exc)) from None
 
 
-def _write_submission(predictor, writer, photos, output, output_size, model, tta):
+def _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless):
     """The submission from either engine: rows as they come, resumable, skips
-    and warnings named."""
+    (`nameless`: photos a row cannot name, and why) and warnings named."""
     from carmask.io import group_by_car
+
+    skipped = [f"{shown(photo)}: {why}, which a submission row cannot hold (rename the photo)"
+               for photo, why in nameless.items()]
+    for skip in skipped:
+        fail(f"skipped {skip}")
 
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
            f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
-    skipped, warned, start = [], PredictionWarnings(), time.perf_counter()
+    warned, start = PredictionWarnings(), time.perf_counter()
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
     with progress(todo, "predicting") as bar:
         for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
