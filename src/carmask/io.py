@@ -123,19 +123,28 @@ def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.n
     mode). An array is H x W (grey), H x W x 3 or H x W x 4 (alpha dropped):
     uint8, or floats in 0..1, or uint16 (16-bit, scaled to 8 bits), or bool,
     or other integers in 0..255. `upright`: turn the photo as its EXIF
-    orientation says (as viewers show it, for cut-outs); False keeps the
-    stored pixel grid (the grid of Kaggle's masks, for submissions and
-    training). Any failure is an `ImageError` naming `name` (or the path).
+    orientation says (as viewers show it, and as the network sees it); False
+    keeps the stored pixel grid (the grid of Kaggle's masks, for training).
+    Any failure is an `ImageError` naming `name` (or the path).
     """
+    return read_turned(source, name=name, upright=upright)[0]
+
+
+def read_turned(source, *, name: str | None = None, upright: bool = True) -> tuple[np.ndarray, int]:
+    """`read_photo`, and the EXIF orientation (2-8) it turned the photo from,
+    or 1 where it did not turn it."""
     check_source(source, name)
     name = str(name) if name else source_name(source)
     if isinstance(source, np.ndarray):
-        return _from_array(source, name)
+        return _from_array(source, name), 1
     image = source if isinstance(source, Image.Image) else _open(source, name)
     try:
-        if upright and image.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
+        orientation = image.getexif().get(0x0112, 1) if upright else 1
+        if orientation not in range(2, 9):
+            orientation = 1
+        else:  # (exif_transpose copies even an upright photo)
             image = ImageOps.exif_transpose(image)
-        return np.asarray(_to_rgb(image))
+        return np.asarray(_to_rgb(image)), orientation
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:

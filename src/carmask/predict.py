@@ -37,7 +37,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from carmask import models
-from carmask.decode import Decoded, Decoder, Source, decode
+from carmask.decode import Decoded, Decoder, Source, decode, stored_grid
 from carmask.devices import pick_device, usable_cores
 from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size, source_name
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
@@ -90,12 +90,12 @@ class Prediction:
 class Batch:
     """What a `refine` hook sees of a model batch, on the predictor's device.
 
-    `photos[i]`: photo i decoded at full resolution, 3 x H x W uint8 (on the
-    stored pixel grid, or upright if the predictor is); `views[i]`: the
+    `photos[i]`: photo i decoded at full resolution, 3 x H x W uint8, upright
+    (as the network sees it); `views[i]`: the
     indices in `photos` of the views its car's background came from (itself
     included; `[i]` for a photo predicted alone); `probs[i]`: its H x W
     float32 probabilities at its output size (the photo's own unless an
-    output size was asked for). The hook returns, one per photo, either
+    output size was asked for), upright too. The hook returns, one per photo, either
     `refine.Edges` (alpha and the car's colour, at the photo's size: what a
     cut-out takes) or an alpha tensor alone (float 0..1 or uint8 0..255, at
     any size); for masks and probabilities, alpha is resized to the output
@@ -112,9 +112,11 @@ class Predictor:
     None for the most accurate tier shipped; with a tier or None, each photo
     gets the multi-view model of that tier in a set of at least 3 views of a
     car, the single-photo one otherwise (`models.default_for`).
-    `output_size` (width, height) defaults to each photo's own. `upright`:
-    turn photos as their EXIF orientation says (cut-outs); False keeps the
-    stored pixel grid (Kaggle submissions, whose masks are on that grid).
+    `output_size` (width, height) defaults to each photo's own. The network
+    sees every photo upright, turned as its EXIF orientation says; `upright`
+    gives the results so (cut-outs), False turns them back onto the stored
+    pixel grid (Kaggle submissions, whose masks are on that grid; an output
+    size is then the stored grid's too).
     `sets`: "auto" predicts a car's views as a set only when they share a
     studio (same size, and each agrees with their median background outside
     the car), else photo by photo with a warning; "always" trusts the names;
@@ -174,7 +176,7 @@ class Predictor:
     def decoder(self) -> Decoder:
         """The decoding threads (and nvjpeg), made on first use."""
         if self._decoder is None:
-            self._decoder = Decoder(self.device, self.workers, self.upright, self.nvjpeg, self._device_lock)
+            self._decoder = Decoder(self.device, self.workers, True, self.nvjpeg, self._device_lock)
         return self._decoder
 
     # -- the network ----------------------------------------------------------
@@ -259,7 +261,7 @@ class Predictor:
         x C uint8, and each photo's crop box in frame pixels. The training
         cache holds exactly these."""
         spec = self.model_for(len(photos)).spec
-        inputs = car_inputs([decode(p, upright=self.upright, device=self.device) for p in photos], spec)
+        inputs = car_inputs([decode(p, device=self.device) for p in photos], spec)
         return inputs.x.permute(0, 2, 3, 1).cpu().numpy(), inputs.boxes
 
     # -- the stream -----------------------------------------------------------
@@ -374,14 +376,17 @@ class Predictor:
         with self._device_lock, self._stage("postprocess"):
             placed: list[tuple[_Slot, Placed]] = []
             for model, members, inputs, probs in runs:
-                sizes = [output.size or slot.size for slot in members]
+                sizes = [slot.upright_size(output.size, self.upright) for slot in members]
                 placed += zip(members, place(probs, inputs.boxes, model.spec.frame, sizes))
             if output.cutout is not None:
-                pieces = [(_to_host(e.alpha), _to_host(e.foreground))
-                          for e in (self._hook(output.cutout, placed) if placed else [])]
+                pieces = [(_to_host(self._grid(slot, e.alpha)), _to_host(self._grid(slot, e.foreground, (0, 1))))
+                          for slot, e in zip([s for s, _ in placed],
+                                             self._hook(output.cutout, placed) if placed else [])]
             elif self.refine is not None and placed:
                 placed = [(slot, _as_probabilities(e, p.size))
                           for (slot, p), e in zip(placed, self._hook(self.refine, placed))]
+            if output.cutout is None and not self.upright:
+                placed = [(slot, _on_grid(p, slot.orientation)) for slot, p in placed]
             slots = [slot for slot, _ in placed]
             for slot in slots:
                 slot.photo, slot.frame, slot.views = None, None, []  # only the results travel on
@@ -488,6 +493,10 @@ class Predictor:
                                                           [1] * len(singles), model.spec)))
         return runs
 
+    def _grid(self, slot: _Slot, piece: torch.Tensor, dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
+        """A cut-out piece as the results are given: upright, or on the stored grid."""
+        return piece if self.upright else stored_grid(piece, slot.orientation, dims)
+
     def _hook(self, hook: Callable, placed: list[tuple[_Slot, Placed]]) -> list[Edges | torch.Tensor]:
         """What a refine hook makes of the batch (see `Batch`)."""
         index = {id(slot): i for i, (slot, _) in enumerate(placed)}
@@ -504,6 +513,16 @@ class _Output:
     size: tuple[int, int] | None
     encode: bool
     cutout: Callable[[Batch], list[Edges]] | None
+
+
+def _on_grid(placed: Placed, orientation: int) -> Placed:
+    """Upright probabilities turned back onto the stored grid of a photo with
+    the EXIF `orientation` (whole: its box turns with it)."""
+    if orientation == 1:
+        return placed
+    probs = stored_grid(placed.full(), orientation)
+    size = (probs.shape[1], probs.shape[0])
+    return Placed(probs, Box(0, 0, *size), size)
 
 
 def _as_probabilities(refined: Edges | torch.Tensor, size: tuple[int, int]) -> Placed:
@@ -530,16 +549,24 @@ class _Slot:
         self.alpha = self.foreground = None
         self.error: Exception | None = decoded if isinstance(decoded, Exception) else None
         self.photo = self.frame = self.size = None
+        self.orientation = 1  # the EXIF orientation it was turned upright from
         self.views: list[_Slot] = []  # the slots of its set, when predicted as one
         if self.error is None:
             self.photo, self.frame, self.size = decoded.photo, decoded.frame, decoded.size
+            self.orientation = decoded.orientation
+
+    def upright_size(self, size: tuple[int, int] | None, upright: bool) -> tuple[int, int]:
+        """Where its probabilities are placed, upright: `size` (width, height,
+        on the stored grid when the results go back there), else its own."""
+        if size is None:
+            return self.size
+        return (size[1], size[0]) if not upright and self.orientation in (5, 6, 7, 8) else size
 
     def full_photo(self, predictor: Predictor) -> torch.Tensor:
         """The photo at full resolution: kept from decoding, or decoded again
         (on the CPU the workers keep only the frame its model was expected to need)."""
         if self.photo is None:
-            self.photo = decode(self.source.data, name=str(self.path), upright=predictor.upright,
-                                device=predictor.device)
+            self.photo = decode(self.source.data, name=str(self.path), device=predictor.device)
         return self.photo
 
     def fail(self, error: Exception, warning: str | None = None) -> None:

@@ -39,8 +39,9 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     write a Kaggle submission CSV.
 
     Masks are on each photo's stored pixel grid, as Kaggle's masks are and as
-    it scores them: a photo whose EXIF orientation says to turn it is not
-    turned (a warning names such photos; carmask cutout turns photos upright).
+    it scores them (--output-size too): a photo whose EXIF orientation says
+    to turn it is predicted upright and its mask turned back (a warning names
+    such photos; carmask cutout gives them upright).
 
     Resumable: if a run is interrupted, run the same command again; it goes on
     only if the photos, the model and the options that change rows (output
@@ -215,5 +216,6 @@ class _TurnedPhotos(threading.Thread):
         self.join()
         if self.turned:
             named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
-            warn(f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): masks are "
-                 f"on the stored pixel grid, as Kaggle's, not turned as viewers show the photos")
+            warn(f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
+                 f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
+                 f"the photos")
