@@ -63,10 +63,12 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
         predictor = _ray_predictor(model, device, batch_size, actors, ray_address, **options)
     else:
         predictor = make_predictor(model, device, batch_size, compile_model, **options)
+    from carmask.predict import network_batch
     try:
         # The writer before any work: a refusal (output there, in use, another run's) comes first.
         writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets,
-                              device=predictor.device.type)
+                              device=predictor.device.type,
+                              network_batch=network_batch(predictor.device, batch_size))
         try:
             _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless)
         except KeyboardInterrupt as exc:
