@@ -35,8 +35,7 @@ def test_a_cutout_never_replaces_its_own_photo(photo, args):
 def test_a_rerun_with_the_output_inside_the_inputs_leaves_earlier_cutouts_out(photo):
     """`cutout in -r -o in/cut` twice: the second run cut out the first run's cut-outs (car.png.png)."""
     out = photo.parent / "cut"
-    out.mkdir()
-    Image.new("RGBA", (8, 8)).save(out / "car.png")  # the first run's cut-out
+    assert run_cli("cutout", photo.parent, "-r", "-o", out).exit_code == 0  # the first run
     result = run_cli("cutout", photo.parent, "-r", "-o", out)
     assert result.exit_code == 0, result.output
     assert "left out 1 image(s) in " in result.stderr and "made by an earlier run: car.png" in result.stderr
@@ -132,3 +131,66 @@ def test_a_broken_link_or_a_pipe_in_a_folder_is_named_not_dropped(photo, tmp_pat
     assert f"skipped {photo.parent / 'gone.jpg'}: no such file" in result.stderr
     assert f"skipped {photo.parent / 'pipe.jpg'}: not a regular file" in result.stderr
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["car.png"]
+
+
+def test_a_users_own_png_beside_the_photos_is_a_photo_never_an_output(photo):
+    """`cutout FOLDER -o FOLDER` holding car.jpg and the user's car.png: car.png
+    was taken for an earlier cut-out and never cut out; with --overwrite, replaced."""
+    own = photo.with_name("car.png")
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(own)
+    before = own.read_bytes()
+    for args, left_out in (((), "wrote 2"), (("--overwrite",), "left out 2 image(s) in ")):
+        result = run_cli("cutout", photo.parent, "-o", photo.parent, *args)
+        assert result.exit_code == 0, result.output
+        assert result.stderr.startswith(left_out) and own.read_bytes() == before
+        assert sorted(p.name for p in photo.parent.iterdir()) == ["car.jpg", "car.jpg.png", "car.png",
+                                                                 "car.png.png"]
+    assert "made by an earlier run: car.jpg.png, car.png.png" in result.stderr  # the cut-outs, not car.png
+
+
+def test_photos_in_sub_folders_are_cut_out_into_the_same_sub_folders(photo, tmp_path):
+    """-r over a/photo.jpg and b/photo.jpg gave photo.jpg_mask.png and
+    photo.jpg-2_mask.png: nothing said which was which."""
+    for sub in ("a", "b/c"):
+        (photo.parent / sub).mkdir(parents=True)
+        (photo.parent / sub / "photo.jpg").write_bytes(photo.read_bytes())
+    out = tmp_path / "cut"
+    result = run_cli("cutout", photo.parent, "-r", "-o", out, "--bg", "mask")
+    assert result.exit_code == 0, result.output
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "a/photo_mask.png", "b/c/photo_mask.png", "car_mask.png"]
+    again = run_cli("cutout", photo.parent, "-r", "-o", out, "--bg", "mask")
+    assert "kept 3 existing" in again.stderr
+
+
+def test_a_cutout_another_run_wrote_meanwhile_is_kept_not_replaced(photo, tmp_path, monkeypatch):
+    """Two cutout runs into one folder at once both said 'wrote 16', each
+    replacing the other's files without --overwrite."""
+    from carmask.cli import cutout
+    save, out = cutout._save, tmp_path / "cut"
+
+    def another_run_first(path, image, replace):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"the other run's cut-out")
+        save(path, image, replace)
+    monkeypatch.setattr(cutout, "_save", another_run_first)
+    result = run_cli("cutout", photo, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "wrote 0 cut-out(s)" in result.stderr and "kept 1 existing" in result.stderr
+    assert (out / "car.png").read_bytes() == b"the other run's cut-out" and len(list(out.iterdir())) == 1
+
+
+def test_two_cutout_runs_at_once_write_each_file_once(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from carmask.synth import make_dataset
+    photos = make_dataset(tmp_path / "cars", cars=2, size=(96, 64), seed=8) / "train"
+    command = [sys.executable, "-m", "carmask", "cutout", str(photos), "-o", str(tmp_path / "cut"),
+               "--model", "seed", "--device", "cpu"]
+    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(run.wait(), run.stderr.read()) for run in runs]
+    assert [status for status, _ in outcomes] == [0, 0], outcomes
+    written = [int(re.search(r"wrote (\d+) cut-out", stderr)[1]) for _, stderr in outcomes]
+    assert sum(written) == 32 and len(list((tmp_path / "cut").iterdir())) == 32, outcomes

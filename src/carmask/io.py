@@ -5,6 +5,7 @@ commands can report it and go on with the rest.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import io as _io
@@ -215,11 +216,13 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     return (values > 0).astype(np.uint8)
 
 
-def atomic_write(path, write: Callable[[Path], None]) -> None:
+def atomic_write(path, write: Callable[[Path], None], replace: bool = True) -> None:
     """Call `write(tmp)` then move tmp onto `path`: readers never see half a file,
     and tmp never outlives the call (a signal that stops it included). The
     file is created as any other (0666 less the umask: 0644 as a rule); an
-    OSError about tmp names `path`, the file asked for."""
+    OSError about tmp names `path`, the file asked for. `replace`: False
+    leaves a file already at `path` as it is (FileExistsError), even one
+    that another process made meanwhile."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, published = None, False
@@ -232,15 +235,35 @@ def atomic_write(path, write: Callable[[Path], None]) -> None:
             except FileExistsError:
                 continue
         write(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path, replace)
         published = True
     except OSError as exc:
-        if exc.filename in (str(tmp), tmp):
+        if tmp is not None and exc.filename in (str(tmp), tmp):
             exc.filename = str(path)
         raise
     finally:
         if tmp is not None and not published:
             tmp.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, path: Path, replace: bool) -> None:
+    """tmp becomes `path` in one step; without `replace`, only where nothing
+    is (a hard link fails on an existing name, atomically)."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError as exc:  # a file system without hard links: checked, then moved
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def write_all(stream, data) -> None:
@@ -275,10 +298,10 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def save_image(path, array: np.ndarray, **params) -> None:
-    """Save an array as an image (format from the suffix), atomically."""
+def save_image(path, array: np.ndarray, replace: bool = True, **params) -> None:
+    """Save an array as an image (format from the suffix), atomically (`replace`: see `atomic_write`)."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params))
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params), replace)
 
 
 def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import click
 
+from carmask import __version__
 from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
                                 find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, refuse_replacing_inputs, skipped_summary, some, verbosity_options,
-                                writing)
+                                recursive_option, refuse_replacing_inputs, shown, skipped_summary, some,
+                                verbosity_options, writing)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SOFTWARE_TAG, SOFTWARE = 0x0131, f"carmask {__version__}"  # EXIF Software, on every cut-out
 
 
 @main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.")
@@ -38,8 +40,10 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     Photos named <car>_<NN>.jpg that form a set of at least 3 views are cut
     out with the multi-view model; other photos one by one. Outputs are
     <name>.png (<name>.jpg over a colour or an image, <name>_mask.png for
-    masks); two inputs that would share a name get distinct ones; existing
-    outputs are kept unless --overwrite.
+    masks), in the sub-folders the photos have below their common folder;
+    two inputs that would still share a name get distinct ones; existing
+    outputs are kept unless --overwrite. Cut-outs carry carmask's mark (EXIF
+    Software), which tells a rerun an earlier cut-out from a photo.
     """
     from carmask.cutout import parse_background
     from carmask.io import ImageError
@@ -75,7 +79,7 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    written, skipped, warnings, start = 0, [], PredictionWarnings(), time.perf_counter()
+    written, raced, skipped, warnings, start = 0, 0, [], PredictionWarnings(), time.perf_counter()
     with progress(len(todo), "cutting out") as bar:
         for result in _cutouts(photos, todo, stdin, predictor, back, refine):
             photo = Path("-") if stdin else Path(result.name)
@@ -93,12 +97,14 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
                 written += 1
                 continue
             try:
-                _save(targets[photo], result.image)
+                _save(targets[photo], result.image, replace=overwrite)
                 written += 1
+            except FileExistsError:  # another run wrote it meanwhile: kept, as one there before
+                raced += 1
             except OSError as exc:
                 skipped.append(f"{photo}: not written ({exc.strerror or exc})")
                 fail(f"skipped {photo}: cannot write {targets[photo]} ({exc.strerror or exc})")
-    info(summary(written, len(photos) - len(todo), "standard output" if to_stdout else output))
+    info(summary(written, len(photos) - len(todo) + raced, "standard output" if to_stdout else output))
     seconds = time.perf_counter() - start
     detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
            "photos/s)")
@@ -134,8 +140,9 @@ def _check_image_suffix(output: str) -> None:
 
 def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[Path]:
     """The photos, less the cut-outs an earlier run made of the others: images
-    in the output folder named as another photo's output (a rerun with -r and
-    -o inside the inputs cut out the cut-outs)."""
+    under the output folder, named as another photo's output, that carmask
+    made (`_made_here`; a rerun with -r and -o inside the inputs cut out the
+    cut-outs, and a user's own car.png beside car.jpg was taken for one)."""
     folder = Path(output)
     if output == "-" or not folder.is_dir():
         return photos
@@ -143,11 +150,16 @@ def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[P
     own = {photo: {photo.stem + suffix, photo.name + suffix} for photo in photos}
     made = Counter(name for names in own.values() for name in names)
     here = folder.resolve()
-    earlier = {p for p in photos if made[p.name] > (p.name in own[p]) and p.parent.resolve() == here}
+    earlier = {p for p in photos if made[p.name] > (p.name in own[p])  # the cheap test first
+               and _within(p.parent.resolve(), here) and _made_here(p)}
     if earlier:
         info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: "
-             f"{some(sorted(p.name for p in earlier))}")
+             f"{some(sorted(shown(p.name) for p in earlier))}")
     return [p for p in photos if p not in earlier]
+
+
+def _within(folder: Path, top: Path) -> bool:
+    return folder == top or top in folder.parents
 
 
 def _suffix(background) -> str:
@@ -157,18 +169,22 @@ def _suffix(background) -> str:
 
 
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:
-    """Each photo's output file in `folder`: <stem>.png, .jpg over a colour or an
-    image, <stem>_mask.png for masks. Photos that would share a name use their
-    full name (car_01.jpg.png) and, if still shared, -2, -3... in input order."""
+    """Each photo's output under `folder`: <stem>.png, .jpg over a colour or an
+    image, <stem>_mask.png for masks, in the sub-folder the photo has below
+    the photos' common folder (none when they share one). Photos that would
+    share a name use their full name (car_01.jpg.png) and, if still shared,
+    -2, -3... in input order."""
     suffix = _suffix(background)
-    stems = Counter(p.stem for p in photos)
-    names = [p.stem if stems[p.stem] == 1 else p.name for p in photos]
-    taken: Counter[str] = Counter()
+    common = os.path.commonpath([os.path.abspath(p.parent) for p in photos]) if photos else ""
+    places = [folder / os.path.relpath(os.path.abspath(p.parent), common) for p in photos]
+    stems = Counter((place, p.stem) for place, p in zip(places, photos))
+    taken: Counter[tuple[Path, str]] = Counter()
     out = {}
-    for photo, name in zip(photos, names):
-        taken[name] += 1
-        unique = name if taken[name] == 1 else f"{name}-{taken[name]}"
-        out[photo] = folder / f"{unique}{suffix}"
+    for photo, place in zip(photos, places):
+        name = photo.stem if stems[(place, photo.stem)] == 1 else photo.name
+        taken[(place, name)] += 1
+        unique = name if taken[(place, name)] == 1 else f"{name}-{taken[(place, name)]}"
+        out[photo] = place / f"{unique}{suffix}"
     return out
 
 
@@ -177,10 +193,30 @@ def summary(written: int, kept: int, where) -> str:
                                                        if kept else "")
 
 
-def _save(path: Path, image) -> None:
+def _save(path: Path, image, replace: bool) -> None:
+    """A cut-out, marked as carmask's; an existing file is replaced only if
+    `replace` (else FileExistsError: another run wrote it meanwhile)."""
     from carmask.io import save_image
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(path, image)
+    save_image(path, image, replace=replace, exif=_mark())
+
+
+def _mark():
+    """EXIF Software = carmask: what tells a cut-out from a photo (PNG, JPEG, WebP alike)."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[SOFTWARE_TAG] = SOFTWARE
+    return exif
+
+
+def _made_here(path: Path) -> bool:
+    """Whether carmask made the image at `path` (its mark, read from the header)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return str(image.getexif().get(SOFTWARE_TAG, "")).startswith("carmask")
+    except Exception:  # unreadable: not ours; it is named when it is read as a photo
+        return False
 
 
 def _write_stdout(image) -> None:
@@ -188,7 +224,7 @@ def _write_stdout(image) -> None:
 
     from carmask.io import write_all
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
+    Image.fromarray(image).save(buffer, format="PNG", exif=_mark())
     stream = click.get_binary_stream("stdout")
     write_all(stream, buffer.getbuffer())
     stream.flush()
