@@ -462,3 +462,22 @@ def test_a_rerun_with_another_network_batch_refuses_and_names_it(photos, tmp_pat
     record.write_text(record.read_text().replace('"network_batch": 1', '"network_batch": 16'))
     result = run_cli("predict", photos, "-o", out, *MODEL)
     assert result.exit_code == 2 and "network batch was 16, now 1" in result.stderr
+
+
+def test_a_resume_through_a_symlinked_folder_is_the_same_run(photos, full, tmp_path):
+    """"160 photos added ...; 160 photos removed", the same names both sides."""
+    out = tmp_path / "s.csv"
+    interrupted_run(12, "predict", photos, "-o", out, *MODEL)
+    os.symlink(photos, tmp_path / "link")
+    result = run_cli("predict", tmp_path / "link", "-o", out, *MODEL)
+    assert result.exit_code == 0 and "resuming: 12 rows" in result.stderr, result.output
+    assert out.read_bytes() == full.read_bytes()
+
+
+def test_a_kaggle_named_car_with_one_view_is_said_as_one_with_two(data, tmp_path):
+    """Two views got a warning, one view none."""
+    one = sorted((data / "a" / "train").iterdir())[0]
+    result = run_cli("predict", one, "-o", tmp_path / "s.csv", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (f"carmask: warning: {one.name}: car synth003c000 has 1 readable view, and a background needs 3: "
+            f"predicted photo by photo with the single-photo model") in result.stderr.splitlines()

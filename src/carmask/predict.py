@@ -419,7 +419,7 @@ class Predictor:
         single photos (with a warning where the set was not used)."""
         readable = [slot for slot in car.slots if slot.error is None]
         of_car = f" of car {car.name}" if car.name else ""  # uploads come without a car's name
-        if len(readable) < 2 or self.sets == "never":
+        if len(readable) < (1 if car.name else 2) or self.sets == "never":  # a named car's one view: said
             return [_Unit([slot]) for slot in readable]
         if not self.model_for(max(len(readable), MIN_VIEWS)).spec.needs_views:
             return [_Unit([slot]) for slot in readable]  # a photo-only model: each alone
@@ -435,7 +435,8 @@ class Predictor:
             return [_Unit(readable, check=self.sets == "auto")] + units
         if self.model_name is None or str(self.model_name) in models.TIERS:  # a default model for each case
             has = f"car {car.name} has" if car.name else "only"
-            warning = (f"{_names(readable)}: {has} {len(readable)} readable views, and a background needs "
+            views = f"{len(readable)} readable view{'s' * (len(readable) != 1)}"
+            warning = (f"{_names(readable)}: {has} {views}, and a background needs "
                        f"{MIN_VIEWS}: predicted photo by photo with the single-photo model")
             return [_Unit([slot], warning) for slot in readable] + units
         return [_Unit([slot]) for slot in readable] + units  # the named model says what it needs

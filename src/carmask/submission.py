@@ -265,12 +265,14 @@ def run_record(photos: Iterable[Path], model=None, **options) -> dict:
     size and modification time, the model (by content), and `options` such as
     output_size and tta (any JSON values)."""
     stats = {}
-    for photo in photos:
+    for photo in map(Path, photos):
+        # its folder resolved: a resume through a symlinked folder is the same run
+        key = os.path.join(os.path.realpath(photo.parent), photo.name)
         try:
-            stat = Path(photo).stat()
-            stats[str(Path(photo).absolute())] = [stat.st_size, stat.st_mtime_ns]
+            stat = photo.stat()
+            stats[key] = [stat.st_size, stat.st_mtime_ns]
         except OSError:
-            stats[str(Path(photo).absolute())] = None  # skipped when it is read
+            stats[key] = None  # skipped when it is read
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     return {"format": RECORD_FORMAT, "photos": stats, "model": _model_record(model), **options}
 
