@@ -57,24 +57,37 @@ def unrelated_photos(folder, size=(192, 128), seed=13):
     return sorted(folder.glob("IMG_*.jpg"))
 
 
-def signalled_run(signum, after, *args, busy=False):
-    """`carmask ARGS...` in a process of its own, sent the signal `signum` once
-    it has handed out `after` outputs (rows or cut-outs; `paused.py`): (exit
-    status, stderr). `busy`: the finishing thread is in torch work meanwhile."""
+def signalled_run(signals, after, *args, busy=False, ignore=(), go_on=False):
+    """`carmask ARGS...` in a process of its own, sent `signals` (one or a
+    list, one right after another) once it has handed out `after` outputs
+    (rows or cut-outs; `paused.py`): (exit status, stderr). `busy`: the
+    finishing thread is in torch work meanwhile; `ignore`: signals the
+    process starts with ignored (as nohup starts it); `go_on`: let it go on
+    after the signals."""
     import os
+    import signal
     import subprocess
     import sys
     import tempfile
     import time
+    signals = [signals] if isinstance(signals, int) else list(signals)
+
+    def ignoring():
+        for signum in ignore:
+            signal.signal(signum, signal.SIG_IGN)
     with tempfile.TemporaryDirectory() as scratch:
         marker = Path(scratch) / "paused"
         env = {**os.environ, **({"CARMASK_TEST_BUSY": "1"} if busy else {})}
         run = subprocess.Popen([sys.executable, str(Path(__file__).with_name("paused.py")), str(marker),
-                                str(after), *map(str, args)], stderr=subprocess.PIPE, env=env)
+                                str(after), *map(str, args)], stderr=subprocess.PIPE, env=env,
+                               preexec_fn=ignoring)
         while not marker.exists() and run.poll() is None:
             time.sleep(0.02)
-        if run.poll() is None:
-            run.send_signal(signum)
+        for signum in signals:
+            if run.poll() is None:
+                run.send_signal(signum)
+        if go_on:
+            marker.with_suffix(".go").touch()
         stderr = run.communicate(timeout=600)[1]  # a guard against a hang, not a measure
     return run.returncode, os.fsdecode(stderr)
 

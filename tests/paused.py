@@ -1,15 +1,16 @@
 """`python paused.py MARKER AFTER carmask-args...`: carmask, paused after its
 AFTER-th output (a submission row handed to the writer, or a cut-out saved)
-until a signal arrives; MARKER is created when it pauses. Tests send it a real
-signal there, so that it stops at a known point (`helpers.signalled_run`).
+until a signal arrives (or MARKER.go appears: then it goes on); MARKER is
+created when it pauses. Tests send it a real signal there, so that it stops
+at a known point (`helpers.signalled_run`).
 
 With CARMASK_TEST_BUSY set, the finishing thread is kept in torch work while
 the signal arrives (the thread that aborted the process when left behind).
 """
 import itertools
 import os
-import signal
 import sys
+import time
 from pathlib import Path
 
 import carmask.cli.cutout
@@ -26,8 +27,8 @@ def pausing(function):
         result = function(*a, **k)
         if next(count) == after:
             marker.touch()
-            while True:
-                signal.pause()  # the signal's handler raises here
+            while not marker.with_suffix(".go").exists():
+                time.sleep(0.02)  # the signal's handler raises here
         return result
     return paused
 

@@ -481,3 +481,4 @@ def test_a_kaggle_named_car_with_one_view_is_said_as_one_with_two(data, tmp_path
     assert result.exit_code == 0, result.output
     assert (f"carmask: warning: {one.name}: car synth003c000 has 1 readable view, and a background needs 3: "
             f"predicted photo by photo with the single-photo model") in result.stderr.splitlines()
+    assert "1 row (1 predicted now)" in result.stderr

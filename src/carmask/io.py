@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import stat
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -23,9 +24,16 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageOps
 
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, and no stale temporary files found
+    fcntl = None
+
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Larger than any camera: refuses decompression bombs before they are decoded.
 MAX_PIXELS = 64_000_000
+# Ends the name of every temporary file of `atomic_write` (.<name>.<8 hex>.carmask-tmp).
+TEMPORARY_SUFFIX = ".carmask-tmp"
 # What a photo may be, everywhere a photo is taken (`read_photo`).
 PHOTO_TYPES = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
 _VIEW_NAME = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
@@ -218,22 +226,25 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
 
 def atomic_write(path, write: Callable[[Path], None], replace: bool = True) -> None:
     """Call `write(tmp)` then move tmp onto `path`: readers never see half a file,
-    and tmp never outlives the call (a signal that stops it included). The
-    file is created as any other (0666 less the umask: 0644 as a rule); an
-    OSError about tmp names `path`, the file asked for. `replace`: False
+    and tmp never outlives the call (a signal that stops it included; after
+    SIGKILL, `remove_stale_temporaries` finds it: tmp is locked while it lives).
+    The file is created as any other (0666 less the umask: 0644 as a rule);
+    an OSError about tmp names `path`, the file asked for. `replace`: False
     leaves a file already at `path` as it is (FileExistsError), even one
     that another process made meanwhile."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, published = None, False
+    tmp, fd, published = None, None, False
     try:
         while tmp is None:  # mkstemp would create 0600, whatever the umask
-            candidate = sibling(path, f".{secrets.token_hex(4)}.tmp", prefix=".")
+            candidate = sibling(path, f".{secrets.token_hex(4)}{TEMPORARY_SUFFIX}", prefix=".")
             try:
-                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-                tmp = candidate
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
                 continue
+            tmp = candidate
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # alive: not stale
         write(tmp)
         _publish(tmp, path, replace)
         published = True
@@ -244,6 +255,37 @@ def atomic_write(path, write: Callable[[Path], None], replace: bool = True) -> N
     finally:
         if tmp is not None and not published:
             tmp.unlink(missing_ok=True)
+        if fd is not None:
+            os.close(fd)
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Remove the temporary files of `atomic_write` in `folder` that no process
+    holds: left by one that was killed (SIGKILL, a power cut). How many."""
+    if fcntl is None:
+        return 0
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX)):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while its writer lives
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _publish(tmp: Path, path: Path, replace: bool) -> None:
@@ -264,6 +306,15 @@ def _publish(tmp: Path, path: Path, replace: bool) -> None:
         os.replace(tmp, path)
         return
     tmp.unlink()
+
+
+def binary_stdout():
+    """Standard output as a binary stream; an OSError (EBADF) where there is
+    none (`>&-`: Python then has None for it)."""
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    return stream
 
 
 def write_all(stream, data) -> None:

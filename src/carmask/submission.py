@@ -16,19 +16,17 @@ waits on the disk or on turning run boundaries into text.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import queue
-import sys
 import threading
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from carmask.io import atomic_write, sibling, write_all
+from carmask.io import atomic_write, binary_stdout, sibling, write_all
 from carmask.rle import encode_boundaries
 from carmask.views import MIN_VIEWS
 
@@ -63,7 +61,7 @@ class SubmissionWriter:
         if str(path) == "-":
             self.path = self.partial = self.record = None
             self.done: set[str] = set()
-            self._out = _stdout()
+            self._out = binary_stdout()
             write_all(self._out, HEADER.encode())
         else:
             self.path = Path(path)
@@ -249,14 +247,6 @@ class SubmissionWriter:
             self.record.unlink(missing_ok=True)
             self.partial.unlink(missing_ok=True)
             self._out.close()
-
-
-def _stdout():
-    """Standard output as a binary stream; an OSError when it is closed (`>&-`)."""
-    stream = getattr(sys.stdout, "buffer", None)
-    if stream is None:
-        raise OSError(errno.EBADF, "standard output is closed")
-    return stream
 
 
 # -- what a run is for -----------------------------------------------------------

@@ -68,29 +68,35 @@ class Verb(click.Command):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread where Ctrl-C raises
-    KeyboardInterrupt, so that one path cleans up after all three."""
+    """Ctrl-C, SIGTERM or SIGHUP, raised in the main thread as Python raises
+    KeyboardInterrupt for Ctrl-C, so that one path cleans up after all three."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
 
 
-def _raise_interrupted(signum, frame) -> NoReturn:
-    raise Interrupted(signum)
-
-
 @contextmanager
 def _stopping_signals():
-    """SIGTERM and SIGHUP raise `Interrupted` while a verb runs; a signal the
-    caller ignores (nohup ignores SIGHUP) stays ignored."""
+    """While a verb runs, Ctrl-C, SIGTERM and SIGHUP raise `Interrupted`. One
+    that comes while the verb cleans up after the first is let pass: the
+    cleanup is one batch at most, and cut short it left rows unwritten and a
+    thread in torch, which aborted Python. A signal the caller ignores (nohup:
+    SIGHUP; a background job: Ctrl-C) stays ignored."""
     if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
         yield
         return
+    stopping: list[int] = []
+
+    def stop(signum, frame) -> None:
+        if not stopping:
+            stopping.append(signum)
+            raise Interrupted(signum)
+
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is not signal.SIG_IGN:
-            previous[signum] = signal.signal(signum, _raise_interrupted)
+            previous[signum] = signal.signal(signum, stop)
     try:
         yield
     finally:
@@ -142,8 +148,18 @@ def verbosity_options(command):
 
 
 def _say(text: str) -> None:
+    """A line on stderr, through tqdm (which clears a progress bar first, then
+    redraws it below). A stderr that cannot take it (closed: 2>&-; full:
+    2>/dev/full) loses the line, never the run; and the line never goes to
+    stdout, tqdm's fallback, where a submission may be going."""
     from tqdm import tqdm
-    tqdm.write(_undecoded_bytes_shown(text), file=sys.stderr)  # clears a progress bar first, then redraws it
+    if sys.stderr is None:
+        return
+    try:
+        tqdm.write(_undecoded_bytes_shown(text), file=sys.stderr)
+        sys.stderr.flush()
+    except OSError:
+        _let_go(sys.stderr)
 
 
 def _undecoded_bytes_shown(text: str) -> str:
@@ -313,23 +329,25 @@ def cannot_write(exc: OSError, path) -> str:
     where = exc.filename if exc.strerror and exc.filename else path
     if str(where) == "-":
         where = "standard output"
-        _let_go_of_stdout()
+        _let_go(sys.stdout)
     return f"cannot write {where}: {exc.strerror or exc}"
 
 
-def _let_go_of_stdout() -> None:
-    """Standard output to /dev/null: what stayed in its buffer would fail
-    again, with a traceback and exit status 120, when Python exits."""
+def _let_go(stream) -> None:
+    """A standard stream that failed, to /dev/null: what stayed in its buffer
+    would fail again, with a traceback and exit status 120, when Python exits."""
     try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     except (OSError, ValueError, AttributeError):  # none there, or not a file (tests)
         pass
 
 
 def result(text: str) -> None:
     """A result line on stdout; a stdout that cannot take it (a full disk, a
-    closed pipe) is a sentence, not a traceback."""
+    closed pipe, none: >&-) is a sentence, not a traceback nor silence."""
+    from carmask.io import binary_stdout
     with writing("-"):
+        binary_stdout()  # click.echo says nothing where there is no stdout
         click.echo(text)
         sys.stdout.flush()
 

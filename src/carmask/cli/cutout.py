@@ -1,6 +1,7 @@
 """`carmask cutout`: transparent PNGs, masks or the car over a background."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -11,13 +12,15 @@ from pathlib import Path
 import click
 
 from carmask import __version__
-from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
-                                find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, refuse_replacing_inputs, shown, skipped_summary, some,
-                                verbosity_options, writing)
+from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
+                                describe_predictor, detail, fail, find_inputs, info, main, make_predictor,
+                                prediction_options, progress, recursive_option, refuse_replacing_inputs, shown,
+                                skipped_summary, some, verbosity_options, writing)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SOFTWARE_TAG, SOFTWARE = 0x0131, f"carmask {__version__}"  # EXIF Software, on every cut-out
+# Errors of the output's place, not of one cut-out: the run stops at the first.
+PLACE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 @main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.")
@@ -56,6 +59,35 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     if stdin and len(inputs) > 1:
         raise click.UsageError("- (standard input) is one photo: give it alone")
     photos = [Path("-")] if stdin else _less_earlier_outputs(find_inputs(inputs, recursive), output, back)
+    single_file = _check_output(output, photos, back, stdin)
+    targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
+        output_names(photos, Path(output), back)
+    if not to_stdout:
+        refuse_replacing_inputs(targets)
+        _remove_stale_temporaries({target.parent for target in targets.values()})
+    todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
+    check_model(model)
+    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
+    detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
+    warnings, start = PredictionWarnings(), time.perf_counter()
+    with progress(len(todo), "cutting out") as bar:
+        results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
+                   if r.path in todo)  # the others: views kept from an earlier run, for their set's background
+        written, raced, skipped = _write_all(results, targets, to_stdout, overwrite, warnings, bar)
+    info(summary(written, len(photos) - len(todo) + raced, "standard output" if to_stdout else output))
+    seconds = time.perf_counter() - start
+    detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
+           "photos/s)")
+    warnings.summary()
+    if skipped:
+        fail(skipped_summary(skipped))
+        sys.exit(1)
+
+
+def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
+    """Refuse, before any work, what -o cannot take (usage errors, an output
+    that cannot be written); whether it names one image file."""
+    to_stdout = output == "-"
     _check_image_suffix(output)
     single_file = len(photos) == 1 and _names_image(output)
     if len(photos) > 1 and _names_image(output) and not Path(output).is_dir():
@@ -65,53 +97,64 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
         raise click.UsageError(f"-o - (standard output) takes one photo, not {len(photos)}")
     if stdin and not (to_stdout or single_file):
         raise click.UsageError("a photo from standard input needs -o FILE.png or -o -")
+    if stdin and _is_terminal(sys.stdin):  # it would wait there for a photo, silently
+        raise click.UsageError("- reads a photo from standard input, which is a terminal: redirect a photo "
+                               "into it (< car.jpg)")
+    if to_stdout and _is_terminal(sys.stdout):
+        raise click.UsageError("-o - would write a PNG to the terminal: redirect standard output (> car.png), "
+                               "or name -o FILE.png")
     if not to_stdout:
         check_output(output, folder=not single_file, overwrite=True)  # existing cut-outs are kept, not refused
     if single_file and isinstance(back, str) and back == "transparent" \
             and Path(output).suffix.lower() in (".jpg", ".jpeg"):
         raise click.BadParameter(f"{output}: JPEG has no transparency; name a .png or .webp file, or pass "
                                  f"--bg COLOUR", param_hint="-o")
-    targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
-        output_names(photos, Path(output), back)
-    if not to_stdout:
-        refuse_replacing_inputs(targets)
-    todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
-    check_model(model)
-    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
-    detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    written, raced, skipped, warnings, start = 0, 0, [], PredictionWarnings(), time.perf_counter()
-    with progress(len(todo), "cutting out") as bar:
-        for result in _cutouts(photos, todo, stdin, predictor, back, refine):
-            photo = Path("-") if stdin else Path(result.name)
-            if photo not in todo:
-                continue  # a view kept from an earlier run: it gave its set's background
-            bar.update()
-            warnings.add(result)
-            if result.error:
-                skipped.append(str(result.error))
-                fail(f"skipped {result.error}")
-                continue
-            if to_stdout:
-                with writing("-"):  # a closed pipe or a full disk is the run's end, exit 2
-                    _write_stdout(result.image)
-                written += 1
-                continue
-            try:
-                _save(targets[photo], result.image, replace=overwrite)
-                written += 1
-            except FileExistsError:  # another run wrote it meanwhile: kept, as one there before
-                raced += 1
-            except OSError as exc:
-                skipped.append(f"{photo}: not written ({exc.strerror or exc})")
-                fail(f"skipped {photo}: cannot write {targets[photo]} ({exc.strerror or exc})")
-    info(summary(written, len(photos) - len(todo) + raced, "standard output" if to_stdout else output))
-    seconds = time.perf_counter() - start
-    detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
-           "photos/s)")
-    warnings.summary()
-    if skipped:
-        fail(skipped_summary(skipped))
-        sys.exit(1)
+    return single_file
+
+
+def _write_all(results, targets, to_stdout: bool, overwrite: bool, warnings, bar) -> tuple[int, int, list[str]]:
+    """Each cut-out to its target: how many were written, how many another run
+    wrote meanwhile (kept), and the photos skipped. A stdout or a disk that
+    cannot take any more ends the run (exit 2); the cut-outs written stay."""
+    written, raced, skipped = 0, 0, []
+    for result in results:
+        bar.update()
+        warnings.add(result)
+        if result.error:
+            skipped.append(str(result.error))
+            fail(f"skipped {result.error}")
+            continue
+        if to_stdout:
+            with writing("-"):
+                _write_stdout(result.image)
+            written += 1
+            continue
+        target = targets[result.path]
+        try:
+            _save(target, result.image, replace=overwrite)
+            written += 1
+        except FileExistsError:  # another run wrote it meanwhile: kept, as one there before
+            raced += 1
+        except OSError as exc:
+            if exc.errno in PLACE_FAILED:  # every next cut-out would fail the same way
+                raise InputError(f"{cannot_write(exc, target)}; the {written} cut-out(s) written are kept: "
+                                 f"run the same command again to continue") from None
+            skipped.append(f"{result.path}: not written ({exc.strerror or exc})")
+            fail(f"skipped {result.path}: cannot write {target} ({exc.strerror or exc})")
+    return written, raced, skipped
+
+
+def _is_terminal(stream) -> bool:
+    return stream is not None and stream.isatty()
+
+
+def _remove_stale_temporaries(folders) -> None:
+    """Temporary files that a killed run (SIGKILL) left where this one writes."""
+    from carmask.io import remove_stale_temporaries
+    for folder in sorted(folders):
+        removed = remove_stale_temporaries(folder)
+        if removed:
+            info(f"removed {removed} temporary file(s) that a killed run left in {shown(folder)}")
 
 
 def _cutouts(photos, todo, stdin, predictor, back, refine):
@@ -222,9 +265,9 @@ def _made_here(path: Path) -> bool:
 def _write_stdout(image) -> None:
     from PIL import Image
 
-    from carmask.io import write_all
+    from carmask.io import binary_stdout, write_all
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", exif=_mark())
-    stream = click.get_binary_stream("stdout")
+    stream = binary_stdout()
     write_all(stream, buffer.getbuffer())
     stream.flush()

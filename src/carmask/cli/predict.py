@@ -9,10 +9,12 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output, describe_predictor,
-                                detail, fail, find_inputs, info, interrupted, main, make_predictor,
-                                prediction_options, progress, recursive_option, refuse_replacing_inputs, size_option,
-                                shown, skipped_summary, some, verbosity_options, warn, writing)
+from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
+                                describe_predictor, detail, fail, find_inputs, info, interrupted, main,
+                                make_predictor, prediction_options, progress, recursive_option,
+                                refuse_replacing_inputs, shown, size_option, skipped_summary, some,
+                                verbosity_options, warn, writing)
+from carmask.io import remove_stale_temporaries
 
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
@@ -56,6 +58,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     if output != "-":
         refuse_replacing_inputs({photo: Path(output) for photo in photos})
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
+        remove_stale_temporaries(Path(output).parent)  # of a run record a killed run was writing
     check_model(model)
     # Masks on the stored pixel grid (Kaggle's convention): photos are not turned by EXIF.
     options = dict(tta=tta, sets=sets, upright=False)
@@ -91,8 +94,12 @@ def _how_to_continue(writer, overwrite: bool) -> str | None:
     which would start afresh), when rows were kept for it."""
     if writer.path is None or not writer.done:
         return None
-    return (f"{len(writer.done)} rows kept in {writer.partial}; run the same command again"
+    return (f"{_rows(len(writer.done))} kept in {writer.partial}; run the same command again"
             + (" without --overwrite" if overwrite else "") + " to continue")
+
+
+def _rows(count: int) -> str:
+    return f"{count} row{'s' * (count != 1)}"
 
 
 def _open_writer(output, overwrite, photos, model, **options):
@@ -107,7 +114,7 @@ def _open_writer(output, overwrite, photos, model, **options):
     if output == "-":
         info("writing the submission to stdout: an interrupted run cannot be resumed (-o FILE can)")
     elif writer.kept:
-        info(f"resuming: {writer.kept} rows already written")
+        info(f"resuming: {_rows(writer.kept)} already written")
     return writer
 
 
@@ -179,7 +186,7 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
     detail(f"{todo} photo{'s' * (todo != 1)} in {seconds:.1f} s ({todo / max(seconds, 1e-9):.1f} photos/s)")
     if writer.done:
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
-        info(f"wrote {'stdout' if output == '-' else output}: {len(writer.done)} rows "
+        info(f"wrote {'stdout' if output == '-' else output}: {_rows(len(writer.done))} "
              f"({writer.written} predicted now{kept})")
     warned.summary()
     turned.report()
