@@ -45,7 +45,8 @@ Exit status:
   1    done, but some inputs were skipped (each is named on stderr)
   2    usage or input error: a bad option, no photos, an output that
        cannot be written
-  130  interrupted (Ctrl-C); 143, 129: stopped by SIGTERM, SIGHUP"""
+  130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (129: by SIGHUP), as by Ctrl-C"""
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _VERBOSITY = "carmask.verbosity"
