@@ -176,7 +176,7 @@ class Predictor:
     def decoder(self) -> Decoder:
         """The decoding threads (and nvjpeg), made on first use."""
         if self._decoder is None:
-            self._decoder = Decoder(self.device, self.workers, True, self.nvjpeg, self._device_lock)
+            self._decoder = Decoder(self.device, self.workers, nvjpeg=self.nvjpeg, lock=self._device_lock)
         return self._decoder
 
     # -- the network ----------------------------------------------------------
@@ -374,19 +374,16 @@ class Predictor:
         pieces, on the device, copied to pinned host memory, read there."""
         cars, runs = computed
         with self._device_lock, self._stage("postprocess"):
-            placed: list[tuple[_Slot, Placed]] = []
-            for model, members, inputs, probs in runs:
-                sizes = [slot.upright_size(output.size, self.upright) for slot in members]
-                placed += zip(members, place(probs, inputs.boxes, model.spec.frame, sizes))
+            placed = self._place(runs, output.size)
             if output.cutout is not None:
+                made = self._hook(output.cutout, placed) if placed else []
                 pieces = [(_to_host(self._grid(slot, e.alpha)), _to_host(self._grid(slot, e.foreground, (0, 1))))
-                          for slot, e in zip([s for s, _ in placed],
-                                             self._hook(output.cutout, placed) if placed else [])]
+                          for (slot, _), e in zip(placed, made)]
             elif self.refine is not None and placed:
                 placed = [(slot, _as_probabilities(e, p.size))
                           for (slot, p), e in zip(placed, self._hook(self.refine, placed))]
-            if output.cutout is None and not self.upright:
-                placed = [(slot, _on_grid(p, slot.orientation)) for slot, p in placed]
+            if output.cutout is None:
+                placed = self._as_given(placed)
             slots = [slot for slot, _ in placed]
             for slot in slots:
                 slot.photo, slot.frame, slot.views = None, None, []  # only the results travel on
@@ -493,6 +490,18 @@ class Predictor:
                                                                        model.spec.frame),
                                                           [1] * len(singles), model.spec)))
         return runs
+
+    def _place(self, runs, size: tuple[int, int] | None) -> list[tuple[_Slot, Placed]]:
+        """Each photo's probabilities at its output `size` (None: its own), upright."""
+        placed: list[tuple[_Slot, Placed]] = []
+        for model, members, inputs, probs in runs:
+            sizes = [slot.upright_size(size, self.upright) for slot in members]
+            placed += zip(members, place(probs, inputs.boxes, model.spec.frame, sizes))
+        return placed
+
+    def _as_given(self, placed: list[tuple[_Slot, Placed]]) -> list[tuple[_Slot, Placed]]:
+        """Probabilities as the results are given: upright, or turned back onto the stored grid."""
+        return placed if self.upright else [(slot, _on_grid(p, slot.orientation)) for slot, p in placed]
 
     def _grid(self, slot: _Slot, piece: torch.Tensor, dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
         """A cut-out piece as the results are given: upright, or on the stored grid."""

@@ -60,7 +60,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
         remove_stale_temporaries(Path(output).parent)  # of a run record a killed run was writing
     check_model(model)
-    # Masks on the stored pixel grid (Kaggle's convention): photos are not turned by EXIF.
+    # Masks on the stored pixel grid (Kaggle's convention); the network sees the photos upright.
     options = dict(tta=tta, sets=sets, upright=False)
     if engine == "ray":
         predictor = _ray_predictor(model, device, batch_size, actors, ray_address, **options)
