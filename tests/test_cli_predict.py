@@ -482,3 +482,25 @@ def test_a_kaggle_named_car_with_one_view_is_said_as_one_with_two(data, tmp_path
     assert (f"carmask: warning: {one.name}: car synth003c000 has 1 readable view, and a background needs 3: "
             f"predicted photo by photo with the single-photo model") in result.stderr.splitlines()
     assert "1 row (1 predicted now)" in result.stderr
+
+
+def test_a_real_photo_stored_sideways_gets_its_upright_mask_turned_back(real_data, tmp_path):
+    """EXIF orientation 6 on a real test photo: the model ran on the sideways
+    photo (dice 0.55-0.70 against the upright prediction)."""
+    from PIL import Image
+
+    from carmask.io import read_photo
+    from carmask.rle import decode
+    photo = read_photo(real_data / "carvana-test-1918" / "test" / "0004d4463b50_01.jpg")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(photo).save(folder / "upright.png")
+    sideways = Image.fromarray(np.rot90(photo, 1).copy())  # stored a quarter anticlockwise: 6 turns it back
+    exif = sideways.getexif()
+    exif[0x0112] = 6
+    sideways.save(folder / "sideways.png", exif=exif)
+    out = tmp_path / "s.csv"
+    assert run_cli("predict", folder, "-o", out, "--device", "cpu").exit_code == 0
+    rows = read_submission(out)
+    upright = decode(rows["upright.png"], (1280, 1918))
+    assert np.array_equal(decode(rows["sideways.png"], (1918, 1280)), np.rot90(upright, 1))
