@@ -243,8 +243,7 @@ def atomic_write(path, write: Callable[[Path], None], replace: bool = True) -> N
             except FileExistsError:
                 continue
             tmp = candidate
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # alive: not stale
+            _hold(fd)
         write(tmp)
         _publish(tmp, path, replace)
         published = True
@@ -257,6 +256,15 @@ def atomic_write(path, write: Callable[[Path], None], replace: bool = True) -> N
             tmp.unlink(missing_ok=True)
         if fd is not None:
             os.close(fd)
+
+
+def _hold(fd: int) -> None:
+    """Lock a temporary file while it lives, so that it is not taken for a stale one."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: nothing is found stale there either
+        pass
 
 
 def remove_stale_temporaries(folder) -> int:
