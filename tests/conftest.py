@@ -41,3 +41,30 @@ def real_data() -> Path:
     if not (REAL_DATA / "carvana-512" / "train").is_dir():
         pytest.skip("real Carvana data (../shared/data) is not here")
     return REAL_DATA
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs(size, readonly=False)`: a folder on a fresh tmpfs of `size` ("64k"),
+    read-only if asked; skips where mounting is not permitted (not root)."""
+    import subprocess
+
+    from helpers import remount
+    mounted = []
+
+    def mount(size: str, readonly: bool = False) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
+        mounted.append(where)
+        if readonly:
+            remount(where, "ro")
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+

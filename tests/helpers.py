@@ -1,5 +1,6 @@
 """Helpers shared by test modules (pytest puts this folder on the import path)."""
 import itertools
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -54,3 +55,44 @@ def unrelated_photos(folder, size=(192, 128), seed=13):
         photo, _ = render_view(place, random_car(rng), view, rng=rng)
         Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
     return sorted(folder.glob("IMG_*.jpg"))
+
+
+def signalled_run(signals, after, *args, busy=False, ignore=(), go_on=False):
+    """`carmask ARGS...` in a process of its own, sent `signals` (one or a
+    list, one right after another) once it has handed out `after` outputs
+    (rows or cut-outs; `paused.py`): (exit status, stderr). `busy`: the
+    finishing thread is in torch work meanwhile; `ignore`: signals the
+    process starts with ignored (as nohup starts it); `go_on`: let it go on
+    after the signals."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    signals = [signals] if isinstance(signals, int) else list(signals)
+
+    def ignoring():
+        for signum in ignore:
+            signal.signal(signum, signal.SIG_IGN)
+    with tempfile.TemporaryDirectory() as scratch:
+        marker = Path(scratch) / "paused"
+        env = {**os.environ, **({"CARMASK_TEST_BUSY": "1"} if busy else {})}
+        run = subprocess.Popen([sys.executable, str(Path(__file__).with_name("paused.py")), str(marker),
+                                str(after), *map(str, args)], stderr=subprocess.PIPE, env=env,
+                               preexec_fn=ignoring)
+        while not marker.exists() and run.poll() is None:
+            time.sleep(0.02)
+        for signum in signals:
+            if run.poll() is None:
+                run.send_signal(signum)
+        if go_on:
+            marker.with_suffix(".go").touch()
+        stderr = run.communicate(timeout=600)[1]  # a guard against a hang, not a measure
+    return run.returncode, os.fsdecode(stderr)
+
+
+def remount(where: Path, options: str) -> None:
+    """Change a test tmpfs's mount options ("ro", "size=4m")."""
+    import subprocess
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)

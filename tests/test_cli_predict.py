@@ -5,7 +5,7 @@ import os
 import shutil
 import sys
 
-
+import numpy as np
 import pytest
 
 from carmask.submission import SubmissionWriter, read_submission
@@ -293,13 +293,46 @@ def test_sets_always_trusts_the_names_and_never_takes_every_photo_alone(mixed, t
     assert auto.exit_code == 0
 
 
-def test_a_name_with_a_line_break_is_refused_before_any_work(tmp_path):
-    from PIL import Image
-    photo = tmp_path / "a\nb.jpg"
-    Image.new("RGB", (8, 8)).save(photo, "JPEG")
-    result = run_cli("predict", tmp_path, "-o", tmp_path / "s.csv")
-    assert result.exit_code == 2 and "name holds a line break: 'a\\nb.jpg'" in result.stderr.replace(str(tmp_path) + "/", "")
-    assert not (tmp_path / "s.csv.partial").exists()
+def test_a_name_with_a_line_break_is_skipped_and_named_and_the_rest_predicted(photos, tmp_path):
+    """The whole run was refused for one such name."""
+    shutil.copy(sorted(photos.iterdir())[0], photos / "a\nb.jpg")
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 1, result.output
+    assert (f"carmask: skipped {photos}/a\\nb.jpg: name holds a line break, which a submission row cannot "
+            f"hold (rename the photo)") in result.stderr.splitlines()
+    assert "1 photo(s) skipped: 1 name holds a line break" in result.stderr
+    assert sorted(read_submission(out)) == sorted(p.name for p in photos.iterdir() if "\n" not in p.name)
+
+
+def test_a_name_that_is_no_utf8_is_skipped_and_named_and_the_rest_predicted(photos, tmp_path):
+    """caf\\xe9.jpg: every photo predicted, then exit 2 'surrogates not allowed',
+    a .partial left, and every rerun "resumed" and failed the same way."""
+    import subprocess
+    command = [sys.executable, "-m", "carmask", "predict", str(photos), "--device", "cpu", "-o"]
+    assert subprocess.run([*command, str(tmp_path / "without.csv")]).returncode == 0
+    os.link(sorted(photos.iterdir())[0], os.path.join(os.fsencode(photos), b"caf\xe9.jpg"))
+    out = tmp_path / "s.csv"
+    done = subprocess.run([*command, str(out)], capture_output=True)
+    stderr = done.stderr.decode()  # UTF-8 throughout: the name's byte shown as \xe9
+    assert done.returncode == 1, stderr
+    assert (f"carmask: skipped {photos}/caf\\xe9.jpg: name not UTF-8 text, which a submission row cannot hold "
+            f"(rename the photo)") in stderr.splitlines()
+    assert "1 photo(s) skipped: 1 name not UTF-8 text" in stderr
+    assert out.read_bytes() == (tmp_path / "without.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "s.csv", "without.csv"]
+
+
+def test_a_tier_as_the_model_predicts_and_names_the_models_it_picked(photos, tmp_path):
+    """--model fast, as --help offers: a traceback from the run record ("'fast' is a tier")."""
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", photos, "-o", out, "--model", "fast", "--device", "cpu")
+    record = json.loads(out.with_name(out.name + ".partial.json").read_text())
+    assert record["model"]["name"] == "fast (multiview-fast, rgb-fast)"
+    result = run_cli("predict", photos, "-o", out, "--model", "fast", "--device", "cpu")
+    assert result.exit_code == 0 and "resuming: 5 rows" in result.stderr, result.output
+    assert run_cli("predict", photos, "-o", tmp_path / "d.csv", "--device", "cpu").exit_code == 0
+    assert out.read_bytes() == (tmp_path / "d.csv").read_bytes()  # the fast models are the shipped defaults
 
 
 def test_a_submission_never_replaces_a_photo(tmp_path):
@@ -323,3 +356,151 @@ def test_a_pipe_named_as_a_photo_is_skipped_not_waited_on(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("carmask predict waited on a pipe")
     assert done.returncode == 1 and "x.jpg: not a regular file (a pipe or a device)" in done.stderr
+
+
+def test_an_output_name_that_fits_gets_partial_and_temporary_names_that_fit_too(photos, full, tmp_path):
+    """-o of 229+ bytes: 'File name too long' for the partial file's record
+    (the name + 27 bytes), and a 0-byte .partial left."""
+    out = tmp_path / ("é" * 120 + "s.csv")  # 246 bytes
+    interrupted_run(12, "predict", photos, "-o", out, *MODEL)
+    assert run_cli("predict", photos, "-o", out, *MODEL).exit_code == 0
+    assert out.read_bytes() == full.read_bytes()
+    assert sorted(tmp_path.iterdir()) == sorted([photos, out])
+
+
+def test_sibling_names_fit_and_stay_one_name_for_one_path(tmp_path):
+    from carmask.io import sibling
+    long, other = tmp_path / ("é" * 125 + ".csv"), tmp_path / ("é" * 125 + ".CSV")
+    names = [sibling(p, ".partial.json", prefix=".") for p in (long, long, other)]
+    assert all(len(os.fsencode(n.name)) <= 255 for n in names)
+    assert names[0] == names[1] != names[2] and names[0].parent == tmp_path
+    assert sibling(tmp_path / "s.csv", ".partial") == tmp_path / "s.csv.partial"  # as ever where it fits
+
+
+def test_a_disk_that_fills_up_is_one_sentence_and_the_rows_stay_resumable(photos, tmpfs, tmp_path):
+    """-o on a 64 KiB tmpfs: sometimes a traceback from writer.close(), exit 1."""
+    from helpers import remount
+    disk, size = tmpfs("64k"), ("--output-size", "1918x1280")  # rows of some 20 KB
+    result = run_cli("predict", photos, "-o", disk / "s.csv", *MODEL, *size)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"carmask: cannot write {disk / 's.csv.partial'}: No space left on device; ")
+    assert "rows kept in" in message and message.endswith("run the same command again to continue")
+    assert "Traceback" not in result.output and not (disk / "s.csv").exists()
+    remount(disk, "size=16m")
+    resumed = run_cli("predict", photos, "-o", disk / "s.csv", *MODEL, *size)
+    assert resumed.exit_code == 0 and "resuming: " in resumed.stderr, resumed.output
+    assert run_cli("predict", photos, "-o", tmp_path / "whole.csv", *MODEL, *size).exit_code == 0
+    assert (disk / "s.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert sorted(p.name for p in disk.iterdir()) == ["s.csv"]
+
+
+def test_a_disk_too_full_for_the_first_row_leaves_nothing_behind(photos, tmpfs):
+    """On 4 KiB: a 0-byte .partial and its .partial.json were left."""
+    disk = tmpfs("4k")
+    (disk / "filler").write_bytes(b"x" * 4096)
+    result = run_cli("predict", photos, "-o", disk / "s.csv", *MODEL)
+    assert result.exit_code == 2 and "No space left on device" in result.stderr, result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_a_full_disk_without_a_tmpfs_is_the_same_sentence(photos, tmp_path, monkeypatch):
+    """Where no tmpfs can be mounted, a disk that fills up after some rows."""
+    import errno
+    from carmask import submission
+    write_all, calls = submission.write_all, iter(range(1000))
+
+    def filling(stream, data):
+        if next(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_all(stream, data)
+    monkeypatch.setattr(submission, "write_all", filling)
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"cannot write {partial_of(out)}: No space left on device" in result.stderr
+    assert not out.exists() and partial_of(out).exists()
+
+
+def test_a_broken_link_or_a_pipe_in_a_folder_is_named_not_dropped(photos, tmp_path):
+    """The submission was short by them, without a word."""
+    os.symlink(tmp_path / "nowhere.jpg", photos / "gone_01.jpg")
+    os.mkfifo(photos / "pipe.jpg")
+    out = tmp_path / "s.csv"
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 1, result.output
+    assert f"skipped {photos / 'gone_01.jpg'}: no such file" in result.stderr
+    assert f"skipped {photos / 'pipe.jpg'}: not a regular file" in result.stderr
+    assert "2 photo(s) skipped: 1 no such file, 1 not a regular file" in result.stderr
+    assert len(read_submission(out)) == 32
+
+
+def test_results_do_not_depend_on_the_batch_size(data, tmp_path):
+    """--batch-size 1 against 2-64: 1 pixel of 1 mask in 48 differed, 22 of 48
+    cut-outs by 1 level (and a resumed run batches its photos otherwise)."""
+    from carmask.io import find_photos, group_by_car
+    from carmask.predict import Predictor
+    photos = find_photos([data / "a" / "train"])[:21]  # a whole car, and 5 views of another
+    probs = {size: [p.probs for p in Predictor(device="cpu", batch_size=size, upright=False).predict_sets(
+        group_by_car(photos))] for size in (1, 5, 16)}
+    for size in (5, 16):
+        assert all(np.array_equal(a, b) for a, b in zip(probs[1], probs[size])), size
+    for size in (1, 16):
+        assert run_cli("cutout", *photos, "-o", tmp_path / str(size), "--device", "cpu",
+                       "--batch-size", size).exit_code == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "1").iterdir()} == \
+        {p.name: p.read_bytes() for p in (tmp_path / "16").iterdir()}
+
+
+def test_a_rerun_with_another_network_batch_refuses_and_names_it(photos, tmp_path):
+    """On a GPU the network takes --batch-size photos a call, and that changes rows."""
+    out = tmp_path / "s.csv"
+    interrupted_run(5, "predict", photos, "-o", out, *MODEL)
+    record = out.with_name(out.name + ".partial.json")
+    assert json.loads(record.read_text())["network_batch"] == 1  # on the CPU, whatever --batch-size
+    record.write_text(record.read_text().replace('"network_batch": 1', '"network_batch": 16'))
+    result = run_cli("predict", photos, "-o", out, *MODEL)
+    assert result.exit_code == 2 and "network batch was 16, now 1" in result.stderr
+
+
+def test_a_resume_through_a_symlinked_folder_is_the_same_run(photos, full, tmp_path):
+    """"160 photos added ...; 160 photos removed", the same names both sides."""
+    out = tmp_path / "s.csv"
+    interrupted_run(12, "predict", photos, "-o", out, *MODEL)
+    os.symlink(photos, tmp_path / "link")
+    result = run_cli("predict", tmp_path / "link", "-o", out, *MODEL)
+    assert result.exit_code == 0 and "resuming: 12 rows" in result.stderr, result.output
+    assert out.read_bytes() == full.read_bytes()
+
+
+def test_a_kaggle_named_car_with_one_view_is_said_as_one_with_two(data, tmp_path):
+    """Two views got a warning, one view none."""
+    one = sorted((data / "a" / "train").iterdir())[0]
+    result = run_cli("predict", one, "-o", tmp_path / "s.csv", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (f"carmask: warning: {one.name}: car synth003c000 has 1 readable view, and a background needs 3: "
+            f"predicted photo by photo with the single-photo model") in result.stderr.splitlines()
+    assert "1 row (1 predicted now)" in result.stderr
+
+
+def test_a_real_photo_stored_sideways_gets_its_upright_mask_turned_back(real_data, tmp_path):
+    """EXIF orientation 6 on a real test photo: the model ran on the sideways
+    photo (dice 0.55-0.70 against the upright prediction)."""
+    from PIL import Image
+
+    from carmask.io import read_photo
+    from carmask.rle import decode
+    photo = read_photo(real_data / "carvana-test-1918" / "test" / "0004d4463b50_01.jpg")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(photo).save(folder / "upright.png")
+    sideways = Image.fromarray(np.rot90(photo, 1).copy())  # stored a quarter anticlockwise: 6 turns it back
+    exif = sideways.getexif()
+    exif[0x0112] = 6
+    sideways.save(folder / "sideways.png", exif=exif)
+    out = tmp_path / "s.csv"
+    assert run_cli("predict", folder, "-o", out, "--device", "cpu").exit_code == 0
+    rows = read_submission(out)
+    upright = decode(rows["upright.png"], (1280, 1918))
+    assert np.array_equal(decode(rows["sideways.png"], (1918, 1280)), np.rot90(upright, 1))

@@ -76,7 +76,8 @@ def test_remove_set_reports_each_view(seed_model, synth_data):
     assert load(Image.new("L", (3, 2))).shape == (2, 3, 3)
 
 
-def test_two_inputs_with_one_name_get_two_outputs(rgb_model, photo_path, tmp_path):
+def test_two_inputs_with_one_name_get_two_outputs_in_their_folders(rgb_model, photo_path, tmp_path):
+    """They were car_01.jpg.png and car_01.jpg-2.png: nothing said which was which."""
     for folder in ("dupA", "dupB"):
         (tmp_path / folder).mkdir()
         shutil.copy(photo_path, tmp_path / folder / "car_01.jpg")
@@ -84,7 +85,7 @@ def test_two_inputs_with_one_name_get_two_outputs(rgb_model, photo_path, tmp_pat
     result = run_cli("cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg",
                      "-o", out, "--model", rgb_model)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["car_01.jpg-2.png", "car_01.jpg.png"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["dupA/car_01.png", "dupB/car_01.png"]
     assert "wrote 2 cut-out(s)" in result.stderr
     again = run_cli("cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg",
                     "-o", out, "--model", rgb_model)

@@ -49,21 +49,40 @@ def exif_rotated(photo: np.ndarray, orientation: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def test_exif_rotated_photos_on_the_stored_grid_or_upright(big_set, tmp_path):
-    """Submissions are on the stored pixel grid (Kaggle's masks), cut-outs upright."""
+def test_exif_rotated_photos_are_seen_upright_and_given_back_on_the_stored_grid(big_set, tmp_path):
+    """The network sees a turned photo upright (it ran on the sideways photo:
+    dice 0.55-0.70 against the upright prediction); submissions get the mask
+    turned back onto the stored pixel grid (Kaggle's masks'), cut-outs upright."""
+    from carmask.rle import encode
     stored = read_photo(big_set[0])  # 400 wide, 300 high as stored
     path = tmp_path / "turned_01.jpg"
     path.write_bytes(exif_rotated(stored))  # viewers show it 300 wide, 400 high
-    grid = Predictor(device="cpu", upright=False)
-    [encoded] = grid.predict_sets(group_by_car([path]), encode=True)
-    as_stored = grid.predict_photo(read_photo(path, upright=False))
-    assert encoded.runs.max() <= 300 * 400
-    assert encoded.rle == grid.predict_views([("x", path)])[0].rle
-    np.testing.assert_allclose(grid.predict_photo(path), as_stored, atol=1e-4)
-    assert as_stored.shape == (300, 400)
     upright = Predictor(device="cpu").predict_photo(path)
     assert upright.shape == (400, 300)
     np.testing.assert_allclose(upright, Predictor(device="cpu").predict_photo(read_photo(path)), atol=1e-4)
+    grid = Predictor(device="cpu", upright=False)
+    on_grid = grid.predict_photo(path)
+    np.testing.assert_allclose(on_grid, np.rot90(upright, 1), atol=1e-4)  # 6: back a quarter anticlockwise
+    [encoded] = grid.predict_sets(group_by_car([path]), encode=True)
+    assert encoded.rle == grid.predict_views([("x", path)])[0].rle == encode(on_grid > 0.5)
+    sized = grid.predict_photo(path, output_size=(200, 150))  # an output size is the stored grid's
+    np.testing.assert_allclose(sized, np.rot90(Predictor(device="cpu").predict_photo(path, output_size=(150, 200)),
+                                               1), atol=1e-4)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_stored_grid_undoes_every_exif_turn(orientation):
+    from carmask.decode import stored_grid
+    from carmask.io import read_turned
+    stored = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", exif=exif)  # lossless
+    upright, turned = read_turned(buffer.getvalue())
+    assert turned == orientation
+    assert np.array_equal(stored_grid(torch.from_numpy(upright), turned, dims=(0, 1)).numpy(), stored)
 
 
 def jpeg(photo, **params) -> bytes:

@@ -123,13 +123,13 @@ def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, syn
     import carmask.predict
     photos = sorted((synth_data / "test").glob("*.jpg"))[:4]
     decoded = []
-    real = carmask.decode.read_photo
+    real = carmask.decode.read_turned
 
     def counting(source, **kwargs):
         decoded.append(source)
         return real(source, **kwargs)
 
-    monkeypatch.setattr(carmask.decode, "read_photo", counting)
+    monkeypatch.setattr(carmask.decode, "read_turned", counting)
     monkeypatch.setattr(carmask.predict, "decode", lambda *a, **k: pytest.fail("decoded twice"))
     predictor = Predictor(model=rgb_model, device="cpu")
     items = [(p.name, p) for p in photos]

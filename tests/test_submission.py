@@ -41,12 +41,28 @@ def test_close_keeps_queued_rows_for_a_resume(tmp_path):
     assert len(read_submission(out)) == 50
 
 
-def test_a_failing_disk_is_reported_not_swallowed(tmp_path):
+def test_a_failing_disk_is_reported_not_swallowed(tmp_path, monkeypatch):
+    import errno
+    from carmask import submission
     writer = SubmissionWriter(tmp_path / "sub.csv")
-    writer._file.close()  # what a vanished disk looks like to the writer thread
     writer.write("a.jpg", "1 2")
-    with pytest.raises(OSError, match="could not write"):
+    writer.flush()
+
+    def full(stream, data):
+        stream.write(data[:5])  # part of a row, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(submission, "write_all", full)
+    writer.write("b.jpg", "3 4")
+    with pytest.raises(OSError) as caught:
         writer.flush()
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(writer.partial)
+    writer.close()  # never raises for the disk it could not write
+    monkeypatch.undo()
+    resumed = SubmissionWriter(tmp_path / "sub.csv")
+    assert resumed.done == {"a.jpg"}  # the cut-short row cut off
+    resumed.write("b.jpg", "3 4")
+    resumed.finish()
+    assert read_submission(tmp_path / "sub.csv") == {"a.jpg": "1 2", "b.jpg": "3 4"}
 
 
 def test_long_rows_of_carmasks_own_output_are_read(tmp_path):

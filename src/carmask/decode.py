@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from carmask.io import MAX_PIXELS, ImageError, read_photo
+from carmask.io import MAX_PIXELS, ImageError, read_photo, read_turned
 from carmask.views import resize_image
 
 # Pillow's arrays are read-only. Nothing in the pipeline writes into a photo,
@@ -61,10 +61,13 @@ class Decoded:
     """A decoded photo of `size` (width, height): at full resolution, 3 x H x W
     uint8 on the device (to be read, never written), and on the CPU also
     reduced to a frame by the worker that decoded it; the full-resolution
-    photo may then be dropped (`photo` None) to save memory."""
+    photo may then be dropped (`photo` None) to save memory. `orientation`:
+    the EXIF orientation it was turned upright from (1: none), which
+    `stored_grid` undoes."""
     photo: torch.Tensor | None
     size: tuple[int, int]
     frame: torch.Tensor | None = None
+    orientation: int = 1
 
 
 def to_tensor(photo: np.ndarray, pin: bool = False) -> torch.Tensor:
@@ -83,6 +86,28 @@ def decode(source, *, name=None, upright: bool = True, device="cpu") -> torch.Te
     device = torch.device(device)
     photo = to_tensor(read_photo(source, name=name, upright=upright), pin=device.type == "cuda")
     return photo.to(device, non_blocking=True)
+
+
+def stored_grid(tensor: torch.Tensor, orientation: int, dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
+    """An upright `tensor` (rows and columns at `dims`) back on the pixel grid
+    of a photo stored with the EXIF `orientation`: the inverse of the turn
+    that made it upright (Pillow's `ImageOps.exif_transpose`)."""
+    rows, cols = dims
+    if orientation == 2:
+        return tensor.flip(cols)
+    if orientation == 3:
+        return tensor.flip(rows, cols)
+    if orientation == 4:
+        return tensor.flip(rows)
+    if orientation == 5:
+        return tensor.transpose(rows, cols)
+    if orientation == 6:  # turned a quarter clockwise to stand: back a quarter anticlockwise
+        return tensor.rot90(1, (rows, cols))
+    if orientation == 7:
+        return tensor.transpose(rows, cols).flip(rows, cols)
+    if orientation == 8:
+        return tensor.rot90(-1, (rows, cols))
+    return tensor
 
 
 class Decoder:
@@ -127,14 +152,15 @@ class Decoder:
                 data = _jpeg_for_nvjpeg(source, self.upright)
                 if data is not None:
                     return _Encoded(data, str(source.name))
-            photo = self._cpu(source.data, str(source.name))
+            photo, orientation = self._cpu(source.data, str(source.name))
             reduced = resize_image(photo[None], frame)[0] if frame else None
-            return Decoded(photo if keep else None, (photo.shape[-1], photo.shape[-2]), reduced)
+            return Decoded(photo if keep else None, (photo.shape[-1], photo.shape[-2]), reduced, orientation)
         finally:
             self._count(start)
 
-    def _cpu(self, data, name: str) -> torch.Tensor:
-        return to_tensor(read_photo(data, name=name, upright=self.upright), self._pin)
+    def _cpu(self, data, name: str) -> tuple[torch.Tensor, int]:
+        photo, orientation = read_turned(data, name=name, upright=self.upright)
+        return to_tensor(photo, self._pin), orientation
 
     def _count(self, start: float) -> None:
         with self._lock:
@@ -170,7 +196,7 @@ class Decoder:
             out = []
             for jpeg in jpegs:
                 try:
-                    out.append(self._cpu(jpeg.data, jpeg.name))
+                    out.append(self._cpu(jpeg.data, jpeg.name)[0])  # never turned: see _jpeg_for_nvjpeg
                 except ImageError as exc:
                     out.append(exc)
             return out

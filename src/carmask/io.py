@@ -5,13 +5,16 @@ commands can report it and go on with the rest.
 """
 from __future__ import annotations
 
+import errno
 import glob
+import hashlib
 import io as _io
 import operator
 import os
 import re
 import secrets
 import stat
+import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -21,9 +24,16 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image, ImageOps
 
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, and no stale temporary files found
+    fcntl = None
+
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Larger than any camera: refuses decompression bombs before they are decoded.
 MAX_PIXELS = 64_000_000
+# Ends the name of every temporary file of `atomic_write` (.<name>.<8 hex>.carmask-tmp).
+TEMPORARY_SUFFIX = ".carmask-tmp"
 # What a photo may be, everywhere a photo is taken (`read_photo`).
 PHOTO_TYPES = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
 _VIEW_NAME = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
@@ -122,19 +132,28 @@ def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.n
     mode). An array is H x W (grey), H x W x 3 or H x W x 4 (alpha dropped):
     uint8, or floats in 0..1, or uint16 (16-bit, scaled to 8 bits), or bool,
     or other integers in 0..255. `upright`: turn the photo as its EXIF
-    orientation says (as viewers show it, for cut-outs); False keeps the
-    stored pixel grid (the grid of Kaggle's masks, for submissions and
-    training). Any failure is an `ImageError` naming `name` (or the path).
+    orientation says (as viewers show it, and as the network sees it); False
+    keeps the stored pixel grid (the grid of Kaggle's masks, for training).
+    Any failure is an `ImageError` naming `name` (or the path).
     """
+    return read_turned(source, name=name, upright=upright)[0]
+
+
+def read_turned(source, *, name: str | None = None, upright: bool = True) -> tuple[np.ndarray, int]:
+    """`read_photo`, and the EXIF orientation (2-8) it turned the photo from,
+    or 1 where it did not turn it."""
     check_source(source, name)
     name = str(name) if name else source_name(source)
     if isinstance(source, np.ndarray):
-        return _from_array(source, name)
+        return _from_array(source, name), 1
     image = source if isinstance(source, Image.Image) else _open(source, name)
     try:
-        if upright and image.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
+        orientation = image.getexif().get(0x0112, 1) if upright else 1
+        if orientation not in range(2, 9):
+            orientation = 1
+        else:  # (exif_transpose copies even an upright photo)
             image = ImageOps.exif_transpose(image)
-        return np.asarray(_to_rgb(image))
+        return np.asarray(_to_rgb(image)), orientation
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
@@ -205,30 +224,143 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     return (values > 0).astype(np.uint8)
 
 
-def atomic_write(path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file.
-    The file is created as any other (0666 less the umask: 0644 as a rule)."""
+def atomic_write(path, write: Callable[[Path], None], replace: bool = True) -> None:
+    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file,
+    and tmp never outlives the call (a signal that stops it included; after
+    SIGKILL, `remove_stale_temporaries` finds it: tmp is locked while it lives).
+    The file is created as any other (0666 less the umask: 0644 as a rule);
+    an OSError about tmp names `path`, the file asked for. `replace`: False
+    leaves a file already at `path` as it is (FileExistsError), even one
+    that another process made meanwhile."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # mkstemp would create 0600, whatever the umask
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
+    tmp, fd, published = None, None, False
     try:
+        while tmp is None:  # mkstemp would create 0600, whatever the umask
+            candidate = sibling(path, f".{secrets.token_hex(4)}{TEMPORARY_SUFFIX}", prefix=".")
+            try:
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            tmp = candidate
+            _hold(fd)
         write(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path, replace)
+        published = True
+    except OSError as exc:
+        if tmp is not None and exc.filename in (str(tmp), tmp):
+            exc.filename = str(path)
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        if tmp is not None and not published:
+            tmp.unlink(missing_ok=True)
+        if fd is not None:
+            os.close(fd)
 
 
-def save_image(path, array: np.ndarray, **params) -> None:
-    """Save an array as an image (format from the suffix), atomically."""
+def _hold(fd: int) -> None:
+    """Lock a temporary file while it lives, so that it is not taken for a stale one."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:  # a file system without locks: nothing is found stale there either
+        pass
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Remove the temporary files of `atomic_write` in `folder` that no process
+    holds: left by one that was killed (SIGKILL, a power cut). How many."""
+    if fcntl is None:
+        return 0
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX)):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while its writer lives
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _publish(tmp: Path, path: Path, replace: bool) -> None:
+    """tmp becomes `path` in one step; without `replace`, only where nothing
+    is (a hard link fails on an existing name, atomically)."""
+    if replace:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+    except OSError as exc:  # a file system without hard links: checked, then moved
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+def binary_stdout():
+    """Standard output as a binary stream; an OSError (EBADF) where there is
+    none (`>&-`: Python then has None for it)."""
+    stream = getattr(sys.stdout, "buffer", None)
+    if stream is None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    return stream
+
+
+def write_all(stream, data) -> None:
+    """All of `data` to a binary stream, through as many writes as it takes:
+    an unbuffered one (a pipe's FileIO) may take part of it and say so by
+    the count, which dropped the rest of a cut-out (64 KiB of 738 KB)."""
+    view = memoryview(data)
+    while view:
+        view = view[stream.write(view):]
+
+
+def sibling(path, suffix: str, prefix: str = "") -> Path:
+    """`prefix + name + suffix` beside `path` (a partial or temporary file).
+    Where that would not fit in a file name of `path`'s folder, the name is
+    cut short and ends in a hash of the whole: it fits whenever `path` fits,
+    and stays one name for one path."""
+    path = Path(path)
+    name, room = path.name, _name_max(path.parent) - len(os.fsencode(prefix + suffix))
+    if len(os.fsencode(name)) > room:
+        mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
+        while name and len(os.fsencode(name + mark)) > room:
+            name = name[:-1]
+        name += mark
+    return path.with_name(prefix + name + suffix)
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that `folder` takes (255 as a rule)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def save_image(path, array: np.ndarray, replace: bool = True, **params) -> None:
+    """Save an array as an image (format from the suffix), atomically (`replace`: see `atomic_write`)."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params))
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params), replace)
 
 
 def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
@@ -244,8 +376,10 @@ def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
                       if Path(p).suffix.lower() in PHOTO_SUFFIXES]
         elif Path(item).is_dir():
             root = Path(item)
+            # anything with a photo's name but a folder: a broken link or a pipe is
+            # named when it is read ("no such file", "not a regular file"), not dropped
             found += [p for p in (root.rglob("*") if recursive else root.iterdir())
-                      if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+                      if p.suffix.lower() in PHOTO_SUFFIXES and not p.is_dir()
                       and not any(part.startswith(".") for part in p.relative_to(root).parts)]
         else:
             found.append(Path(item))  # a missing file is reported when it is read

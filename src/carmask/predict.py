@@ -37,7 +37,7 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from carmask import models
-from carmask.decode import Decoded, Decoder, Source, decode
+from carmask.decode import Decoded, Decoder, Source, decode, stored_grid
 from carmask.devices import pick_device, usable_cores
 from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size, source_name
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
@@ -90,12 +90,12 @@ class Prediction:
 class Batch:
     """What a `refine` hook sees of a model batch, on the predictor's device.
 
-    `photos[i]`: photo i decoded at full resolution, 3 x H x W uint8 (on the
-    stored pixel grid, or upright if the predictor is); `views[i]`: the
+    `photos[i]`: photo i decoded at full resolution, 3 x H x W uint8, upright
+    (as the network sees it); `views[i]`: the
     indices in `photos` of the views its car's background came from (itself
     included; `[i]` for a photo predicted alone); `probs[i]`: its H x W
     float32 probabilities at its output size (the photo's own unless an
-    output size was asked for). The hook returns, one per photo, either
+    output size was asked for), upright too. The hook returns, one per photo, either
     `refine.Edges` (alpha and the car's colour, at the photo's size: what a
     cut-out takes) or an alpha tensor alone (float 0..1 or uint8 0..255, at
     any size); for masks and probabilities, alpha is resized to the output
@@ -112,9 +112,11 @@ class Predictor:
     None for the most accurate tier shipped; with a tier or None, each photo
     gets the multi-view model of that tier in a set of at least 3 views of a
     car, the single-photo one otherwise (`models.default_for`).
-    `output_size` (width, height) defaults to each photo's own. `upright`:
-    turn photos as their EXIF orientation says (cut-outs); False keeps the
-    stored pixel grid (Kaggle submissions, whose masks are on that grid).
+    `output_size` (width, height) defaults to each photo's own. The network
+    sees every photo upright, turned as its EXIF orientation says; `upright`
+    gives the results so (cut-outs), False turns them back onto the stored
+    pixel grid (Kaggle submissions, whose masks are on that grid; an output
+    size is then the stored grid's too).
     `sets`: "auto" predicts a car's views as a set only when they share a
     studio (same size, and each agrees with their median background outside
     the car), else photo by photo with a warning; "always" trusts the names;
@@ -174,16 +176,16 @@ class Predictor:
     def decoder(self) -> Decoder:
         """The decoding threads (and nvjpeg), made on first use."""
         if self._decoder is None:
-            self._decoder = Decoder(self.device, self.workers, self.upright, self.nvjpeg, self._device_lock)
+            self._decoder = Decoder(self.device, self.workers, nvjpeg=self.nvjpeg, lock=self._device_lock)
         return self._decoder
 
     # -- the network ----------------------------------------------------------
     @torch.inference_mode()
     def _probabilities(self, model: models.Segmenter, inputs: torch.Tensor) -> torch.Tensor:
         """N x C x H x W uint8 inputs on the device -> N x H x W float32 probabilities there."""
-        out = []
-        for start in range(0, len(inputs), self.batch_size):
-            batch = inputs[start:start + self.batch_size].float()
+        out, step = [], network_batch(self.device, self.batch_size)
+        for start in range(0, len(inputs), step):
+            batch = inputs[start:start + step].float()
             probs = self._run(model, batch)
             if self.tta:
                 probs = (probs + self._run(model, batch.flip(-1)).flip(-1)) / 2
@@ -191,9 +193,9 @@ class Predictor:
         return torch.cat(out) if out else inputs.new_zeros((0, *inputs.shape[2:]), dtype=torch.float32)
 
     def _run(self, model, batch: torch.Tensor) -> torch.Tensor:
-        forward, count = self._forward(model), len(batch)
-        if self.compile and count < self.batch_size:  # one shape: no recompiling, one graph
-            batch = torch.cat([batch, batch.new_zeros((self.batch_size - count,) + batch.shape[1:])])
+        forward, count, size = self._forward(model), len(batch), network_batch(self.device, self.batch_size)
+        if count < size:  # one shape (see network_batch); compiled, one graph
+            batch = torch.cat([batch, batch.new_zeros((size - count,) + batch.shape[1:])])
         batch = batch.contiguous(memory_format=torch.channels_last)
         if self.device.type != "cuda":
             return torch.sigmoid(forward(batch))[:count]
@@ -259,7 +261,7 @@ class Predictor:
         x C uint8, and each photo's crop box in frame pixels. The training
         cache holds exactly these."""
         spec = self.model_for(len(photos)).spec
-        inputs = car_inputs([decode(p, upright=self.upright, device=self.device) for p in photos], spec)
+        inputs = car_inputs([decode(p, device=self.device) for p in photos], spec)
         return inputs.x.permute(0, 2, 3, 1).cpu().numpy(), inputs.boxes
 
     # -- the stream -----------------------------------------------------------
@@ -313,6 +315,12 @@ class Predictor:
                 yield from finisher.done()
             yield from finisher.close()
         finally:
+            # Stopped early (Ctrl-C, a closed generator): no decoding for cars
+            # never to be predicted, and no thread left in torch when Python
+            # exits (that aborted the process: "terminate called...").
+            for car in pending:
+                for future in car.futures:
+                    future.cancel()
             finisher.stop()
         if self.stage_seconds is not None:  # the workers' decoding time (they overlap the rest)
             self.stage_seconds["decode"] += decoder.seconds - decoded_before
@@ -366,16 +374,16 @@ class Predictor:
         pieces, on the device, copied to pinned host memory, read there."""
         cars, runs = computed
         with self._device_lock, self._stage("postprocess"):
-            placed: list[tuple[_Slot, Placed]] = []
-            for model, members, inputs, probs in runs:
-                sizes = [output.size or slot.size for slot in members]
-                placed += zip(members, place(probs, inputs.boxes, model.spec.frame, sizes))
+            placed = self._place(runs, output.size)
             if output.cutout is not None:
-                pieces = [(_to_host(e.alpha), _to_host(e.foreground))
-                          for e in (self._hook(output.cutout, placed) if placed else [])]
+                made = self._hook(output.cutout, placed) if placed else []
+                pieces = [(_to_host(self._grid(slot, e.alpha)), _to_host(self._grid(slot, e.foreground, (0, 1))))
+                          for (slot, _), e in zip(placed, made)]
             elif self.refine is not None and placed:
                 placed = [(slot, _as_probabilities(e, p.size))
                           for (slot, p), e in zip(placed, self._hook(self.refine, placed))]
+            if output.cutout is None:
+                placed = self._as_given(placed)
             slots = [slot for slot, _ in placed]
             for slot in slots:
                 slot.photo, slot.frame, slot.views = None, None, []  # only the results travel on
@@ -408,7 +416,7 @@ class Predictor:
         single photos (with a warning where the set was not used)."""
         readable = [slot for slot in car.slots if slot.error is None]
         of_car = f" of car {car.name}" if car.name else ""  # uploads come without a car's name
-        if len(readable) < 2 or self.sets == "never":
+        if len(readable) < (1 if car.name else 2) or self.sets == "never":  # a named car's one view: said
             return [_Unit([slot]) for slot in readable]
         if not self.model_for(max(len(readable), MIN_VIEWS)).spec.needs_views:
             return [_Unit([slot]) for slot in readable]  # a photo-only model: each alone
@@ -424,7 +432,8 @@ class Predictor:
             return [_Unit(readable, check=self.sets == "auto")] + units
         if self.model_name is None or str(self.model_name) in models.TIERS:  # a default model for each case
             has = f"car {car.name} has" if car.name else "only"
-            warning = (f"{_names(readable)}: {has} {len(readable)} readable views, and a background needs "
+            views = f"{len(readable)} readable view{'s' * (len(readable) != 1)}"
+            warning = (f"{_names(readable)}: {has} {views}, and a background needs "
                        f"{MIN_VIEWS}: predicted photo by photo with the single-photo model")
             return [_Unit([slot], warning) for slot in readable] + units
         return [_Unit([slot]) for slot in readable] + units  # the named model says what it needs
@@ -482,6 +491,22 @@ class Predictor:
                                                           [1] * len(singles), model.spec)))
         return runs
 
+    def _place(self, runs, size: tuple[int, int] | None) -> list[tuple[_Slot, Placed]]:
+        """Each photo's probabilities at its output `size` (None: its own), upright."""
+        placed: list[tuple[_Slot, Placed]] = []
+        for model, members, inputs, probs in runs:
+            sizes = [slot.upright_size(size, self.upright) for slot in members]
+            placed += zip(members, place(probs, inputs.boxes, model.spec.frame, sizes))
+        return placed
+
+    def _as_given(self, placed: list[tuple[_Slot, Placed]]) -> list[tuple[_Slot, Placed]]:
+        """Probabilities as the results are given: upright, or turned back onto the stored grid."""
+        return placed if self.upright else [(slot, _on_grid(p, slot.orientation)) for slot, p in placed]
+
+    def _grid(self, slot: _Slot, piece: torch.Tensor, dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
+        """A cut-out piece as the results are given: upright, or on the stored grid."""
+        return piece if self.upright else stored_grid(piece, slot.orientation, dims)
+
     def _hook(self, hook: Callable, placed: list[tuple[_Slot, Placed]]) -> list[Edges | torch.Tensor]:
         """What a refine hook makes of the batch (see `Batch`)."""
         index = {id(slot): i for i, (slot, _) in enumerate(placed)}
@@ -498,6 +523,16 @@ class _Output:
     size: tuple[int, int] | None
     encode: bool
     cutout: Callable[[Batch], list[Edges]] | None
+
+
+def _on_grid(placed: Placed, orientation: int) -> Placed:
+    """Upright probabilities turned back onto the stored grid of a photo with
+    the EXIF `orientation` (whole: its box turns with it)."""
+    if orientation == 1:
+        return placed
+    probs = stored_grid(placed.full(), orientation)
+    size = (probs.shape[1], probs.shape[0])
+    return Placed(probs, Box(0, 0, *size), size)
 
 
 def _as_probabilities(refined: Edges | torch.Tensor, size: tuple[int, int]) -> Placed:
@@ -524,16 +559,24 @@ class _Slot:
         self.alpha = self.foreground = None
         self.error: Exception | None = decoded if isinstance(decoded, Exception) else None
         self.photo = self.frame = self.size = None
+        self.orientation = 1  # the EXIF orientation it was turned upright from
         self.views: list[_Slot] = []  # the slots of its set, when predicted as one
         if self.error is None:
             self.photo, self.frame, self.size = decoded.photo, decoded.frame, decoded.size
+            self.orientation = decoded.orientation
+
+    def upright_size(self, size: tuple[int, int] | None, upright: bool) -> tuple[int, int]:
+        """Where its probabilities are placed, upright: `size` (width, height,
+        on the stored grid when the results go back there), else its own."""
+        if size is None:
+            return self.size
+        return (size[1], size[0]) if not upright and self.orientation in (5, 6, 7, 8) else size
 
     def full_photo(self, predictor: Predictor) -> torch.Tensor:
         """The photo at full resolution: kept from decoding, or decoded again
         (on the CPU the workers keep only the frame its model was expected to need)."""
         if self.photo is None:
-            self.photo = decode(self.source.data, name=str(self.path), upright=predictor.upright,
-                                device=predictor.device)
+            self.photo = decode(self.source.data, name=str(self.path), device=predictor.device)
         return self.photo
 
     def fail(self, error: Exception, warning: str | None = None) -> None:
@@ -599,15 +642,29 @@ class _Finisher:
         yield from self.done()
 
     def stop(self) -> None:
-        """Let the thread end without more work (the caller stopped reading)."""
+        """End the thread without more work (the caller stopped reading): the
+        batch in hand is finished, then the thread is gone."""
         self._stopped = True
         if self._threaded:
             self._todo.put(None)
+            self._thread.join()
             self._threaded = False
 
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def network_batch(device: torch.device, batch_size: int) -> int:
+    """Photos per network call, the last call padded. A convolution's result
+    for a photo depends on the call's batch size (the kernels it picks: 1
+    pixel of 1 mask in 48 differed between --batch-size 1 and 16), never on
+    the other photos in the call; so each call takes this many, and a
+    photo's probabilities depend on nothing else in its batch (resumed runs
+    and the Ray engine batch photos otherwise). On the CPU one photo (as fast
+    per photo as 16, measured on the shipped models): independent of the
+    batch size too; on a GPU `batch_size`, which a resume then compares."""
+    return 1 if torch.device(device).type == "cpu" else batch_size
 
 
 def _fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:

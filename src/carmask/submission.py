@@ -20,14 +20,13 @@ import hashlib
 import json
 import os
 import queue
-import sys
 import threading
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from carmask.io import atomic_write
+from carmask.io import atomic_write, binary_stdout, sibling, write_all
 from carmask.rle import encode_boundaries
 from carmask.views import MIN_VIEWS
 
@@ -53,7 +52,8 @@ class SubmissionWriter:
 
     `run`: what the run is for (`run_record`), kept beside the partial file and
     compared on a resume. `done`: names already written; `kept`: how many of
-    them an interrupted run had written.
+    them an interrupted run had written. `overwrite`: start afresh, and
+    replace `path` at the end; a run begun so may be continued without it.
     """
 
     def __init__(self, path, overwrite: bool = False, run: dict | None = None, queue_size: int = 256):
@@ -61,24 +61,24 @@ class SubmissionWriter:
         if str(path) == "-":
             self.path = self.partial = self.record = None
             self.done: set[str] = set()
-            self._file = sys.stdout
-            self._file.write(HEADER)
+            self._out = binary_stdout()
+            write_all(self._out, HEADER.encode())
         else:
             self.path = Path(path)
-            self.partial = self.path.with_name(self.path.name + ".partial")
-            self.record = self.path.with_name(self.path.name + ".partial.json")
-            if self.path.exists() and not overwrite:
-                raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
-            fd = self._lock()
+            # names that fit wherever the submission's own name fits
+            self.partial = sibling(self.path, ".partial")
+            self.record = sibling(self.path, ".partial.json")
+            # unbuffered: what was written is in the file, or the write failed
+            self._out = os.fdopen(self._lock(), "ab", buffering=0)
             try:
-                self.done = self._start(fd, overwrite)
+                self.done = self._start(overwrite)
             except BaseException:
-                os.close(fd)
+                self._forget_if_empty()
+                self._out.close()
                 raise
-            self._file = os.fdopen(fd, "a", newline="", encoding="utf-8")
         self.kept = len(self.done)
         self._rows: queue.Queue = queue.Queue(queue_size)  # bounded: memory stays bounded too
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._write_rows, name="submission-writer", daemon=True)
         self._thread.start()
 
@@ -103,15 +103,11 @@ class SubmissionWriter:
                 raise
             os.close(fd)  # a run that was finishing moved the file away: lock the new one
 
-    def _start(self, fd: int, overwrite: bool) -> set[str]:
+    def _start(self, overwrite: bool) -> set[str]:
         """Names already written (a resume), or none after starting afresh."""
-        empty = os.fstat(fd).st_size <= len(HEADER)  # no row: nothing to keep
-        if self.path.exists() and not overwrite:  # a run finished while this one started
-            if empty and not self.record.exists():
-                self.partial.unlink()
-            raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
-        if not empty and not overwrite:
-            recorded = self._recorded()
+        rows = os.fstat(self._out.fileno()).st_size > len(HEADER)  # none: nothing to keep
+        recorded = self._recorded() if rows and not overwrite else None
+        if rows and not overwrite:
             if recorded is None:
                 raise OtherRun(f"{self.partial} does not say which run wrote it; pass --overwrite to "
                                f"start afresh")
@@ -120,13 +116,25 @@ class SubmissionWriter:
                 raise OtherRun(f"{self.partial} is an unfinished run of something else: "
                                f"{'; '.join(changes)}. Run that command again to finish it, "
                                f"or pass --overwrite to start afresh")
-            done = self._recover(fd)
+        # A run begun with --overwrite was told it may replace the output: its
+        # continuation, without --overwrite (which would start afresh), may too.
+        replaces = overwrite or bool(recorded and recorded.get("replaces"))
+        if self.path.exists() and not replaces:
+            raise FileExistsError(f"{self.path} exists; pass --overwrite to replace it")
+        if recorded is not None:
+            done = self._recover()
             if done is not None:
                 return done
-        os.ftruncate(fd, 0)
-        atomic_write(self.record, lambda tmp: tmp.write_text(json.dumps(self.run)))
-        os.write(fd, HEADER.encode())
+        os.ftruncate(self._out.fileno(), 0)
+        atomic_write(self.record, lambda tmp: tmp.write_text(json.dumps({**self.run, "replaces": replaces})))
+        write_all(self._out, HEADER.encode())
         return set()
+
+    def _forget_if_empty(self) -> None:
+        """A start that failed leaves no file without a row behind (it holds the lock)."""
+        if os.fstat(self._out.fileno()).st_size <= len(HEADER):
+            self.partial.unlink(missing_ok=True)
+            self.record.unlink(missing_ok=True)
 
     def _recorded(self) -> dict | None:
         try:
@@ -134,7 +142,7 @@ class SubmissionWriter:
         except (OSError, ValueError):
             return None
 
-    def _recover(self, fd: int) -> set[str] | None:
+    def _recover(self) -> set[str] | None:
         """Names in the partial file (a half-written last row is cut off), or
         None when it is not a submission."""
         names: set[str] = set()
@@ -147,7 +155,7 @@ class SubmissionWriter:
                     break
                 names.add(split_row(line.decode("utf-8", "replace"))[0])
                 end += len(line)
-        os.ftruncate(fd, end)
+        os.ftruncate(self._out.fileno(), end)
         return names
 
     # -- rows ----------------------------------------------------------------
@@ -163,30 +171,40 @@ class SubmissionWriter:
         return len(self.done) - self.kept
 
     def _write_rows(self) -> None:
-        while (row := self._rows.get()) is not None:
+        """Rows go out whole, a few at a time: at most the last one is cut short
+        when the disk fills up (a resume cuts it off)."""
+        pending = bytearray()
+        while True:
+            row = self._rows.get()
             try:
                 if self._error is None:
-                    img, rle = row
-                    self._file.write(f"{_quoted(img)},{rle if isinstance(rle, str) else encode_boundaries(rle)}\n")
-                    if self._rows.empty():
-                        self._file.flush()
-            except BaseException as exc:  # reported to the caller; keep taking rows so it never blocks
+                    if row is not None:
+                        img, rle = row
+                        rle = rle if isinstance(rle, str) else encode_boundaries(rle)
+                        pending += f"{_quoted(img)},{rle}\n".encode()
+                    if row is None or self._rows.empty() or len(pending) > 1 << 20:
+                        write_all(self._out, pending)
+                        pending.clear()
+            except Exception as exc:  # reported to the caller; keep taking rows so that it never blocks
                 self._error = exc
             finally:
                 self._rows.task_done()
-        self._rows.task_done()
+            if row is None:
+                return
 
     def _check(self) -> None:
-        if self._error is not None:
-            where = self.partial or "<stdout>"
-            reason = getattr(self._error, "strerror", None) or self._error
-            raise OSError(f"could not write {where}: {reason}") from self._error
+        """The writer thread's error, naming the file it could not write."""
+        error = self._error
+        if isinstance(error, OSError):
+            raise OSError(error.errno, error.strerror or str(error),
+                          str(self.partial) if self.partial else None) from error
+        if error is not None:
+            raise error
 
     def flush(self) -> None:
-        """Wait until every queued row is on disk."""
+        """Wait until every queued row is written."""
         self._rows.join()
         self._check()
-        self._file.flush()
 
     def _stop(self) -> None:
         if self._thread.is_alive():
@@ -198,34 +216,37 @@ class SubmissionWriter:
         """Close and publish: the partial file becomes the submission, atomically."""
         self._stop()
         self._check()
-        self._file.flush()
         if self.path is None:
+            self._out.flush()
             return None
-        os.fsync(self._file.fileno())
-        self.record.unlink(missing_ok=True)
+        os.fsync(self._out.fileno())
         os.replace(self.partial, self.path)
-        self._file.close()  # and with it the lock
+        self.record.unlink(missing_ok=True)  # after: a failed publish stays resumable
+        self._out.close()  # and with it the lock
         return self.path
 
     def close(self) -> None:
-        """Stop without publishing: rows already queued are written, and the
-        partial file stays for a resume (if it holds any row)."""
+        """Stop without publishing: rows already queued are written (as far
+        as the disk takes them), and the partial file stays for a resume (if
+        it holds any row). Never raises for a disk or pipe that failed."""
         self._stop()
         if self.path is None:
-            self._file.flush()
+            try:
+                self._out.flush()
+            except OSError:
+                pass  # the caller reports the error it met
         elif not self.done:
             self.discard()
-        elif not self._file.closed:
-            self._file.flush()
-            self._file.close()
+        else:
+            self._out.close()
 
     def discard(self) -> None:
         """Stop and leave nothing behind (a run that has no row to publish)."""
         self._stop()
-        if self.path is not None and not self._file.closed:
+        if self.path is not None and not self._out.closed:
             self.record.unlink(missing_ok=True)
             self.partial.unlink(missing_ok=True)
-            self._file.close()
+            self._out.close()
 
 
 # -- what a run is for -----------------------------------------------------------
@@ -234,28 +255,34 @@ def run_record(photos: Iterable[Path], model=None, **options) -> dict:
     size and modification time, the model (by content), and `options` such as
     output_size and tta (any JSON values)."""
     stats = {}
-    for photo in photos:
+    for photo in map(Path, photos):
+        # its folder resolved: a resume through a symlinked folder is the same run
+        key = os.path.join(os.path.realpath(photo.parent), photo.name)
         try:
-            stat = Path(photo).stat()
-            stats[str(Path(photo).absolute())] = [stat.st_size, stat.st_mtime_ns]
+            stat = photo.stat()
+            stats[key] = [stat.st_size, stat.st_mtime_ns]
         except OSError:
-            stats[str(Path(photo).absolute())] = None  # skipped when it is read
+            stats[key] = None  # skipped when it is read
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
     return {"format": RECORD_FORMAT, "photos": stats, "model": _model_record(model), **options}
 
 
 def _model_record(model) -> dict:
-    """The model by name (for messages) and by content (for the comparison)."""
+    """The model by name (for messages) and by content (for the comparison);
+    for no model or a tier, the shipped models it picks for sets and for
+    single photos, named."""
     from carmask import models
-    if model is not None:
+    if model is not None and str(model) not in models.TIERS:
         names, label = [model], str(model)
-    else:  # the shipped defaults, for sets and for single photos
-        names, label = [], "the shipped defaults"
+    else:
+        names = []
         for views in (MIN_VIEWS, 1):
             try:
-                names.append(models.default_for(views))
+                names.append(models.default_for(views, tier=model))
             except ValueError:
                 pass
+        names = list(dict.fromkeys(names))
+        label = f"{model or 'the shipped defaults'} ({', '.join(names) or 'none shipped'})"
     digest = hashlib.sha256()
     for name in names:
         digest.update(hashlib.sha256(models.resolve(name).read_bytes()).digest())
@@ -278,7 +305,7 @@ def differences(before: dict, now: dict) -> list[str]:
         changes.append(f"model was {old_model.get('name')}, now {new_model.get('name')}"
                        if old_model.get("name") != new_model.get("name")
                        else f"model {new_model.get('name')} is not the file it was")
-    for key in sorted((before.keys() | now.keys()) - {"photos", "model"}):
+    for key in sorted((before.keys() | now.keys()) - {"photos", "model", "replaces"}):
         if before.get(key) != now.get(key):
             changes.append(f"{key.replace('_', ' ')} was {_word(key, before.get(key))}, "
                            f"now {_word(key, now.get(key))}")

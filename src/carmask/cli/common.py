@@ -14,18 +14,25 @@ Every verb should:
 - end with a summary that counts what it wrote, kept and skipped
   (`skipped_summary` groups the skips by kind);
 - exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
-  or input error (`InputError`, click's UsageError), 130 when interrupted:
-  `EXIT_STATUS`, shown in every verb's --help.
+  or input error (`InputError`, click's UsageError), 128 + the signal's number
+  when stopped by Ctrl-C, SIGTERM or SIGHUP (130, 143, 129): `EXIT_STATUS`,
+  shown in every verb's --help. SIGTERM and SIGHUP raise `Interrupted`, a
+  KeyboardInterrupt, so that whatever cleans up after Ctrl-C cleans up after
+  them too; a verb that says more ("run it again to continue") calls
+  `interrupted(exc, advice)`.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -38,7 +45,8 @@ Exit status:
   1    done, but some inputs were skipped (each is named on stderr)
   2    usage or input error: a bad option, no photos, an output that
        cannot be written
-  130  interrupted"""
+  130  interrupted (Ctrl-C)
+  143  stopped by SIGTERM (129: by SIGHUP), as by Ctrl-C"""
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 _VERBOSITY = "carmask.verbosity"
@@ -60,16 +68,63 @@ class Verb(click.Command):
         super().__init__(*args, epilog=f"{epilog}\n\n{EXIT_STATUS}" if epilog else EXIT_STATUS, **kwargs)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP, raised in the main thread as Python raises
+    KeyboardInterrupt for Ctrl-C, so that one path cleans up after all three."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _stopping_signals():
+    """While a verb runs, Ctrl-C, SIGTERM and SIGHUP raise `Interrupted`. One
+    that comes while the verb cleans up after the first is let pass: the
+    cleanup is one batch at most, and cut short it left rows unwritten and a
+    thread in torch, which aborted Python. A signal the caller ignores (nohup:
+    SIGHUP; a background job: Ctrl-C) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    stopping: list[int] = []
+
+    def stop(signum, frame) -> None:
+        if not stopping:
+            stopping.append(signum)
+            raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def interrupted(exc: KeyboardInterrupt, advice: str | None = None) -> NoReturn:
+    """Say that the verb was stopped (and `advice`: what continues it), and exit
+    with 128 + the signal's number (130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+    fail(f"interrupted{by}" + (f": {advice}" if advice else ""))
+    sys.exit(128 + signum)
+
+
 class Carmask(click.Group):
     command_class = Verb
 
     def invoke(self, ctx):
-        """Ctrl-C ends any verb with a sentence and exit status 130 (click's own: "Aborted!", 1)."""
+        """Ctrl-C, SIGTERM and SIGHUP end any verb with a sentence and 128 + the
+        signal's number (click's own for Ctrl-C: "Aborted!", 1)."""
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            fail("interrupted")
-            ctx.exit(130)
+            with _stopping_signals():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            interrupted(exc)
 
 
 # -- messages and progress -------------------------------------------------------
@@ -94,8 +149,34 @@ def verbosity_options(command):
 
 
 def _say(text: str) -> None:
+    """A line on stderr, through tqdm (which clears a progress bar first, then
+    redraws it below). A stderr that cannot take it (closed: 2>&-; full:
+    2>/dev/full) loses the line, never the run; and the line never goes to
+    stdout, tqdm's fallback, where a submission may be going."""
     from tqdm import tqdm
-    tqdm.write(text, file=sys.stderr)  # clears a progress bar first, then redraws it below
+    if sys.stderr is None:
+        return
+    try:
+        tqdm.write(_undecoded_bytes_shown(text), file=sys.stderr)
+        sys.stderr.flush()
+    except OSError:
+        _let_go(sys.stderr)
+
+
+def _undecoded_bytes_shown(text: str) -> str:
+    """Bytes of a file name that are no UTF-8 (which Python decodes to lone
+    surrogates) as \\xe9, as `ls -b` shows them."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name has
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def shown(path) -> str:
+    """A path in a message, on one line: its bytes that are no UTF-8 as \\xe9,
+    a line break or other control character as its escape (a\\nb.jpg)."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                   for ch in _undecoded_bytes_shown(str(path)))
 
 
 def fail(message: str) -> None:
@@ -208,7 +289,7 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
             raise InputError(f"{path} is a folder; name the file to write")
         if not overwrite and (not folder or any(path.iterdir())):
             raise InputError(f"{path} exists; pass --overwrite to replace it")
-    where = path.parent
+    where = path if folder and path.is_dir() else path.parent  # an existing folder is written into
     while folder and not where.exists() and where != where.parent:
         where = where.parent
     if not where.exists():
@@ -240,21 +321,36 @@ def writing(path):
     try:
         yield
     except OSError as exc:
-        if exc.strerror and exc.filename:
-            raise InputError(f"cannot write {exc.filename}: {exc.strerror}") from None
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise InputError(cannot_write(exc, path)) from None
+
+
+def cannot_write(exc: OSError, path) -> str:
+    """'cannot write PATH: reason', for an OSError met while writing `path`
+    (the file it names, if any; "-": standard output, then let go)."""
+    where = exc.filename if exc.strerror and exc.filename else path
+    if str(where) == "-":
+        where = "standard output"
+        _let_go(sys.stdout)
+    return f"cannot write {where}: {exc.strerror or exc}"
+
+
+def _let_go(stream) -> None:
+    """A standard stream that failed, to /dev/null: what stayed in its buffer
+    would fail again, with a traceback and exit status 120, when Python exits."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError, AttributeError):  # none there, or not a file (tests)
+        pass
 
 
 def result(text: str) -> None:
     """A result line on stdout; a stdout that cannot take it (a full disk, a
-    closed pipe) is a sentence, not a traceback."""
-    try:
+    closed pipe, none: >&-) is a sentence, not a traceback nor silence."""
+    from carmask.io import binary_stdout
+    with writing("-"):
+        binary_stdout()  # click.echo says nothing where there is no stdout
         click.echo(text)
         sys.stdout.flush()
-    except OSError as exc:
-        # what stayed in the buffer would fail again, with a traceback, when Python exits
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise InputError(f"cannot write standard output: {exc.strerror or exc}") from None
 
 
 # -- options and the model ---------------------------------------------------------

@@ -1,6 +1,7 @@
 """`carmask cutout`: transparent PNGs, masks or the car over a background."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -10,11 +11,16 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (PredictionWarnings, check_model, check_output, describe_predictor, detail, fail,
-                                find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, refuse_replacing_inputs, skipped_summary, some, verbosity_options)
+from carmask import __version__
+from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
+                                describe_predictor, detail, fail, find_inputs, info, main, make_predictor,
+                                prediction_options, progress, recursive_option, refuse_replacing_inputs, shown,
+                                skipped_summary, some, verbosity_options, writing)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SOFTWARE_TAG, SOFTWARE = 0x0131, f"carmask {__version__}"  # EXIF Software, on every cut-out
+# Errors of the output's place, not of one cut-out: the run stops at the first.
+PLACE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 @main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.")
@@ -37,8 +43,10 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     Photos named <car>_<NN>.jpg that form a set of at least 3 views are cut
     out with the multi-view model; other photos one by one. Outputs are
     <name>.png (<name>.jpg over a colour or an image, <name>_mask.png for
-    masks); two inputs that would share a name get distinct ones; existing
-    outputs are kept unless --overwrite.
+    masks), in the sub-folders the photos have below their common folder;
+    two inputs that would still share a name get distinct ones; existing
+    outputs are kept unless --overwrite. Cut-outs carry carmask's mark (EXIF
+    Software), which tells a rerun an earlier cut-out from a photo.
     """
     from carmask.cutout import parse_background
     from carmask.io import ImageError
@@ -51,6 +59,35 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     if stdin and len(inputs) > 1:
         raise click.UsageError("- (standard input) is one photo: give it alone")
     photos = [Path("-")] if stdin else _less_earlier_outputs(find_inputs(inputs, recursive), output, back)
+    single_file = _check_output(output, photos, back, stdin)
+    targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
+        output_names(photos, Path(output), back)
+    if not to_stdout:
+        refuse_replacing_inputs(targets)
+        _remove_stale_temporaries({target.parent for target in targets.values()})
+    todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
+    check_model(model)
+    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
+    detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
+    warnings, start = PredictionWarnings(), time.perf_counter()
+    with progress(len(todo), "cutting out") as bar:
+        results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
+                   if r.path in todo)  # the others: views kept from an earlier run, for their set's background
+        written, raced, skipped = _write_all(results, targets, to_stdout, overwrite, warnings, bar)
+    info(summary(written, len(photos) - len(todo) + raced, "standard output" if to_stdout else output))
+    seconds = time.perf_counter() - start
+    detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
+           "photos/s)")
+    warnings.summary()
+    if skipped:
+        fail(skipped_summary(skipped))
+        sys.exit(1)
+
+
+def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
+    """Refuse, before any work, what -o cannot take (usage errors, an output
+    that cannot be written); whether it names one image file."""
+    to_stdout = output == "-"
     _check_image_suffix(output)
     single_file = len(photos) == 1 and _names_image(output)
     if len(photos) > 1 and _names_image(output) and not Path(output).is_dir():
@@ -60,46 +97,64 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
         raise click.UsageError(f"-o - (standard output) takes one photo, not {len(photos)}")
     if stdin and not (to_stdout or single_file):
         raise click.UsageError("a photo from standard input needs -o FILE.png or -o -")
+    if stdin and _is_terminal(sys.stdin):  # it would wait there for a photo, silently
+        raise click.UsageError("- reads a photo from standard input, which is a terminal: redirect a photo "
+                               "into it (< car.jpg)")
+    if to_stdout and _is_terminal(sys.stdout):
+        raise click.UsageError("-o - would write a PNG to the terminal: redirect standard output (> car.png), "
+                               "or name -o FILE.png")
     if not to_stdout:
         check_output(output, folder=not single_file, overwrite=True)  # existing cut-outs are kept, not refused
     if single_file and isinstance(back, str) and back == "transparent" \
             and Path(output).suffix.lower() in (".jpg", ".jpeg"):
         raise click.BadParameter(f"{output}: JPEG has no transparency; name a .png or .webp file, or pass "
                                  f"--bg COLOUR", param_hint="-o")
-    targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
-        output_names(photos, Path(output), back)
-    if not to_stdout:
-        refuse_replacing_inputs(targets)
-    todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
-    check_model(model)
-    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
-    detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    written, skipped, warnings, start = 0, [], PredictionWarnings(), time.perf_counter()
-    with progress(len(todo), "cutting out") as bar:
-        for result in _cutouts(photos, todo, stdin, predictor, back, refine):
-            photo = Path("-") if stdin else Path(result.name)
-            if photo not in todo:
-                continue  # a view kept from an earlier run: it gave its set's background
-            bar.update()
-            warnings.add(result)
-            if result.error:
-                skipped.append(str(result.error))
-                fail(f"skipped {result.error}")
-                continue
-            try:
-                _write_stdout(result.image) if to_stdout else _save(targets[photo], result.image)
-                written += 1
-            except OSError as exc:
-                skipped.append(f"{photo}: not written ({exc.strerror or exc})")
-                fail(f"skipped {photo}: cannot write {targets[photo]} ({exc.strerror or exc})")
-    info(summary(written, len(photos) - len(todo), "standard output" if to_stdout else output))
-    seconds = time.perf_counter() - start
-    detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
-           "photos/s)")
-    warnings.summary()
-    if skipped:
-        fail(skipped_summary(skipped))
-        sys.exit(1)
+    return single_file
+
+
+def _write_all(results, targets, to_stdout: bool, overwrite: bool, warnings, bar) -> tuple[int, int, list[str]]:
+    """Each cut-out to its target: how many were written, how many another run
+    wrote meanwhile (kept), and the photos skipped. A stdout or a disk that
+    cannot take any more ends the run (exit 2); the cut-outs written stay."""
+    written, raced, skipped = 0, 0, []
+    for result in results:
+        bar.update()
+        warnings.add(result)
+        if result.error:
+            skipped.append(str(result.error))
+            fail(f"skipped {result.error}")
+            continue
+        if to_stdout:
+            with writing("-"):
+                _write_stdout(result.image)
+            written += 1
+            continue
+        target = targets[result.path]
+        try:
+            _save(target, result.image, replace=overwrite)
+            written += 1
+        except FileExistsError:  # another run wrote it meanwhile: kept, as one there before
+            raced += 1
+        except OSError as exc:
+            if exc.errno in PLACE_FAILED:  # every next cut-out would fail the same way
+                raise InputError(f"{cannot_write(exc, target)}; the {written} cut-out(s) written are kept: "
+                                 f"run the same command again to continue") from None
+            skipped.append(f"{result.path}: not written ({exc.strerror or exc})")
+            fail(f"skipped {result.path}: cannot write {target} ({exc.strerror or exc})")
+    return written, raced, skipped
+
+
+def _is_terminal(stream) -> bool:
+    return stream is not None and stream.isatty()
+
+
+def _remove_stale_temporaries(folders) -> None:
+    """Temporary files that a killed run (SIGKILL) left where this one writes."""
+    from carmask.io import remove_stale_temporaries
+    for folder in sorted(folders):
+        removed = remove_stale_temporaries(folder)
+        if removed:
+            info(f"removed {removed} temporary file(s) that a killed run left in {shown(folder)}")
 
 
 def _cutouts(photos, todo, stdin, predictor, back, refine):
@@ -128,8 +183,9 @@ def _check_image_suffix(output: str) -> None:
 
 def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[Path]:
     """The photos, less the cut-outs an earlier run made of the others: images
-    in the output folder named as another photo's output (a rerun with -r and
-    -o inside the inputs cut out the cut-outs)."""
+    under the output folder, named as another photo's output, that carmask
+    made (`_made_here`; a rerun with -r and -o inside the inputs cut out the
+    cut-outs, and a user's own car.png beside car.jpg was taken for one)."""
     folder = Path(output)
     if output == "-" or not folder.is_dir():
         return photos
@@ -137,11 +193,16 @@ def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[P
     own = {photo: {photo.stem + suffix, photo.name + suffix} for photo in photos}
     made = Counter(name for names in own.values() for name in names)
     here = folder.resolve()
-    earlier = {p for p in photos if made[p.name] > (p.name in own[p]) and p.parent.resolve() == here}
+    earlier = {p for p in photos if made[p.name] > (p.name in own[p])  # the cheap test first
+               and _within(p.parent.resolve(), here) and _made_here(p)}
     if earlier:
         info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: "
-             f"{some(sorted(p.name for p in earlier))}")
+             f"{some(sorted(shown(p.name) for p in earlier))}")
     return [p for p in photos if p not in earlier]
+
+
+def _within(folder: Path, top: Path) -> bool:
+    return folder == top or top in folder.parents
 
 
 def _suffix(background) -> str:
@@ -151,18 +212,22 @@ def _suffix(background) -> str:
 
 
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:
-    """Each photo's output file in `folder`: <stem>.png, .jpg over a colour or an
-    image, <stem>_mask.png for masks. Photos that would share a name use their
-    full name (car_01.jpg.png) and, if still shared, -2, -3... in input order."""
+    """Each photo's output under `folder`: <stem>.png, .jpg over a colour or an
+    image, <stem>_mask.png for masks, in the sub-folder the photo has below
+    the photos' common folder (none when they share one). Photos that would
+    share a name use their full name (car_01.jpg.png) and, if still shared,
+    -2, -3... in input order."""
     suffix = _suffix(background)
-    stems = Counter(p.stem for p in photos)
-    names = [p.stem if stems[p.stem] == 1 else p.name for p in photos]
-    taken: Counter[str] = Counter()
+    common = os.path.commonpath([os.path.abspath(p.parent) for p in photos]) if photos else ""
+    places = [folder / os.path.relpath(os.path.abspath(p.parent), common) for p in photos]
+    stems = Counter((place, p.stem) for place, p in zip(places, photos))
+    taken: Counter[tuple[Path, str]] = Counter()
     out = {}
-    for photo, name in zip(photos, names):
-        taken[name] += 1
-        unique = name if taken[name] == 1 else f"{name}-{taken[name]}"
-        out[photo] = folder / f"{unique}{suffix}"
+    for photo, place in zip(photos, places):
+        name = photo.stem if stems[(place, photo.stem)] == 1 else photo.name
+        taken[(place, name)] += 1
+        unique = name if taken[(place, name)] == 1 else f"{name}-{taken[(place, name)]}"
+        out[photo] = place / f"{unique}{suffix}"
     return out
 
 
@@ -171,16 +236,38 @@ def summary(written: int, kept: int, where) -> str:
                                                        if kept else "")
 
 
-def _save(path: Path, image) -> None:
+def _save(path: Path, image, replace: bool) -> None:
+    """A cut-out, marked as carmask's; an existing file is replaced only if
+    `replace` (else FileExistsError: another run wrote it meanwhile)."""
     from carmask.io import save_image
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(path, image)
+    save_image(path, image, replace=replace, exif=_mark())
+
+
+def _mark():
+    """EXIF Software = carmask: what tells a cut-out from a photo (PNG, JPEG, WebP alike)."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[SOFTWARE_TAG] = SOFTWARE
+    return exif
+
+
+def _made_here(path: Path) -> bool:
+    """Whether carmask made the image at `path` (its mark, read from the header)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            return str(image.getexif().get(SOFTWARE_TAG, "")).startswith("carmask")
+    except Exception:  # unreadable: not ours; it is named when it is read as a photo
+        return False
 
 
 def _write_stdout(image) -> None:
     from PIL import Image
+
+    from carmask.io import binary_stdout, write_all
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    stream = click.get_binary_stream("stdout")
-    stream.write(buffer.getvalue())
+    Image.fromarray(image).save(buffer, format="PNG", exif=_mark())
+    stream = binary_stdout()
+    write_all(stream, buffer.getbuffer())
     stream.flush()

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
-                                detail, fail, find_inputs, info, main, make_predictor, prediction_options,
-                                progress, recursive_option, refuse_replacing_inputs, size_option, skipped_summary,
-                                some, verbosity_options, warn, writing)
+from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
+                                describe_predictor, detail, fail, find_inputs, info, interrupted, main,
+                                make_predictor, prediction_options, progress, recursive_option,
+                                refuse_replacing_inputs, shown, size_option, skipped_summary, some,
+                                verbosity_options, warn, writing)
+from carmask.io import remove_stale_temporaries
 
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
@@ -39,8 +41,9 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     write a Kaggle submission CSV.
 
     Masks are on each photo's stored pixel grid, as Kaggle's masks are and as
-    it scores them: a photo whose EXIF orientation says to turn it is not
-    turned (a warning names such photos; carmask cutout turns photos upright).
+    it scores them (--output-size too): a photo whose EXIF orientation says
+    to turn it is predicted upright and its mask turned back (a warning names
+    such photos; carmask cutout gives them upright).
 
     Resumable: if a run is interrupted, run the same command again; it goes on
     only if the photos, the model and the options that change rows (output
@@ -49,33 +52,54 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     is named on stderr, and each car not predicted as its names suggest.
     """
     photos = find_inputs(inputs, recursive)
+    nameless = _without_row_names(photos)  # skipped, and said so when the run starts
+    photos = [photo for photo in photos if photo not in nameless]
     _refuse_shared_names(photos)
     if output != "-":
         refuse_replacing_inputs({photo: Path(output) for photo in photos})
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
+        remove_stale_temporaries(Path(output).parent)  # of a run record a killed run was writing
     check_model(model)
-    # Masks on the stored pixel grid (Kaggle's convention): photos are not turned by EXIF.
+    # Masks on the stored pixel grid (Kaggle's convention); the network sees the photos upright.
     options = dict(tta=tta, sets=sets, upright=False)
     if engine == "ray":
         predictor = _ray_predictor(model, device, batch_size, actors, ray_address, **options)
     else:
         predictor = make_predictor(model, device, batch_size, compile_model, **options)
+    from carmask.predict import network_batch
     try:
         # The writer before any work: a refusal (output there, in use, another run's) comes first.
         writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets,
-                              device=predictor.device.type)
+                              device=predictor.device.type,
+                              network_batch=network_batch(predictor.device, batch_size))
         try:
-            _write_submission(predictor, writer, photos, output, output_size, model, tta)
-        except KeyboardInterrupt:
+            _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless)
+        except KeyboardInterrupt as exc:
             writer.close()  # what was predicted stays in the partial file for a resume
-            fail("interrupted: run the same command again to continue" if output != "-" else "interrupted")
-            sys.exit(130)
+            interrupted(exc, _how_to_continue(writer, overwrite))
+        except OSError as exc:  # a full disk, a closed pipe: one sentence, the rows kept
+            writer.close()
+            advice = _how_to_continue(writer, overwrite)
+            raise InputError(cannot_write(exc, output) + (f"; {advice}" if advice else "")) from None
         except BaseException:
             writer.close()
             raise
     finally:
         if engine == "ray":
             predictor.close()
+
+
+def _how_to_continue(writer, overwrite: bool) -> str | None:
+    """What continues an interrupted run: the same command (less --overwrite,
+    which would start afresh), when rows were kept for it."""
+    if writer.path is None or not writer.done:
+        return None
+    return (f"{_rows(len(writer.done))} kept in {writer.partial}; run the same command again"
+            + (" without --overwrite" if overwrite else "") + " to continue")
+
+
+def _rows(count: int) -> str:
+    return f"{count} row{'s' * (count != 1)}"
 
 
 def _open_writer(output, overwrite, photos, model, **options):
@@ -90,16 +114,28 @@ def _open_writer(output, overwrite, photos, model, **options):
     if output == "-":
         info("writing the submission to stdout: an interrupted run cannot be resumed (-o FILE can)")
     elif writer.kept:
-        info(f"resuming: {writer.kept} rows already written")
+        info(f"resuming: {_rows(writer.kept)} already written")
     return writer
+
+
+def _without_row_names(photos: list[Path]) -> dict[Path, str]:
+    """The photos whose file name a submission row cannot hold, and why: a
+    name that is no UTF-8 text (the CSV is), or that holds a line break (a row
+    is a line)."""
+    nameless = {}
+    for photo in photos:
+        try:
+            photo.name.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are no UTF-8, as Python decodes file names
+            nameless[photo] = "name not UTF-8 text"
+            continue
+        if "\n" in photo.name or "\r" in photo.name:
+            nameless[photo] = "name holds a line break"
+    return nameless
 
 
 def _refuse_shared_names(photos: list[Path]) -> None:
     """A row is named by the file name alone: two photos may not share one."""
-    broken = [p for p in photos if "\n" in p.name or "\r" in p.name]
-    if broken:
-        raise InputError(f"a submission row cannot name a photo whose name holds a line break: "
-                         f"{some(repr(str(p)) for p in broken)}")
     counts = Counter(p.name for p in photos)
     for name, count in counts.items():
         if count > 1:
@@ -116,18 +152,23 @@ def _ray_predictor(model, device, batch_size, actors, address, **options):
         raise click.UsageError(str(exc)) from None
 
 
-def _write_submission(predictor, writer, photos, output, output_size, model, tta):
+def _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless):
     """The submission from either engine: rows as they come, resumable, skips
-    and warnings named."""
+    (`nameless`: photos a row cannot name, and why) and warnings named."""
     from carmask.io import group_by_car
+
+    skipped = [f"{shown(photo)}: {why}, which a submission row cannot hold (rename the photo)"
+               for photo, why in nameless.items()]
+    for skip in skipped:
+        fail(f"skipped {skip}")
 
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
            f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
-    skipped, warned, start = [], PredictionWarnings(), time.perf_counter()
+    warned, start = PredictionWarnings(), time.perf_counter()
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
-    with writing(output), progress(todo, "predicting") as bar:
+    with progress(todo, "predicting") as bar:
         for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
             bar.update()
             warned.add(prediction)
@@ -145,7 +186,7 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
     detail(f"{todo} photo{'s' * (todo != 1)} in {seconds:.1f} s ({todo / max(seconds, 1e-9):.1f} photos/s)")
     if writer.done:
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
-        info(f"wrote {'stdout' if output == '-' else output}: {len(writer.done)} rows "
+        info(f"wrote {'stdout' if output == '-' else output}: {_rows(len(writer.done))} "
              f"({writer.written} predicted now{kept})")
     warned.summary()
     turned.report()
@@ -184,5 +225,6 @@ class _TurnedPhotos(threading.Thread):
         self.join()
         if self.turned:
             named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
-            warn(f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): masks are "
-                 f"on the stored pixel grid, as Kaggle's, not turned as viewers show the photos")
+            warn(f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
+                 f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
+                 f"the photos")

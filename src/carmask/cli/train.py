@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, main,
-                                result, size_callback, skipped_summary, verbosity, verbosity_options, warn)
+from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, interrupted,
+                                main, result, size_callback, skipped_summary, verbosity, verbosity_options, warn)
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
 RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
@@ -108,9 +108,8 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
                             workers=workers, progress=verbosity() >= NORMAL, skipped=skip)
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
-    except KeyboardInterrupt:
-        fail(f"interrupted: `carmask train ... -o {run_dir} --resume` continues from the last finished epoch")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        interrupted(exc, f"`carmask train ... -o {run_dir} --resume` continues from the last finished epoch")
     if not main_process:
         return
     result(f"best model: {best}")
