@@ -105,6 +105,22 @@ def _stopping_signals():
             signal.signal(signum, handler)
 
 
+@contextmanager
+def default_signals():
+    """Python's own handling of Ctrl-C, SIGTERM and SIGHUP inside a verb, for a
+    server that takes the signals itself (uvicorn: the first drains, a second
+    quits) and re-raises them when it stops. A signal ignored stays ignored."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+                signal.SIGHUP: signal.SIG_DFL}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in defaults.items()
+                if signal.getsignal(signum) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def interrupted(exc: KeyboardInterrupt, advice: str | None = None) -> NoReturn:
     """Say that the verb was stopped (and `advice`: what continues it), and exit
     with 128 + the signal's number (130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP)."""

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, check_model, check_output, device_option, info, main, model_option,
-                                size_callback, verbosity_options, writing)
+from carmask.cli.common import (InputError, check_model, check_output, default_signals, device_option, info, main,
+                                model_option, size_callback, verbosity_options, writing)
 
 
 @main.command(short_help="Serve the HTTP API and the web page.")
@@ -39,8 +39,9 @@ def serve(host, port, model, device, api_key, allow_origin, allow_host, max_uplo
             raise click.BadParameter(str(exc), param_hint=option) from None
     check_model(model)
     from carmask.serve import run
-    run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
-        allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
+    with default_signals():  # uvicorn's: the first drains the requests in flight, a second quits
+        run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
+            allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
 
 
 @main.command(short_help="Write a synthetic turntable dataset.")
