@@ -263,7 +263,7 @@ def test_only_photo_formats_are_decoded(client, set_client, views, kind, monkeyp
 def test_the_host_check_stays_on_for_every_interface(rgb_predictor):
     """Bound to 0.0.0.0: IP addresses and localhost are served, a rebound name
     is not (even with a matching Origin), a name given with --allow-host is."""
-    from carmask.guard import local_hosts
+    from carmask.serve.guard import local_hosts
     hosts = local_hosts("0.0.0.0", ["Studio.Example"])
     with TestClient(create_app(rgb_predictor, hosts=hosts)) as c:
         rebound = c.post("/api/cutout", headers={"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"})
@@ -281,7 +281,7 @@ def test_serve_takes_allow_host_and_says_how(monkeypatch):
     assert result.exit_code == 0 and seen["allow_hosts"] == ("studio.example", "cars.example")
     refused = run_cli("serve", "--allow-host", "http://studio.example:80")
     assert refused.exit_code == 2 and "is not a host name" in refused.output
-    from carmask.guard import local_hosts
+    from carmask.serve.guard import local_hosts
     lines = startup_lines("0.0.0.0", 8000, local_hosts("0.0.0.0", ["studio.example"]), 30)
     assert "localhost, studio.example or to an IP address" in lines[1] and "--allow-host NAME" in lines[1]
     assert "up to 30 s" in lines[2] and "a second signal quits at once" in lines[2]
@@ -565,7 +565,7 @@ def test_a_body_too_large_to_drain_is_answered_at_once():
     at once, not after the body timeout (the client never sends it)."""
     import asyncio
 
-    from carmask.guard import DRAIN_BYTES, Guard
+    from carmask.serve.guard import DRAIN_BYTES, Guard
 
     async def app(scope, receive, send):
         raise AssertionError("the route must not run")

@@ -57,13 +57,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from carmask import __version__
 from carmask import io as cio
-from carmask import removebg
+from carmask.serve import removebg
 from carmask.cutout import Cutout, parse_background, remove_set
-from carmask.guard import (BODY_TIMEOUT, MULTIPART_SLACK, Guard, error_response, local_hosts, origin,
+from carmask.serve.guard import (BODY_TIMEOUT, MULTIPART_SLACK, Guard, error_response, local_hosts, origin,
                            removebg_path, served, timed_protocol)
 from carmask.io import ImageError, group_by_car
 from carmask.predict import Predictor
-from carmask.removebg import RemoveBgError
+from carmask.serve.removebg import RemoveBgError
 from carmask.views import MIN_VIEWS, NotEnoughViews
 
 MiB = 1024 * 1024
