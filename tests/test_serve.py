@@ -18,7 +18,9 @@ from carmask import __version__  # noqa: E402
 from helpers import run_cli  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
-from carmask.serve import create_app, page_url, safe_label  # noqa: E402
+from carmask.serve import create_app  # noqa: E402
+from carmask.serve.server import page_url  # noqa: E402
+from carmask.serve.uploads import safe_label  # noqa: E402
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -274,7 +276,7 @@ def test_the_host_check_stays_on_for_every_interface(rgb_predictor):
 
 def test_serve_takes_allow_host_and_says_how(monkeypatch):
     import carmask.serve
-    from carmask.serve import startup_lines
+    from carmask.serve.server import startup_lines
     seen = {}
     monkeypatch.setattr(carmask.serve, "run", lambda **kwargs: seen.update(kwargs))
     result = run_cli("serve", "--host", "0.0.0.0", "--allow-host", "studio.example", "--allow-host", "cars.example")
@@ -384,28 +386,41 @@ def test_warnings_reach_the_client(set_client, client, views, photo, monkeypatch
     members = _zip_names(set_client.post("/api/cutout-set", files=files))
     assert "not the size of the other views" in members["warnings.txt"].decode()
     assert views[2][0] in members["warnings.txt"].decode() and views[2][0] in members["errors.txt"].decode()
-    import carmask.serve
-    real = carmask.serve.remove_set
+    import carmask.serve.service
+    real = carmask.serve.service.remove_set
 
     def warned(*args, **kwargs):
         results = real(*args, **kwargs)
         results[0].warning = "photo.jpg: predicted alone\n(a test)"
         return results
 
-    monkeypatch.setattr(carmask.serve, "remove_set", warned)
+    monkeypatch.setattr(carmask.serve.service, "remove_set", warned)
     response = _post(client, photo[0])
     assert response.status_code == 200 and response.headers["x-carmask-warning"] == "photo.jpg: predicted alone?(a test)"
 
 
-def test_memory_is_given_back_once_the_slots_are_idle():
+def test_memory_is_given_back_once_the_server_is_idle():
+    """The idle hook runs once the idle wait is over and no job is at work, never
+    while one is (the wait is the test's own: nothing sleeps)."""
     import threading
 
-    import carmask.serve
-    trimmed = threading.Event()
-    slots = carmask.serve.PixelSlots(2, 100, on_idle=trimmed.set)
-    with slots.job(), slots(10):
-        assert not trimmed.wait(1.5)  # never while a request is at work
-    assert trimmed.wait(5)
+    from carmask.serve.limits import Admission
+    trimmed, waiting, waited = threading.Event(), threading.Semaphore(0), threading.Semaphore(0)
+
+    def pause(seconds):  # the idle wait: until the test lets it end
+        waiting.release()
+        waited.acquire()
+
+    admission = Admission(2, 100, on_idle=trimmed.set, pause=pause)
+    with admission.job(), admission.pixels(10):
+        with admission.job():
+            pass  # one job ends while another is at work
+        assert waiting.acquire(timeout=30)  # the idle wait begins
+        waited.release()
+        assert waiting.acquire(timeout=30)  # over, but a job is at work: waits again, nothing trimmed
+        assert not trimmed.is_set()
+    waited.release()  # the last job has ended: this wait is the last
+    assert trimmed.wait(30)
 
 
 def test_removebg_json_answer_and_foreground_box(client, photo):
@@ -504,7 +519,7 @@ def test_removebg_json_request(client, photo):
 
 
 def test_a_bug_is_a_json_500_without_internals(rgb_predictor, photo, monkeypatch):
-    from carmask.serve import Service
+    from carmask.serve.service import Service
     monkeypatch.setattr(Service, "cut", lambda *a: 1 / 0)
     with TestClient(create_app(rgb_predictor), raise_server_exceptions=False) as c:
         for path, field, shape in (("/api/cutout", "file", "detail"), ("/v1.0/removebg", "image_file", "errors")):
@@ -536,28 +551,39 @@ def test_removebg_crop(client, photo):
 
 def test_uploads_are_read_into_memory_only_inside_a_job(rgb_predictor, photo, monkeypatch):
     """Requests beyond the jobs wait with their uploads spooled, not in memory
-    (30 tiny zips unpacking 100 MiB each took a server to 3.2 GiB)."""
+    (30 tiny zips unpacking 100 MiB each took a server to 3.2 GiB). The first
+    read holds on until all four requests are at the admission: any other let
+    in would read beside it."""
     import threading
-    import time
 
-    import carmask.serve as serve
-    active, most, lock = [0], [0], threading.Lock()
-    read = serve.read_upload
+    from carmask.serve.uploads import Budget
+    app = create_app(rgb_predictor, max_concurrency=1)
+    admission, requests = app.state.service.admission, 4
+    active, most, arrived, lock, everyone_in = [0], [0], [0], threading.Lock(), threading.Event()
+    read, job = Budget.read, admission.job
 
-    def counting(upload, state):
+    def arriving():
+        with lock:
+            arrived[0] += 1
+            if arrived[0] == requests:
+                everyone_in.set()
+        return job()
+
+    def counting(budget, upload):
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
-        time.sleep(0.2)
+        assert everyone_in.wait(60)
         try:
-            return read(upload, state)
+            return read(budget, upload)
         finally:
             with lock:
                 active[0] -= 1
-    monkeypatch.setattr(serve, "read_upload", counting)
-    with TestClient(create_app(rgb_predictor, max_concurrency=1)) as c, ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: _post(c, photo[0]).status_code, range(4)))
-    assert answers == [200] * 4 and most[0] == 1
+    monkeypatch.setattr(Budget, "read", counting)
+    monkeypatch.setattr(admission, "job", arriving)
+    with TestClient(app) as c, ThreadPoolExecutor(requests) as pool:
+        answers = list(pool.map(lambda _: _post(c, photo[0]).status_code, range(requests)))
+    assert answers == [200] * requests and most[0] == 1
 
 
 def test_a_body_too_large_to_drain_is_answered_at_once():
