@@ -97,15 +97,37 @@ def test_the_api_pages_are_served_from_here(client, page):
         assert client.get(url).status_code == 200, url
 
 
+def test_the_api_pages_run_only_their_own_inline_blocks(client):
+    """/docs and /redoc are FastAPI's pages, with an inline script: the CSP admits
+    exactly those blocks by hash; ReDoc writes its styles as it renders, so only
+    its styles may be inline. Every other answer gets the strict policy."""
+    policies = {page: dict(part.strip().split(" ", 1) for part in
+                           client.get(page).headers["content-security-policy"].split(";"))
+                for page in ("/docs", "/redoc", "/health")}
+    assert re.fullmatch(r"'self' 'sha256-[A-Za-z0-9+/=]+'", policies["/docs"]["script-src"])
+    assert policies["/docs"]["style-src"] == "'self'"
+    assert policies["/redoc"]["script-src"] == "'self'" and policies["/redoc"]["style-src"] == "'self' 'unsafe-inline'"
+    assert policies["/health"]["script-src"] == policies["/health"]["style-src"] == "'self'"
+
+
 def test_page_is_self_contained(client):
+    """The page, its script and its styles come from this server, and nothing they name
+    is fetched from elsewhere; the CSP lets nothing inline run."""
     response = client.get("/")
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
     html = response.text
-    assert "carmask" in html and "/api/cutout" in html
-    # No CDN or other external fetches: every src/href is local, data: or blob:.
-    for url in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html):
-        assert not re.match(r"(https?:)?//", url), url
-    assert "@import" not in html
+    assert "carmask" in html and "<script>" not in html and "<style>" not in html and "style=" not in html
+    files = {url: client.get(url) for url in re.findall(r"""(?:src|href)\s*=\s*["'](/static/[^"']+)""", html)}
+    assert sorted(files) == ["/static/page.css", "/static/page.js"]
+    assert all(answer.status_code == 200 for answer in files.values())
+    assert "/api/cutout" in files["/static/page.js"].text
+    for text in [html, *(answer.text for answer in files.values())]:
+        # No CDN or other external fetches: every src/href is local, data: or blob:.
+        for url in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", text):
+            assert not re.match(r"(https?:)?//", url), url
+        assert "@import" not in text
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "style-src 'self';" in policy and "unsafe" not in policy
 
 
 # -- one photo ----------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""The pages: the web page at / (static/index.html) and the API's pages,
+"""The pages: the web page at / (static/index.html, page.js, page.css) and the API's pages,
 /docs (Swagger UI) and /redoc, their files from the fastapi-offline wheel (MIT), never a CDN."""
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import importlib.util
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -12,6 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from carmask.serve.errors import NotFound
+from carmask.serve.guard import policy
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DOCS_URL = "/docs-assets"             # Swagger UI's and ReDoc's files
@@ -52,10 +56,10 @@ async def index() -> HTMLResponse:
 async def docs() -> HTMLResponse:
     if DOCS_ASSETS is None:
         raise NotFound(NO_DOCS)
-    return get_swagger_ui_html(
+    return _own_blocks_only(get_swagger_ui_html(
         openapi_url="/openapi.json", title="carmask API", swagger_js_url=f"{DOCS_URL}/swagger-ui-bundle.js",
         swagger_css_url=f"{DOCS_URL}/swagger-ui.css", swagger_favicon_url=f"{DOCS_URL}/favicon.png",
-        swagger_ui_parameters={"validatorUrl": None})  # else a badge from swagger.io
+        swagger_ui_parameters={"validatorUrl": None}))  # else a badge from swagger.io
 
 
 @router.get(f"{DOCS_URL}/redoc.standalone.js")  # a route: before the mount of DOCS_URL
@@ -76,6 +80,24 @@ def _redoc_script() -> bytes:
 async def redoc() -> HTMLResponse:
     if DOCS_ASSETS is None:
         raise NotFound(NO_DOCS)
-    return get_redoc_html(
+    return _own_blocks_only(get_redoc_html(
         openapi_url="/openapi.json", title="carmask API", redoc_js_url=f"{DOCS_URL}/redoc.standalone.js",
-        redoc_favicon_url=f"{DOCS_URL}/favicon.png", with_google_fonts=False)
+        redoc_favicon_url=f"{DOCS_URL}/favicon.png", with_google_fonts=False), styles_at_run_time=True)
+
+
+def _own_blocks_only(page: HTMLResponse, styles_at_run_time: bool = False) -> HTMLResponse:
+    """FastAPI's page with a CSP that admits its inline <script> and <style> blocks by
+    their hashes (the page is made here, from no client's text), and nothing else inline.
+    `styles_at_run_time`: ReDoc (styled-components) writes <style> elements as it
+    renders, which no hash can name: inline styles are allowed there, scripts never."""
+    html = page.body.decode()
+    scripts = tuple(_source(block) for block in re.findall(r"<script>(.*?)</script>", html, re.S))
+    styles = ("'unsafe-inline'",) if styles_at_run_time else \
+        tuple(_source(block) for block in re.findall(r"<style>(.*?)</style>", html, re.S))
+    page.headers["Content-Security-Policy"] = policy(scripts, styles)
+    return page
+
+
+def _source(block: str) -> str:
+    """An inline block as a CSP source: its SHA-256."""
+    return f"'sha256-{base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()}'"
