@@ -142,6 +142,18 @@ def test_transparent_cutout(client, photo):
     assert client.post("/api/cutout", files={"file": ("car_05.jpg", data, "image/jpeg")}).status_code == 200
 
 
+@pytest.mark.parametrize("bg", ["mask", "transparent"])
+def test_the_cli_and_the_service_cut_a_photo_out_alike(client, photo, rgb_model, tmp_path, bg):
+    """`carmask cutout` and POST /api/cutout of one photo, same model: the same pixels."""
+    source = tmp_path / "car_05.jpg"
+    source.write_bytes(photo[0])
+    assert run_cli("cutout", source, "-o", tmp_path / "out", "--bg", bg, "--model", rgb_model,
+                   "--device", "cpu").exit_code == 0
+    [written] = (tmp_path / "out").glob("*.png")
+    over_http = np.asarray(_png(_post(client, photo[0], bg=bg)))
+    assert np.array_equal(np.asarray(Image.open(written)), over_http)
+
+
 def test_mask_and_colour_backgrounds(client, photo):
     data, mask = photo
     image = _png(_post(client, data, bg="mask"))
