@@ -356,6 +356,20 @@ def test_model_that_cannot_handle_a_single_photo(set_client, photo):
     assert "views" in response.json()["detail"]
 
 
+def test_not_enough_views_is_told_by_its_type(client, photo, monkeypatch):
+    """A cut-out refused for want of views (`NotEnoughViews`, whatever its words):
+    422 on /api/cutout, remove.bg's 400 unknown_foreground on its endpoint."""
+    from carmask.views import NotEnoughViews
+
+    def refuse(*args, **kwargs):
+        raise NotEnoughViews("reworded at will")
+    monkeypatch.setattr(client.app.state.service.predictor, "predict_views", refuse)
+    answer = _post(client, photo[0])
+    assert answer.status_code == 422 and answer.json() == {"detail": "car_05.jpg: reworded at will"}
+    removebg = client.post("/v1.0/removebg", files={"image_file": ("car_05.jpg", photo[0], "image/jpeg")})
+    assert removebg.status_code == 400 and removebg.json()["errors"][0]["code"] == "unknown_foreground"
+
+
 def test_concurrent_requests(client, photo):
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda i: _post(client, photo[0], bg=("transparent", "mask")[i % 2]),
