@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from carmask.io import ImageError
 from carmask.views import NotEnoughViews
 
-# remove.bg's codes for the statuses of errors that carry none (the framework's 404, 405, 400)
+# remove.bg's codes by status, for HTTP errors that carry no code of their own (the framework's)
 CODES = {403: "forbidden", 408: "timeout", 413: "file_too_large", 415: "invalid_file_type"}
 
 
