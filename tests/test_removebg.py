@@ -203,7 +203,7 @@ def test_type_shadow_and_semitransparency_are_checked_then_ignored(client, photo
 
 
 def test_the_readme_says_what_becomes_of_every_field():
-    from carmask import removebg
+    from carmask.serve import removebg
     table = README.read_text(encoding="utf-8").split("### remove.bg compatibility", 1)[1]
     named = set(re.findall(r"^\| `([a-z_0-9]+)`", table, re.M))
     assert set(removebg.FIELDS) <= named, set(removebg.FIELDS) - named
@@ -229,7 +229,7 @@ def test_the_schema_documents_what_the_endpoint_answers(client):
 # -- the geometry alone ---------------------------------------------------------------------------------
 
 def test_geometry_on_arrays():
-    from carmask import removebg
+    from carmask.serve import removebg
     rgba = np.zeros((100, 200, 4), np.uint8)
     rgba[40:60, 50:90] = 255  # a 40 x 20 car
     options = removebg.parse({"crop": "true", "crop_margin": "1000px"}, {"image_file"})

@@ -18,7 +18,9 @@ from carmask import __version__  # noqa: E402
 from helpers import run_cli  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
-from carmask.serve import create_app, page_url, safe_label  # noqa: E402
+from carmask.serve import create_app  # noqa: E402
+from carmask.serve.server import page_url  # noqa: E402
+from carmask.serve.uploads import safe_label  # noqa: E402
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -95,15 +97,37 @@ def test_the_api_pages_are_served_from_here(client, page):
         assert client.get(url).status_code == 200, url
 
 
+def test_the_api_pages_run_only_their_own_inline_blocks(client):
+    """/docs and /redoc are FastAPI's pages, with an inline script: the CSP admits
+    exactly those blocks by hash; ReDoc writes its styles as it renders, so only
+    its styles may be inline. Every other answer gets the strict policy."""
+    policies = {page: dict(part.strip().split(" ", 1) for part in
+                           client.get(page).headers["content-security-policy"].split(";"))
+                for page in ("/docs", "/redoc", "/health")}
+    assert re.fullmatch(r"'self' 'sha256-[A-Za-z0-9+/=]+'", policies["/docs"]["script-src"])
+    assert policies["/docs"]["style-src"] == "'self'"
+    assert policies["/redoc"]["script-src"] == "'self'" and policies["/redoc"]["style-src"] == "'self' 'unsafe-inline'"
+    assert policies["/health"]["script-src"] == policies["/health"]["style-src"] == "'self'"
+
+
 def test_page_is_self_contained(client):
+    """The page, its script and its styles come from this server, and nothing they name
+    is fetched from elsewhere; the CSP lets nothing inline run."""
     response = client.get("/")
     assert response.status_code == 200 and "text/html" in response.headers["content-type"]
     html = response.text
-    assert "carmask" in html and "/api/cutout" in html
-    # No CDN or other external fetches: every src/href is local, data: or blob:.
-    for url in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", html):
-        assert not re.match(r"(https?:)?//", url), url
-    assert "@import" not in html
+    assert "carmask" in html and "<script>" not in html and "<style>" not in html and "style=" not in html
+    files = {url: client.get(url) for url in re.findall(r"""(?:src|href)\s*=\s*["'](/static/[^"']+)""", html)}
+    assert sorted(files) == ["/static/page.css", "/static/page.js"]
+    assert all(answer.status_code == 200 for answer in files.values())
+    assert "/api/cutout" in files["/static/page.js"].text
+    for text in [html, *(answer.text for answer in files.values())]:
+        # No CDN or other external fetches: every src/href is local, data: or blob:.
+        for url in re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", text):
+            assert not re.match(r"(https?:)?//", url), url
+        assert "@import" not in text
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "style-src 'self';" in policy and "unsafe" not in policy
 
 
 # -- one photo ----------------------------------------------------------------------------------
@@ -116,6 +140,18 @@ def test_transparent_cutout(client, photo):
     assert alpha[mask].mean() > 0.8 * 255
     assert alpha[~mask].mean() < 0.2 * 255
     assert client.post("/api/cutout", files={"file": ("car_05.jpg", data, "image/jpeg")}).status_code == 200
+
+
+@pytest.mark.parametrize("bg", ["mask", "transparent"])
+def test_the_cli_and_the_service_cut_a_photo_out_alike(client, photo, rgb_model, tmp_path, bg):
+    """`carmask cutout` and POST /api/cutout of one photo, same model: the same pixels."""
+    source = tmp_path / "car_05.jpg"
+    source.write_bytes(photo[0])
+    assert run_cli("cutout", source, "-o", tmp_path / "out", "--bg", bg, "--model", rgb_model,
+                   "--device", "cpu").exit_code == 0
+    [written] = (tmp_path / "out").glob("*.png")
+    over_http = np.asarray(_png(_post(client, photo[0], bg=bg)))
+    assert np.array_equal(np.asarray(Image.open(written)), over_http)
 
 
 def test_mask_and_colour_backgrounds(client, photo):
@@ -263,7 +299,7 @@ def test_only_photo_formats_are_decoded(client, set_client, views, kind, monkeyp
 def test_the_host_check_stays_on_for_every_interface(rgb_predictor):
     """Bound to 0.0.0.0: IP addresses and localhost are served, a rebound name
     is not (even with a matching Origin), a name given with --allow-host is."""
-    from carmask.guard import local_hosts
+    from carmask.serve.guard import local_hosts
     hosts = local_hosts("0.0.0.0", ["Studio.Example"])
     with TestClient(create_app(rgb_predictor, hosts=hosts)) as c:
         rebound = c.post("/api/cutout", headers={"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"})
@@ -274,14 +310,14 @@ def test_the_host_check_stays_on_for_every_interface(rgb_predictor):
 
 def test_serve_takes_allow_host_and_says_how(monkeypatch):
     import carmask.serve
-    from carmask.serve import startup_lines
+    from carmask.serve.server import startup_lines
     seen = {}
     monkeypatch.setattr(carmask.serve, "run", lambda **kwargs: seen.update(kwargs))
     result = run_cli("serve", "--host", "0.0.0.0", "--allow-host", "studio.example", "--allow-host", "cars.example")
     assert result.exit_code == 0 and seen["allow_hosts"] == ("studio.example", "cars.example")
     refused = run_cli("serve", "--allow-host", "http://studio.example:80")
     assert refused.exit_code == 2 and "is not a host name" in refused.output
-    from carmask.guard import local_hosts
+    from carmask.serve.guard import local_hosts
     lines = startup_lines("0.0.0.0", 8000, local_hosts("0.0.0.0", ["studio.example"]), 30)
     assert "localhost, studio.example or to an IP address" in lines[1] and "--allow-host NAME" in lines[1]
     assert "up to 30 s" in lines[2] and "a second signal quits at once" in lines[2]
@@ -318,6 +354,20 @@ def test_model_that_cannot_handle_a_single_photo(set_client, photo):
     response = _post(set_client, photo[0])
     assert response.status_code == 422
     assert "views" in response.json()["detail"]
+
+
+def test_not_enough_views_is_told_by_its_type(client, photo, monkeypatch):
+    """A cut-out refused for want of views (`NotEnoughViews`, whatever its words):
+    422 on /api/cutout, remove.bg's 400 unknown_foreground on its endpoint."""
+    from carmask.views import NotEnoughViews
+
+    def refuse(*args, **kwargs):
+        raise NotEnoughViews("reworded at will")
+    monkeypatch.setattr(client.app.state.service.predictor, "predict_views", refuse)
+    answer = _post(client, photo[0])
+    assert answer.status_code == 422 and answer.json() == {"detail": "car_05.jpg: reworded at will"}
+    removebg = client.post("/v1.0/removebg", files={"image_file": ("car_05.jpg", photo[0], "image/jpeg")})
+    assert removebg.status_code == 400 and removebg.json()["errors"][0]["code"] == "unknown_foreground"
 
 
 def test_concurrent_requests(client, photo):
@@ -384,28 +434,41 @@ def test_warnings_reach_the_client(set_client, client, views, photo, monkeypatch
     members = _zip_names(set_client.post("/api/cutout-set", files=files))
     assert "not the size of the other views" in members["warnings.txt"].decode()
     assert views[2][0] in members["warnings.txt"].decode() and views[2][0] in members["errors.txt"].decode()
-    import carmask.serve
-    real = carmask.serve.remove_set
+    import carmask.serve.service
+    real = carmask.serve.service.remove_set
 
     def warned(*args, **kwargs):
         results = real(*args, **kwargs)
         results[0].warning = "photo.jpg: predicted alone\n(a test)"
         return results
 
-    monkeypatch.setattr(carmask.serve, "remove_set", warned)
+    monkeypatch.setattr(carmask.serve.service, "remove_set", warned)
     response = _post(client, photo[0])
     assert response.status_code == 200 and response.headers["x-carmask-warning"] == "photo.jpg: predicted alone?(a test)"
 
 
-def test_memory_is_given_back_once_the_slots_are_idle():
+def test_memory_is_given_back_once_the_server_is_idle():
+    """The idle hook runs once the idle wait is over and no job is at work, never
+    while one is (the wait is the test's own: nothing sleeps)."""
     import threading
 
-    import carmask.serve
-    trimmed = threading.Event()
-    slots = carmask.serve.PixelSlots(2, 100, on_idle=trimmed.set)
-    with slots.job(), slots(10):
-        assert not trimmed.wait(1.5)  # never while a request is at work
-    assert trimmed.wait(5)
+    from carmask.serve.limits import Admission
+    trimmed, waiting, waited = threading.Event(), threading.Semaphore(0), threading.Semaphore(0)
+
+    def pause(seconds):  # the idle wait: until the test lets it end
+        waiting.release()
+        waited.acquire()
+
+    admission = Admission(2, 100, on_idle=trimmed.set, pause=pause)
+    with admission.job(), admission.pixels(10):
+        with admission.job():
+            pass  # one job ends while another is at work
+        assert waiting.acquire(timeout=30)  # the idle wait begins
+        waited.release()
+        assert waiting.acquire(timeout=30)  # over, but a job is at work: waits again, nothing trimmed
+        assert not trimmed.is_set()
+    waited.release()  # the last job has ended: this wait is the last
+    assert trimmed.wait(30)
 
 
 def test_removebg_json_answer_and_foreground_box(client, photo):
@@ -504,7 +567,7 @@ def test_removebg_json_request(client, photo):
 
 
 def test_a_bug_is_a_json_500_without_internals(rgb_predictor, photo, monkeypatch):
-    from carmask.serve import Service
+    from carmask.serve.service import Service
     monkeypatch.setattr(Service, "cut", lambda *a: 1 / 0)
     with TestClient(create_app(rgb_predictor), raise_server_exceptions=False) as c:
         for path, field, shape in (("/api/cutout", "file", "detail"), ("/v1.0/removebg", "image_file", "errors")):
@@ -536,28 +599,39 @@ def test_removebg_crop(client, photo):
 
 def test_uploads_are_read_into_memory_only_inside_a_job(rgb_predictor, photo, monkeypatch):
     """Requests beyond the jobs wait with their uploads spooled, not in memory
-    (30 tiny zips unpacking 100 MiB each took a server to 3.2 GiB)."""
+    (30 tiny zips unpacking 100 MiB each took a server to 3.2 GiB). The first
+    read holds on until all four requests are at the admission: any other let
+    in would read beside it."""
     import threading
-    import time
 
-    import carmask.serve as serve
-    active, most, lock = [0], [0], threading.Lock()
-    read = serve.read_upload
+    from carmask.serve.uploads import Budget
+    app = create_app(rgb_predictor, max_concurrency=1)
+    admission, requests = app.state.service.admission, 4
+    active, most, arrived, lock, everyone_in = [0], [0], [0], threading.Lock(), threading.Event()
+    read, job = Budget.read, admission.job
 
-    def counting(upload, state):
+    def arriving():
+        with lock:
+            arrived[0] += 1
+            if arrived[0] == requests:
+                everyone_in.set()
+        return job()
+
+    def counting(budget, upload):
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
-        time.sleep(0.2)
+        assert everyone_in.wait(60)
         try:
-            return read(upload, state)
+            return read(budget, upload)
         finally:
             with lock:
                 active[0] -= 1
-    monkeypatch.setattr(serve, "read_upload", counting)
-    with TestClient(create_app(rgb_predictor, max_concurrency=1)) as c, ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: _post(c, photo[0]).status_code, range(4)))
-    assert answers == [200] * 4 and most[0] == 1
+    monkeypatch.setattr(Budget, "read", counting)
+    monkeypatch.setattr(admission, "job", arriving)
+    with TestClient(app) as c, ThreadPoolExecutor(requests) as pool:
+        answers = list(pool.map(lambda _: _post(c, photo[0]).status_code, range(requests)))
+    assert answers == [200] * requests and most[0] == 1
 
 
 def test_a_body_too_large_to_drain_is_answered_at_once():
@@ -565,7 +639,7 @@ def test_a_body_too_large_to_drain_is_answered_at_once():
     at once, not after the body timeout (the client never sends it)."""
     import asyncio
 
-    from carmask.guard import DRAIN_BYTES, Guard
+    from carmask.serve.guard import DRAIN_BYTES, Guard
 
     async def app(scope, receive, send):
         raise AssertionError("the route must not run")

@@ -18,7 +18,8 @@ requests = pytest.importorskip("requests")
 
 from carmask.predict import Predictor  # noqa: E402
 from live_server import live_server  # noqa: E402
-from carmask.serve import create_app, timed_protocol  # noqa: E402
+from carmask.serve import create_app  # noqa: E402
+from carmask.serve.server import timed_protocol  # noqa: E402
 
 KEY = "test-key"
 AUTH = {"X-Api-Key": KEY}

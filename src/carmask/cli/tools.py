@@ -31,7 +31,7 @@ def serve(host, port, model, device, api_key, allow_origin, allow_host, max_uplo
     if missing:
         raise click.UsageError(f"carmask serve needs the serve extra ({', '.join(missing)} not installed): "
                                "pip install 'carmask[serve]'")
-    from carmask.guard import host_name, origin
+    from carmask.serve.guard import host_name, origin
     for option, check, values in (("--allow-origin", origin, allow_origin), ("--allow-host", host_name, allow_host)):
         try:
             [check(value) for value in values]

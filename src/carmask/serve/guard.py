@@ -1,14 +1,16 @@
 """What stands in front of the HTTP service's routes.
 
-`Guard` (ASGI middleware, outermost) adds security headers to every answer,
+`Guard` (ASGI middleware, outermost) adds security headers to every answer
+(a strict Content-Security-Policy unless the route sent its own: `policy`),
 refuses Host names it does not serve (DNS rebinding; IP addresses are always
 served, names only as `local_hosts` lists them), POSTs from pages of other
 origins and, when the server has an API key, POSTs without it; answers a body
 over the upload limit with a 413 after reading and dropping it (so that the
-client sees the answer) and a body that takes too
-long with a 408; `timed_protocol` closes connections whose headers are late.
-`error_response` shapes every error as the endpoint's API does: remove.bg's
-`{"errors": [{"title", "code"}]}` under /v1.0/, else `{"detail"}`.
+client sees the answer) and a body that takes too long with a 408.
+
+Why not Starlette's `TrustedHostMiddleware` for the Host check: it cannot
+serve every IP address without serving every name ("*"), and it refuses in
+plain text, not in the endpoint's error shape (a test pins both).
 """
 from __future__ import annotations
 
@@ -19,35 +21,29 @@ import re
 import time
 from urllib.parse import urlsplit
 
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse
+from carmask.serve.errors import Forbidden, Refusal, Timeout, TooLarge, WrongKey, error_response, removebg_path
+from carmask.serve.limits import MULTIPART_SLACK, MiB
 
-MiB = 1024 * 1024
 DRAIN_BYTES = 256 * MiB               # an oversized body is read and dropped up to this, then answered
-HEADER_TIMEOUT = 10.0                 # seconds for a client to send a request's headers
 BODY_TIMEOUT = 60.0                   # seconds for a client to send a request's body
-MULTIPART_SLACK = 64 * 1024           # room for multipart headers and form fields
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
-                                  b"'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self'; "
-                                  b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
 ]
 
 
-def error_response(path: str, status: int, message: str, code: str | None = None, headers=None) -> JSONResponse:
-    """An error as the endpoint's API shapes them: remove.bg's {"errors": [{"title", "code"}]}, else {"detail"}."""
-    if removebg_path(path):
-        code = code or {413: "file_too_large", 415: "invalid_file_type", 408: "timeout",
-                        403: "forbidden"}.get(status, "invalid_parameters")
-        return JSONResponse({"errors": [{"title": message, "code": code}]}, status_code=status, headers=headers)
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+def policy(scripts: tuple[str, ...] = (), styles: tuple[str, ...] = ()) -> str:
+    """The Content-Security-Policy: scripts and styles from this server's files only,
+    plus the given sources (the API pages' inline blocks, by hash)."""
+    return "; ".join([
+        "default-src 'self'", "img-src 'self' blob: data:", " ".join(["style-src 'self'", *styles]),
+        " ".join(["script-src 'self'", *scripts]), "connect-src 'self'", "frame-ancestors 'none'",
+        "base-uri 'none'", "form-action 'self'"])
 
 
-def removebg_path(path: str) -> bool:
-    return path.startswith("/v1.0/")
+CSP = (b"content-security-policy", policy().encode())
 
 
 def origin(text: str) -> str:
@@ -90,48 +86,56 @@ class Guard:
 
         async def send_secure(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": list(message.get("headers", [])) + SECURITY_HEADERS}
+                headers = list(message.get("headers", []))
+                own_policy = any(name.lower() == CSP[0] for name, _ in headers)
+                message = {**message, "headers": headers + SECURITY_HEADERS + ([] if own_policy else [CSP])}
             await send(message)
 
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        host = headers.get("host", "")
-        if self.hosts is not None and not served(host, self.hosts):
-            return await self._refuse(scope, receive, send_secure, 403, f"host {host[:80]!r} is not served here "
-                                      "(carmask serve --allow-host NAME adds a name)")
-        origin = headers.get("origin")
-        if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
-                origin != f"{scope.get('scheme', 'http')}://{host}" and origin not in self.origins:
-            return await self._refuse(scope, receive, send_secure, 403,
-                                      f"requests from pages of {origin[:80]} are not allowed "
-                                      "(carmask serve --allow-origin adds an origin)")
-        if self.api_key is not None and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
-                not hmac.compare_digest(headers.get("x-api-key", "").encode("latin-1"), self.api_key.encode()):
-            return await self._refuse(scope, receive, send_secure, 403, "missing or wrong API key: this server "
-                                      "needs it as the X-Api-Key header", code="auth_failed")
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            return await self._refuse(scope, receive, send_secure, refusal)
         limit = self.max_removebg_body if removebg_path(scope["path"]) else self.max_body
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             # Read and dropped first, so the client sees the answer; not a body
             # that would never fit the bound (the answer would wait for the timeout).
-            return await self._refuse(scope, receive, send_secure, 413, self._too_large(limit),
+            return await self._refuse(scope, receive, send_secure, TooLarge(self._too_large(limit)),
                                       drain=int(length) <= DRAIN_BYTES)
+        return await self.app(scope, self._bounded(receive, limit), send_secure)
+
+    def _refusal(self, scope, headers: dict[str, str]) -> Refusal | None:
+        """Why the request is refused before the app sees it (host, origin, key), or None."""
+        host, origin, post = headers.get("host", ""), headers.get("origin"), scope["method"] not in SAFE_METHODS
+        if self.hosts is not None and not served(host, self.hosts):
+            return Forbidden(f"host {host[:80]!r} is not served here (carmask serve --allow-host NAME adds a name)")
+        if origin and post and origin != f"{scope.get('scheme', 'http')}://{host}" and origin not in self.origins:
+            return Forbidden(f"requests from pages of {origin[:80]} are not allowed "
+                             "(carmask serve --allow-origin adds an origin)")
+        if self.api_key is not None and post and \
+                not hmac.compare_digest(headers.get("x-api-key", "").encode("latin-1"), self.api_key.encode()):
+            return WrongKey("missing or wrong API key: this server needs it as the X-Api-Key header")
+        return None
+
+    def _bounded(self, receive, limit: int):
+        """`receive` with the body's size and time bounded: raised inside the route's body
+        parsing, the refusal is answered by the app's handler."""
         seen, deadline = 0, time.monotonic() + self.body_timeout
 
-        async def guarded_receive():
+        async def bounded_receive():
             nonlocal seen
             try:
                 message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body took longer than {self.body_timeout:.0f} s",
-                                    headers={"Connection": "close"}) from None
+                raise Timeout(f"the request body took longer than {self.body_timeout:.0f} s",
+                              headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    # Raised inside the route's body parsing: answered 413 by the handler.
-                    raise HTTPException(413, self._too_large(limit), headers={"Connection": "close"})
+                    raise TooLarge(self._too_large(limit), headers={"Connection": "close"})
             return message
 
-        return await self.app(scope, guarded_receive, send_secure)
+        return bounded_receive
 
     def _too_large(self, limit: int) -> str:
         upload = self.max_body - MULTIPART_SLACK
@@ -140,12 +144,12 @@ class Guard:
                    "as a file or as base64)"
         return f"upload is larger than the limit of {upload:,} bytes ({upload / MiB:.1f} MiB)"
 
-    async def _refuse(self, scope, receive, send, status: int, message: str, drain: bool | None = None, code=None):
-        """Answer `status` without the app; `drain`: read and drop the body
+    async def _refuse(self, scope, receive, send, refusal: Refusal, drain: bool | None = None):
+        """Answer the refusal without the app; `drain`: read and drop the body
         first (default: for methods that have one)."""
         if scope["method"] not in ("GET", "HEAD") if drain is None else drain:
             await _drain(receive, self.body_timeout)
-        await error_response(scope["path"], status, message, code,
+        await error_response(scope["path"], refusal.status_code, refusal.detail, refusal.code,
                              headers={"Connection": "close"})(scope, receive, send)
 
 
@@ -199,29 +203,3 @@ def host_name(text: str) -> str:
         raise ValueError(f"{text[:80]!r} is not a host name: give a name as clients write it in their URLs, "
                          "like studio.example (no scheme, port or wildcard; repeat the option for more)")
     return name
-
-
-
-def timed_protocol(header_timeout: float = HEADER_TIMEOUT):
-    """uvicorn's h11 protocol, closing connections whose request headers take
-    longer than `header_timeout` seconds (slow clients cannot hold them open)."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TimedH11Protocol(H11Protocol):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self._arm_header_timer()
-
-        def on_response_complete(self):
-            super().on_response_complete()
-            self._arm_header_timer()
-
-        def _arm_header_timer(self):
-            cycle = self.cycle
-            self.loop.call_later(header_timeout, self._headers_late, cycle)
-
-        def _headers_late(self, cycle):
-            if self.cycle is cycle and not self.transport.is_closing():
-                self.transport.close()
-
-    return TimedH11Protocol

@@ -1,4 +1,4 @@
-"""remove.bg's API as values, with no HTTP in it (serve.py reads the request and calls these).
+"""remove.bg's API as values, with no HTTP in it (`removebg_endpoint` reads the request and calls these).
 
     FIELDS                      every remove.bg field: its kind, default and what carmask does with it
     parse(fields, files)        the request's fields -> `Options`; a bad one -> `RemoveBgError` naming it
@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageColor
 
 from carmask.cutout import compose
+from carmask.serve.errors import RemoveBgError
+from carmask.serve.images import MEDIA, encode
 
 WHITE = (255, 255, 255)   # remove.bg's JPEG background when none is given
 FOREGROUND_ALPHA = 32     # alpha counted in the car's box (X-Foreground-*): not a faint haze
@@ -28,14 +30,6 @@ SIZES = {"preview": 0.25e6, "small": 0.25e6, "regular": 0.25e6, "medium": 1.5e6,
          "full": None, "4k": None, "50mp": None, "auto": None}   # most pixels; None: the photo's own
 FORMATS = ("auto", "png", "jpg", "webp", "zip")
 FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-class RemoveBgError(Exception):
-    """An answer in remove.bg's error shape: {"errors": [{"title", "code"}]}."""
-
-    def __init__(self, status: int, title: str, code: str = "invalid_parameters"):
-        super().__init__(title)
-        self.status, self.title, self.code = status, title, code
 
 
 @dataclass(frozen=True)
@@ -105,21 +99,21 @@ def parse(fields: Mapping[str, str], files: set[str]) -> Options:
     for group, need in ((SOURCES, True), (BACKGROUNDS, False)):
         present = [name for name in group if name in given]
         if len(present) > 1:
-            raise RemoveBgError(400, f"{' and '.join(present)} were both given: send only one of {', '.join(group)}")
+            raise RemoveBgError(f"{' and '.join(present)} were both given: send only one of {', '.join(group)}")
         if need and not present:
-            raise RemoveBgError(400, "No image given: send image_file or image_file_b64", "missing_image")
+            raise RemoveBgError("No image given: send image_file or image_file_b64", "missing_image")
     for name, instead in URLS.items():
         if name in given:
-            raise RemoveBgError(400, f"{name} is not supported: this server fetches nothing; send {instead}",
+            raise RemoveBgError(f"{name} is not supported: this server fetches nothing; send {instead}",
                                 "url_not_supported")
     text = {name: fields.get(name, "").strip() for name, field in FIELDS.items()
             if field.kind in ("text", "flag") and name not in SOURCES}  # not the photo's base64: no copy
     for name, value in text.items():
         field = FIELDS[name]
         if field.choices and value and value.lower() not in field.choices:
-            raise RemoveBgError(400, f"{name} {value[:40]!r} is not one of {', '.join(field.choices)}")
+            raise RemoveBgError(f"{name} {value[:40]!r} is not one of {', '.join(field.choices)}")
         if field.kind == "flag" and value and value.lower() not in FLAGS:
-            raise RemoveBgError(400, f"{name} {value[:40]!r}: use true or false")
+            raise RemoveBgError(f"{name} {value[:40]!r}: use true or false")
     choice = lambda name: (text[name] or FIELDS[name].default).lower()  # noqa: E731
     scale = _scale(text["scale"])
     return Options(source=next(name for name in SOURCES if name in given), size=SIZES[choice("size")],
@@ -140,7 +134,7 @@ def _lengths(name: str, text: str, counts: tuple[int, ...], units=("px", "%")) -
     if len(parts) not in counts or not all(values) or any((m[2] or "px") not in units for m in values):
         how = " or ".join(str(c) for c in counts)
         unit = "px or %" if len(units) == 2 else "%"
-        raise RemoveBgError(400, f"{name} {text[:60]!r}: give {how} values in {unit}, like "
+        raise RemoveBgError(f"{name} {text[:60]!r}: give {how} values in {unit}, like "
                                  f"{'30px' if 'px' in units else '50%'}")
     return [(float(m[1]) / 100, "%") if m[2] == "%" else (float(m[1]), "px") for m in values]
 
@@ -151,7 +145,7 @@ def _roi(text: str):
     box = _lengths("roi", text, (4,))
     (x1, ux1), (y1, uy1), (x2, ux2), (y2, uy2) = box
     if (ux1 == ux2 and x1 >= x2) or (uy1 == uy2 and y1 >= y2):
-        raise RemoveBgError(400, f"roi {text[:60]!r}: x1 y1 x2 y2 with x1 < x2 and y1 < y2")
+        raise RemoveBgError(f"roi {text[:60]!r}: x1 y1 x2 y2 with x1 < x2 and y1 < y2")
     return tuple(box)
 
 
@@ -167,7 +161,7 @@ def _scale(text: str) -> float | None:
         return None
     [(value, _)] = _lengths("scale", text, (1,), units=("%",))
     if not 0.1 <= value <= 1:
-        raise RemoveBgError(400, f"scale {text[:40]!r}: give 10% to 100%, or original")
+        raise RemoveBgError(f"scale {text[:40]!r}: give 10% to 100%, or original")
     return value
 
 
@@ -178,7 +172,7 @@ def _position(text: str, scale: float | None) -> tuple[float, float] | None:
         return 0.5, 0.5
     values = [value for value, _ in _lengths("position", text, (1, 2), units=("%",))]
     if not all(0 <= value <= 1 for value in values):
-        raise RemoveBgError(400, f"position {text[:40]!r}: give 0% to 100%")
+        raise RemoveBgError(f"position {text[:40]!r}: give 0% to 100%")
     return (values[0], values[-1])
 
 
@@ -190,7 +184,7 @@ def _colour(text: str) -> tuple[int, int, int, int] | None:
     try:
         return tuple(ImageColor.getcolor(spec, "RGBA"))
     except ValueError:
-        raise RemoveBgError(400, f"bg_color {text[:40]!r} is not a colour: give hex like 81d4fa, fff or 81d4fa77 "
+        raise RemoveBgError(f"bg_color {text[:40]!r} is not a colour: give hex like 81d4fa, fff or 81d4fa77 "
                                  "(with alpha), or a name like green") from None
 
 
@@ -253,7 +247,7 @@ def _resized(rgba: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _car(rgba: np.ndarray) -> np.ndarray:
     box = foreground_box(rgba[..., 3])
     if not box["width"]:
-        raise RemoveBgError(400, "no car was found to crop, scale or position", "unknown_foreground")
+        raise RemoveBgError("no car was found to crop, scale or position", "unknown_foreground")
     return rgba[box["top"]:box["top"] + box["height"], box["left"]:box["left"] + box["width"]]
 
 
@@ -308,9 +302,6 @@ def render(rgba: np.ndarray, background: np.ndarray | None, options: Options) ->
     return encode(_over(rgba, background, options.bg_color, flat=fmt == "jpg"), fmt), MEDIA[fmt]
 
 
-MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
-
-
 def _over(rgba: np.ndarray, background: np.ndarray | None, colour, flat: bool) -> np.ndarray:
     """The car over the background image or colour (its alpha kept: RGBA); `flat`: no
     transparency left (a JPEG): what stays see-through goes over white."""
@@ -326,19 +317,6 @@ def _over(rgba: np.ndarray, background: np.ndarray | None, colour, flat: bool) -
     rgb = (photo * a + np.array(colour[:3]) * b * (1 - a)) / np.maximum(out_a, 1e-6)
     layered = np.dstack([np.round(rgb), np.round(out_a * 255)]).astype(np.uint8)
     return compose(layered[..., :3], layered[..., 3], WHITE) if flat else layered
-
-
-def encode(array: np.ndarray, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    with Image.fromarray(array) as image:
-        if fmt == "png":
-            image.save(buffer, format="PNG", compress_level=1)  # fast; the photo's noise dominates the size
-        elif fmt == "webp":
-            image.save(buffer, format="WEBP", quality=90)
-        else:
-            image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(buffer, format="JPEG",
-                                                                                        quality=92)
-    return buffer.getvalue()
 
 
 # -- the schema of the endpoint ---------------------------------------------------------------------
