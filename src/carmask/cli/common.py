@@ -102,7 +102,9 @@ def _stopping_signals():
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            # Stopped by one: the process is ending, and another now (a second
+            # Ctrl-C) would only break the interpreter's shutdown with a traceback.
+            signal.signal(signum, signal.SIG_IGN if stopping else handler)
 
 
 @contextmanager
