@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+SERVICE_DOC = Path(__file__).resolve().parents[1] / "docs" / "SERVICE.md"
 
 
 @pytest.fixture(scope="module")
@@ -202,9 +202,9 @@ def test_type_shadow_and_semitransparency_are_checked_then_ignored(client, photo
     refused(post(client, photo, add_shadow="maybe"), "add_shadow")
 
 
-def test_the_readme_says_what_becomes_of_every_field():
+def test_the_service_doc_says_what_becomes_of_every_field():
     from carmask.serve import removebg
-    table = README.read_text(encoding="utf-8").split("### remove.bg compatibility", 1)[1]
+    table = SERVICE_DOC.read_text(encoding="utf-8").split("\n## remove.bg compatibility\n", 1)[1]
     named = set(re.findall(r"^\| `([a-z_0-9]+)`", table, re.M))
     assert set(removebg.FIELDS) <= named, set(removebg.FIELDS) - named
     for header in ("X-Width", "X-Height", "X-Type", "X-Credits-Charged", "X-Foreground-Top", "X-RateLimit-Limit"):
