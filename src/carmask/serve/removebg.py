@@ -6,7 +6,7 @@
     render(rgba, back, options) the answer's bytes and media type (format, channels, bg_color, bg_image_file)
 
 The fields, the OpenAPI schema of /v1.0/removebg and the compatibility table in
-README.md are one list (`FIELDS`); a test keeps the README's table in step.
+docs/SERVICE.md are one list (`FIELDS`); a test keeps that table in step.
 """
 from __future__ import annotations
 
