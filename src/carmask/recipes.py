@@ -12,6 +12,7 @@ from dataclasses import fields, replace
 
 from carmask.models import ARCH_LIMITS
 from carmask.train import TrainConfig
+from carmask.train_refiner import RefinerConfig
 from carmask.views import InputSpec
 
 MULTIVIEW = ("rgb", "median_diff", "mean_diff")
@@ -20,7 +21,7 @@ _UNET = dict(arch="unet", epochs=10_000, lr=3e-3, weight_decay=1e-4, dice_weight
              edge_weight=2.0, augment=True, schedule="cosine")
 _SMALL, _LARGE = {"width": 8, "depth": 4}, {"width": 32, "depth": 4}
 
-RECIPES: dict[str, TrainConfig] = {
+RECIPES: dict[str, TrainConfig | RefinerConfig] = {
     # The seed write-up: its 3-layer CNN, photo + median difference in a 480x320
     # frame cropped to the car at 100x100, BCE, Adam 1e-3, batch 32.
     "seed": TrainConfig(epochs=40, max_minutes=30),
@@ -38,6 +39,9 @@ RECIPES: dict[str, TrainConfig] = {
                                       spec=InputSpec(MULTIVIEW, size=(512, 512), frame=(512, 512), crop=True)),
     "rgb-accurate": TrainConfig(**_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=2.5,
                                 spec=InputSpec(("rgb",), size=(512, 512))),
+    # Learned edge refiners on top of a coarse model (carmask.train_refiner), on a 2-core CPU:
+    # band pixels at 512x512 from the photo, the studio and the coarse probability.
+    "refiner-multiview": RefinerConfig(coarse="multiview-fast", studio="set", max_minutes=60),
 }
 SPEC_FIELDS = ("channels", "size", "frame", "crop")
 ARCH_FIELDS = ("width", "depth")
@@ -51,6 +55,11 @@ def recipe(name: str, **overrides) -> TrainConfig:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
     base, given = RECIPES[name], {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(base, RefinerConfig):
+        unknown = set(given) - {f.name for f in fields(RefinerConfig)}
+        if unknown:
+            raise ValueError(f"{', '.join(sorted(unknown))}: not an option of a refiner recipe")
+        return replace(base, **given)
     unknown = set(given) - {f.name for f in fields(TrainConfig)} - set(SPEC_FIELDS) - set(ARCH_FIELDS)
     if unknown:
         raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}")

@@ -19,7 +19,8 @@ RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "spli
               help="Run folder (created): checkpoints, metrics.csv, curve.png, split.json.")
 @click.option("--recipe", default="seed", show_default=True, metavar="NAME",
               help="The settings that trained a shipped model (carmask.recipes): seed, rgb-fast, "
-                   "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation). "
+                   "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation); "
+                   "refiner-multiview (an edge refiner on top of a coarse model, CPU). "
                    "The options below change single fields.")
 @click.option("--arch", type=click.Choice(["seed", "unet"]), help="Network architecture.")
 @click.option("--width", type=click.IntRange(min=1), help="U-Net channels at full resolution.")
@@ -71,11 +72,15 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
     from carmask.data import discover
     from carmask.recipes import recipe as make_recipe
     from carmask.train import train as run_training
+    from carmask.train_refiner import RefinerConfig
 
     try:
         config = make_recipe(recipe, channels=tuple(inputs.split(",")) if inputs else None, **fields)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    refiner = isinstance(config, RefinerConfig)
+    if refiner:  # an edge refiner on top of a coarse model: a loop of its own
+        from carmask.train_refiner import train as run_training
     if resume and overwrite:
         raise click.UsageError("--resume continues a run and --overwrite starts afresh: pass one")
     try:
@@ -94,9 +99,13 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         if len(cars) < 2 and not config.val_cars:
             warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
                  "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
-        options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
-        detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
-               f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
+        if refiner:
+            detail(f"recipe {recipe}: edge refiner on {config.coarse}, studio from the {config.studio}; "
+                   f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
+        else:
+            options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
+            detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
+                   f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
     skipped = []
 
     def skip(reason: str) -> None:  # said at once, counted at the end

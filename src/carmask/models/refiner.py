@@ -1,0 +1,233 @@
+"""A learned edge refiner: the coarse model's outline re-decided, pixel by pixel, at 512x512.
+
+The coarse U-Net sees a 128x128 crop, so at 512x512 its outline is off by
+about a pixel: rounded corners, 1-2 px slivers. 95% of its wrong pixels lie
+where its own probability is unsure (LOW < p < 1 - LOW: about 3% of the
+frame), so only those pixels are re-decided, PointRend-like:
+
+    band    = pixels with LOW < coarse < 1 - LOW
+    patches = for each band pixel, its (2r+1)^2 neighbours (plus a sparse ring
+              further out) in 8 planes: photo RGB, studio RGB (the empty
+              studio behind the car), coarse probability and how far the
+              photo is from the studio (the largest channel's difference), uint8
+    logit   = logit(coarse) + MLP(patches)        (a correction of the coarse logit)
+
+The gather pulls the 8 planes of a pixel as one int64, so
+the cost grows with the band's pixels (about 8k a photo), not the frame's.
+Everything is torch on the tensors' device; `refine_batch` is the one entry
+point. The studio comes from the car's views (`set_studios`: their median,
+as the coarse model's own input) or, for a single photo, from the studio
+around the car (`photo_studio`, the estimate `carmask.refine` makes).
+Checkpoints are plain tensors loaded with `weights_only=True`, weights
+stored in half precision. Measurements and the alternatives tried:
+docs/RESULTS.md, "Learned edge refiner".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from carmask.io import atomic_write
+from carmask.views import backgrounds, resize_image, resize_map
+
+FORMAT = "carmask-refiner-1"
+SIZE = (512, 512)  # (width, height): the size the refiners are trained at
+PLANES = 8  # photo RGB, studio RGB, coarse probability, |photo - studio| (largest channel)
+LIMITS = {"radius": (0, 8), "ring": (0, 16), "hidden": (1, 512), "layers": (1, 4)}
+
+
+class EdgeRefiner(nn.Module):
+    """Point head on raw patches: K x k x 8 pixel values (0..255) -> K logit corrections.
+
+    `radius`: the dense patch is (2 radius + 1)^2 pixels; `ring`: if > 0, 16
+    more samples on a square of that radius (context: where the car's body
+    and the floor are); `hidden`: the MLP's widths; `low`: the band's bound.
+    """
+
+    def __init__(self, radius: int = 3, ring: int = 0, hidden: Sequence[int] = (64, 32), low: float = 0.05):
+        super().__init__()
+        self.config = {"radius": int(radius), "ring": int(ring), "hidden": [int(h) for h in hidden],
+                       "low": float(low)}
+        self.low = float(low)
+        self.register_buffer("offsets", patch_offsets(radius, ring), persistent=False)
+        layers, width = [], PLANES * len(self.offsets)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    @property
+    def centre(self) -> int:
+        """Index of the pixel itself among the patch's samples."""
+        return int(((self.offsets == 0).all(1)).nonzero()[0, 0])
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        x = patches.to(self.mlp[0].weight.dtype).sub_(128).div_(64)  # pixel values to about -2..2
+        return self.mlp(x.reshape(len(x), -1))[:, 0]
+
+
+def patch_offsets(radius: int, ring: int = 0) -> torch.Tensor:
+    """k x 2 (dy, dx): the dense square of `radius`, then 16 samples on the square of radius `ring`."""
+    d = torch.arange(-radius, radius + 1)
+    offsets = torch.stack(torch.meshgrid(d, d, indexing="ij"), -1).reshape(-1, 2)
+    if ring > 0:
+        steps = torch.tensor([-ring, -ring // 2, 0, ring // 2])
+        side = [torch.stack([steps, torch.full_like(steps, -ring)], 1)]  # left side, going down
+        side.append(torch.stack([torch.full_like(steps, ring), steps], 1))   # bottom, going right
+        side.append(torch.stack([-steps, torch.full_like(steps, ring)], 1))  # right, going up
+        side.append(torch.stack([torch.full_like(steps, -ring), -steps], 1))  # top, going left
+        offsets = torch.cat([offsets, *side])
+    return offsets
+
+
+# -- the inference ---------------------------------------------------------------------------------
+
+def band(coarse: torch.Tensor, low: float) -> torch.Tensor:
+    """Flat indices into N x H x W `coarse` probabilities (float 0..1, or uint8
+    0..255) of the pixels the refiner re-decides."""
+    if coarse.dtype == torch.uint8:
+        lo, hi = round(low * 255), round((1 - low) * 255)
+    else:
+        lo, hi = low, 1 - low
+    flat = coarse.reshape(-1)
+    return ((flat > lo) & (flat < hi)).nonzero()[:, 0]
+
+
+def packed(photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
+    """N x H x W int64: each pixel's 8 planes (photo RGB, studio RGB, coarse
+    probability x 255, |photo - studio| in its largest channel) packed into
+    8 bytes, so that one gather pulls all of them."""
+    n, _, height, width = photos.shape
+    out = torch.empty((n, height, width, 8), dtype=torch.uint8, device=photos.device)
+    out[..., 0:3] = photos.permute(0, 2, 3, 1)
+    out[..., 3:6] = studios.permute(0, 2, 3, 1)
+    out[..., 6] = coarse if coarse.dtype == torch.uint8 else _to_uint8(coarse)
+    out[..., 7] = (torch.maximum(photos, studios) - torch.minimum(photos, studios)).amax(1)
+    return out.view(torch.int64)[..., 0]
+
+
+def patches(table: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """K x k x 8 uint8: the packed pixels (N x H x W int64, see `packed`) at
+    flat indices `index` moved by each of the k `offsets` (dy, dx), clamped to
+    the photo's edges."""
+    n, height, width = table.shape
+    image, pixel = index.div(height * width, rounding_mode="floor"), index.remainder(height * width)
+    y = pixel.div(width, rounding_mode="floor")[:, None] + offsets[None, :, 0]
+    x = pixel.remainder(width)[:, None] + offsets[None, :, 1]
+    at = (image * height)[:, None] + y.clamp_(0, height - 1)
+    at = at.mul_(width).add_(x.clamp_(0, width - 1))
+    # index_select of a flat index: several times as fast as advanced indexing on the CPU
+    return table.reshape(-1).index_select(0, at.reshape(-1)).view(torch.uint8).view(len(index), len(offsets), 8)
+
+
+@torch.inference_mode()
+def refine_batch(refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor,
+                 chunk: int = 32768) -> torch.Tensor:
+    """Refined probabilities: N x H x W float32, on the tensors' device.
+
+    `photos`: N x 3 x H x W uint8, the photos at the refiner's size (512x512
+    for the shipped ones: squash a 1918x1280 photo to it as the coarse
+    models do); `studios`: N x 3 x H x W uint8, the studio behind each photo
+    (`set_studios` for a car's views, `photo_studio` for a photo alone);
+    `coarse`: N x H x W, the coarse model's probabilities at that size
+    (float 0..1). Outside the band the coarse probabilities are returned as
+    they are; `chunk`: band pixels per MLP call (bounds memory).
+    """
+    coarse = coarse.float()
+    out = coarse.clone()
+    index = band(coarse, refiner.low)
+    if index.numel() == 0:
+        return out
+    table = packed(photos, studios, coarse)
+    offsets = refiner.offsets.to(photos.device)
+    p = coarse.reshape(-1)[index].clamp(1e-4, 1 - 1e-4)
+    logits = torch.logit(p)
+    for start in range(0, len(index), chunk):
+        part = slice(start, start + chunk)
+        logits[part] += refiner(patches(table, index[part], offsets))
+    out.view(-1)[index] = torch.sigmoid(logits)
+    return out
+
+
+# -- the studio behind the car ---------------------------------------------------------------------
+
+def set_studios(photos: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """N x 3 x H x W uint8: for cars one after another in `photos` (N x 3 x H x W
+    uint8, `counts[k]` views of car k, at least 3), each photo's car's
+    per-pixel median: the empty studio wherever most views show it."""
+    median = backgrounds(photos, counts).median
+    car = torch.repeat_interleave(torch.arange(len(counts), device=photos.device),
+                                  torch.tensor(list(counts), device=photos.device), output_size=len(photos))
+    return median[car]
+
+
+def photo_studio(photos: torch.Tensor, coarse: torch.Tensor, grid: int = 128) -> torch.Tensor:
+    """N x 3 x H x W uint8: the studio behind each photo estimated from the photo
+    alone, as `carmask.refine` does for a single photo: the cells (on a grid
+    `grid` cells across) that the coarse model is sure are studio, carried
+    inwards by a push-pull fill, then scaled back up."""
+    from carmask.refine import SURE, _fill
+
+    n, _, height, width = photos.shape
+    size = (grid, max(1, round(grid * height / width)))
+    small = resize_image(photos, size).float()
+    sure = resize_map(coarse.float()[:, None], size) < SURE
+    filled = torch.cat([_fill(small[i:i + 1], sure[i:i + 1]) for i in range(n)])
+    return F.interpolate(filled, size=(height, width), mode="bilinear", align_corners=False) \
+        .round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+
+
+def to_refiner_size(images: torch.Tensor, size: tuple[int, int] = SIZE) -> torch.Tensor:
+    """N x 3 x H x W uint8 photos at the refiner's size (antialiased, as the coarse models' frames)."""
+    return resize_image(images, size)
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+def save(refiner: EdgeRefiner, path, meta: dict | None = None, half: bool = True) -> None:
+    """Write a refiner checkpoint atomically: plain tensors (float16 by default), its config and meta."""
+    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+             for k, v in refiner.state_dict().items()}
+    payload = {"format": FORMAT, "config": refiner.config, "state_dict": state, "meta": dict(meta or {})}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load(path, map_location="cpu") -> tuple[EdgeRefiner, dict]:
+    """A refiner checkpoint, loaded safely (`weights_only=True`, its config held
+    to bounds and its weights to the config's shapes): the model in eval mode,
+    float32, and its meta."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:  # pickle errors, truncation, not a checkpoint: torch's words run to paragraphs
+        raise ValueError(f"{path}: not a loadable refiner checkpoint") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a carmask refiner checkpoint")
+    config = payload.get("config")
+    if not isinstance(config, dict) or set(config) != {"radius", "ring", "hidden", "low"}:
+        raise ValueError(f"{path}: unreadable refiner config {config!r}")
+    hidden = config["hidden"]
+    checks = [("radius", config["radius"]), ("ring", config["ring"])] + [("hidden", h) for h in hidden] \
+        if isinstance(hidden, list) else []
+    if not checks or not LIMITS["layers"][0] <= len(hidden) <= LIMITS["layers"][1] or not all(
+            isinstance(v, int) and LIMITS[k][0] <= v <= LIMITS[k][1] for k, v in checks) \
+            or not isinstance(config["low"], float) or not 0 < config["low"] < 0.5:
+        raise ValueError(f"{path}: refiner config {config!r} is outside its bounds")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        skeleton = EdgeRefiner(**config)
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) \
+            or {k: tuple(v.shape) for k, v in state.items()} != want:
+        raise ValueError(f"{path}: its weights do not fit a refiner of config {config}")
+    refiner = EdgeRefiner(**config)
+    refiner.load_state_dict({k: v.float() for k, v in state.items()})
+    return refiner.eval(), payload.get("meta", {})
+
+
+def _to_uint8(probs: torch.Tensor) -> torch.Tensor:
+    return probs.mul(255).round_().clamp_(0, 255).to(torch.uint8)
