@@ -63,7 +63,7 @@ class RefinerConfig:
     batch_size: int = 8192           # band pixels per step
     buffer: int = 64                 # photos held in memory; `refresh` of them replaced each step
     refresh: int = 2
-    steps_per_epoch: int = 1000
+    steps_per_epoch: int = 2000
     epochs: int = 10_000
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -118,7 +118,8 @@ def train(data_dir, run_dir, config: RefinerConfig, device: str = "auto", resume
         run.elapsed += seconds
         if train_loss is None:
             break
-        val_loss, val_dice = evaluate(run.refiner, run.cache, run.val_rows, config)
+        # every 4th validation photo: a figure to follow (benchmarks/edge_refiner.py measures them all)
+        val_loss, val_dice = evaluate(run.refiner, run.cache, run.val_rows[::4], config)
         save_epoch(run, train_loss, val_loss, val_dice, progress)
         if out_of_time:
             break
@@ -192,7 +193,7 @@ class CoarseCache:
     @classmethod
     def build(cls, cars: dict, config: RefinerConfig, perturbed: set[str], folder: Path,
               progress: bool = True) -> "CoarseCache":
-        key = hashlib.sha1(json.dumps([2, config.coarse, str(models.resolve(config.coarse).stat().st_size),
+        key = hashlib.sha1(json.dumps([3, config.coarse, str(models.resolve(config.coarse).stat().st_size),
                                        config.perturb, sorted(perturbed), sorted(
                                            str(e.photo) for ex in cars.values() for e in ex)]).encode())
         folder = Path(folder) / f"refiner-{key.hexdigest()[:16]}"
@@ -229,7 +230,8 @@ class CoarseCache:
                 copies = [coarse_probs(coarse_model, batch)] if batch is not None else []
                 copies += [coarse_probs(coarse_model, batch, generator) for _ in range(config.perturb)
                            if car in perturbed]
-                studio = rf.set_studios(batch, [len(photos)])[0] if len(photos) >= 3 else None
+                studio = rf.set_studios(batch, [len(photos)], copies[0].float() / 255)[0] \
+                    if len(photos) >= 3 else None
             except NotEnoughViews as exc:
                 skipped += [f"{e.photo}: {exc}" for e in kept]
                 continue
@@ -330,16 +332,17 @@ class Buffer:
     def load(self, slots: list[int]) -> None:
         pick = torch.randint(len(self.items), (len(slots),), generator=self.generator).tolist()
         photos, studios, coarse, masks = self.fetch([self.items[i] for i in pick])
-        tables = rf.packed(photos, studios, coarse)
+        tables = rf.packed(photos, studios, coarse, int(self.offsets.abs().max()))
         if self.tables is None:
             self.tables = tables.new_zeros((self.config.buffer, *tables.shape[1:]))
+            self.frame = coarse[0].numel()  # pixels of a photo, inside the table's border
         for i, slot in enumerate(slots):
             self.tables[slot] = tables[i]
             self.bands[slot] = rf.band(coarse[i], self.config.low)
             self.truth[slot] = masks[i].reshape(-1)[self.bands[slot]].float()
         # each photo's colour jitter, photo and studio alike: gain, offset
         self.colour[slots] = (torch.rand((len(slots), 2), generator=self.generator) * 2 - 1) * self.config.jitter
-        self.index = torch.cat([b + slot * self.tables[0].numel() for slot, b in enumerate(self.bands)])
+        self.index = torch.cat([b + slot * self.frame for slot, b in enumerate(self.bands)])
         self.targets = torch.cat(self.truth)
         self.owner = torch.repeat_interleave(torch.arange(len(self.bands)),
                                              torch.tensor([len(b) for b in self.bands]))

@@ -15,9 +15,9 @@ frame), so only those pixels are re-decided, PointRend-like:
 The gather pulls the 8 planes of a pixel as one int64, so
 the cost grows with the band's pixels (about 8k a photo), not the frame's.
 Everything is torch on the tensors' device; `refine_batch` is the one entry
-point. The studio comes from the car's views (`set_studios`: their median,
-as the coarse model's own input) or, for a single photo, from the studio
-around the car (`photo_studio`, the estimate `carmask.refine` makes).
+point. The studio comes from the car's views (`set_studios`: the median of
+the views that show the studio at each pixel) or, for a single photo, from
+the studio around the car (`photo_studio`, the estimate `carmask.refine` makes).
 Checkpoints are plain tensors loaded with `weights_only=True`, weights
 stored in half precision. Measurements and the alternatives tried:
 docs/RESULTS.md, "Learned edge refiner".
@@ -32,11 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from carmask.io import atomic_write
-from carmask.views import backgrounds, resize_image, resize_map
+from carmask.views import MIN_VIEWS, _median, backgrounds, resize_image, resize_map
 
 FORMAT = "carmask-refiner-1"
 SIZE = (512, 512)  # (width, height): the size the refiners are trained at
 PLANES = 8  # photo RGB, studio RGB, coarse probability, |photo - studio| (largest channel)
+STUDIO_BELOW = 0.1  # a view shows the studio at a pixel where its coarse probability is below this
 LIMITS = {"radius": (0, 8), "ring": (0, 16), "hidden": (1, 512), "layers": (1, 4)}
 
 
@@ -59,6 +60,11 @@ class EdgeRefiner(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
             width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+    @property
+    def reach(self) -> int:
+        """How far from its pixel a patch reaches (the border `packed` needs)."""
+        return int(self.offsets.abs().max())
 
     @property
     def centre(self) -> int:
@@ -97,29 +103,33 @@ def band(coarse: torch.Tensor, low: float) -> torch.Tensor:
     return ((flat > lo) & (flat < hi)).nonzero()[:, 0]
 
 
-def packed(photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    """N x H x W int64: each pixel's 8 planes (photo RGB, studio RGB, coarse
-    probability x 255, |photo - studio| in its largest channel) packed into
-    8 bytes, so that one gather pulls all of them."""
+def packed(photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """N x (H + 2 pad) x (W + 2 pad) int64: each pixel's 8 planes (photo RGB,
+    studio RGB, coarse probability x 255, |photo - studio| in its largest
+    channel) packed into 8 bytes, so that one gather pulls all of them; a
+    border of `pad` zeros, so that a patch never needs clamping."""
     n, _, height, width = photos.shape
-    out = torch.empty((n, height, width, 8), dtype=torch.uint8, device=photos.device)
-    out[..., 0:3] = photos.permute(0, 2, 3, 1)
-    out[..., 3:6] = studios.permute(0, 2, 3, 1)
-    out[..., 6] = coarse if coarse.dtype == torch.uint8 else _to_uint8(coarse)
-    out[..., 7] = (torch.maximum(photos, studios) - torch.minimum(photos, studios)).amax(1)
+    out = torch.zeros((n, height + 2 * pad, width + 2 * pad, 8), dtype=torch.uint8, device=photos.device)
+    inner = out[:, pad:pad + height, pad:pad + width]
+    inner[..., 0:3] = photos.permute(0, 2, 3, 1)
+    inner[..., 3:6] = studios.permute(0, 2, 3, 1)
+    inner[..., 6] = coarse if coarse.dtype == torch.uint8 else _to_uint8(coarse)
+    inner[..., 7] = (torch.maximum(photos, studios) - torch.minimum(photos, studios)).amax(1)
     return out.view(torch.int64)[..., 0]
 
 
 def patches(table: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """K x k x 8 uint8: the packed pixels (N x H x W int64, see `packed`) at
-    flat indices `index` moved by each of the k `offsets` (dy, dx), clamped to
-    the photo's edges."""
-    n, height, width = table.shape
+    """K x k x 8 uint8: the pixels of a packed table (see `packed`, its border
+    at least as wide as the largest offset) around the pixels at flat indices
+    `index` into the N x H x W frames inside the border, moved by each of the
+    k `offsets` (dy, dx)."""
+    pad = int(offsets.abs().max()) if len(offsets) else 0
+    n, padded_height, padded_width = table.shape
+    height, width = padded_height - 2 * pad, padded_width - 2 * pad
     image, pixel = index.div(height * width, rounding_mode="floor"), index.remainder(height * width)
-    y = pixel.div(width, rounding_mode="floor")[:, None] + offsets[None, :, 0]
-    x = pixel.remainder(width)[:, None] + offsets[None, :, 1]
-    at = (image * height)[:, None] + y.clamp_(0, height - 1)
-    at = at.mul_(width).add_(x.clamp_(0, width - 1))
+    row, col = pixel.div(width, rounding_mode="floor"), pixel.remainder(width)
+    centre = (image * padded_height + row + pad) * padded_width + col + pad
+    at = centre[:, None] + (offsets[:, 0] * padded_width + offsets[:, 1])[None, :]
     # index_select of a flat index: several times as fast as advanced indexing on the CPU
     return table.reshape(-1).index_select(0, at.reshape(-1)).view(torch.uint8).view(len(index), len(offsets), 8)
 
@@ -142,8 +152,8 @@ def refine_batch(refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tens
     index = band(coarse, refiner.low)
     if index.numel() == 0:
         return out
-    table = packed(photos, studios, coarse)
     offsets = refiner.offsets.to(photos.device)
+    table = packed(photos, studios, coarse, refiner.reach)
     p = coarse.reshape(-1)[index].clamp(1e-4, 1 - 1e-4)
     logits = torch.logit(p)
     for start in range(0, len(index), chunk):
@@ -155,14 +165,29 @@ def refine_batch(refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tens
 
 # -- the studio behind the car ---------------------------------------------------------------------
 
-def set_studios(photos: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+def set_studios(photos: torch.Tensor, counts: Sequence[int], coarse: torch.Tensor | None = None) -> torch.Tensor:
     """N x 3 x H x W uint8: for cars one after another in `photos` (N x 3 x H x W
-    uint8, `counts[k]` views of car k, at least 3), each photo's car's
-    per-pixel median: the empty studio wherever most views show it."""
-    median = backgrounds(photos, counts).median
-    car = torch.repeat_interleave(torch.arange(len(counts), device=photos.device),
-                                  torch.tensor(list(counts), device=photos.device), output_size=len(photos))
-    return median[car]
+    uint8, `counts[k]` views of car k, at least 3), the studio behind each
+    photo: the per-pixel median of the views that show the studio there
+    (their coarse probabilities, N x H x W, below STUDIO_BELOW), where at
+    least 3 do; elsewhere (and without `coarse`) the median of all views, as
+    the coarse model's own input has it. Near the car's outline the plain
+    median often shows the car (under the car, on the roof line)."""
+    starts = [sum(counts[:k]) for k in range(len(counts))]
+    out = torch.empty_like(photos)
+    for start, count in zip(starts, counts):
+        views = photos[start:start + count]
+        median = backgrounds(views, [count]).median
+        if coarse is not None:
+            hidden = (coarse[start:start + count] >= STUDIO_BELOW)[:, None].expand_as(views)
+            # views that show the car are set alternately to 0 and 255: the median of all
+            # is then that of the others (within one rank), by the uint8 sorting network
+            filler = (hidden.cumsum(0, dtype=torch.int16) % 2 == 0).to(torch.uint8).mul_(255)
+            masked = _median(list(torch.where(hidden, filler, views).unbind(0)))
+            enough = (~hidden[:, :1]).sum(0, dtype=torch.int16) >= MIN_VIEWS
+            median = torch.where(enough, masked, median[0])[None]
+        out[start:start + count] = median
+    return out
 
 
 def photo_studio(photos: torch.Tensor, coarse: torch.Tensor, grid: int = 128) -> torch.Tensor:
@@ -184,6 +209,29 @@ def photo_studio(photos: torch.Tensor, coarse: torch.Tensor, grid: int = 128) ->
 def to_refiner_size(images: torch.Tensor, size: tuple[int, int] = SIZE) -> torch.Tensor:
     """N x 3 x H x W uint8 photos at the refiner's size (antialiased, as the coarse models' frames)."""
     return resize_image(images, size)
+
+
+class PredictorHook:
+    """A refiner as a `Predictor(refine=...)` hook (see `predict.Batch`), for
+    measuring it in today's predictor: each photo and its probabilities taken
+    to the refiner's size, the studio from the photo's set (`views`) or from
+    the photo alone, refined; the predictor resizes the result to the output
+    size and thresholds it. (Not the integration: that resizes nothing twice.)"""
+
+    def __init__(self, refiner: EdgeRefiner, size: tuple[int, int] = SIZE):
+        self.refiner, self.size = refiner, size
+
+    @torch.inference_mode()
+    def __call__(self, batch) -> list[torch.Tensor]:
+        photos = torch.cat([resize_image(p[None], self.size) for p in batch.photos])
+        probs = torch.cat([resize_map(p[None, None].float(), self.size) for p in batch.probs])[:, 0]
+        studios = torch.empty_like(photos)
+        alone = [i for i, views in enumerate(batch.views) if len(views) < MIN_VIEWS]
+        for views in {tuple(v) for v in batch.views if len(v) >= MIN_VIEWS}:
+            studios[list(views)] = set_studios(photos[list(views)], [len(views)], probs[list(views)])
+        if alone:
+            studios[alone] = photo_studio(photos[alone], probs[alone])
+        return list(refine_batch(self.refiner.to(photos.device), photos, studios, probs))
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
