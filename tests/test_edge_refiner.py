@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
 from carmask.synth import random_car, render_view, studio_background
-from carmask.train_refiner import Buffer, RefinerConfig, coarse_probs, train, train_one_epoch
+from carmask.refiner_data import coarse_probs
+from carmask.train_refiner import Buffer, RefinerConfig, train, train_one_epoch
 
 SIZE = (192, 128)
 
@@ -160,11 +161,12 @@ def test_perturbed_coarse_outputs_stay_in_place(synth_data, rgb_model):
 
 
 def test_the_recipe_trains_through_the_cli_loop_and_resumes(synth_data, rgb_model, tmp_path):
-    config = RefinerConfig(coarse=str(rgb_model), studio="photo", perturb=1, batch_size=512, buffer=8,
-                           steps_per_epoch=5, epochs=2, max_minutes=None)
+    config = RefinerConfig(sources=((str(rgb_model), "photo"), (str(rgb_model), "set")), perturb=1,
+                           batch_size=512, buffer=8, steps_per_epoch=5, epochs=2, max_minutes=None)
     best = train(synth_data, tmp_path, config, progress=False)
     loaded, meta = rf.load(best)
     assert meta["kind"] == "refiner" and meta["epochs"] in (1, 2) and meta["coarse_copies"] == 2
+    assert len(meta["val_dice_by_source"]) == 2
     split = json.loads((tmp_path / "split.json").read_text())
     assert not set(split["train"]) & set(split["val"]) and split["val"]
     config.epochs = 3

@@ -39,9 +39,10 @@ RECIPES: dict[str, TrainConfig | RefinerConfig] = {
                                       spec=InputSpec(MULTIVIEW, size=(512, 512), frame=(512, 512), crop=True)),
     "rgb-accurate": TrainConfig(**_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=2.5,
                                 spec=InputSpec(("rgb",), size=(512, 512))),
-    # Learned edge refiners on top of a coarse model (carmask.train_refiner), on a 2-core CPU:
-    # band pixels at 512x512 from the photo, the studio and the coarse probability.
-    "refiner-multiview": RefinerConfig(coarse="multiview-fast", studio="set", max_minutes=60),
+    # A learned edge refiner on top of the fast models (carmask.train_refiner), on a 2-core CPU:
+    # the band's pixels at 512x512 from the photo, the studio and the coarse probability.
+    "edge-refiner": RefinerConfig(sources=(("multiview-fast", "set"), ("rgb-fast", "photo")), radius=3, ring=8,
+                                  hidden=(128, 64), lr=1e-2, max_minutes=55),
 }
 SPEC_FIELDS = ("channels", "size", "frame", "crop")
 ARCH_FIELDS = ("width", "depth")

@@ -1,18 +1,16 @@
-"""Training the edge refiner (`carmask.models.refiner`) on top of a named coarse model, on the CPU.
+"""Training the edge refiner (`carmask.models.refiner`) on top of named coarse models, on the CPU.
 
-`carmask train DATA -o RUN --recipe refiner-multiview` runs `train` here:
+`carmask train DATA -o RUN --recipe edge-refiner` runs `train` here:
 
 1. `setup`: the split by car of every recipe (`split_by_car(cars, 0.15, 0)`
    over carvana-512: the coarse models' own split), so the refiner's
-   validation cars are cars that neither the coarse model nor the refiner
-   trained on. Then the cache (`prepare`), the refiner and its optimizer.
-2. `prepare`, one car at a time, at 512x512: the photos, their masks, the
-   studio (the median of the car's views) and the coarse model's
-   probabilities as the predictor computes them. On its own training cars
-   the coarse model is a little better than on new cars (dice 0.9923 against
-   0.9917), so for those cars `perturb` more copies are made: the coarse
-   model run on the car's views moved by a few pixels, mirrored and
-   recoloured, its output moved back: the same model's errors, drawn afresh.
+   validation cars are cars that neither the coarse models nor the refiner
+   trained on. Then the cache, the refiner and its optimizer.
+2. The cache (`carmask.refiner_data`), one car at a time, at 512x512: the
+   photos, their masks, the studio and each source's coarse probabilities
+   (a source: a coarse model and where its studio comes from, the car's
+   views or the photo alone), with perturbed copies for the coarse models'
+   own training cars.
 3. The loop: a buffer of photos held as packed tables (`refiner.packed`);
    each step draws band pixels from the whole buffer (their patches
    recoloured and mirrored), and a few photos of the buffer are replaced
@@ -27,7 +25,6 @@ last.pt (`--resume`).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import sys
 import time
@@ -39,22 +36,21 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from carmask import models
 from carmask.data import discover
-from carmask.decode import decode
 from carmask.devices import pick_device
-from carmask.io import ImageError, atomic_write, read_mask
+from carmask.io import atomic_write
+from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
-from carmask.postprocess import place
+from carmask.refiner_data import CoarseCache
 from carmask.report import plot_curves
-from carmask.views import NotEnoughViews, car_inputs
 
 
 @dataclass
 class RefinerConfig:
     """One refiner training run's settings (see `carmask.recipes`)."""
-    coarse: str = "multiview-fast"   # the coarse model: a shipped name or a checkpoint path
-    studio: str = "set"              # "set": the median of the car's views; "photo": the single-photo estimate
+    # (coarse model: a shipped name or a checkpoint path, studio: "set", the views' median where
+    # they show it, or "photo", the single-photo estimate); one refiner learns them all
+    sources: tuple[tuple[str, str], ...] = (("multiview-fast", "set"), ("rgb-fast", "photo"))
     radius: int = 3
     ring: int = 8
     hidden: tuple[int, ...] = (64, 32)
@@ -82,8 +78,8 @@ class RefinerConfig:
 class Run:
     config: RefinerConfig
     run_dir: Path
-    cache: "CoarseCache"
-    train_items: list[tuple[int, int]]   # (photo row, coarse copy) the loop draws from
+    cache: CoarseCache
+    train_items: list[tuple[int, int, int]]   # (photo row, source, coarse copy) the loop draws from
     val_rows: np.ndarray
     refiner: rf.EdgeRefiner
     optimizer: torch.optim.Optimizer
@@ -109,8 +105,7 @@ def train(data_dir, run_dir, config: RefinerConfig, device: str = "auto", resume
     if skipped:
         for reason in run.cache.skipped:
             skipped(reason)
-    buffer = Buffer(lambda items: run.cache.fetch(items, config.studio), run.train_items, config,
-                    run.refiner.offsets, run.generator)
+    buffer = Buffer(run.cache.fetch, run.train_items, config, run.refiner.offsets, run.generator)
     for epoch in range(run.epoch, config.epochs):
         train_loss, out_of_time, seconds = train_one_epoch(run.refiner, F.binary_cross_entropy_with_logits,
                                                            run.optimizer, buffer, config, epoch, run.elapsed,
@@ -141,18 +136,20 @@ def setup(data_dir, run_dir: Path, config: RefinerConfig, device: torch.device, 
     split = {"train": coarse_train + extra, "val": measured, "coarse_train": coarse_train,
              "out_of_sample_train": extra}
     atomic_write(run_dir / "split.json", lambda tmp: tmp.write_text(json.dumps(split, indent=1)))
-    cache = CoarseCache.build({c: cars[c] for c in coarse_train + val_cars}, config, set(coarse_train),
-                              Path(cache_dir or run_dir / "cache"), progress)
-    in_sample = set(coarse_train)
-    train_items = [(row, copy) for row, car in enumerate(cache.cars) if car in in_sample
-                   for copy in range(cache.copies)]
-    train_items += [(row, 0) for row, car in enumerate(cache.cars) if car in set(extra)]
+    sources = [tuple(s) for s in config.sources]
+    cache = CoarseCache.build({c: cars[c] for c in coarse_train + val_cars}, sources, config.perturb,
+                              set(coarse_train), Path(cache_dir or run_dir / "cache"), config.seed, progress)
+    in_sample, extra_cars = set(coarse_train), set(extra)
+    train_items = [(row, s, copy) for row, car in enumerate(cache.cars) if car in in_sample
+                   for s in range(len(sources)) for copy in range(cache.copies)]
+    train_items += [(row, s, 0) for row, car in enumerate(cache.cars) if car in extra_cars
+                    for s in range(len(sources))]
     val_rows = np.flatnonzero(np.isin(cache.cars, measured))
     refiner = rf.EdgeRefiner(config.radius, config.ring, config.hidden, config.low)
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    meta = {"kind": "refiner", "coarse": config.coarse, "studio": config.studio,
+    meta = {"kind": "refiner", "sources": [list(s) for s in sources],
             "train_cars": len(coarse_train) + len(extra), "val_cars": len(measured),
-            "train_photos": len({row for row, _ in train_items}), "val_photos": int(len(val_rows)),
+            "train_photos": len({row for row, _, _ in train_items}), "val_photos": int(len(val_rows)),
             "coarse_copies": cache.copies, "config": asdict(config), "skipped": len(cache.skipped),
             "parameters": sum(p.numel() for p in refiner.parameters())}
     run = Run(config, run_dir, cache, train_items, val_rows, refiner, optimizer, meta)
@@ -162,151 +159,6 @@ def setup(data_dir, run_dir: Path, config: RefinerConfig, device: torch.device, 
     if run.epoch == 0:
         run.log.write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n")
     return run
-
-
-# -- the cache of coarse outputs -------------------------------------------------------------------
-
-class CoarseCache:
-    """Per photo at 512x512, memory-mapped: `photos` N x H x W x 3, `masks` N x H x W,
-    `coarse` copies x N x H x W (probability x 255; copy 0 as the predictor
-    computes it), and per car `studios` K x H x W x 3 (the median of its views)."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        index = json.loads((folder / "index.json").read_text())
-        self.cars, self.names, self.skipped = index["cars"], index["names"], index["skipped"]
-        self.car_order = index["car_order"]
-        self.studio_of = np.array([self.car_order.index(c) for c in self.cars], dtype=np.int64)
-        self.photos = np.load(folder / "photos.npy", mmap_mode="r")
-        self.masks = np.load(folder / "masks.npy", mmap_mode="r")
-        self.studios = np.load(folder / "studios.npy", mmap_mode="r")
-        self.coarse = np.load(folder / "coarse.npy", mmap_mode="r")
-        self.copies = self.coarse.shape[0]
-
-    def fetch(self, items: list[tuple[int, int]], studio: str):
-        """`fetch_rows` for (row, copy) items, read in file order and returned in theirs."""
-        order = sorted(range(len(items)), key=lambda i: items[i])
-        got = fetch_rows(self, np.array([items[i][0] for i in order]), [items[i][1] for i in order], studio)
-        back = torch.from_numpy(np.argsort(order))
-        return tuple(t[back] for t in got)
-
-    @classmethod
-    def build(cls, cars: dict, config: RefinerConfig, perturbed: set[str], folder: Path,
-              progress: bool = True) -> "CoarseCache":
-        key = hashlib.sha1(json.dumps([3, config.coarse, str(models.resolve(config.coarse).stat().st_size),
-                                       config.perturb, sorted(perturbed), sorted(
-                                           str(e.photo) for ex in cars.values() for e in ex)]).encode())
-        folder = Path(folder) / f"refiner-{key.hexdigest()[:16]}"
-        if (folder / "index.json").exists():
-            return cls(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse_model = models.load(config.coarse)[0]
-        total = sum(len(v) for v in cars.values())
-        first = next(e.photo for ex in cars.values() for e in ex)
-        size = tuple(decode(first, upright=False).shape[-2:])  # (height, width): the dataset's photos' own
-        arrays = {"photos": np.lib.format.open_memmap(folder / "photos.npy", "w+", np.uint8, (total, *size, 3)),
-                  "masks": np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, (total, *size)),
-                  "studios": np.lib.format.open_memmap(folder / "studios.npy", "w+", np.uint8,
-                                                       (len(cars), *size, 3)),
-                  "coarse": np.lib.format.open_memmap(folder / "coarse.npy", "w+", np.uint8,
-                                                      (1 + config.perturb, total, *size))}
-        generator = torch.Generator().manual_seed(config.seed)
-        names, car_of, skipped, order, n = [], [], [], [], 0
-        for car, examples in tqdm(sorted(cars.items()), desc="coarse outputs", unit="car",
-                                  disable=None if progress else True):
-            photos, masks, kept = [], [], []
-            for example in examples:
-                try:
-                    photo = decode(example.photo, upright=False)
-                    if tuple(photo.shape[-2:]) != size:
-                        raise ImageError(example.photo, f"not {size[1]}x{size[0]} as the other photos")
-                    masks.append(read_mask(example.mask, expected_size=(size[1], size[0])))
-                    photos.append(photo)
-                    kept.append(example)
-                except ImageError as exc:
-                    skipped.append(str(exc))
-            try:
-                batch = torch.stack(photos) if photos else None
-                copies = [coarse_probs(coarse_model, batch)] if batch is not None else []
-                copies += [coarse_probs(coarse_model, batch, generator) for _ in range(config.perturb)
-                           if car in perturbed]
-                studio = rf.set_studios(batch, [len(photos)], copies[0].float() / 255)[0] \
-                    if len(photos) >= 3 else None
-            except NotEnoughViews as exc:
-                skipped += [f"{e.photo}: {exc}" for e in kept]
-                continue
-            if studio is None:
-                skipped += [f"{e.photo}: too few views for a studio" for e in kept]
-                continue
-            rows = slice(n, n + len(kept))
-            arrays["photos"][rows] = batch.permute(0, 2, 3, 1).numpy()
-            arrays["masks"][rows] = np.stack(masks)
-            arrays["studios"][len(order)] = studio.permute(1, 2, 0).numpy()
-            for i in range(1 + config.perturb):
-                arrays["coarse"][i, rows] = copies[min(i, len(copies) - 1)].numpy()  # in-sample copies or copy 0
-            names += [e.photo.name for e in kept]
-            car_of += [car] * len(kept)
-            order.append(car)
-            n += len(kept)
-        for array in arrays.values():
-            array.flush()
-        del arrays
-        text = json.dumps({"names": names, "cars": car_of, "skipped": skipped, "car_order": order,
-                           "coarse": config.coarse})
-        atomic_write(folder / "index.json", lambda tmp: tmp.write_text(text))
-        return cls(folder)
-
-
-def fetch_rows(cache: "CoarseCache", rows: np.ndarray, copies, studio: str):
-    """Photos, studios, coarse probabilities (copy `copies[i]` of row i) and masks of cache rows."""
-    photos = torch.from_numpy(np.asarray(cache.photos[rows])).permute(0, 3, 1, 2)
-    coarse = torch.from_numpy(np.stack([cache.coarse[c, r] for r, c in zip(rows, copies)]))
-    masks = torch.from_numpy(np.asarray(cache.masks[rows]))
-    return photos, studios_for(cache, rows, coarse, photos, studio), coarse, masks
-
-
-@torch.inference_mode()
-def coarse_probs(model: models.Segmenter, photos: torch.Tensor, generator: torch.Generator | None = None,
-                 shift: int = 3, jitter: float = 0.1) -> torch.Tensor:
-    """N x H x W uint8 (x 255): the coarse model's probabilities for one car's
-    photos (N x 3 x H x W uint8) at their size, as the predictor computes
-    them (inputs, model, holes filled, each crop resized into its box). With
-    a `generator`, perturbed: the views moved by up to `shift` pixels, maybe
-    mirrored and recoloured (all views alike, so the studio stays a studio),
-    and the output moved back."""
-    height, width = photos.shape[-2:]
-    dy = dx = 0
-    flip = False
-    if generator is not None:
-        draw = torch.rand(5, generator=generator)
-        dy, dx = (int(v) for v in ((draw[:2] * 2 - 1) * shift).round())
-        flip = bool(draw[2] < 0.5)
-        gain, offset = 1 + jitter * (2 * draw[3] - 1), 255 * jitter * (2 * draw[4] - 1)
-        photos = _moved(photos, dy, dx)
-        photos = photos.flip(-1) if flip else photos
-        photos = (photos.float() * gain + offset).round_().clamp_(0, 255).to(torch.uint8)
-    inputs = car_inputs(list(photos), model.spec)
-    probs = torch.sigmoid(model(inputs.x.float()))[:, 0]
-    placed = place(probs, inputs.boxes, model.spec.frame, [(width, height)] * len(photos))
-    out = torch.stack([p.full() for p in placed])
-    out = out.flip(-1) if flip else out
-    return rf._to_uint8(_moved(out[:, None], -dy, -dx)[:, 0])
-
-
-def _moved(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """N x C x H x W moved by (dy, dx) pixels, the edges repeated."""
-    height, width = images.shape[-2:]
-    rows = (torch.arange(height) - dy).clamp_(0, height - 1)
-    cols = (torch.arange(width) - dx).clamp_(0, width - 1)
-    return images.index_select(-2, rows).index_select(-1, cols)
-
-
-def studios_for(cache: CoarseCache, rows: np.ndarray, coarse: torch.Tensor, photos: torch.Tensor,
-                studio: str) -> torch.Tensor:
-    """N x 3 x H x W uint8: the studio the refiner is given for these photos."""
-    if studio == "photo":
-        return rf.photo_studio(photos, coarse.float() / 255)
-    return torch.from_numpy(np.asarray(cache.studios[cache.studio_of[rows]])).permute(0, 3, 1, 2)
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -407,25 +259,29 @@ def train_one_epoch(refiner: rf.EdgeRefiner, criterion, optimizer: torch.optim.O
 
 @torch.no_grad()
 def evaluate(refiner: rf.EdgeRefiner, cache: CoarseCache, rows: np.ndarray, config: RefinerConfig,
-             batch: int = 16) -> tuple[float, float]:
-    """(mean BCE over band pixels, mean per-photo dice at 512) of the refined
-    probabilities, computed by `refine_batch` on copy 0 of the coarse outputs."""
+             batch: int = 16) -> tuple[float, list[float]]:
+    """(mean BCE over band pixels, mean per-photo dice at 512 for each source)
+    of the refined probabilities, computed by `refine_batch` on copy 0 of
+    the coarse outputs (as the predictor computes them)."""
     refiner.eval()
     losses, dices = [], []
-    for start in range(0, len(rows), batch):
-        photos, studios, coarse, truth = fetch_rows(cache, rows[start:start + batch], [0] * batch, config.studio)
-        truth = truth.bool()
-        refined = rf.refine_batch(refiner, photos, studios, coarse.float() / 255)
-        band = rf.band(coarse, config.low)
-        p = refined.reshape(-1)[band].clamp(1e-6, 1 - 1e-6)
-        losses.append(F.binary_cross_entropy(p, truth.reshape(-1)[band].float(), reduction="sum").item()
-                      / max(1, len(band)))
-        from carmask.metrics import batch_dice
-        dices += batch_dice(refined > 0.5, truth).tolist()
-    return (float(np.mean(losses)), float(np.mean(dices))) if dices else (float("nan"), float("nan"))
+    for source in range(len(cache.sources)):
+        found = []
+        for start in range(0, len(rows), batch):
+            photos, studios, coarse, truth = cache.fetch([(r, source, 0) for r in rows[start:start + batch]])
+            refined = rf.refine_batch(refiner, photos, studios, coarse.float() / 255)
+            band = rf.band(coarse, config.low)
+            p = refined.reshape(-1)[band].clamp(1e-6, 1 - 1e-6)
+            losses.append(F.binary_cross_entropy(p, truth.reshape(-1)[band].float()).item())
+            found += batch_dice(refined > 0.5, truth.bool()).tolist()
+        dices.append(float(np.mean(found)) if found else float("nan"))
+    return (float(np.mean(losses)) if losses else float("nan")), dices
 
 
-def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float, progress: bool = False) -> None:
+def save_epoch(run: Run, train_loss: float, val_loss: float, dices: list[float], progress: bool = False) -> None:
+    """An epoch is done: a metrics.csv row (val_dice: the mean over the
+    sources), best.pt when it improved, model.pt (this epoch) and last.pt."""
+    val_dice = float(np.mean(dices))
     run.epoch += 1
     improved = not run.val_rows.size or val_dice > run.best_dice
     if improved:
@@ -435,10 +291,12 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float, pr
         csv.writer(f).writerow([run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}",
                                 f"{lr:.2e}", f"{run.elapsed:.1f}"])
     if progress:
+        each = "  ".join(f"{model} {dice:.5f}" for (model, _), dice in zip(run.cache.sources, dices))
         tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                   f"val dice {val_dice:.5f}  ({run.elapsed:.0f}s)", file=sys.stderr)
+                   f"val dice {each}  ({run.elapsed:.0f}s)", file=sys.stderr)
     meta = {**run.meta, "epochs": run.epoch, "steps": run.epoch * run.config.steps_per_epoch,
-            "train_seconds": round(run.elapsed, 1), "val_dice": round(val_dice, 5)}
+            "train_seconds": round(run.elapsed, 1), "val_dice": round(val_dice, 5),
+            "val_dice_by_source": [round(d, 5) for d in dices]}
     if improved:
         rf.save(run.refiner, run.run_dir / "best.pt", meta)
     rf.save(run.refiner, run.run_dir / "model.pt", meta)

@@ -20,7 +20,7 @@ RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "spli
 @click.option("--recipe", default="seed", show_default=True, metavar="NAME",
               help="The settings that trained a shipped model (carmask.recipes): seed, rgb-fast, "
                    "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation); "
-                   "refiner-multiview (an edge refiner on top of a coarse model, CPU). "
+                   "edge-refiner (a learned edge refiner on top of the fast models, CPU). "
                    "The options below change single fields.")
 @click.option("--arch", type=click.Choice(["seed", "unet"]), help="Network architecture.")
 @click.option("--width", type=click.IntRange(min=1), help="U-Net channels at full resolution.")
@@ -100,8 +100,8 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
             warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
                  "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
         if refiner:
-            detail(f"recipe {recipe}: edge refiner on {config.coarse}, studio from the {config.studio}; "
-                   f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
+            on = " and ".join(f"{model} (studio from the {studio})" for model, studio in config.sources)
+            detail(f"recipe {recipe}: edge refiner on {on}; {len(cars)} cars in {data_dir}; on cpu")
         else:
             options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
             detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
