@@ -43,6 +43,11 @@ RECIPES: dict[str, TrainConfig | RefinerConfig] = {
     # the band's pixels at 512x512 from the photo, the studio and the coarse probability.
     "edge-refiner": RefinerConfig(sources=(("multiview-fast", "set"), ("rgb-fast", "photo")), radius=3, ring=8,
                                   hidden=(128, 64), lr=1e-2, max_minutes=55),
+    # The same sources, the quick experiment's shape: a dilated CNN (six 3x3 convolutions of
+    # 32 channels, dilations 1-1-2-4-8-1) on 64x64 tiles of the band, its output added to the coarse logit.
+    "edge-refiner-tiles": RefinerConfig(sources=(("multiview-fast", "set"), ("rgb-fast", "photo")),
+                                        shape="tiles", channels=32, dilations=(1, 1, 2, 4, 8, 1), tile=64,
+                                        batch_size=16, steps_per_epoch=1000, lr=3e-3, max_minutes=65),
 }
 SPEC_FIELDS = ("channels", "size", "frame", "crop")
 ARCH_FIELDS = ("width", "depth")

@@ -51,12 +51,17 @@ class RefinerConfig:
     # (coarse model: a shipped name or a checkpoint path, studio: "set", the views' median where
     # they show it, or "photo", the single-photo estimate); one refiner learns them all
     sources: tuple[tuple[str, str], ...] = (("multiview-fast", "set"), ("rgb-fast", "photo"))
-    radius: int = 3
+    shape: str = "points"            # "points": EdgeRefiner (MLP on band pixels' patches);
+                                     # "tiles": TileRefiner (dilated CNN on band tiles)
+    radius: int = 3                  # points: the patch and its ring, the MLP's widths
     ring: int = 8
     hidden: tuple[int, ...] = (64, 32)
+    channels: int = 32               # tiles: the CNN's width, its dilations, the tiles' side
+    dilations: tuple[int, ...] = (1, 1, 2, 4, 8, 1)
+    tile: int = 64
     low: float = 0.05                # the band: low < coarse probability < 1 - low
     perturb: int = 2                 # perturbed coarse copies per photo of the coarse model's training cars
-    batch_size: int = 8192           # band pixels per step
+    batch_size: int = 8192           # band pixels per step (tiles: tiles per step)
     buffer: int = 64                 # photos held in memory; `refresh` of them replaced each step
     refresh: int = 2
     steps_per_epoch: int = 2000
@@ -105,7 +110,7 @@ def train(data_dir, run_dir, config: RefinerConfig, device: str = "auto", resume
     if skipped:
         for reason in run.cache.skipped:
             skipped(reason)
-    buffer = Buffer(run.cache.fetch, run.train_items, config, run.refiner.offsets, run.generator)
+    buffer = make_buffer(run.cache.fetch, run.train_items, config, run.refiner, run.generator)
     for epoch in range(run.epoch, config.epochs):
         train_loss, out_of_time, seconds = train_one_epoch(run.refiner, F.binary_cross_entropy_with_logits,
                                                            run.optimizer, buffer, config, epoch, run.elapsed,
@@ -145,7 +150,7 @@ def setup(data_dir, run_dir: Path, config: RefinerConfig, device: torch.device, 
     train_items += [(row, s, 0) for row, car in enumerate(cache.cars) if car in extra_cars
                     for s in range(len(sources))]
     val_rows = np.flatnonzero(np.isin(cache.cars, measured))
-    refiner = rf.EdgeRefiner(config.radius, config.ring, config.hidden, config.low)
+    refiner = make_refiner(config)
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     meta = {"kind": "refiner", "sources": [list(s) for s in sources],
             "train_cars": len(coarse_train) + len(extra), "val_cars": len(measured),
@@ -159,6 +164,22 @@ def setup(data_dir, run_dir: Path, config: RefinerConfig, device: torch.device, 
     if run.epoch == 0:
         run.log.write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n")
     return run
+
+
+def make_refiner(config: RefinerConfig):
+    """A fresh refiner of the config's shape."""
+    if config.shape == "points":
+        return rf.EdgeRefiner(config.radius, config.ring, config.hidden, config.low)
+    if config.shape == "tiles":
+        return rf.TileRefiner(config.channels, config.dilations, config.tile, config.low)
+    raise ValueError(f"refiner shape {config.shape!r}: points or tiles")
+
+
+def make_buffer(fetch, items: list, config: RefinerConfig, refiner, generator: torch.Generator):
+    """The training buffer for the refiner's shape."""
+    if isinstance(refiner, rf.TileRefiner):
+        return TileBuffer(fetch, items, config, generator)
+    return Buffer(fetch, items, config, refiner.offsets, generator)
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -218,6 +239,69 @@ class Buffer:
         self.load(slots.tolist())
 
 
+class TileBuffer:
+    """`config.buffer` photos as packed tables (`refiner.packed`) with their
+    masks; `draw` cuts `count` tiles of `config.tile` pixels, each holding a
+    band pixel at a random place, inside the frame (as the inference's grid
+    has them), recoloured and half of them mirrored."""
+
+    def __init__(self, fetch, items: list, config: RefinerConfig, generator: torch.Generator):
+        self.fetch, self.items, self.config, self.generator = fetch, items, config, generator
+        self.tables: torch.Tensor | None = None
+        self.masks: torch.Tensor | None = None
+        self.bands: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)] * config.buffer
+        self.colour = torch.zeros((config.buffer, 2))
+        self.load(list(range(config.buffer)))
+
+    def load(self, slots: list[int]) -> None:
+        pick = torch.randint(len(self.items), (len(slots),), generator=self.generator).tolist()
+        photos, studios, coarse, masks = self.fetch([self.items[i] for i in pick])
+        tables = rf.packed(photos, studios, coarse)
+        if self.tables is None:
+            self.tables = tables.new_zeros((self.config.buffer, *tables.shape[1:]))
+            self.masks = masks.new_zeros((self.config.buffer, *masks.shape[1:]))
+            self.frame = coarse[0].numel()
+        for i, slot in enumerate(slots):
+            self.tables[slot] = tables[i]
+            self.masks[slot] = masks[i]
+            self.bands[slot] = rf.band(coarse[i], self.config.low)
+        self.colour[slots] = (torch.rand((len(slots), 2), generator=self.generator) * 2 - 1) * self.config.jitter
+        self.index = torch.cat([b + slot * self.frame for slot, b in enumerate(self.bands)])
+
+    def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(K x 8 x T x T planes as floats; the coarse logits there; the masks'
+        values; 1 at the band's pixels, where the loss counts)."""
+        t = self.config.tile
+        _, height, width = self.tables.shape
+        pick = self.index[torch.randint(len(self.index), (count,), generator=self.generator)]
+        image, pixel = pick.div(self.frame, rounding_mode="floor"), pick.remainder(self.frame)
+        row, col = pixel.div(width, rounding_mode="floor"), pixel.remainder(width)
+        shift = torch.randint(t, (2, count), generator=self.generator)
+        top = (row - shift[0]).clamp(0, height - t)
+        left = (col - shift[1]).clamp(0, width - t)
+        d = torch.arange(t)
+        at = ((image[:, None, None] * height + top[:, None, None] + d[None, :, None]) * width
+              + left[:, None, None] + d[None, None, :]).reshape(-1)
+        x = self.tables.reshape(-1).index_select(0, at).view(torch.uint8).view(count, t, t, 8)
+        y = self.masks.reshape(-1).index_select(0, at).view(count, t, t).float()
+        x = x.permute(0, 3, 1, 2).float()
+        coarse = x[:, 6].clone()
+        weight = ((coarse > round(self.config.low * 255)) & (coarse < round((1 - self.config.low) * 255))).float()
+        colour = self.colour[image]
+        gain, offset = (1 + colour[:, 0])[:, None, None, None], (128 * colour[:, 1])[:, None, None, None]
+        x[:, :6] = x[:, :6].mul_(gain).add_(offset).clamp_(0, 255)
+        x[:, 7:] = x[:, 7:].mul_(gain).clamp_(0, 255)
+        flip = torch.rand(count, generator=self.generator) < 0.5
+        x[flip], y[flip], weight[flip], coarse[flip] = x[flip].flip(-1), y[flip].flip(-1), \
+            weight[flip].flip(-1), coarse[flip].flip(-1)
+        logit = torch.logit(coarse.div(255).clamp(1e-4, 1 - 1e-4))
+        return x, logit, y, weight
+
+    def refresh(self) -> None:
+        slots = torch.randperm(len(self.bands), generator=self.generator)[:self.config.refresh]
+        self.load(slots.tolist())
+
+
 def _mirror(offsets: torch.Tensor) -> torch.Tensor:
     """The permutation of patch samples that mirrors them left to right."""
     where = {tuple(o): i for i, o in enumerate(offsets.tolist())}
@@ -246,8 +330,12 @@ def train_one_epoch(refiner: rf.EdgeRefiner, criterion, optimizer: torch.optim.O
             break
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, done)
-        x, coarse_logit, y = buffer.draw(config.batch_size)
-        loss = criterion(coarse_logit + refiner(x), y)
+        x, coarse_logit, y, *weight = buffer.draw(config.batch_size)
+        if weight:  # tiles: the loss counts at the band's pixels only
+            loss = (criterion(coarse_logit + refiner(x), y, reduction="none") * weight[0]).sum() \
+                / weight[0].sum().clamp(min=1)
+        else:
+            loss = criterion(coarse_logit + refiner(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -80,6 +80,41 @@ class EdgeRefiner(nn.Module):
         return self.mlp[1:](hidden)[:, 0]
 
 
+class TileRefiner(nn.Module):
+    """A small dilated CNN on square tiles of the band: K x 8 x T x T pixel
+    values (0..255, the planes of `packed`) -> K x T x T logit corrections.
+
+    The shape of the issue's quick experiment: 3x3 convolutions of `channels`
+    channels, one per entry of `dilations`, ReLU between them, a 1x1 head;
+    inputs photo, studio, their difference (each 3 channels) and the coarse
+    logit. `tile`: the side of the tiles it runs on (the 512 frame is cut
+    into a grid of them; only those holding band pixels run).
+    """
+
+    def __init__(self, channels: int = 32, dilations: Sequence[int] = (1, 1, 2, 4, 8, 1), tile: int = 64,
+                 low: float = 0.05):
+        super().__init__()
+        self.config = {"kind": "tiles", "channels": int(channels), "dilations": [int(d) for d in dilations],
+                       "tile": int(tile), "low": float(low)}
+        self.low, self.tile = float(low), int(tile)
+        layers, width = [], 10
+        for d in dilations:
+            layers += [nn.Conv2d(width, channels, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
+            width = channels
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(width, 1, 1)
+        nn.init.zeros_(self.head.weight)  # starts as the identity: the coarse logit unchanged
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        x = planes.to(self.head.weight.dtype)
+        photo, studio = x[:, 0:3], x[:, 3:6]
+        p = x[:, 6:7].div(255).clamp(1e-3, 1 - 1e-3)
+        inputs = torch.cat([(photo - 128) / 64, (studio - 128) / 64, (photo - studio) / 64,
+                            torch.logit(p) / 4], 1)
+        return self.head(self.body(inputs))[:, 0]
+
+
 def patch_offsets(radius: int, ring: int = 0) -> torch.Tensor:
     """k x 2 (dy, dx): the dense square of `radius`, then 16 samples on the square of radius `ring`."""
     d = torch.arange(-radius, radius + 1)
@@ -151,6 +186,8 @@ def refine_batch(refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tens
     (float 0..1). Outside the band the coarse probabilities are returned as
     they are; `chunk`: band pixels per MLP call (bounds memory).
     """
+    if isinstance(refiner, TileRefiner):
+        return _refine_tiles(refiner, photos, studios, coarse.float(), chunk=max(1, chunk // 1024))
     coarse = coarse.float()
     out = coarse.clone()
     index = band(coarse, refiner.low)
@@ -164,6 +201,38 @@ def refine_batch(refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tens
         part = slice(start, start + chunk)
         logits[part] += refiner(patches(table, index[part], offsets))
     out.view(-1)[index] = torch.sigmoid(logits)
+    return out
+
+
+def _refine_tiles(refiner: TileRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor,
+                  chunk: int = 32) -> torch.Tensor:
+    """`refine_batch` for a TileRefiner: the frame cut into T x T tiles, the
+    CNN run on those holding band pixels, its correction added to the coarse
+    logit at the band's pixels."""
+    out = coarse.clone()
+    n, height, width = coarse.shape
+    t = refiner.tile
+    inside = (coarse > refiner.low) & (coarse < 1 - refiner.low)
+    if not inside.any():
+        return out
+    pad_h, pad_w = -height % t, -width % t
+    table = packed(photos, studios, coarse)  # N x H x W int64: the 8 planes of each pixel
+    if pad_h or pad_w:
+        table = F.pad(table, (0, pad_w, 0, pad_h))
+        inside = F.pad(inside, (0, pad_w, 0, pad_h))
+    gh, gw = table.shape[1] // t, table.shape[2] // t
+    grid = table.view(n, gh, t, gw, t).permute(0, 1, 3, 2, 4)  # N x gh x gw x T x T
+    busy = inside.view(n, gh, t, gw, t).any(4).any(2)  # N x gh x gw: tiles holding band pixels
+    which = busy.nonzero()
+    correction = torch.zeros((n, gh, gw, t, t), device=coarse.device)
+    for start in range(0, len(which), chunk):
+        at = which[start:start + chunk].unbind(1)
+        tiles = grid[at].contiguous().view(torch.uint8).view(-1, t, t, 8).permute(0, 3, 1, 2)
+        correction[at] = refiner(tiles).float()
+    correction = correction.permute(0, 1, 3, 2, 4).reshape(n, gh * t, gw * t)[:, :height, :width]
+    inside = inside[:, :height, :width]
+    p = coarse[inside].clamp(1e-4, 1 - 1e-4)
+    out[inside] = torch.sigmoid(torch.logit(p) + correction[inside])
     return out
 
 
