@@ -143,7 +143,7 @@ def predict_speed(test_dir: Path, refiner: rf.EdgeRefiner, rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--refiner", type=Path, default=SHIPPED / "multiview-edge.pt")
+    parser.add_argument("--refiner", type=Path, default=SHIPPED / "edge-refiner-tiles.pt")
     parser.add_argument("--rgb-refiner", type=Path, help="for single photos (default: --refiner)")
     parser.add_argument("--skip", default="", help="comma-separated: sets, single, tta, cost, speed")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the predict speed comparison")

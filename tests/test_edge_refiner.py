@@ -12,7 +12,7 @@ from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
 from carmask.synth import random_car, render_view, studio_background
 from carmask.refiner_data import coarse_probs
-from carmask.train_refiner import Buffer, RefinerConfig, train, train_one_epoch
+from carmask.train_refiner import Buffer, RefinerConfig, TileBuffer, train, train_one_epoch
 
 SIZE = (192, 128)
 
@@ -68,6 +68,82 @@ def test_the_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     before = _dice(coarse[8:], masks[8:])
     after = _dice(rf.refine_batch(refiner, photos[8:], studios[8:], coarse[8:]), masks[8:])
     assert after > before + 0.003, (before, after)  # on the car it never saw
+
+
+def test_the_tile_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
+    photos, studios, coarse, masks = turntable
+    torch.manual_seed(0)
+    refiner = rf.TileRefiner(channels=16, dilations=(1, 2, 4, 1), tile=32, low=0.05)
+    config = RefinerConfig(shape="tiles", tile=32, batch_size=16, buffer=6, refresh=1, steps_per_epoch=150,
+                           epochs=1, lr=1e-2, max_minutes=None)
+    coarse_u8 = rf._to_uint8(coarse)
+
+    def fetch(items):  # the first car trains, the second one is measured
+        return photos[items], studios[items], coarse_u8[items], masks[items]
+
+    buffer = TileBuffer(fetch, list(range(8)), config, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(refiner.parameters(), lr=config.lr)
+    loss, out_of_time, _ = train_one_epoch(refiner, F.binary_cross_entropy_with_logits, optimizer, buffer,
+                                           config, epoch=0)
+    assert loss is not None and not out_of_time
+    refiner.eval()
+    before = _dice(coarse[8:], masks[8:])
+    after = _dice(rf.refine_batch(refiner, photos[8:], studios[8:], coarse[8:]), masks[8:])
+    assert after > before + 0.003, (before, after)  # on the car it never saw
+
+
+@pytest.mark.parametrize("tile", [32, 48])  # 48: the frame (192x128) is not a whole number of tiles
+def test_tile_inference_is_the_cnn_on_each_tile_and_leaves_the_rest_alone(turntable, tile):
+    photos, studios, coarse, _ = turntable
+    torch.manual_seed(4)
+    refiner = rf.TileRefiner(channels=8, dilations=(1, 2), tile=tile).eval()
+    torch.nn.init.normal_(refiner.head.weight, std=0.5)  # a fresh one starts as the identity
+    whole = rf.refine_batch(refiner, photos, studios, coarse)
+    ones = torch.cat([rf.refine_batch(refiner, photos[i:i + 1], studios[i:i + 1], coarse[i:i + 1])
+                      for i in range(len(photos))])
+    chunked = rf.refine_batch(refiner, photos, studios, coarse, chunk=1024)  # one tile a call
+    assert whole.shape == coarse.shape and whole.dtype == torch.float32
+    assert torch.allclose(whole, ones, atol=1e-6) and torch.allclose(whole, chunked, atol=1e-6)
+    inside = (coarse > 0.05) & (coarse < 0.95)
+    assert torch.equal(whole[~inside], coarse[~inside]) and not torch.equal(whole, coarse)
+    # the first tile by hand: the CNN on its planes, added to the coarse logit at the band's pixels
+    table = rf.packed(photos[:1], studios[:1], coarse[:1])
+    planes = table[..., None].view(torch.uint8).permute(0, 3, 1, 2)[:, :, :tile, :tile]
+    with torch.no_grad():
+        by_hand = torch.sigmoid(torch.logit(coarse[0, :tile, :tile].clamp(1e-4, 1 - 1e-4)) + refiner(planes)[0])
+    band = inside[0, :tile, :tile]
+    assert torch.allclose(whole[0, :tile, :tile][band], by_hand[band], atol=1e-5)
+
+
+def test_refine_frames_finds_each_photos_studio(turntable):
+    """The join's seam: a set's views get the set's studio, a photo alone its own estimate."""
+    photos, _, coarse, _ = turntable
+    torch.manual_seed(5)
+    refiner = rf.TileRefiner(channels=8, dilations=(1, 2), tile=32).eval()
+    torch.nn.init.normal_(refiner.head.weight, std=0.5)
+    views = [list(range(8))] * 8 + [[i] for i in range(8, 16)]  # the first car as a set, the second's alone
+    out = rf.refine_frames(refiner, photos, coarse, views)
+    as_set = rf.refine_batch(refiner, photos[:8], rf.set_studios(photos[:8], [8], coarse[:8]), coarse[:8])
+    alone = rf.refine_batch(refiner, photos[8:], rf.photo_studio(photos[8:], coarse[8:]), coarse[8:])
+    assert torch.equal(out, torch.cat([as_set, alone]))
+    assert torch.equal(rf.refine_frames(refiner, photos[8:9], coarse[8:9], [[0]]), alone[:1])
+
+
+def test_tile_checkpoints_load_safely(tmp_path):
+    torch.manual_seed(6)
+    refiner = rf.TileRefiner(channels=8, dilations=(1, 2, 4), tile=32)
+    rf.save(refiner, tmp_path / "t.pt", {"note": "tiles"})
+    loaded, meta = rf.load(tmp_path / "t.pt")
+    assert isinstance(loaded, rf.TileRefiner) and loaded.config == refiner.config and meta == {"note": "tiles"}
+    payload = torch.load(tmp_path / "t.pt", weights_only=True)
+    for config in ({**refiner.config, "channels": 4096}, {**refiner.config, "dilations": [1] * 99},
+                   {**refiner.config, "tile": 0}, {**refiner.config, "extra": 1}):
+        torch.save({**payload, "config": config}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match="outside its bounds"):
+            rf.load(tmp_path / "bad.pt")
+    torch.save({**payload, "config": {**refiner.config, "channels": 16}}, tmp_path / "shapes.pt")
+    with pytest.raises(ValueError, match="do not fit"):
+        rf.load(tmp_path / "shapes.pt")
 
 
 def test_inference_is_the_same_for_any_batch_and_leaves_the_rest_alone(turntable):
@@ -172,3 +248,45 @@ def test_the_recipe_trains_through_the_cli_loop_and_resumes(synth_data, rgb_mode
     config.epochs = 3
     train(synth_data, tmp_path, config, resume=True, progress=False)
     assert [line.split(",")[0] for line in (tmp_path / "metrics.csv").read_text().split()[1:]] == ["1", "2", "3"]
+
+
+@pytest.fixture
+def shipped_refiner(tmp_path, monkeypatch):
+    """A small refiner shipped in a stand-in weights/refiners/, with its figures."""
+    folder = tmp_path / "refiners"
+    folder.mkdir()
+    rf.save(rf.TileRefiner(channels=8, dilations=(1, 2), tile=32), folder / "edge-test.pt")
+    (folder / "catalog.json").write_text(json.dumps({"edge-test": {
+        "tier": "refiner on fast", "after": ["multiview-fast", "rgb-fast"], "dice_512_sets_before": 0.9916,
+        "dice_512_sets": 0.9944, "dice_512_single_before": 0.99, "dice_512_single": 0.993,
+        "cpu_s_per_photo": 0.12}}))
+    monkeypatch.setattr(rf, "SHIPPED_DIR", folder)
+    return folder / "edge-test.pt"
+
+
+def test_models_lists_the_shipped_refiners_and_export_refuses_them(shipped_refiner, tmp_path):
+    from click.testing import CliRunner
+
+    from carmask.cli import main
+
+    assert rf.shipped() == ["edge-test"] and isinstance(rf.load("edge-test")[0], rf.TileRefiner)
+    listed = CliRunner().invoke(main, ["models"])
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("edge-test"))
+    assert "refiner on fast" in row and "0.9916 -> 0.9944" in row and "+0.120" in row
+    for name in ("edge-test", str(shipped_refiner)):
+        refused = CliRunner().invoke(main, ["export", name, "-o", str(tmp_path / "r.onnx")])
+        assert refused.exit_code == 2 and "is an edge refiner, not a coarse model" in refused.output
+        assert not (tmp_path / "r.onnx").exists()
+
+
+def test_the_shipped_refiners_are_small_half_precision_and_carded():
+    folder = rf.SHIPPED_DIR
+    for name in rf.shipped():
+        path = folder / f"{name}.pt"
+        assert path.stat().st_size < 16 * 2**20
+        payload = torch.load(path, weights_only=True)
+        assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+        rf.load(name)
+        card = (folder / f"{name}.md").read_text()
+        assert "carmask train" in card and name in rf.catalog()

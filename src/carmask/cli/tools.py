@@ -77,7 +77,11 @@ def synth(output, cars, test_cars, views, size, seed, overwrite):
 @verbosity_options
 def export_onnx(model, output, opset, overwrite):
     """Export MODEL (a shipped name or a checkpoint) to ONNX, for onnxruntime or --model."""
+    from carmask.models import refiner
     from carmask.onnx_export import export
+    if refiner.is_refiner(model):
+        raise click.UsageError(f"{model} is an edge refiner, not a coarse model: export makes ONNX files of "
+                               "coarse models only, and the refiner runs in torch after one")
     check_output(output, overwrite=overwrite)
     check_model(model)
     try:

@@ -24,6 +24,7 @@ docs/RESULTS.md, "Learned edge refiner".
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -38,7 +39,9 @@ FORMAT = "carmask-refiner-1"
 SIZE = (512, 512)  # (width, height): the size the refiners are trained at
 PLANES = 8  # photo RGB, studio RGB, coarse probability, |photo - studio| (largest channel)
 STUDIO_BELOW = 0.1  # a view shows the studio at a pixel where its coarse probability is below this
-LIMITS = {"radius": (0, 8), "ring": (0, 16), "hidden": (1, 512), "layers": (1, 4)}
+LIMITS = {"radius": (0, 8), "ring": (0, 16), "hidden": (1, 512), "layers": (1, 4),
+          "channels": (1, 128), "dilation": (1, 32), "conv_layers": (1, 12), "tile": (8, 512)}
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "refiners"
 
 
 class EdgeRefiner(nn.Module):
@@ -284,27 +287,59 @@ def to_refiner_size(images: torch.Tensor, size: tuple[int, int] = SIZE) -> torch
     return resize_image(images, size)
 
 
+@torch.inference_mode()
+def refine_frames(refiner: EdgeRefiner | TileRefiner, photos: torch.Tensor, probs: torch.Tensor,
+                  views: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The predictor's join: a batch's coarse probabilities at 512x512 refined,
+    the studio behind each photo found here. N x 512 x 512 float32 on the
+    tensors' device.
+
+    Where it runs: in the predictor's finishing step, after the coarse
+    model's probabilities are pasted back onto the 512x512 frame (holes
+    filled, each crop resized into its box: `postprocess.place(probs, boxes,
+    model.spec.frame, [SIZE] * N)`, then `.full()`) and before the resize to
+    the output size (bilinear, then the threshold at 0.5, the soft
+    probabilities for `predict`, the alpha for a cut-out).
+
+    `photos`: N x 3 x 512 x 512 uint8, each photo squashed to 512x512 as the
+    coarse models' frames are (`to_refiner_size`: antialiased; a photo
+    already 512x512 as it is); `probs`: N x 512 x 512 float 0..1, as above;
+    `views[i]`: the indices in the batch of the views photo i's car came with,
+    itself included, as `predict.Batch.views` has them. The studio: for a
+    set (at least MIN_VIEWS views) the per-pixel median of the set's views
+    that show the studio there (`set_studios`: their coarse probability
+    below STUDIO_BELOW), the same for every view of the set; for a photo
+    alone (fewer views), the studio estimated from the photo itself
+    (`photo_studio`, as `carmask.refine` makes it). One refiner serves both:
+    it was trained on multiview-fast with the set's studio and on rgb-fast
+    with the photo's own. Pixels outside the band (the coarse probability
+    within `refiner.low` of 0 or 1) come back as they went in.
+    """
+    studios = torch.empty_like(photos)
+    alone = [i for i, v in enumerate(views) if len(v) < MIN_VIEWS]
+    for group in dict.fromkeys(tuple(v) for v in views if len(v) >= MIN_VIEWS):
+        members = list(group)
+        studios[members] = set_studios(photos[members], [len(members)], probs[members])
+    if alone:
+        studios[alone] = photo_studio(photos[alone], probs[alone])
+    return refine_batch(refiner.to(photos.device), photos, studios, probs)
+
+
 class PredictorHook:
     """A refiner as a `Predictor(refine=...)` hook (see `predict.Batch`), for
     measuring it in today's predictor: each photo and its probabilities taken
-    to the refiner's size, the studio from the photo's set (`views`) or from
-    the photo alone, refined; the predictor resizes the result to the output
-    size and thresholds it. (Not the integration: that resizes nothing twice.)"""
+    to the refiner's size, then `refine_frames`; the predictor resizes the
+    result to the output size and thresholds it. (Not the join: that hands
+    `refine_frames` the 512 frame's probabilities before any resize.)"""
 
-    def __init__(self, refiner: EdgeRefiner, size: tuple[int, int] = SIZE):
+    def __init__(self, refiner: EdgeRefiner | TileRefiner, size: tuple[int, int] = SIZE):
         self.refiner, self.size = refiner, size
 
     @torch.inference_mode()
     def __call__(self, batch) -> list[torch.Tensor]:
         photos = torch.cat([resize_image(p[None], self.size) for p in batch.photos])
         probs = torch.cat([resize_map(p[None, None].float(), self.size) for p in batch.probs])[:, 0]
-        studios = torch.empty_like(photos)
-        alone = [i for i, views in enumerate(batch.views) if len(views) < MIN_VIEWS]
-        for views in {tuple(v) for v in batch.views if len(v) >= MIN_VIEWS}:
-            studios[list(views)] = set_studios(photos[list(views)], [len(views)], probs[list(views)])
-        if alone:
-            studios[alone] = photo_studio(photos[alone], probs[alone])
-        return list(refine_batch(self.refiner.to(photos.device), photos, studios, probs))
+        return list(refine_frames(self.refiner, photos, probs, batch.views))
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -317,11 +352,11 @@ def save(refiner: EdgeRefiner, path, meta: dict | None = None, half: bool = True
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load(path, map_location="cpu") -> tuple[EdgeRefiner, dict]:
-    """A refiner checkpoint, loaded safely (`weights_only=True`, its config held
-    to bounds and its weights to the config's shapes): the model in eval mode,
-    float32, and its meta."""
-    path = Path(path)
+def load(path, map_location="cpu") -> tuple[EdgeRefiner | TileRefiner, dict]:
+    """A refiner checkpoint (a path, or the name of a shipped one: `shipped`),
+    loaded safely (`weights_only=True`, its config held to bounds and its
+    weights to the config's shapes): the model in eval mode, float32, and its meta."""
+    path = resolve(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # pickle errors, truncation, not a checkpoint: torch's words run to paragraphs
@@ -329,25 +364,87 @@ def load(path, map_location="cpu") -> tuple[EdgeRefiner, dict]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a carmask refiner checkpoint")
     config = payload.get("config")
-    if not isinstance(config, dict) or set(config) != {"radius", "ring", "hidden", "low"}:
-        raise ValueError(f"{path}: unreadable refiner config {config!r}")
-    hidden = config["hidden"]
-    checks = [("radius", config["radius"]), ("ring", config["ring"])] + [("hidden", h) for h in hidden] \
-        if isinstance(hidden, list) else []
-    if not checks or not LIMITS["layers"][0] <= len(hidden) <= LIMITS["layers"][1] or not all(
-            isinstance(v, int) and LIMITS[k][0] <= v <= LIMITS[k][1] for k, v in checks) \
-            or not isinstance(config["low"], float) or not 0 < config["low"] < 0.5:
-        raise ValueError(f"{path}: refiner config {config!r} is outside its bounds")
+    build = _checked_config(config)
+    if build is None:
+        raise ValueError(f"{path}: refiner config {config!r} is unreadable or outside its bounds")
     with torch.device("meta"):  # shapes only: nothing is allocated
-        skeleton = EdgeRefiner(**config)
+        skeleton = build()
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) \
             or {k: tuple(v.shape) for k, v in state.items()} != want:
         raise ValueError(f"{path}: its weights do not fit a refiner of config {config}")
-    refiner = EdgeRefiner(**config)
+    refiner = build()
     refiner.load_state_dict({k: v.float() for k, v in state.items()})
     return refiner.eval(), payload.get("meta", {})
+
+
+def _checked_config(config):
+    """A function that builds the refiner of a checkpoint's config, or None
+    where the config is unreadable or outside LIMITS."""
+    def within(key, value):
+        return isinstance(value, int) and not isinstance(value, bool) and LIMITS[key][0] <= value <= LIMITS[key][1]
+
+    if not isinstance(config, dict) or not isinstance(config.get("low"), float) or not 0 < config["low"] < 0.5:
+        return None
+    if config.get("kind") == "tiles":
+        dilations = config.get("dilations")
+        if set(config) != {"kind", "channels", "dilations", "tile", "low"} or not isinstance(dilations, list) \
+                or not LIMITS["conv_layers"][0] <= len(dilations) <= LIMITS["conv_layers"][1] \
+                or not all(within("dilation", d) for d in dilations) or not within("channels", config["channels"]) \
+                or not within("tile", config["tile"]):
+            return None
+        return lambda: TileRefiner(config["channels"], dilations, config["tile"], config["low"])
+    hidden = config.get("hidden")
+    if set(config) != {"radius", "ring", "hidden", "low"} or not isinstance(hidden, list) \
+            or not LIMITS["layers"][0] <= len(hidden) <= LIMITS["layers"][1] \
+            or not all(within("hidden", h) for h in hidden) \
+            or not within("radius", config["radius"]) or not within("ring", config["ring"]):
+        return None
+    return lambda: EdgeRefiner(**config)
+
+
+# -- the shipped refiners --------------------------------------------------------------------------
+
+def shipped() -> list[str]:
+    """Names of the shipped refiners (files in weights/refiners/; not coarse
+    models: `carmask.models.shipped` does not list them)."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.pt"))
+
+
+def resolve(name_or_path) -> Path:
+    """The file of a shipped refiner's name, or a checkpoint path."""
+    path = Path(name_or_path)
+    if path.suffix == "" and not path.exists():
+        path = SHIPPED_DIR / f"{name_or_path}.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"no shipped refiner named {name_or_path!r}; "
+                                    f"shipped: {', '.join(shipped()) or 'none'}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such refiner file")
+    return path
+
+
+def is_refiner(name_or_path) -> bool:
+    """Whether a name or path is a refiner: a shipped refiner's name, or a
+    file that is a refiner checkpoint (read safely, nothing run)."""
+    if str(name_or_path) in shipped():
+        return True
+    path = Path(name_or_path)
+    if not path.is_file() or path.suffix != ".pt":
+        return False
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def catalog() -> dict[str, dict]:
+    """Measured figures of the shipped refiners (weights/refiners/catalog.json):
+    name -> {recipe, after, dice_512_before, dice_512, cpu_s_per_photo, ...}."""
+    path = SHIPPED_DIR / "catalog.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _to_uint8(probs: torch.Tensor) -> torch.Tensor:
