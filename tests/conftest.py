@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from carmask.synth import make_dataset
-from carmask.train import SEED_SPEC, TrainConfig, train
+from carmask.recipes import SEED_SPEC
+from carmask.train import TrainConfig, train
 from carmask.views import InputSpec
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -17,7 +18,7 @@ def synth_data(tmp_path_factory) -> Path:
 
 
 def _train(data, run_dir, **overrides) -> Path:
-    config = TrainConfig(**{"val_fraction": 0.34, "epochs": 8, "batch_size": 16, **overrides})
+    config = TrainConfig(**{"arch": "seed", "val_fraction": 0.34, "epochs": 8, "batch_size": 16, **overrides})
     return train(data, run_dir, config, device="cpu", progress=False)
 
 

@@ -104,3 +104,11 @@ PINNED = json.loads((Path(__file__).with_name("recipe_settings.json")).read_text
 def test_each_recipes_resolved_settings_are_pinned(name):
     settings = json.loads(json.dumps(dataclasses.asdict(recipe(name))))  # tuples as lists, as pinned
     assert settings == PINNED[name]
+
+
+def test_the_table_imports_no_training_loop():
+    import subprocess
+    import sys
+    code = "import sys, carmask.recipes; print(sorted(m for m in sys.modules if m.startswith('carmask.train')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["['carmask.train_config']"]

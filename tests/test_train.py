@@ -63,16 +63,16 @@ def test_augmenting_shares_of_a_batch_equals_augmenting_the_batch():
     assert torch.equal(torch.cat([s[1] for s in shares]), whole[1])
 
 def test_schedule():
-    config = TrainConfig(lr=1e-3, schedule="cosine")
+    config = TrainConfig(arch="seed", spec=SMALL, lr=1e-3, schedule="cosine")
     assert learning_rate(config, 0.0) < learning_rate(config, 0.05) == 1e-3
     assert learning_rate(config, 1.0) == np.float64(1e-5) or learning_rate(config, 1.0) < 2e-5
-    assert learning_rate(TrainConfig(lr=1e-3), 0.7) == 1e-3
+    assert learning_rate(TrainConfig(arch="seed", spec=SMALL, lr=1e-3), 0.7) == 1e-3
 
 
 def test_named_validation_cars_are_held_out(synth_data, tmp_path):
     from carmask.data import discover
     cars = sorted(discover(synth_data))
-    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_cars=cars[:2] + ["not-here"])
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=1, batch_size=16, val_cars=cars[:2] + ["not-here"])
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     split = json.loads((tmp_path / "split.json").read_text())
     assert split == {"train": cars[2:], "val": cars[:2]}
@@ -106,15 +106,15 @@ def test_batches_from_a_cache_held_in_memory_match_the_files(synth_data, tmp_pat
 
 def test_resuming_from_a_bad_last_pt_is_a_sentence(synth_data, tmp_path):
     import pytest
-    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"last.pt: cannot resume from it .*train into a new folder"):
         train(synth_data, tmp_path, config, device="cpu", resume=True, progress=False)
 
 
 def test_a_time_budget_stops_training(synth_data, tmp_path):
-    config = TrainConfig(spec=SMALL, epochs=10_000, batch_size=16, val_fraction=0.34, max_minutes=0.01,
-                         schedule="cosine")
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=10_000, batch_size=16, val_fraction=0.34,
+                         max_minutes=0.01, schedule="cosine")
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -126,7 +126,8 @@ def test_a_time_budget_stops_training(synth_data, tmp_path):
 def test_an_epoch_the_budget_left_no_step_is_not_logged(synth_data, tmp_path):
     """One step an epoch: the budget runs out during an epoch's last step, and
     the next epoch, with no step, was logged and saved as if trained (loss 0)."""
-    config = TrainConfig(spec=SMALL, epochs=10_000, batch_size=1_000, val_fraction=0.34, max_minutes=0.005)
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=10_000, batch_size=1_000, val_fraction=0.34,
+                         max_minutes=0.005)
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -136,11 +137,11 @@ def test_an_epoch_the_budget_left_no_step_is_not_logged(synth_data, tmp_path):
 def test_resume_drops_the_row_of_an_epoch_that_never_reached_last_pt(synth_data, tmp_path):
     """Interrupted between writing an epoch's metrics row and its last.pt, the
     run trains that epoch again on --resume: its row was then in metrics.csv twice."""
-    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     with open(tmp_path / "metrics.csv", "a") as f:
         f.write("2,0.5,0.5,0.5,1e-3,9.9\n")  # epoch 2's row; last.pt still says epoch 1
-    train(synth_data, tmp_path, TrainConfig(spec=SMALL, epochs=2, batch_size=16, val_fraction=0.34),
+    train(synth_data, tmp_path, TrainConfig(arch="seed", spec=SMALL, epochs=2, batch_size=16, val_fraction=0.34),
           device="cpu", resume=True, progress=False)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

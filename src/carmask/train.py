@@ -30,32 +30,7 @@ from carmask.devices import pick_device
 from carmask.io import atomic_write
 from carmask.metrics import batch_dice
 from carmask.report import plot_curves
-from carmask.views import InputSpec
-
-# The seed's input: 480x320 frame, auto-crop, 100x100, photo + median diff.
-SEED_SPEC = InputSpec(("rgb", "median_diff"), size=(100, 100), frame=(480, 320), crop=True)
-
-
-@dataclass
-class TrainConfig:
-    """One training run's settings; the defaults are the seed write-up's recipe."""
-    arch: str = "seed"
-    arch_kwargs: dict = field(default_factory=dict)
-    spec: InputSpec = SEED_SPEC
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.15
-    val_cars: list[str] | None = None  # hold out exactly these cars instead (e.g. another run's split)
-    seed: int = 0
-    dice_weight: float = 0.0   # 0: plain BCE (the seed); >0 adds soft-dice loss
-    edge_weight: float = 0.0   # extra BCE weight on pixels near the car's edge
-    augment: bool = False
-    schedule: str = "constant"  # or "cosine" (warm-up, then cosine decay)
-    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    max_minutes: float | None = None  # a time budget: the schedule follows it, then stop
-
+from carmask.train_config import TrainConfig
 
 @dataclass
 class Run:
