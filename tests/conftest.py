@@ -1,7 +1,11 @@
-"""Shared fixtures: a synthetic turntable dataset and tiny models trained on it."""
+"""Shared fixtures: synthetic turntable datasets, tiny models trained on them, a
+predictor and a client of the service over the photo-only one."""
 from pathlib import Path
 
+import numpy as np
 import pytest
+from helpers import run_cli
+from PIL import Image
 
 from carmask.synth import make_dataset
 from carmask.recipes import SEED_SPEC
@@ -9,8 +13,6 @@ from carmask.train import TrainConfig, train
 from carmask.views import InputSpec
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """6 training cars + 1 test car of 16 views at 192x128, exact masks."""
@@ -35,6 +37,58 @@ def rgb_model(synth_data, tmp_path_factory) -> Path:
     return _train(synth_data, tmp_path_factory.mktemp("rgb-run"), arch="unet",
                   arch_kwargs={"width": 8, "depth": 3}, spec=InputSpec(("rgb",), size=(96, 64)),
                   lr=1e-2, dice_weight=1.0, schedule="cosine", epochs=10)
+
+
+@pytest.fixture(scope="session")
+def small_cars(tmp_path_factory):
+    """`small_cars(cars, seed)`: a Kaggle-layout folder (train/, train_masks/) of
+    `cars` small synthetic cars of 16 views at 96x64, made once a session for
+    each (cars, seed). Tests that change photos change a copy."""
+    made = {}
+
+    def make(cars: int, seed: int) -> Path:
+        if (cars, seed) not in made:
+            made[cars, seed] = make_dataset(tmp_path_factory.mktemp(f"cars{cars}-seed{seed}"), cars=cars,
+                                            size=(96, 64), seed=seed)
+        return made[cars, seed]
+    return make
+
+
+@pytest.fixture(scope="module")
+def full(photos, tmp_path_factory):
+    """What uninterrupted runs write for the requesting module's `photos` with
+    the seed model: `full.csv` (carmask predict) and `cut/` (carmask cutout)."""
+    out = tmp_path_factory.mktemp("full")
+    model = ("--model", "seed", "--device", "cpu")
+    assert run_cli("predict", photos, "-o", out / "full.csv", *model).exit_code == 0
+    assert run_cli("cutout", photos, "-o", out / "cut", *model).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_view(synth_data) -> tuple[Path, np.ndarray]:
+    """A training view of `synth_data` (the first car's view 05) and its exact
+    mask: (path, mask H x W bool)."""
+    path = sorted((synth_data / "train").glob("*_05.jpg"))[0]
+    return path, np.asarray(Image.open(synth_data / "train_masks" / f"{path.stem}_mask.gif")) > 0
+
+
+@pytest.fixture(scope="module")
+def rgb_predictor(rgb_model):
+    """A CPU predictor over the small photo-only U-Net."""
+    from carmask.predict import Predictor
+    return Predictor(model=rgb_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def client(rgb_predictor):
+    """The service over `rgb_predictor`, through Starlette's TestClient."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from carmask.serve import create_app
+    with TestClient(create_app(rgb_predictor)) as c:
+        yield c
 
 
 @pytest.fixture

@@ -2,9 +2,11 @@
 
 Skipped when chromium, chromedriver or selenium are not installed:
     apt-get install -y chromium chromium-driver && pip install selenium
-Leaves screenshots in artifacts/ (git-ignored).
+Leaves screenshots in $CARMASK_TEST_SCREENSHOTS where set, else in pytest's
+temporary folder (never in the checkout).
 """
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -15,7 +17,6 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 uvicorn = pytest.importorskip("uvicorn")
@@ -32,15 +33,16 @@ from carmask.serve import create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(rgb_model):
+def server(rgb_predictor):
     """The app under uvicorn on a free loopback port, in a background thread."""
-    app = create_app(Predictor(model=rgb_model, device="cpu"))
+    app = create_app(rgb_predictor)
     with live_server(app) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
+    """Headless Chromium; `browser.shots`: the folder for screenshots."""
     profile = tempfile.mkdtemp(prefix="carmask-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -55,13 +57,15 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})  # every request seen
     downloads = Path(profile) / "downloads"
     downloads.mkdir()
-    ARTIFACTS.mkdir(exist_ok=True)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     # An explicit driver path: selenium-manager never runs, nothing is downloaded.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
+    given = os.environ.get("CARMASK_TEST_SCREENSHOTS")
+    driver.shots = Path(given) if given else tmp_path_factory.mktemp("screenshots")
+    driver.shots.mkdir(parents=True, exist_ok=True)
     driver.set_page_load_timeout(30)
     try:
         yield driver
@@ -86,10 +90,10 @@ def _results(driver, count, timeout=120, failed=0):
 
 
 @pytest.fixture
-def gated_server(rgb_model):
+def gated_server(rgb_predictor):
     """A server whose cut-outs wait for `gate` (open unless a test closes it) and
     note the photos they were asked for: (url, gate, photos)."""
-    app = create_app(Predictor(model=rgb_model, device="cpu"))
+    app = create_app(rgb_predictor)
     state, gate, photos = app.state.service, threading.Event(), []
     real = state.cut
 
@@ -164,7 +168,7 @@ def test_a_hundred_dropped_photos_show_their_progress(gated_server, browser, syn
     pills = [p.text for p in browser.find_elements(By.CSS_SELECTOR, ".card .pill")]
     assert pills.count("Cutting out…") == 2 and pills.count("Queued") == 98
     assert browser.find_element(By.ID, "progress").text == "0 of 100 done · 2 cutting out · 98 queued"
-    browser.save_screenshot(str(ARTIFACTS / "browser-progress.png"))
+    browser.save_screenshot(str(browser.shots / "browser-progress.png"))
     gate.set()
     WebDriverWait(browser, 600).until(lambda d: d.find_element(By.ID, "progress").text == "100 of 100 done")
     assert len(_results(browser, 100)) == 100 and len(photos) == 100
@@ -174,7 +178,7 @@ def test_a_hundred_dropped_photos_show_their_progress(gated_server, browser, syn
     with zipfile.ZipFile(target) as archive:
         assert sorted(archive.namelist()) == [p.stem + ".png" for p in paths] and archive.testzip() is None
     target.unlink()
-    browser.save_screenshot(str(ARTIFACTS / "browser-hundred.png"))
+    browser.save_screenshot(str(browser.shots / "browser-hundred.png"))
 
 
 def _requested(driver) -> list[str]:
@@ -198,12 +202,11 @@ def test_the_api_pages_render_offline(server, browser):
     browser.get(server + "/docs")
     WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 4)
     assert "/v1.0/removebg" in browser.find_element(By.ID, "swagger-ui").text
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "browser-docs.png"))
+    browser.save_screenshot(str(browser.shots / "browser-docs.png"))
     browser.get(server + "/redoc")
     WebDriverWait(browser, 60).until(
         lambda d: "remove.bg-compatible cut-out" in d.find_element(By.TAG_NAME, "body").text)
-    browser.save_screenshot(str(ARTIFACTS / "browser-redoc.png"))
+    browser.save_screenshot(str(browser.shots / "browser-redoc.png"))
     urls = _requested(browser)
     assert any(url.endswith("/swagger-ui-bundle.js") for url in urls)
     assert any(url.endswith("/openapi.json") for url in urls)
@@ -227,8 +230,7 @@ def test_upload_and_see_the_cutout(server, browser, synth_data, tmp_path):
     link = browser.find_element(By.CSS_SELECTOR, ".card a.button")
     assert link.get_attribute("download") == "synthcar_05.png"
     assert link.get_attribute("href").startswith("blob:")
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "browser.png"))
+    browser.save_screenshot(str(browser.shots / "browser.png"))
 
 
 def test_set_of_views_and_green_background(server, browser, synth_data, tmp_path):
@@ -242,7 +244,7 @@ def test_set_of_views_and_green_background(server, browser, synth_data, tmp_path
         "checker" not in f.get_attribute("class") for f in d.find_elements(By.CSS_SELECTOR, ".after-frame")))
     images = _results(browser, 3)
     assert len(images) == 3
-    browser.save_screenshot(str(ARTIFACTS / "browser-set.png"))
+    browser.save_screenshot(str(browser.shots / "browser-set.png"))
 
 
 def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser, synth_data, tmp_path):
@@ -266,7 +268,7 @@ def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser
         names = archive.namelist()
         assert archive.testzip() is None
     assert sorted(names) == sorted(p.stem + ".png" for p in views)
-    browser.save_screenshot(str(ARTIFACTS / "browser-download-all.png"))
+    browser.save_screenshot(str(browser.shots / "browser-download-all.png"))
 
 
 def test_a_file_over_the_upload_limit_is_refused_before_sending(rgb_model, browser, synth_data, tmp_path):

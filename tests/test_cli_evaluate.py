@@ -4,7 +4,6 @@ import shutil
 
 import pytest
 
-from carmask.synth import make_dataset
 from helpers import run_cli
 
 MODEL = ("--model", "seed", "--device", "cpu")
@@ -12,9 +11,9 @@ CARS = [f"synth005c00{i}" for i in range(3)]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(small_cars):
     """Three small synthetic cars with masks (16 views, 96x64)."""
-    return make_dataset(tmp_path_factory.mktemp("eval"), cars=3, size=(96, 64), seed=5)
+    return small_cars(3, seed=5)
 
 
 def mean_dice(result):

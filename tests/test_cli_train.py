@@ -17,9 +17,9 @@ QUICK = ("--epochs", "1", "--size", "32x32", "--frame", "96x64", "--batch-size",
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(small_cars):
     """Three small synthetic cars with masks (16 views, 96x64)."""
-    return make_dataset(tmp_path_factory.mktemp("train"), cars=3, size=(96, 64), seed=6)
+    return small_cars(3, seed=6)
 
 
 @pytest.fixture

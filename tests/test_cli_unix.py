@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from carmask.synth import make_dataset
 from helpers import partial_of, run_cli, signalled_run
 
 MODEL = ("--model", "seed", "--device", "cpu")
@@ -19,18 +18,9 @@ CARMASK = [sys.executable, "-m", "carmask"]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Two small synthetic cars of 16 views (96x64)."""
-    return make_dataset(tmp_path_factory.mktemp("cars"), cars=2, size=(96, 64), seed=9) / "train"
-
-
-@pytest.fixture(scope="module")
-def full(photos, tmp_path_factory):
-    """The uninterrupted submission and cut-outs."""
-    out = tmp_path_factory.mktemp("full")
-    assert run_cli("predict", photos, "-o", out / "full.csv", *MODEL).exit_code == 0
-    assert run_cli("cutout", photos, "-o", out / "cut", *MODEL).exit_code == 0
-    return out
+def photos(small_cars):
+    """Two small synthetic cars of 16 views (96x64); `full`: conftest's."""
+    return small_cars(2, seed=9) / "train"
 
 
 def files(folder):

@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from carmask import __version__  # noqa: E402
 from helpers import run_cli  # noqa: E402
-from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 from carmask.serve.server import page_url  # noqa: E402
@@ -25,17 +24,7 @@ from carmask.serve.uploads import safe_label  # noqa: E402
 
 # -- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def rgb_predictor(rgb_model):
-    return Predictor(model=rgb_model, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def client(rgb_predictor):
-    """Single photos: the small photo-only U-Net."""
-    with TestClient(create_app(rgb_predictor)) as c:
-        yield c
-
+# conftest's: `rgb_predictor`, `client` (single photos: the small photo-only U-Net)
 
 @pytest.fixture(scope="module")
 def set_client(seed_model):
@@ -45,10 +34,9 @@ def set_client(seed_model):
 
 
 @pytest.fixture(scope="module")
-def photo(synth_data):
+def photo(synth_view):
     """A training view with its exact mask: (jpeg bytes, mask HxW 0/1)."""
-    path = sorted((synth_data / "train").glob("*_05.jpg"))[0]
-    mask = np.asarray(Image.open(synth_data / "train_masks" / f"{path.stem}_mask.gif")) > 0
+    path, mask = synth_view
     return path.read_bytes(), mask
 
 
