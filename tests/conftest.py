@@ -1,5 +1,7 @@
 """Shared fixtures: synthetic turntable datasets, tiny models trained on them, a
-predictor and a client of the service over the photo-only one."""
+predictor and a client of the service over the photo-only one, and a recorder of
+the network's inputs."""
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -7,12 +9,14 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
-from carmask.synth import make_dataset
 from carmask.recipes import SEED_SPEC
+from carmask.synth import make_dataset
 from carmask.train import TrainConfig, train
 from carmask.views import InputSpec
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """6 training cars + 1 test car of 16 views at 192x128, exact masks."""
@@ -89,6 +93,31 @@ def client(rgb_predictor):
     from carmask.serve import create_app
     with TestClient(create_app(rgb_predictor)) as c:
         yield c
+
+
+@pytest.fixture
+def network_inputs():
+    """The photos the network is run on while the test runs: each forward
+    call's input batch (of the outermost module: the model a predictor holds,
+    not its layers), split into single images, seen through torch's global
+    module hooks, whatever code makes the call (in this process)."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+    images, depth = [], threading.local()
+
+    def before(module, args):
+        if getattr(depth, "n", 0) == 0 and args and hasattr(args[0], "detach"):
+            images.extend(args[0].detach().clone())
+        depth.n = getattr(depth, "n", 0) + 1
+
+    def after(module, args, output):
+        depth.n -= 1
+
+    handles = [register_module_forward_pre_hook(before), register_module_forward_hook(after)]
+    try:
+        yield images
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @pytest.fixture

@@ -233,17 +233,39 @@ def test_upload_and_see_the_cutout(server, browser, synth_data, tmp_path):
     browser.save_screenshot(str(browser.shots / "browser.png"))
 
 
+def _corners(driver, image) -> list[list[int]]:
+    """The RGBA of a result image's four corner pixels (two pixels in), as the browser decoded it."""
+    return driver.execute_script("""const i = arguments[0], c = document.createElement('canvas');
+        c.width = i.naturalWidth; c.height = i.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+        return [[2, 2], [c.width - 3, 2], [2, c.height - 3], [c.width - 3, c.height - 3]].map(
+            ([x, y]) => Array.from(g.getImageData(x, y, 1, 1).data));""", image)
+
+
+def _api_calls(driver) -> list[str]:
+    """The paths of the /api/ requests the page made since the last call."""
+    return [url.split("//", 1)[1].split("/", 1)[1] for url in _requested(driver) if "/api/" in url]
+
+
 def test_set_of_views_and_green_background(server, browser, synth_data, tmp_path):
-    """Three views of one car go to /api/cutout-set; a new background redoes every photo."""
+    """Three views of one car go to /api/cutout-set, as one request; a new background
+    (studio green, #00b900) redoes every photo, as a set again, and the studio around
+    the car in each result is that green."""
+    _requested(browser)  # what earlier tests asked for is not this test's
     browser.get(server + "/")
     paths = sorted((synth_data / "test").glob("*.jpg"))[:3]
     browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
     assert len(_results(browser, 3)) == 3
+    assert _api_calls(browser) == ["api/cutout-set"]  # one set, never photo by photo
     browser.find_element(By.CSS_SELECTOR, "input[name=bg][value=green]").find_element(By.XPATH, "..").click()
     WebDriverWait(browser, 30).until(lambda d: all(
         "checker" not in f.get_attribute("class") for f in d.find_elements(By.CSS_SELECTOR, ".after-frame")))
     images = _results(browser, 3)
     assert len(images) == 3
+    assert _api_calls(browser) == ["api/cutout-set"]  # redone, as a set
+    for image in images:  # the corners are studio, far from the car: the background there
+        assert all(abs(r) <= 2 and abs(g - 185) <= 2 and abs(b) <= 2 and a == 255
+                   for r, g, b, a in _corners(browser, image)), _corners(browser, image)
     browser.save_screenshot(str(browser.shots / "browser-set.png"))
 
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import mirrored_share, run_cli
 from PIL import Image
 
 from carmask.cutout import load, remove, remove_set
@@ -126,9 +126,15 @@ def test_outputs_are_created_0644_under_the_umask(rgb_model, photo_path, tmp_pat
     assert made.stat().st_mode & 0o777 == 0o644
 
 
-def test_tta_option(rgb_model, photo_path, tmp_path):
+def test_tta_option(rgb_model, photo_path, tmp_path, network_inputs):
+    """--tta runs the network on the mirrored photo too: every input it sees has its mirror
+    image beside it; without --tta none has."""
     result = run_cli("cutout", photo_path, "-o", tmp_path / "a.png", "--tta", "--model", rgb_model)
     assert result.exit_code == 0 and (tmp_path / "a.png").is_file()
+    assert mirrored_share(network_inputs) == 1
+    network_inputs.clear()
+    assert run_cli("cutout", photo_path, "-o", tmp_path / "b.png", "--model", rgb_model).exit_code == 0
+    assert mirrored_share(network_inputs) == 0
 
 
 def test_serve_without_the_extra_says_so(monkeypatch):

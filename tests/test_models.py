@@ -6,7 +6,33 @@ import torch
 from carmask import models
 from carmask.views import InputSpec
 
-CASES = [("seed", {}), ("unet", {"width": 4, "depth": 2}), ("unet", {"width": 4, "depth": 3})]
+
+
+def registry_cases() -> list:
+    """Every registered architecture (models.ARCHITECTURES), as
+    segmentation_models.pytorch tests every model it registers: with its
+    defaults, and with each option a checkpoint may set (models.ARCH_LIMITS)
+    at its smallest; a new architecture is tested without a line here."""
+    cases = []
+    for arch in models.ARCHITECTURES:
+        limits = models.ARCH_LIMITS[arch]
+        cases.append(pytest.param(arch, {}, id=f"{arch}-defaults"))
+        if limits:
+            smallest = {option: low for option, (low, high) in limits.items()}
+            cases.append(pytest.param(arch, smallest, id=f"{arch}-" + "-".join(f"{k}{v}" for k, v in smallest.items())))
+    return cases
+
+
+CASES = registry_cases()
+
+
+def test_the_registry_and_its_limits_agree():
+    """Every registered architecture has its bounds, and they name options its constructor takes."""
+    import inspect
+    assert set(models.ARCH_LIMITS) == set(models.ARCHITECTURES)
+    for arch, network in models.ARCHITECTURES.items():
+        options = set(inspect.signature(network).parameters) - {"in_channels"}
+        assert set(models.ARCH_LIMITS[arch]) <= options, arch
 
 
 @pytest.mark.parametrize("arch, kwargs", CASES)
