@@ -15,6 +15,15 @@ from carmask.train import TrainConfig, train
 from carmask.views import InputSpec
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Models trained for the session: the first test to ask pays the training (rgb_model
+# about 80 s on two busy cores), so every test that needs one is slow.
+TRAINED = {"rgb_model", "seed_model"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINED & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,8 @@ from carmask.predict import Predictor  # noqa: E402
 from live_server import live_server  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
+
 
 @pytest.fixture(scope="module")
 def server(rgb_predictor):

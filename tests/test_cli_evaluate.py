@@ -79,6 +79,7 @@ def test_the_summary_counts_views_without_masks(data, tmp_path):
     assert "10 view(s) without a mask served only the background" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_report_folder_is_not_overwritten_without_overwrite(data, tmp_path):
     report = tmp_path / "report"
     cars = _cars(tmp_path, CARS[:1])
@@ -98,6 +99,7 @@ def test_a_report_under_a_file_is_a_sentence(data, tmp_path):
     assert result.exit_code == 2 and f"{tmp_path / 'file'} is not a folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_tta_is_an_option(data, tmp_path, network_inputs):
     """--tta also runs the network on every input mirrored, and averages it flipped
     back: each input seen has its mirror image beside it, twice as many as without."""

@@ -7,6 +7,8 @@ import pytest
 
 from helpers import partial_of, run_cli, signalled_run
 
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
+
 MODEL = ("--model", "seed", "--device", "cpu")
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 

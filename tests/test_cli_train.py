@@ -95,6 +95,7 @@ def test_data_problems_are_sentences_before_any_work(data, tmp_path, layout, say
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_skipped_photos_are_named_counted_and_exit_1(data, tmp_path):
     broken = tmp_path / "data"
     shutil.copytree(data, broken)
@@ -120,6 +121,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream, bars", [(Terminal, True), (io.StringIO, False)])
 def test_the_loops_bars_only_on_a_terminal(data, tmp_path, monkeypatch, stream, bars):
     from carmask.recipes import recipe

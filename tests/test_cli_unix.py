@@ -13,6 +13,8 @@ import pytest
 
 from helpers import partial_of, run_cli, signalled_run
 
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
+
 MODEL = ("--model", "seed", "--device", "cpu")
 CARMASK = [sys.executable, "-m", "carmask"]
 

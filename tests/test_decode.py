@@ -25,6 +25,7 @@ def as_kinds(path):
     return {"path": path, "bytes": path.read_bytes(), "array": read_photo(path), "pil": Image.open(path)}
 
 
+@pytest.mark.slow
 def test_files_bytes_arrays_and_pil_images_give_the_same_probabilities(big_set):
     predictor = Predictor(device="cpu")  # the shipped models: multiview for the set, rgb alone
     files = [p.probs for p in predictor.predict_sets(group_by_car(find_photos(big_set)))]
@@ -49,6 +50,7 @@ def exif_rotated(photo: np.ndarray, orientation: int = 6) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_exif_rotated_photos_are_seen_upright_and_given_back_on_the_stored_grid(big_set, tmp_path):
     """The network sees a turned photo upright (it ran on the sideways photo:
     dice 0.55-0.70 against the upright prediction); submissions get the mask

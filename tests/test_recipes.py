@@ -106,6 +106,7 @@ def test_each_recipes_resolved_settings_are_pinned(name):
     assert settings == PINNED[name]
 
 
+@pytest.mark.slow
 def test_the_table_imports_no_training_loop():
     import subprocess
     import sys

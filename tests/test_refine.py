@@ -66,6 +66,7 @@ def test_refinement_lowers_the_alpha_error(soft_set, with_views):
     assert dice(alpha) >= dice(before)
 
 
+@pytest.mark.slow
 def test_refinement_touches_only_the_band(soft_set):
     photos, _, probs, _ = soft_set
     alpha, foreground = _refined(photos, probs)
@@ -75,6 +76,7 @@ def test_refinement_touches_only_the_band(soft_set):
     assert torch.equal(foreground[far], photos.permute(0, 2, 3, 1)[far])
 
 
+@pytest.mark.slow
 def test_the_edge_stays_within_the_networks_fade(soft_set):
     photos, _, probs, _ = soft_set
     alpha, _ = _refined(photos, probs)

@@ -29,6 +29,7 @@ def predictions(predictor, paths):
     return list(predictor.predict_sets(group_by_car(find_photos(paths))))
 
 
+@pytest.mark.slow
 def test_unrelated_photos_named_as_one_car_are_predicted_one_by_one(unrelated):
     predictor = Predictor(device="cpu")  # the shipped multiview model for sets, rgb alone
     out = predictions(predictor, unrelated)
@@ -98,6 +99,7 @@ def test_a_refine_hook_sees_full_resolution_photos_and_their_set(turntable, tmp_
     assert all(seconds > 0 for seconds in predictor.stage_seconds.values())
 
 
+@pytest.mark.slow
 def test_views_without_a_car_name_get_a_sentence_that_reads(turntable):
     """Uploads (no <car>_<NN> name) said "these views has 2 readable views"."""
     photos = [np.asarray(Image.open(p)) for p in turntable[:4]]

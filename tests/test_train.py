@@ -2,6 +2,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from carmask import models
@@ -20,6 +21,7 @@ def test_split_is_by_car_and_deterministic():
     assert split_by_car(cars, 0.25, seed=3) == (train_cars, val_cars)
 
 
+@pytest.mark.slow
 def test_run_outputs_and_resume(synth_data, tmp_path):
     config = TrainConfig(arch="unet", arch_kwargs={"width": 4, "depth": 2}, spec=SMALL, epochs=2,
                          batch_size=16, val_fraction=0.34, augment=True, dice_weight=1.0, edge_weight=2.0)
@@ -68,6 +70,7 @@ def test_schedule():
     assert learning_rate(1e-3, "constant", 0.7) == 1e-3
 
 
+@pytest.mark.slow
 def test_named_validation_cars_are_held_out(synth_data, tmp_path):
     from carmask.data import discover
     cars = sorted(discover(synth_data))
@@ -77,6 +80,7 @@ def test_named_validation_cars_are_held_out(synth_data, tmp_path):
     assert split == {"train": cars[2:], "val": cars[:2]}
 
 
+@pytest.mark.slow
 def test_a_cache_built_by_several_processes_is_the_one_built_by_one(synth_data, tmp_path):
     from carmask.data import InputCache, build_cache, discover
     cars = discover(synth_data)
@@ -104,13 +108,13 @@ def test_batches_from_a_cache_held_in_memory_match_the_files(synth_data, tmp_pat
 
 
 def test_resuming_from_a_bad_last_pt_is_a_sentence(synth_data, tmp_path):
-    import pytest
     config = TrainConfig(arch="seed", spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"last.pt: cannot resume from it .*train into a new folder"):
         train(synth_data, tmp_path, config, device="cpu", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_training(synth_data, tmp_path):
     config = TrainConfig(arch="seed", spec=SMALL, epochs=10_000, batch_size=16, val_fraction=0.34,
                          max_minutes=0.01, schedule="cosine")
@@ -122,6 +126,7 @@ def test_a_time_budget_stops_training(synth_data, tmp_path):
     assert float(rows[-1]["lr"]) < config.lr   # the schedule followed the budget
 
 
+@pytest.mark.slow
 def test_an_epoch_the_budget_left_no_step_is_not_logged(synth_data, tmp_path):
     """One step an epoch: the budget runs out during an epoch's last step, and
     the next epoch, with no step, was logged and saved as if trained (loss 0)."""
@@ -133,6 +138,7 @@ def test_an_epoch_the_budget_left_no_step_is_not_logged(synth_data, tmp_path):
     assert rows and all(float(row["train_loss"]) > 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_resume_drops_the_row_of_an_epoch_that_never_reached_last_pt(synth_data, tmp_path):
     """Interrupted between writing an epoch's metrics row and its last.pt, the
     run trains that epoch again on --resume: its row was then in metrics.csv twice."""
