@@ -34,6 +34,7 @@ from carmask.report import plot_curves
 from carmask.train_config import TrainConfig
 from carmask.views import InputSpec
 
+
 @dataclass
 class Run:
     """What one training run holds between its epochs."""
