@@ -30,6 +30,13 @@ except ImportError:  # Windows: no locks, and no stale temporary files found
     fcntl = None
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# What carmask writes (cut-outs, the service's answers), by suffix: Pillow's format and settings.
+# PNG at level 1: fast, and the photo's noise dominates the size anyway (docs/RESULTS.md).
+WRITTEN = {"png": ("PNG", {"compress_level": 1}), "jpg": ("JPEG", {"quality": 92}),
+           "jpeg": ("JPEG", {"quality": 92}), "webp": ("WEBP", {"quality": 90})}
+WRITTEN_SUFFIXES = tuple(f".{fmt}" for fmt in WRITTEN)
+MiB = 1 << 20
+ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned (1: as they are; 2-8: turned, mirrored)
 # Larger than any camera: refuses decompression bombs before they are decoded.
 MAX_PIXELS = 64_000_000
 # Ends the name of every temporary file of `atomic_write` (.<name>.<8 hex>.carmask-tmp).
@@ -148,16 +155,21 @@ def read_turned(source, *, name: str | None = None, upright: bool = True) -> tup
         return _from_array(source, name), 1
     image = source if isinstance(source, Image.Image) else _open(source, name)
     try:
-        orientation = image.getexif().get(0x0112, 1) if upright else 1
-        if orientation not in range(2, 9):
-            orientation = 1
-        else:  # (exif_transpose copies even an upright photo)
+        turn = orientation(image) if upright else 1
+        if turn != 1:  # (exif_transpose copies even an upright photo)
             image = ImageOps.exif_transpose(image)
-        return np.asarray(_to_rgb(image)), orientation
+        return np.asarray(_to_rgb(image)), turn
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(name, f"corrupt or truncated image ({exc})") from None
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image (read from its header): 2-8
+    where viewers turn or mirror the stored pixels, else 1."""
+    turn = image.getexif().get(ORIENTATION_TAG, 1)
+    return turn if turn in range(2, 9) else 1
 
 
 def _from_array(array: np.ndarray, name: str) -> np.ndarray:
@@ -357,10 +369,24 @@ def _name_max(folder: Path) -> int:
         return 255
 
 
-def save_image(path, array: np.ndarray, replace: bool = True, **params) -> None:
-    """Save an array as an image (format from the suffix), atomically (`replace`: see `atomic_write`)."""
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params), replace)
+def image_bytes(array: np.ndarray, fmt: str = "png", exif: Image.Exif | None = None) -> bytes:
+    """An image as the bytes of a file: `fmt` one of WRITTEN (png, jpg, webp;
+    a JPEG takes no alpha: RGB or L), with `exif` if given. The one encoder
+    of what carmask writes."""
+    pillow_format, settings = WRITTEN[fmt]
+    buffer = _io.BytesIO()
+    with Image.fromarray(array) as image:
+        if pillow_format == "JPEG" and image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        image.save(buffer, format=pillow_format, **settings, **({"exif": exif} if exif is not None else {}))
+    return buffer.getvalue()
+
+
+def save_image(path, array: np.ndarray, replace: bool = True, exif: Image.Exif | None = None) -> None:
+    """An array saved as an image (`image_bytes`, its format from the suffix:
+    one of WRITTEN), atomically (`replace`: see `atomic_write`)."""
+    data = image_bytes(array, Path(path).suffix.lower().lstrip("."), exif)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), replace)
 
 
 def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:

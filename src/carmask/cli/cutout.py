@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import sys
 import time
@@ -16,8 +15,8 @@ from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, ch
                                 describe_predictor, detail, fail, find_inputs, info, main, make_predictor,
                                 prediction_options, progress, recursive_option, refuse_replacing_inputs, shown,
                                 skipped_summary, some, verbosity_options, writing)
+from carmask.io import WRITTEN_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SOFTWARE_TAG, SOFTWARE = 0x0131, f"carmask {__version__}"  # EXIF Software, on every cut-out
 # Errors of the output's place, not of one cut-out: the run stops at the first.
 PLACE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
@@ -169,15 +168,15 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
 
 def _names_image(output: str) -> bool:
     """-o names one image file (out.png), not a folder (out/, out.png/)."""
-    return Path(output).suffix.lower() in IMAGE_SUFFIXES and not output.endswith(("/", os.sep))
+    return Path(output).suffix.lower() in WRITTEN_SUFFIXES and not output.endswith(("/", os.sep))
 
 
 def _check_image_suffix(output: str) -> None:
     """-o out.gif (or .tif, .bmp) named an image that cutout does not write: it became a folder of that name."""
     from PIL import Image
     suffix = "" if output.endswith(("/", os.sep)) else Path(output).suffix.lower()
-    if suffix in Image.registered_extensions() and suffix not in IMAGE_SUFFIXES and not Path(output).is_dir():
-        raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(IMAGE_SUFFIXES)}; name such a "
+    if suffix in Image.registered_extensions() and suffix not in WRITTEN_SUFFIXES and not Path(output).is_dir():
+        raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(WRITTEN_SUFFIXES)}; name such a "
                                  f"file, or a folder", param_hint="-o")
 
 
@@ -263,11 +262,8 @@ def _made_here(path: Path) -> bool:
 
 
 def _write_stdout(image) -> None:
-    from PIL import Image
-
-    from carmask.io import binary_stdout, write_all
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", exif=_mark())
+    from carmask.io import binary_stdout, image_bytes, write_all
+    data = image_bytes(image, "png", exif=_mark())
     stream = binary_stdout()
-    write_all(stream, buffer.getbuffer())
+    write_all(stream, data)
     stream.flush()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 from carmask.cli.common import InputError, main, result, verbosity_options
+from carmask.io import MiB
 
 
 def describe_input(spec) -> str:
@@ -37,7 +38,7 @@ def rows() -> list[dict[str, str]]:
             "name": name,
             "photos": f"sets of {MIN_VIEWS}+ views" if model.spec.needs_views else "any photo",
             "input": describe_input(model.spec),
-            "size": f"{size / 2**20:.1f} MiB",
+            "size": f"{size / MiB:.1f} MiB",
             "dice 512": number("dice_512", 4),
             "dice 1918": number("dice_1918", 4),
             "CPU s/photo": number("cpu_s_per_photo", 3),

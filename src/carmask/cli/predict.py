@@ -210,16 +210,18 @@ class _TurnedPhotos(threading.Thread):
 
     def run(self) -> None:
         from PIL import Image
+
+        from carmask.io import orientation
         for path in self.photos:
             if not path.is_file():  # opening a pipe would wait forever; its prediction names it
                 continue
             try:
                 with Image.open(path) as image:
-                    orientation = image.getexif().get(0x0112, 1)
+                    turn = orientation(image)
             except Exception:  # an unreadable photo is named when it is predicted
                 continue
-            if orientation in range(2, 9):
-                self.turned[path.name] = orientation
+            if turn != 1:
+                self.turned[path.name] = turn
 
     def report(self) -> None:
         self.join()

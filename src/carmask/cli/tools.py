@@ -7,6 +7,7 @@ import click
 
 from carmask.cli.common import (InputError, check_model, check_output, default_signals, device_option, info, main,
                                 model_option, size_callback, verbosity_options, writing)
+from carmask.io import MiB
 
 
 @main.command(short_help="Serve the HTTP API and the web page.")
@@ -41,7 +42,7 @@ def serve(host, port, model, device, api_key, allow_origin, allow_host, max_uplo
     from carmask.serve import run
     with default_signals():  # uvicorn's: the first drains the requests in flight, a second quits
         run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
-            allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
+            allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * MiB), max_concurrency=concurrency)
 
 
 @main.command(short_help="Write a synthetic turntable dataset.")

@@ -14,10 +14,8 @@ from fastapi.responses import Response, StreamingResponse
 from carmask import __version__
 from carmask import io as cio
 from carmask.cutout import Cutout
-from carmask.io import group_by_car
+from carmask.io import MiB, group_by_car, image_bytes
 from carmask.serve.errors import BadRequest, Unprocessable
-from carmask.serve.images import encode
-from carmask.serve.limits import MiB
 from carmask.serve.service import Service, service
 from carmask.serve.uploads import Budget, background_of, check_type, collect, decoded, read_image, stem
 from carmask.views import MIN_VIEWS
@@ -78,7 +76,7 @@ def cutout(request: Request,
             [result] = state.cut([(photo.label, photo.image)], decoded(back))
             if result.error:
                 raise result.error
-            body = encode(result.image)
+            body = image_bytes(result.image)
     return Response(body, media_type="image/png", headers={
         "Content-Disposition": disposition("inline", f"{stem(photo.label)}.png"), **warning_header(result)})
 
@@ -139,7 +137,7 @@ def _zip_cutouts(out, photos: dict, back, state: Service, budget: Budget, errors
                 if result.error:
                     errors.append(str(result.error))
                     continue
-                archive.writestr(f"{stem(result.name)}{suffix}", encode(result.image))
+                archive.writestr(f"{stem(result.name)}{suffix}", image_bytes(result.image))
                 written += 1
         for name, lines in (("errors.txt", errors), ("warnings.txt", notes)):
             if lines:

@@ -24,7 +24,6 @@ from carmask import io as cio
 from carmask.cutout import parse_background
 from carmask.serve.errors import TooLarge, Unprocessable, WrongType
 from carmask.serve.images import open_photo
-from carmask.serve.limits import MiB
 
 MAX_SET_FILES = 64                    # photos in one /api/cutout-set request
 ZIP_EXPANSION = 4                     # a request's zips unpack to at most this many times the upload limit
@@ -48,7 +47,7 @@ class Budget:
         """The upload's bytes, counted while reading (the guard bounds the body too)."""
         chunks, total = [], 0
         upload.file.seek(0)
-        while chunk := upload.file.read(MiB):
+        while chunk := upload.file.read(cio.MiB):
             total += len(chunk)
             self.check_bytes(total, f"upload {safe_label(upload.filename)!r}")
             chunks.append(chunk)
@@ -57,7 +56,7 @@ class Budget:
     def check_bytes(self, count: int, what: str) -> None:
         if count > self.max_upload_bytes:
             raise TooLarge(f"{what} is larger than the limit of {self.max_upload_bytes:,} bytes "
-                           f"({self.max_upload_bytes / MiB:.1f} MiB)")
+                           f"({self.max_upload_bytes / cio.MiB:.1f} MiB)")
 
     def check_unzip(self, count: int, zip_label: str) -> None:
         """Whether `count` more bytes may be unpacked from this request's zips."""
