@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from carmask.inputs.spec import InputSpec
 from carmask.synth import make_dataset
 from carmask.train import SEED_SPEC, TrainConfig, train
-from carmask.views import InputSpec
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from carmask import models
-from carmask.views import InputSpec
+from carmask.inputs.spec import InputSpec
 
 CASES = [("seed", {}), ("unet", {"width": 4, "depth": 2}), ("unet", {"width": 4, "depth": 3})]
 
@@ -118,8 +118,8 @@ def test_default_rule(shipped, views, tier, want, tmp_path, monkeypatch):
 
 
 def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):
+    from carmask.inputs.spec import NotEnoughViews
     from carmask.predict import Predictor
-    from carmask.views import NotEnoughViews
     monkeypatch.setattr(models, "WEIGHTS_DIR", fake_weights(tmp_path, ["multiview-fast", "rgb-fast", "seed"]))
     assert models.resolve("multiview") == tmp_path / "multiview-fast.pt"  # a kind: its best tier
     assert models.resolve("rgb") == tmp_path / "rgb-fast.pt"

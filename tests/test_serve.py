@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from carmask import __version__  # noqa: E402
 from helpers import run_cli  # noqa: E402
-from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
+from carmask.predict import Predictor  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 from carmask.serve.server import page_url  # noqa: E402
 from carmask.serve.uploads import safe_label  # noqa: E402
@@ -359,7 +359,7 @@ def test_model_that_cannot_handle_a_single_photo(set_client, photo):
 def test_not_enough_views_is_told_by_its_type(client, photo, monkeypatch):
     """A cut-out refused for want of views (`NotEnoughViews`, whatever its words):
     422 on /api/cutout, remove.bg's 400 unknown_foreground on its endpoint."""
-    from carmask.views import NotEnoughViews
+    from carmask.inputs.spec import NotEnoughViews
 
     def refuse(*args, **kwargs):
         raise NotEnoughViews("reworded at will")

@@ -21,9 +21,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageColor
 
+from carmask.inputs.resize import resize
+from carmask.inputs.spec import NotEnoughViews
 from carmask.io import ImageError, PhotoSet, check_source, read_photo
 from carmask.predict import Predictor, named_views
-from carmask.views import NotEnoughViews, resize
 
 SEED_GREEN = (0, 185, 0)  # the seed write-up's background colour
 KINDS = ("transparent", "mask")
@@ -69,12 +70,6 @@ def parse_background(text: str, files: bool = True):
         return read_photo(text)
     what = "a colour or an image file" if files else "a colour (a name like green, #00b900, or 0,185,0)"
     raise ValueError(f"{text[:60]!r} is not transparent, mask, {what}")
-
-
-def load(image, name: str | None = None) -> np.ndarray:
-    """A photo as an upright RGB uint8 array, from a path, bytes, an array or a
-    PIL image; anything unusable is an ImageError that names it."""
-    return read_photo(image, name=name)
 
 
 def compose(photo: np.ndarray, alpha: np.ndarray, background="transparent") -> np.ndarray:

@@ -9,10 +9,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from carmask.inputs.resize import resize_map
 from carmask.io import (ImageError, PhotoSet, find_photos, group_by_car, mask_path, masks_dir_for,
                         photos_dir_for, read_mask)
 from carmask.metrics import dice
-from carmask.postprocess import resize_probs
 from carmask.predict import Predictor
 
 
@@ -96,7 +96,7 @@ def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
 def _small(probs: np.ndarray, width: int = 480) -> np.ndarray:
     """A light copy of probabilities for the gallery (full-size ones are 10 MB)."""
     height = max(1, round(probs.shape[0] * width / probs.shape[1]))
-    return resize_probs(torch.from_numpy(probs)[None, None], (width, height))[0, 0].numpy()
+    return resize_map(torch.from_numpy(probs)[None, None], (width, height))[0, 0].numpy()
 
 
 def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict:
@@ -113,8 +113,8 @@ def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict:
             continue
         height, width = truth.shape
         t = torch.from_numpy(truth.astype(np.float32))[None, None]
-        down = resize_probs(t, size)
-        soft.append(dice(resize_probs(down, (width, height))[0, 0].numpy() > 0.5, truth))
+        down = resize_map(t, size)
+        soft.append(dice(resize_map(down, (width, height))[0, 0].numpy() > 0.5, truth))
         hard_down = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode="nearest")
         hard_up = torch.nn.functional.interpolate(hard_down, size=(height, width), mode="nearest")
         hard.append(dice(hard_up[0, 0].numpy() > 0.5, truth))

@@ -37,13 +37,15 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from carmask import models
-from carmask.decode import Decoded, Decoder, Source, decode, stored_grid
 from carmask.devices import pick_device, usable_cores
+from carmask.inputs.build import Inputs, car_inputs, model_inputs
+from carmask.inputs.decode import Decoded, Decoder, Source, decode, stored_grid
+from carmask.inputs.resize import frames, resize_map
+from carmask.inputs.spec import MIN_VIEWS, Box, NotEnoughViews
 from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size, source_name
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
-from carmask.views import MIN_VIEWS, Box, Inputs, NotEnoughViews, car_inputs, frames, model_inputs, resize_map
 
 SETS = ("auto", "always", "never")
 CUTOUTS = ("refined", "plain")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from carmask.inputs.spec import InputSpec
 from carmask.models import ARCH_LIMITS
 from carmask.train import TrainConfig
-from carmask.views import InputSpec
 
 MULTIVIEW = ("rgb", "median_diff", "mean_diff")
 # The U-Nets' loss, optimiser, schedule and augmentation; the time budget ends the run.

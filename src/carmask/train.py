@@ -27,10 +27,10 @@ from tqdm import tqdm
 from carmask import distributed, models
 from carmask.data import InputCache, augment, build_cache, discover, split_by_car
 from carmask.devices import pick_device
+from carmask.inputs.spec import InputSpec
 from carmask.io import atomic_write
 from carmask.metrics import batch_dice
 from carmask.report import plot_curves
-from carmask.views import InputSpec
 
 # The seed's input: 480x320 frame, auto-crop, 100x100, photo + median diff.
 SEED_SPEC = InputSpec(("rgb", "median_diff"), size=(100, 100), frame=(480, 320), crop=True)

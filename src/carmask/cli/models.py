@@ -1,7 +1,6 @@
 """`carmask models`: the shipped models, what each takes, and what it measured."""
 from __future__ import annotations
 
-
 from carmask.cli.common import InputError, main, result, verbosity_options
 from carmask.io import MiB
 
@@ -21,7 +20,7 @@ def describe_input(spec) -> str:
 def rows() -> list[dict[str, str]]:
     """One row of text per shipped model, for `carmask models` and the README."""
     from carmask import models
-    from carmask.views import MIN_VIEWS
+    from carmask.inputs.spec import MIN_VIEWS
 
     catalog = models.catalog()
     defaults = {models.default_for(MIN_VIEWS): "sets of views", models.default_for(1): "single photos"}

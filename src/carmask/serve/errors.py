@@ -18,8 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from carmask.inputs.spec import NotEnoughViews
 from carmask.io import ImageError
-from carmask.views import NotEnoughViews
 
 # remove.bg's codes by status, for HTTP errors that carry no code of their own (the framework's)
 CODES = {403: "forbidden", 408: "timeout", 413: "file_too_large", 415: "invalid_file_type"}

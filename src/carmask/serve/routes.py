@@ -14,11 +14,11 @@ from fastapi.responses import Response, StreamingResponse
 from carmask import __version__
 from carmask import io as cio
 from carmask.cutout import Cutout
+from carmask.inputs.spec import MIN_VIEWS
 from carmask.io import MiB, group_by_car, image_bytes
 from carmask.serve.errors import BadRequest, Unprocessable
 from carmask.serve.service import Service, service
 from carmask.serve.uploads import Budget, background_of, check_type, collect, decoded, read_image, stem
-from carmask.views import MIN_VIEWS
 
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The cut-out as a PNG: RGBA (transparent), "
                                                             "L (mask) or RGB (over a colour or image)."}

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from carmask.inputs.resize import resize_image
 from carmask.io import MAX_PIXELS, ImageError, orientation, read_photo, read_turned
-from carmask.views import resize_image
+
 
 @dataclass
 class Source:
