@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from carmask.inputs.decode import Decoder, Source, _batch_decoder, _jpeg_for_nvjpeg, to_tensor
-from carmask.io import ImageError, find_photos, group_by_car, read_photo
+from carmask.io import ImageError, find_photos, read_photo
+from carmask.kaggle import group_by_car
 from carmask.predict import Predictor
 from carmask.synth import make_dataset
 

@@ -60,7 +60,8 @@ def test_unknown_names_and_junk_files(tmp_path):
 def test_every_listed_model_loads_and_predicts_a_synthetic_set(name, synth_data):
     """Every shipped model loads safely and predicts a synthetic 16-view set (and a
     single photo, where it takes one), at the photos' own size."""
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     from carmask.predict import Predictor
     model, meta = models.load(name)
     assert meta["val_dice"] > 0.9 and next(model.parameters()).dtype == torch.float32

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from carmask.io import find_photos, group_by_car
+from carmask.io import find_photos
+from carmask.kaggle import group_by_car
 from carmask.predict import Predictor
 from carmask.synth import make_dataset
 from helpers import unrelated_photos
@@ -116,7 +117,7 @@ def test_the_wrong_shape_of_views_is_a_sentence_not_a_misreading(turntable):
             predictor.predict_photo(photo, views=views)
     with pytest.raises(TypeError, match=r"\(name, photo\) pairs"):
         predictor.predict_views([photo, photo, photo])
-    with pytest.raises(TypeError, match="predict_sets takes io.PhotoSet items"):
+    with pytest.raises(TypeError, match="predict_sets takes kaggle.PhotoSet items"):
         list(predictor.predict_sets([turntable[:3]]))
 
 

@@ -23,7 +23,8 @@ from PIL import Image, ImageColor
 
 from carmask.inputs.resize import resize
 from carmask.inputs.spec import NotEnoughViews
-from carmask.io import ImageError, PhotoSet, check_source, read_photo
+from carmask.io import ImageError, check_source, read_photo
+from carmask.kaggle import PhotoSet
 from carmask.predict import Predictor, named_views
 
 SEED_GREEN = (0, 185, 0)  # the seed write-up's background colour
@@ -134,7 +135,7 @@ def remove_set(items: Sequence[tuple[str, object]], predictor=None, background="
 
 def remove_sets(photo_sets: Iterable[PhotoSet], predictor=None, background="transparent", *,
                 refine: bool = True) -> Iterator[Cutout]:
-    """Sets of photo files (`io.group_by_car`) to a `Cutout` each, streamed in
+    """Sets of photo files (`kaggle.group_by_car`) to a `Cutout` each, streamed in
     order: the next cars are decoded while one batch is cut out."""
     predictor, background = _ready(predictor, background)
     for prediction in predictor.predict_sets(photo_sets, cutout=_edges(refine)):

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from carmask.devices import usable_cores
+from carmask.files import atomic_write
 from carmask.inputs.build import car_inputs
 from carmask.inputs.decode import decode
 from carmask.inputs.resize import resize_map
 from carmask.inputs.spec import InputSpec, NotEnoughViews
-from carmask.io import (ImageError, atomic_write, find_photos, group_by_car, mask_path, masks_dir_for, photos_dir_for,
-                        read_mask)
+from carmask.io import ImageError, find_photos, read_mask
+from carmask.kaggle import group_by_car, mask_path, masks_dir_for, photos_dir_for
 
 
 @dataclass

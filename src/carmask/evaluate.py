@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from carmask.inputs.resize import resize_map
-from carmask.io import (ImageError, PhotoSet, find_photos, group_by_car, mask_path, masks_dir_for,
-                        photos_dir_for, read_mask)
+from carmask.io import ImageError, find_photos, read_mask
+from carmask.kaggle import PhotoSet, group_by_car, mask_path, masks_dir_for, photos_dir_for
 from carmask.metrics import dice
 from carmask.predict import Predictor
 

@@ -42,7 +42,8 @@ from carmask.inputs.build import Inputs, car_inputs, model_inputs
 from carmask.inputs.decode import Decoded, Decoder, Source, decode, stored_grid
 from carmask.inputs.resize import frames, resize_map
 from carmask.inputs.spec import MIN_VIEWS, Box, NotEnoughViews
-from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size, source_name
+from carmask.io import PHOTO_TYPES, ImageError, check_size, source_name
+from carmask.kaggle import PhotoSet
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
@@ -714,7 +715,7 @@ def _to_host(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _not_a_set(item) -> NoReturn:
-    raise TypeError(f"predict_sets takes io.PhotoSet items (io.group_by_car(paths) makes them), "
+    raise TypeError(f"predict_sets takes kaggle.PhotoSet items (kaggle.group_by_car(paths) makes them), "
                     f"not {type(item).__name__}")
 
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from carmask.io import PhotoSet
+from carmask.kaggle import PhotoSet
 from carmask.predict import Prediction, Predictor
 
 # Cars per actor call: the predictor decodes the next cars while one is computed.

@@ -26,8 +26,8 @@ from typing import Iterable
 
 import numpy as np
 
+from carmask.files import atomic_write, binary_stdout, sibling, write_all
 from carmask.inputs.spec import MIN_VIEWS
-from carmask.io import atomic_write, binary_stdout, sibling, write_all
 from carmask.rle import encode_boundaries
 
 try:

@@ -27,8 +27,8 @@ from tqdm import tqdm
 from carmask import distributed, models
 from carmask.data import InputCache, augment, build_cache, discover, split_by_car
 from carmask.devices import pick_device
+from carmask.files import atomic_write
 from carmask.inputs.spec import InputSpec
-from carmask.io import atomic_write
 from carmask.metrics import batch_dice
 from carmask.report import plot_curves
 

@@ -258,7 +258,7 @@ class PredictionWarnings:
     def add(self, prediction) -> None:
         if not prediction.warning:
             return
-        from carmask.io import parse_view_name
+        from carmask.kaggle import parse_view_name
         path = Path(prediction.path)
         car = (path.parent, (parse_view_name(path) or (path.name,))[0])
         if (car, prediction.warning) not in self._said:
@@ -364,7 +364,7 @@ def _let_go(stream) -> None:
 def result(text: str) -> None:
     """A result line on stdout; a stdout that cannot take it (a full disk, a
     closed pipe, none: >&-) is a sentence, not a traceback nor silence."""
-    from carmask.io import binary_stdout
+    from carmask.files import binary_stdout
     with writing("-"):
         binary_stdout()  # click.echo says nothing where there is no stdout
         click.echo(text)

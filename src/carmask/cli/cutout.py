@@ -149,7 +149,7 @@ def _is_terminal(stream) -> bool:
 
 def _remove_stale_temporaries(folders) -> None:
     """Temporary files that a killed run (SIGKILL) left where this one writes."""
-    from carmask.io import remove_stale_temporaries
+    from carmask.files import remove_stale_temporaries
     for folder in sorted(folders):
         removed = remove_stale_temporaries(folder)
         if removed:
@@ -159,7 +159,7 @@ def _remove_stale_temporaries(folders) -> None:
 def _cutouts(photos, todo, stdin, predictor, back, refine):
     """Every cut-out of the sets that hold a photo to do, streamed."""
     from carmask.cutout import remove_set, remove_sets
-    from carmask.io import group_by_car
+    from carmask.kaggle import group_by_car
     if stdin:
         return remove_set([("-", click.get_binary_stream("stdin").read())], predictor, back, refine=refine)
     sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
@@ -262,7 +262,8 @@ def _made_here(path: Path) -> bool:
 
 
 def _write_stdout(image) -> None:
-    from carmask.io import binary_stdout, image_bytes, write_all
+    from carmask.files import binary_stdout, write_all
+    from carmask.io import image_bytes
     data = image_bytes(image, "png", exif=_mark())
     stream = binary_stdout()
     write_all(stream, data)

@@ -36,7 +36,7 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     stderr, and each car not predicted as its names suggest.
     """
     from carmask.evaluate import evaluate as run_evaluation, resize_loss as measure_resize_loss, scored_sets
-    from carmask.io import mask_path
+    from carmask.kaggle import mask_path
 
     if report:
         check_output(report, folder=True, overwrite=overwrite)

@@ -14,7 +14,7 @@ from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, ch
                                 make_predictor, prediction_options, progress, recursive_option,
                                 refuse_replacing_inputs, shown, size_option, skipped_summary, some,
                                 verbosity_options, warn, writing)
-from carmask.io import remove_stale_temporaries
+from carmask.files import remove_stale_temporaries
 
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
@@ -155,7 +155,7 @@ def _ray_predictor(model, device, batch_size, actors, address, **options):
 def _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless):
     """The submission from either engine: rows as they come, resumable, skips
     (`nameless`: photos a row cannot name, and why) and warnings named."""
-    from carmask.io import group_by_car
+    from carmask.kaggle import group_by_car
 
     skipped = [f"{shown(photo)}: {why}, which a submission row cannot hold (rename the photo)"
                for photo, why in nameless.items()]

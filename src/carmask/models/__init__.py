@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from carmask.files import atomic_write
 from carmask.inputs.spec import MIN_VIEWS, InputSpec, NotEnoughViews
-from carmask.io import atomic_write
 from carmask.models.seed import SeedCNN
 from carmask.models.unet import UNet
 

@@ -15,7 +15,8 @@ from carmask import __version__
 from carmask import io as cio
 from carmask.cutout import Cutout
 from carmask.inputs.spec import MIN_VIEWS
-from carmask.io import MiB, group_by_car, image_bytes
+from carmask.io import MiB, image_bytes
+from carmask.kaggle import group_by_car
 from carmask.serve.errors import BadRequest, Unprocessable
 from carmask.serve.service import Service, service
 from carmask.serve.uploads import Budget, background_of, check_type, collect, decoded, read_image, stem
