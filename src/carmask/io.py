@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from carmask.files import atomic_write
+from carmask.outcomes import ImageError, Problem
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # What carmask writes (cut-outs, the service's answers), by suffix: Pillow's format and settings.
@@ -36,46 +37,40 @@ MAX_PIXELS = 64_000_000
 PHOTO_TYPES = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
 
 
-class ImageError(ValueError):
-    """A photo or mask that cannot be used; `path` names it."""
-
-    def __init__(self, path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
-
-
 def _open(source, name) -> Image.Image:
     """Open a path or bytes, refusing non-images and oversized images early."""
     try:
         data = _io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         if isinstance(source, (bytes, bytearray)) and not source:
-            raise ImageError(name, "empty file (0 bytes)")
+            raise ImageError(name, "empty file (0 bytes)", Problem.EMPTY)
         if not isinstance(data, _io.BytesIO):
             info = os.stat(data)
             if stat.S_ISDIR(info.st_mode):
                 raise IsADirectoryError
             if not stat.S_ISREG(info.st_mode):  # opening a pipe would wait for a writer, forever
-                raise ImageError(name, "not a regular file (a pipe or a device)")
+                raise ImageError(name, "not a regular file (a pipe or a device)", Problem.NOT_A_FILE)
             if info.st_size == 0:
-                raise ImageError(name, "empty file (0 bytes)")
+                raise ImageError(name, "empty file (0 bytes)", Problem.EMPTY)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(data)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(name, "image has too many pixels (decompression bomb?)") from None
+        raise ImageError(name, "image has too many pixels (decompression bomb?)", Problem.TOO_LARGE) from None
     except FileNotFoundError:
-        raise ImageError(name, "no such file") from None
+        raise ImageError(name, "no such file", Problem.MISSING) from None
     except IsADirectoryError:
-        raise ImageError(name, "is a folder, not an image") from None
+        raise ImageError(name, "is a folder, not an image", Problem.FOLDER) from None
     except Image.UnidentifiedImageError:  # its message shows Python's name of the stream
-        raise ImageError(name, "not a readable image (not an image format that can be read)") from None
+        raise ImageError(name, "not a readable image (not an image format that can be read)",
+                         Problem.UNREADABLE) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(name, f"not a readable image ({exc})") from None
+        raise ImageError(name, f"not a readable image ({exc})", Problem.UNREADABLE) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageError(name, f"image is {width}x{height}, over the limit of {MAX_PIXELS:,} pixels")
+        raise ImageError(name, f"image is {width}x{height}, over the limit of {MAX_PIXELS:,} pixels",
+                         Problem.TOO_LARGE)
     return image
 
 
@@ -113,7 +108,7 @@ def check_source(source, name: str | None = None) -> None:
     """An ImageError, before any work, for what is no photo source at all."""
     if not isinstance(source, PHOTO_TYPES):
         raise ImageError(name or "photo", f"a {type(source).__name__} is not a photo: give a path, bytes, "
-                                          f"a numpy array or a PIL image")
+                                          f"a numpy array or a PIL image", Problem.NOT_A_PHOTO)
 
 
 def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.ndarray:
@@ -146,7 +141,7 @@ def read_turned(source, *, name: str | None = None, upright: bool = True) -> tup
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(name, f"corrupt or truncated image ({exc})") from None
+        raise ImageError(name, f"corrupt or truncated image ({exc})", Problem.CORRUPT) from None
 
 
 def orientation(image: Image.Image) -> int:
@@ -167,10 +162,11 @@ def _from_array(array: np.ndarray, name: str) -> np.ndarray:
             hint = " (it looks channels-first: pass array.transpose(1, 2, 0))"
         elif array.ndim == 4 and array.shape[0] == 1:
             hint = " (one photo, not a batch: pass array[0])"
-        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}{hint}")
+        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}{hint}",
+                         Problem.NOT_A_PHOTO)
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
         raise ImageError(name, f"image is {array.shape[1]}x{array.shape[0]}, "
-                               f"over the limit of {MAX_PIXELS:,} pixels")
+                               f"over the limit of {MAX_PIXELS:,} pixels", Problem.TOO_LARGE)
     array = _as_uint8(array[..., :3], name)
     if any(stride < 0 for stride in array.strides):  # a flipped view: torch takes no negative strides
         array = np.ascontiguousarray(array)
@@ -188,17 +184,19 @@ def _as_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype == np.uint16:
         return _eight_bits(array, 65535)
     if kind not in "fiu":
-        raise ImageError(name, f"a photo array must hold numbers, not {array.dtype}")
+        raise ImageError(name, f"a photo array must hold numbers, not {array.dtype}", Problem.NOT_A_PHOTO)
     low, high = array.min(), array.max()
     if kind == "f":
         if not np.isfinite(low) or not np.isfinite(high):
-            raise ImageError(name, f"a {array.dtype} photo array holds NaN or infinite values")
+            raise ImageError(name, f"a {array.dtype} photo array holds NaN or infinite values", Problem.NOT_A_PHOTO)
         if low < 0 or high > 1:
             raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..1, found "
-                                   f"{float(low):g}..{float(high):g} (for 0..255, pass array.astype(np.uint8))")
+                                   f"{float(low):g}..{float(high):g} (for 0..255, pass array.astype(np.uint8))",
+                             Problem.NOT_A_PHOTO)
         return np.rint(array * 255).astype(np.uint8)
     if low < 0 or high > 255:
-        raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..255, found {low}..{high}")
+        raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..255, found {low}..{high}",
+                         Problem.NOT_A_PHOTO)
     return array.astype(np.uint8)
 
 
@@ -208,15 +206,15 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         values = np.asarray(image if image.mode in ("P", "L", "1") else image.convert("L"))
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(path, f"corrupt or truncated mask ({exc})") from None
+        raise ImageError(path, f"corrupt or truncated mask ({exc})", Problem.CORRUPT) from None
     if expected_size and image.size != tuple(expected_size):
         raise ImageError(path, f"mask is {image.size[0]}x{image.size[1]}, "
-                               f"expected {expected_size[0]}x{expected_size[1]}")
+                               f"expected {expected_size[0]}x{expected_size[1]}", Problem.BAD_MASK)
     if values.dtype == bool:
         return values.astype(np.uint8)
     present = np.unique(values)
     if not (set(present.tolist()) <= {0, 1} or set(present.tolist()) <= {0, 255}):
-        raise ImageError(path, f"mask values must be 0/1 or 0/255, found {present[:6].tolist()}")
+        raise ImageError(path, f"mask values must be 0/1 or 0/255, found {present[:6].tolist()}", Problem.BAD_MASK)
     return (values > 0).astype(np.uint8)
 
 
