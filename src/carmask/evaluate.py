@@ -19,7 +19,7 @@ from carmask.predict import Predictor
 @dataclass
 class Scores:
     dice: dict[str, float] = field(default_factory=dict)   # photo name -> dice
-    skipped: list[str] = field(default_factory=list)       # reasons, naming the file
+    skipped: list[ImageError] = field(default_factory=list)  # the photos skipped, each with its kind
     worst: list[tuple[float, Path, Path, np.ndarray]] = field(default_factory=list)
     unscored: int = 0  # views without a mask: they only served their car's background
 
@@ -83,7 +83,7 @@ def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
             height, width = prediction.probs.shape
             truth = read_mask(truth_path, expected_size=(width, height))
         except ImageError as exc:
-            scores.skipped.append(str(exc))
+            scores.skipped.append(exc)
             continue
         score = dice(prediction.mask, truth)
         scores.dice[prediction.path.name] = score

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from carmask.inputs.spec import MIN_VIEWS
+from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
 
 
 class Problem(Enum):
@@ -57,6 +57,27 @@ class ImageError(ValueError):
     @classmethod
     def from_dict(cls, data: dict) -> ImageError:
         return cls(data["photo"], data["reason"], Problem[data["kind"]])
+
+
+def skip(path, error: Exception) -> ImageError:
+    """`error` as the skip of the photo `path`: an ImageError as it is; one of
+    another type as an ImageError of its kind (NotEnoughViews: TOO_FEW_VIEWS,
+    else NOT_PREDICTED), saying what it says, with `error` as its cause."""
+    if isinstance(error, ImageError):
+        return error
+    kind = Problem.TOO_FEW_VIEWS if isinstance(error, NotEnoughViews) else Problem.NOT_PREDICTED
+    skipped = ImageError(path, str(error), kind)
+    skipped.__cause__ = error
+    return skipped
+
+
+def count(skips) -> dict[Problem, int]:
+    """How many of `skips` (ImageErrors) there are of each kind, the most first
+    (then by the kind's words): what a summary says."""
+    counts: dict[Problem, int] = {}
+    for error in skips:
+        counts[error.kind] = counts.get(error.kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0].value)))
 
 
 class NoteKind(Enum):

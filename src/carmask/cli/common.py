@@ -10,9 +10,9 @@ Every verb should:
 - talk on stderr through `info` (hidden by --quiet), `detail` (shown by
   --verbose) and `fail` (always), which never glue onto a progress bar, and
   show progress with `progress` (a bar on a terminal only);
-- say each prediction's warning once per car (`PredictionWarnings`);
+- say each prediction's note once per car (`cli.outcomes.PredictionNotes`);
 - end with a summary that counts what it wrote, kept and skipped
-  (`skipped_summary` groups the skips by kind);
+  (`cli.outcomes.Skips` counts the skips by kind);
 - exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
   or input error (`InputError`, click's UsageError), 128 + the signal's number
   when stopped by Ctrl-C, SIGTERM or SIGHUP (130, 143, 129): `EXIT_STATUS`,
@@ -24,12 +24,10 @@ Every verb should:
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import tempfile
 import threading
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -225,52 +223,6 @@ def progress(total: int, desc: str, unit: str = "photo"):
     from tqdm import tqdm
     shown = verbosity() >= NORMAL and getattr(sys.stderr, "isatty", lambda: False)()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not shown, dynamic_ncols=True)
-
-
-def skipped_summary(errors: list[str], what: str = "photo") -> str:
-    """'3 photo(s) skipped: 2 not a readable image, 1 ...' (skips grouped by kind)."""
-    kinds = Counter(_kind(error) for error in errors)
-    return f"{len(errors)} {what}(s) skipped: " + ", ".join(f"{n} {kind}" for kind, n in sorted(
-        kinds.items(), key=lambda item: (-item[1], item[0])))
-
-
-def _kind(error: str) -> str:
-    """The reason of 'path: reason (details), more' without the path and details."""
-    return re.split(r" \(|, |: ", error.split(": ", 1)[-1], maxsplit=1)[0]
-
-
-def some(names, shown: int = 5) -> str:
-    """'a, b, c, d, e, ... 3 more'."""
-    names = list(names)
-    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
-
-
-class PredictionWarnings:
-    """Each `Prediction.warning` said once per car (the predictor puts the same
-    sentence on every photo it concerns), and counted by car for the summary,
-    grouped by what was done ('predicted photo by photo', ...: the sentence's
-    last clause)."""
-
-    def __init__(self):
-        self._said: set[tuple] = set()
-        self.cars: dict[str, dict[tuple, str]] = {}  # what was done -> {car: its name}
-
-    def add(self, prediction) -> None:
-        if not prediction.warning:
-            return
-        from carmask.kaggle import parse_view_name
-        path = Path(prediction.path)
-        car = (path.parent, (parse_view_name(path) or (path.name,))[0])
-        if (car, prediction.warning) not in self._said:
-            self._said.add((car, prediction.warning))
-            warn(prediction.warning)
-        done = prediction.warning.rsplit(": ", 1)[-1]
-        self.cars.setdefault(done, {})[car] = car[1]
-
-    def summary(self) -> None:
-        """'3 cars with views predicted photo by photo: a, b, c' for each kind of warning."""
-        for done, cars in self.cars.items():
-            warn(f"{len(cars)} car{'s' if len(cars) > 1 else ''} with views {done}: {some(cars.values())}")
 
 
 # -- inputs and outputs ----------------------------------------------------------

@@ -11,11 +11,12 @@ from pathlib import Path
 import click
 
 from carmask import __version__
-from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
-                                describe_predictor, detail, fail, find_inputs, info, main, make_predictor,
-                                prediction_options, progress, recursive_option, refuse_replacing_inputs, shown,
-                                skipped_summary, some, verbosity_options, writing)
+from carmask.cli.common import (InputError, cannot_write, check_model, check_output, describe_predictor, detail,
+                                find_inputs, info, main, make_predictor, prediction_options, progress,
+                                recursive_option, refuse_replacing_inputs, shown, verbosity_options, writing)
+from carmask.cli.outcomes import PredictionNotes, Skips, some
 from carmask.io import WRITTEN_SUFFIXES
+from carmask.outcomes import ImageError, Problem
 
 SOFTWARE_TAG, SOFTWARE = 0x0131, f"carmask {__version__}"  # EXIF Software, on every cut-out
 # Errors of the output's place, not of one cut-out: the run stops at the first.
@@ -48,7 +49,6 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     Software), which tells a rerun an earlier cut-out from a photo.
     """
     from carmask.cutout import parse_background
-    from carmask.io import ImageError
 
     try:
         back = parse_background(background)
@@ -68,18 +68,18 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    warnings, start = PredictionWarnings(), time.perf_counter()
+    notes, start = PredictionNotes(), time.perf_counter()
     with progress(len(todo), "cutting out") as bar:
         results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
                    if r.path in todo)  # the others: views kept from an earlier run, for their set's background
-        written, raced, skipped = _write_all(results, targets, to_stdout, overwrite, warnings, bar)
+        written, raced, skipped = _write_all(results, targets, to_stdout, overwrite, notes, bar)
     info(summary(written, len(photos) - len(todo) + raced, "standard output" if to_stdout else output))
     seconds = time.perf_counter() - start
     detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
            "photos/s)")
-    warnings.summary()
+    notes.summary()
+    skipped.summary()
     if skipped:
-        fail(skipped_summary(skipped))
         sys.exit(1)
 
 
@@ -111,17 +111,16 @@ def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
     return single_file
 
 
-def _write_all(results, targets, to_stdout: bool, overwrite: bool, warnings, bar) -> tuple[int, int, list[str]]:
+def _write_all(results, targets, to_stdout: bool, overwrite: bool, notes, bar) -> tuple[int, int, Skips]:
     """Each cut-out to its target: how many were written, how many another run
     wrote meanwhile (kept), and the photos skipped. A stdout or a disk that
     cannot take any more ends the run (exit 2); the cut-outs written stay."""
-    written, raced, skipped = 0, 0, []
+    written, raced, skipped = 0, 0, Skips()
     for result in results:
         bar.update()
-        warnings.add(result)
+        notes.add(result)
         if result.error:
-            skipped.append(str(result.error))
-            fail(f"skipped {result.error}")
+            skipped.add(result.error)
             continue
         if to_stdout:
             with writing("-"):
@@ -138,8 +137,8 @@ def _write_all(results, targets, to_stdout: bool, overwrite: bool, warnings, bar
             if exc.errno in PLACE_FAILED:  # every next cut-out would fail the same way
                 raise InputError(f"{cannot_write(exc, target)}; the {written} cut-out(s) written are kept: "
                                  f"run the same command again to continue") from None
-            skipped.append(f"{result.path}: not written ({exc.strerror or exc})")
-            fail(f"skipped {result.path}: cannot write {target} ({exc.strerror or exc})")
+            skipped.add(ImageError(result.path, f"not written ({exc.strerror or exc})", Problem.NOT_WRITTEN),
+                        said=f"{result.path}: cannot write {target} ({exc.strerror or exc})")
     return written, raced, skipped
 
 

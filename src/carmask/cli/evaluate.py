@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
-                                detail, fail, info, main, make_predictor, prediction_options, progress, result,
-                                size_callback, size_option, skipped_summary, some, verbosity_options, writing)
+from carmask.cli.common import (InputError, check_model, check_output, describe_predictor, detail, fail, info,
+                                main, make_predictor, prediction_options, progress, result, size_callback,
+                                size_option, verbosity_options, writing)
+from carmask.cli.outcomes import PredictionNotes, skipped_summary, some
 
 
 @main.command(short_help="Print the mean dice against a dataset's masks.")
@@ -61,7 +62,7 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, upright=False)  # the masks' grid
     todo = sum(len(s.paths) for s in photo_sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos of {len(photo_sets)} cars")
-    warned = PredictionWarnings()
+    warned = PredictionNotes()
     with progress(todo, "evaluating") as bar:
         def seen(prediction):
             bar.update()

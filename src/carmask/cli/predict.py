@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
-                                describe_predictor, detail, fail, find_inputs, info, interrupted, main,
-                                make_predictor, prediction_options, progress, recursive_option,
-                                refuse_replacing_inputs, shown, size_option, skipped_summary, some,
+from carmask.cli.common import (InputError, cannot_write, check_model, check_output, describe_predictor, detail,
+                                fail, find_inputs, info, interrupted, main, make_predictor, prediction_options,
+                                progress, recursive_option, refuse_replacing_inputs, shown, size_option,
                                 verbosity_options, warn, writing)
+from carmask.cli.outcomes import PredictionNotes, Skips, some
 from carmask.files import remove_stale_temporaries
+from carmask.outcomes import ImageError, Problem
 
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
@@ -118,7 +119,7 @@ def _open_writer(output, overwrite, photos, model, **options):
     return writer
 
 
-def _without_row_names(photos: list[Path]) -> dict[Path, str]:
+def _without_row_names(photos: list[Path]) -> dict[Path, Problem]:
     """The photos whose file name a submission row cannot hold, and why: a
     name that is no UTF-8 text (the CSV is), or that holds a line break (a row
     is a line)."""
@@ -127,10 +128,10 @@ def _without_row_names(photos: list[Path]) -> dict[Path, str]:
         try:
             photo.name.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are no UTF-8, as Python decodes file names
-            nameless[photo] = "name not UTF-8 text"
+            nameless[photo] = Problem.NAME_NOT_TEXT
             continue
         if "\n" in photo.name or "\r" in photo.name:
-            nameless[photo] = "name holds a line break"
+            nameless[photo] = Problem.NAME_LINE_BREAK
     return nameless
 
 
@@ -157,24 +158,23 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
     (`nameless`: photos a row cannot name, and why) and warnings named."""
     from carmask.kaggle import group_by_car
 
-    skipped = [f"{shown(photo)}: {why}, which a submission row cannot hold (rename the photo)"
-               for photo, why in nameless.items()]
-    for skip in skipped:
-        fail(f"skipped {skip}")
+    skipped = Skips()
+    for photo, why in nameless.items():
+        skipped.add(ImageError(shown(photo), f"{why.value}, which a submission row cannot hold (rename the photo)",
+                               why))
 
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
            f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
-    warned, start = PredictionWarnings(), time.perf_counter()
+    warned, start = PredictionNotes(), time.perf_counter()
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
     with progress(todo, "predicting") as bar:
         for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
             bar.update()
             warned.add(prediction)
             if prediction.error:
-                skipped.append(prediction.error)
-                fail(f"skipped {prediction.error}")
+                skipped.add(prediction.error)
             elif prediction.path.name not in writer.done:
                 writer.write(prediction.path.name, prediction.runs)
         writer.flush()
@@ -190,8 +190,7 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
              f"({writer.written} predicted now{kept})")
     warned.summary()
     turned.report()
-    if skipped:
-        fail(skipped_summary(skipped))
+    skipped.summary()
     if not writer.done:
         fail("no photo could be predicted: nothing written")
     if skipped or not writer.done:

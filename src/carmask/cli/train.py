@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, interrupted,
-                                main, result, size_callback, skipped_summary, verbosity, verbosity_options, warn)
+from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, info, interrupted, main,
+                                result, size_callback, verbosity, verbosity_options, warn)
+from carmask.cli.outcomes import Skips
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
 RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
@@ -97,15 +98,10 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
         detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
                f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
-    skipped = []
-
-    def skip(reason: str) -> None:  # said at once, counted at the end
-        skipped.append(reason)
-        fail(f"skipped {reason}")
-
+    skipped = Skips()  # each said at once, counted at the end
     try:
         best = run_training(data_dir, run_dir, config, device=device, resume=resume, cache_dir=cache,
-                            workers=workers, progress=verbosity() >= NORMAL, skipped=skip)
+                            workers=workers, progress=verbosity() >= NORMAL, skipped=skipped.add)
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
     except KeyboardInterrupt as exc:
@@ -114,7 +110,7 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         return
     result(f"best model: {best}")
     if skipped:
-        fail(skipped_summary(skipped))
+        skipped.summary()
         sys.exit(1)
 
 
