@@ -11,7 +11,7 @@ import warnings
 
 from PIL import Image
 
-from carmask.io import ImageError
+from carmask.outcomes import ImageError, Problem
 from carmask.serve.errors import TooLarge
 
 # The only decoders a client's bytes reach: never EPS/PS (Pillow would run Ghostscript), nor any other.
@@ -29,5 +29,5 @@ def open_photo(data: bytes, label: str) -> Image.Image:
     except Image.DecompressionBombError:
         raise TooLarge(f"{label}: image has too many pixels") from None
     except Exception:  # noqa: BLE001 - whatever Pillow raises for what is no photo of these formats
-        raise ImageError(label, "not a readable JPEG, PNG, WebP, TIFF or BMP image") from None
+        raise ImageError(label, "not a readable JPEG, PNG, WebP, TIFF or BMP image", Problem.UNREADABLE) from None
 
