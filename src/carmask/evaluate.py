@@ -13,7 +13,7 @@ from carmask.inputs.resize import resize_map
 from carmask.io import ImageError, find_photos, read_mask
 from carmask.kaggle import PhotoSet, group_by_car, mask_path, masks_dir_for, photos_dir_for
 from carmask.metrics import dice
-from carmask.predict import Predictor
+from carmask.predict import Prediction, Predictor
 
 
 @dataclass
@@ -26,6 +26,29 @@ class Scores:
     @property
     def mean(self) -> float:
         return float(np.mean(list(self.dice.values()))) if self.dice else float("nan")
+
+    def add(self, prediction: Prediction, masks_dir: Path, keep_worst: int = 8) -> ImageError | None:
+        """Score one prediction against its mask in `masks_dir` (a view without
+        one is only counted, `unscored`); a skip (the prediction's error, or a
+        mask that cannot be read) is kept in `skipped` and returned."""
+        if prediction.error:
+            self.skipped.append(prediction.error)
+            return prediction.error
+        truth_path = mask_path(prediction.path, masks_dir)
+        if not truth_path.exists():
+            self.unscored += 1  # a view without a mask: it only served the background
+            return None
+        try:
+            height, width = prediction.probs.shape
+            truth = read_mask(truth_path, expected_size=(width, height))
+        except ImageError as exc:
+            self.skipped.append(exc)
+            return exc
+        score = dice(prediction.mask, truth)
+        self.dice[prediction.path.name] = score
+        self.worst = sorted(self.worst + [(score, prediction.path, truth_path, _small(prediction.probs))],
+                            key=lambda t: t[0])[:keep_worst]
+        return None
 
 
 def scored_sets(data_dir, masks_dir=None, cars: Iterable[str] | None = None
@@ -63,33 +86,13 @@ def read_cars(path) -> list[str]:
 
 
 def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
-             cars=None, keep_worst: int = 8, progress=None) -> Scores:
-    """Predict every photo of the scored sets and compare with its mask.
-    `progress`: called with each `Prediction` as it comes (its warning, if any,
-    says how it was predicted)."""
+             cars=None, keep_worst: int = 8) -> Scores:
+    """Predict every photo of the scored sets and compare with its mask
+    (`carmask evaluate` runs `Scores.add` in the CLI's loop instead)."""
     sets, masks_dir = scored_sets(data_dir, masks_dir, cars)
     scores = Scores()
     for prediction in predictor.predict_sets(sets, output_size=output_size):
-        if progress:
-            progress(prediction)
-        truth_path = mask_path(prediction.path, masks_dir)
-        if prediction.error:
-            scores.skipped.append(prediction.error)
-            continue
-        if not truth_path.exists():
-            scores.unscored += 1  # a view without a mask: it only served the background
-            continue
-        try:
-            height, width = prediction.probs.shape
-            truth = read_mask(truth_path, expected_size=(width, height))
-        except ImageError as exc:
-            scores.skipped.append(exc)
-            continue
-        score = dice(prediction.mask, truth)
-        scores.dice[prediction.path.name] = score
-        scores.worst = sorted(scores.worst + [(score, prediction.path, truth_path,
-                                               _small(prediction.probs))],
-                              key=lambda t: t[0])[:keep_worst]
+        scores.add(prediction, masks_dir, keep_worst)
     return scores
 
 

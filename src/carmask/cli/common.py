@@ -8,11 +8,10 @@ Every verb should:
   the verb allows it), and write inside `writing(...)`, which turns an OSError
   into a sentence;
 - talk on stderr through `info` (hidden by --quiet), `detail` (shown by
-  --verbose) and `fail` (always), which never glue onto a progress bar, and
-  show progress with `progress` (a bar on a terminal only);
-- say each prediction's note once per car (`cli.outcomes.PredictionNotes`);
-- end with a summary that counts what it wrote, kept and skipped
-  (`cli.outcomes.Skips` counts the skips by kind);
+  --verbose) and `fail` (always), which never glue onto a progress bar;
+- if it predicts, go over its outcomes with `cli.loop.Run` (the progress bar,
+  notes once per car, skips counted by kind, the speed, the exit status),
+  and say itself what it wrote and kept;
 - exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
   or input error (`InputError`, click's UsageError), 128 + the signal's number
   when stopped by Ctrl-C, SIGTERM or SIGHUP (130, 143, 129): `EXIT_STATUS`,
@@ -251,14 +250,7 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
         raise InputError(f"{path} names a folder (it ends with {str(path)[-1]}); name the file to write")
     path = Path(path)
     if path.exists():
-        if not (path.is_dir() or path.is_file()):  # a device, a pipe: replacing it would break the system
-            raise InputError(f"{path} is not a regular file" + ("" if folder else "; name a file to write"))
-        if folder and not path.is_dir():
-            raise InputError(f"{path} is a file, not a folder")
-        if not folder and path.is_dir():
-            raise InputError(f"{path} is a folder; name the file to write")
-        if not overwrite and (not folder or any(path.iterdir())):
-            raise InputError(f"{path} exists; pass --overwrite to replace it")
+        _refuse_existing(path, folder, overwrite)
     where = path if folder and path.is_dir() else path.parent  # an existing folder is written into
     while folder and not where.exists() and where != where.parent:
         where = where.parent
@@ -274,6 +266,17 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
             pass
     except OSError as exc:
         raise InputError(f"cannot write in {where}: {exc.strerror or exc}") from None
+
+
+def _refuse_existing(path: Path, folder: bool, overwrite: bool) -> None:
+    if not (path.is_dir() or path.is_file()):  # a device, a pipe: replacing it would break the system
+        raise InputError(f"{path} is not a regular file" + ("" if folder else "; name a file to write"))
+    if folder and not path.is_dir():
+        raise InputError(f"{path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise InputError(f"{path} is a folder; name the file to write")
+    if not overwrite and (not folder or any(path.iterdir())):
+        raise InputError(f"{path} exists; pass --overwrite to replace it")
 
 
 def refuse_replacing_inputs(targets: dict[Path, Path]) -> None:
@@ -377,7 +380,6 @@ sets_option = click.option(
          "shadow) and at least 1% (not copies of one photo); other views are predicted photo by photo, with a warning naming them. This tells "
          "studios apart, not cars: photos of different cars shot in one studio and named as one car's "
          "views pass it (use never). always: trust the names. never: every photo alone.")
-
 
 
 def prediction_options(command):

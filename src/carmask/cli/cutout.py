@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,9 +11,10 @@ import click
 
 from carmask import __version__
 from carmask.cli.common import (InputError, cannot_write, check_model, check_output, describe_predictor, detail,
-                                find_inputs, info, main, make_predictor, prediction_options, progress,
-                                recursive_option, refuse_replacing_inputs, shown, verbosity_options, writing)
-from carmask.cli.outcomes import PredictionNotes, Skips, some
+                                find_inputs, info, main, make_predictor, prediction_options, recursive_option,
+                                refuse_replacing_inputs, shown, verbosity_options, writing)
+from carmask.cli.loop import Run
+from carmask.cli.outcomes import Skips, some
 from carmask.io import WRITTEN_SUFFIXES
 from carmask.outcomes import ImageError, Problem
 
@@ -68,19 +68,13 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    notes, start = PredictionNotes(), time.perf_counter()
-    with progress(len(todo), "cutting out") as bar:
-        results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
-                   if r.path in todo)  # the others: views kept from an earlier run, for their set's background
-        written, raced, skipped = _write_all(results, targets, to_stdout, overwrite, notes, bar)
-    info(summary(written, len(photos) - len(todo) + raced, "standard output" if to_stdout else output))
-    seconds = time.perf_counter() - start
-    detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
-           "photos/s)")
-    notes.summary()
-    skipped.summary()
-    if skipped:
-        sys.exit(1)
+    run, write = Run("cutting out"), _Writer(targets, to_stdout, overwrite)
+    results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
+               if r.path in todo)  # the others: views kept from an earlier run, for their set's background
+    run.over(results, len(todo), lambda cut: write(cut, run.skips))
+    info(summary(write.written, len(photos) - len(todo) + write.raced,
+                 "standard output" if to_stdout else output))
+    run.end()
 
 
 def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
@@ -111,35 +105,34 @@ def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
     return single_file
 
 
-def _write_all(results, targets, to_stdout: bool, overwrite: bool, notes, bar) -> tuple[int, int, Skips]:
-    """Each cut-out to its target: how many were written, how many another run
-    wrote meanwhile (kept), and the photos skipped. A stdout or a disk that
-    cannot take any more ends the run (exit 2); the cut-outs written stay."""
-    written, raced, skipped = 0, 0, Skips()
-    for result in results:
-        bar.update()
-        notes.add(result)
-        if result.error:
-            skipped.add(result.error)
-            continue
-        if to_stdout:
+class _Writer:
+    """Each cut-out to its target, counting those written and those another
+    run wrote meanwhile (`raced`: kept); one that cannot be written is a skip.
+    A stdout or a disk that cannot take any more ends the run (exit 2); the
+    cut-outs written stay."""
+
+    def __init__(self, targets: dict[Path, Path], to_stdout: bool, overwrite: bool):
+        self.targets, self.to_stdout, self.overwrite = targets, to_stdout, overwrite
+        self.written = self.raced = 0
+
+    def __call__(self, cut, skips: Skips) -> None:
+        if self.to_stdout:
             with writing("-"):
-                _write_stdout(result.image)
-            written += 1
-            continue
-        target = targets[result.path]
+                _write_stdout(cut.image)
+            self.written += 1
+            return
+        target = self.targets[cut.path]
         try:
-            _save(target, result.image, replace=overwrite)
-            written += 1
+            _save(target, cut.image, replace=self.overwrite)
+            self.written += 1
         except FileExistsError:  # another run wrote it meanwhile: kept, as one there before
-            raced += 1
+            self.raced += 1
         except OSError as exc:
             if exc.errno in PLACE_FAILED:  # every next cut-out would fail the same way
-                raise InputError(f"{cannot_write(exc, target)}; the {written} cut-out(s) written are kept: "
+                raise InputError(f"{cannot_write(exc, target)}; the {self.written} cut-out(s) written are kept: "
                                  f"run the same command again to continue") from None
-            skipped.add(ImageError(result.path, f"not written ({exc.strerror or exc})", Problem.NOT_WRITTEN),
-                        said=f"{result.path}: cannot write {target} ({exc.strerror or exc})")
-    return written, raced, skipped
+            skips.add(ImageError(cut.path, f"not written ({exc.strerror or exc})", Problem.NOT_WRITTEN),
+                      said=f"{cut.path}: cannot write {target} ({exc.strerror or exc})")
 
 
 def _is_terminal(stream) -> bool:

@@ -1,19 +1,18 @@
 """`carmask predict`: a Kaggle submission CSV for photos."""
 from __future__ import annotations
 
-import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import click
 
 from carmask.cli.common import (InputError, cannot_write, check_model, check_output, describe_predictor, detail,
-                                fail, find_inputs, info, interrupted, main, make_predictor, prediction_options,
-                                progress, recursive_option, refuse_replacing_inputs, shown, size_option,
-                                verbosity_options, warn, writing)
-from carmask.cli.outcomes import PredictionNotes, Skips, some
+                                find_inputs, info, interrupted, main, make_predictor, prediction_options,
+                                recursive_option, refuse_replacing_inputs, shown, size_option, verbosity_options,
+                                writing)
+from carmask.cli.loop import Run
+from carmask.cli.outcomes import some
 from carmask.files import remove_stale_temporaries
 from carmask.outcomes import ImageError, Problem
 
@@ -158,43 +157,29 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
     (`nameless`: photos a row cannot name, and why) and warnings named."""
     from carmask.kaggle import group_by_car
 
-    skipped = Skips()
+    run = Run("predicting")
     for photo, why in nameless.items():
-        skipped.add(ImageError(shown(photo), f"{why.value}, which a submission row cannot hold (rename the photo)",
-                               why))
-
+        run.skips.add(ImageError(shown(photo), f"{why.value}, which a submission row cannot hold (rename the photo)",
+                                 why))
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
            f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
-    warned, start = PredictionNotes(), time.perf_counter()
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
-    with progress(todo, "predicting") as bar:
-        for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
-            bar.update()
-            warned.add(prediction)
-            if prediction.error:
-                skipped.add(prediction.error)
-            elif prediction.path.name not in writer.done:
-                writer.write(prediction.path.name, prediction.runs)
-        writer.flush()
-        if writer.done:
-            writer.finish()
-        else:
-            writer.discard()
-    seconds = time.perf_counter() - start
-    detail(f"{todo} photo{'s' * (todo != 1)} in {seconds:.1f} s ({todo / max(seconds, 1e-9):.1f} photos/s)")
+
+    def write(prediction) -> None:
+        if prediction.path.name not in writer.done:
+            writer.write(prediction.path.name, prediction.runs)
+    run.over(predictor.predict_sets(sets, output_size=output_size, encode=True), todo, write)
+    writer.flush()
     if writer.done:
+        writer.finish()
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
         info(f"wrote {'stdout' if output == '-' else output}: {_rows(len(writer.done))} "
              f"({writer.written} predicted now{kept})")
-    warned.summary()
-    turned.report()
-    skipped.summary()
-    if not writer.done:
-        fail("no photo could be predicted: nothing written")
-    if skipped or not writer.done:
-        sys.exit(1)
+    else:
+        writer.discard()
+    run.end(turned.report(), nothing=None if writer.done else "no photo could be predicted: nothing written")
 
 
 class _TurnedPhotos(threading.Thread):
@@ -222,10 +207,12 @@ class _TurnedPhotos(threading.Thread):
             if turn != 1:
                 self.turned[path.name] = turn
 
-    def report(self) -> None:
+    def report(self) -> str | None:
+        """The warning that names them, if any (when the thread is done)."""
         self.join()
-        if self.turned:
-            named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
-            warn(f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
-                 f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
-                 f"the photos")
+        if not self.turned:
+            return None
+        named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
+        return (f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
+                f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
+                f"the photos")

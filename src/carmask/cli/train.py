@@ -85,19 +85,10 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         raise InputError(str(exc)) from None
     main_process = distributed.is_main()  # under torchrun, rank 0 checks, clears and reports
     if main_process:
-        from carmask.cli.models import describe_input
-        from carmask.devices import pick_device
         _check_run_dir(run_dir, resume, overwrite)
         if cache:
             check_output(cache, folder=True, overwrite=True)
-        info(f"training recipe {recipe} on the {len(cars)} car{'s' * (len(cars) != 1)} of {data_dir}, "
-             f"into {run_dir}")
-        if len(cars) < 2 and not config.val_cars:
-            warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
-                 "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
-        options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
-        detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
-               f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
+        _say_what_trains(recipe, config, cars, data_dir, run_dir, device)
     skipped = Skips()  # each said at once, counted at the end
     try:
         best = run_training(data_dir, run_dir, config, device=device, resume=resume, cache_dir=cache,
@@ -112,6 +103,19 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
     if skipped:
         skipped.summary()
         sys.exit(1)
+
+
+def _say_what_trains(recipe: str, config, cars: list, data_dir: Path, run_dir: Path, device: str) -> None:
+    from carmask.cli.models import describe_input
+    from carmask.devices import pick_device
+    info(f"training recipe {recipe} on the {len(cars)} car{'s' * (len(cars) != 1)} of {data_dir}, "
+         f"into {run_dir}")
+    if len(cars) < 2 and not config.val_cars:
+        warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
+             "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
+    options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
+    detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
+           f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
