@@ -41,7 +41,7 @@ from carmask.devices import pick_device, usable_cores
 from carmask.inputs.build import Inputs, car_inputs, model_inputs
 from carmask.inputs.decode import Decoded, Decoder, Source, decode, stored_grid
 from carmask.inputs.resize import frames, resize_map
-from carmask.inputs.spec import MIN_VIEWS, Box, NotEnoughViews
+from carmask.inputs.spec import MIN_VIEWS, SETS, STUDIO_DIFFERING, STUDIO_SAME, Box, NotEnoughViews
 from carmask.io import PHOTO_TYPES, check_size, source_name
 from carmask.outcomes import ImageError, Note, NoteKind, Treatment, skip
 from carmask.kaggle import PhotoSet
@@ -49,18 +49,7 @@ from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
 
-SETS = ("auto", "always", "never")
 CUTOUTS = ("refined", "plain")
-# A photo that differs from its set's median background over more than this
-# share of the frame is not in the set's studio. Measured at the multiview
-# frame: real turntable views differ over at most 27% (the car and its
-# shadow); photos of unrelated scenes over 40-70%.
-STUDIO_DIFFERING = 0.45
-# ... and a photo that differs from it over less than this share is (nearly)
-# the same photo as the others: their median shows the car, not the studio.
-# Real turntable views differ over at least 3.4% (carvana-512, 270 cars) and
-# 7.1% (the 40 test cars at 1918x1280); copies of one photo over 0%.
-STUDIO_SAME = 0.01
 STAGES = ("decode", "inputs", "model", "postprocess", "copy back")
 
 
