@@ -34,7 +34,7 @@ from typing import NoReturn
 import click
 
 from carmask import __version__
-from carmask.io import parse_size
+from carmask.inputs.spec import MIN_VIEWS
 
 EXIT_STATUS = """\b
 Exit status:
@@ -326,75 +326,14 @@ def result(text: str) -> None:
         sys.stdout.flush()
 
 
-# -- options and the model ---------------------------------------------------------
-def size_callback(ctx, param, value):
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+@click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]},
+             help=f"""Remove the studio background from car photos.
 
-
-def make_predictor(model, device, batch_size, compile=False, tta=False, **options):
-    from carmask.predict import Predictor
-    try:
-        return Predictor(model, device=device, batch_size=batch_size, compile=compile, tta=tta, **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def check_model(model):
-    """Fail early, before any work, on a model that is not there or not whole
-    (a sentence naming it, exit 2)."""
-    from carmask import models
-    try:
-        models.check(model)
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputError(str(exc)) from None
-
-
-def describe_predictor(model, device, tta=False) -> str:
-    """'model seed on cpu' (for --verbose)."""
-    return f"model {model or 'the shipped defaults'} on {device}" + (" with tta" if tta else "")
-
-
-model_option = click.option("--model", help="A tier (accurate, fast), a shipped model (multiview-fast, "
-                                            "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
-                                            "mean their best tier) or a checkpoint path. Default: the most "
-                                            "accurate tier shipped, multi-view for sets of 3+ views.")
-size_option = click.option("--output-size", callback=size_callback, metavar="WxH",
-                           help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
-device_option = click.option("--device", default="auto", show_default=True,
-                             type=click.Choice(["auto", "cpu", "cuda"]),
-                             help="Where the model runs: auto (a CUDA GPU where there is one, else the CPU), "
-                                  "cpu or cuda.")
-batch_option = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
-                            help="Photos per model batch.")
-tta_option = click.option("--tta", is_flag=True,
-                          help="Also predict each photo mirrored and average: twice the model work.")
-recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
-sets_option = click.option(
-    "--sets", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]),
-    help="How photos named <car>_<NN> are grouped. auto: a car's views are predicted as a set (with its "
-         "median background) only when they share a studio: at least 3 readable views of one size, each "
-         "differing from their median background over at most 45% of the frame (the car and its "
-         "shadow) and at least 1% (not copies of one photo); other views are predicted photo by photo, with a warning naming them. This tells "
-         "studios apart, not cars: photos of different cars shot in one studio and named as one car's "
-         "views pass it (use never). always: trust the names. never: every photo alone.")
-
-
-def prediction_options(command):
-    """The options of every verb that predicts: model, tta, sets, device, batch size."""
-    for option in (batch_option, device_option, sets_option, tta_option, model_option):
-        command = option(command)
-    return command
-
-@click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]})
+    Photos named <car>_<NN>.jpg (Kaggle Carvana layout) are grouped by car:
+    a set of at least {MIN_VIEWS} views that share a studio is predicted with the car's
+    median background, other photos one by one (--sets).
+    """)
 @click.version_option(__version__, prog_name="carmask")
 @verbosity_options
 def main():
-    """Remove the studio background from car photos.
-
-    Photos named <car>_<NN>.jpg (Kaggle Carvana layout) are grouped by car:
-    a set of at least 3 views that share a studio is predicted with the car's
-    median background, other photos one by one (--sets).
-    """
+    """The command group: `carmask VERB ...` (its help is built above, from MIN_VIEWS)."""

@@ -10,11 +10,13 @@ from pathlib import Path
 import click
 
 from carmask import __version__
-from carmask.cli.common import (InputError, cannot_write, check_model, check_output, describe_predictor, detail,
-                                find_inputs, info, main, make_predictor, prediction_options, recursive_option,
+from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, main,
                                 refuse_replacing_inputs, shown, verbosity_options, writing)
 from carmask.cli.loop import Run
+from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+                                 recursive_option)
 from carmask.cli.outcomes import Skips, some
+from carmask.inputs.spec import MIN_VIEWS
 from carmask.io import WRITTEN_SUFFIXES
 from carmask.outcomes import ImageError, Problem
 
@@ -23,7 +25,20 @@ SOFTWARE_TAG, SOFTWARE = 0x0131, f"carmask {__version__}"  # EXIF Software, on e
 PLACE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
-@main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.")
+HELP = f"""Cut cars out of photos: files, folders or globs (INPUTS), or - for
+    one photo on standard input.
+
+    Photos named <car>_<NN>.jpg that form a set of at least {MIN_VIEWS} views are cut
+    out with the multi-view model; other photos one by one. Outputs are
+    <name>.png (<name>.jpg over a colour or an image, <name>_mask.png for
+    masks), in the sub-folders the photos have below their common folder;
+    two inputs that would still share a name get distinct ones; existing
+    outputs are kept unless --overwrite. Cut-outs carry carmask's mark (EXIF
+    Software), which tells a rerun an earlier cut-out from a photo.
+    """
+
+
+@main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.", help=HELP)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True,
               help="Output folder, an image file name for a single input, or - for standard output.")
@@ -37,17 +52,7 @@ PLACE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: keep them).")
 @verbosity_options
 def cutout(inputs, output, background, refine, sets, recursive, tta, model, device, batch_size, overwrite):
-    """Cut cars out of photos: files, folders or globs (INPUTS), or - for
-    one photo on standard input.
-
-    Photos named <car>_<NN>.jpg that form a set of at least 3 views are cut
-    out with the multi-view model; other photos one by one. Outputs are
-    <name>.png (<name>.jpg over a colour or an image, <name>_mask.png for
-    masks), in the sub-folders the photos have below their common folder;
-    two inputs that would still share a name get distinct ones; existing
-    outputs are kept unless --overwrite. Cut-outs carry carmask's mark (EXIF
-    Software), which tells a rerun an earlier cut-out from a photo.
-    """
+    """`carmask cutout` (its help: HELP, built from MIN_VIEWS)."""
     from carmask.cutout import parse_background
 
     try:

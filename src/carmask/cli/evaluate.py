@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, check_model, check_output, describe_predictor, detail, fail, info,
-                                main, make_predictor, prediction_options, result, size_callback, size_option,
-                                verbosity_options, writing)
+from carmask.cli.common import (InputError, check_output, detail, fail, info, main, result, verbosity_options,
+                                writing)
 from carmask.cli.loop import Run
+from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+                                 size_callback, size_option)
 from carmask.cli.outcomes import some
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, cannot_write, check_model, check_output, describe_predictor, detail,
-                                find_inputs, info, interrupted, main, make_predictor, prediction_options,
-                                recursive_option, refuse_replacing_inputs, shown, size_option, verbosity_options,
-                                writing)
+from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, interrupted,
+                                main, refuse_replacing_inputs, shown, verbosity_options, writing)
 from carmask.cli.loop import Run
+from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+                                 recursive_option, size_option)
 from carmask.cli.outcomes import some
 from carmask.files import remove_stale_temporaries
 from carmask.outcomes import ImageError, Problem

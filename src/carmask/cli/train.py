@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, info, interrupted, main,
-                                result, size_callback, verbosity, verbosity_options, warn)
+from carmask.cli.common import (NORMAL, InputError, check_output, detail, info, interrupted, main, result,
+                                verbosity, verbosity_options, warn)
+from carmask.cli.options import LateHelp, device_option, size_callback
 from carmask.cli.outcomes import Skips
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
@@ -17,11 +18,10 @@ RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "spli
 @main.command(short_help="Train a model (a recipe) on a Kaggle-layout dataset.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
-              help="Run folder (created): checkpoints, metrics.csv, curve.png, split.json.")
-@click.option("--recipe", default="seed", show_default=True, metavar="NAME",
-              help="The settings that trained a shipped model (carmask.recipes): seed, rgb-fast, "
-                   "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation). "
-                   "The options below change single fields.")
+              help=f"Run folder (created): {', '.join(RUN_FILES)}.")
+@click.option("--recipe", default="seed", show_default=True, metavar="NAME", cls=LateHelp,
+              late_help=lambda: f"The settings that trained a model (carmask.recipes): {', '.join(_recipes())}. "
+                                "The options below change single fields.")
 @click.option("--arch", type=click.Choice(["seed", "unet"]), help="Network architecture.")
 @click.option("--width", type=click.IntRange(min=1), help="U-Net channels at full resolution.")
 @click.option("--depth", type=click.IntRange(min=1), help="U-Net downsamplings.")
@@ -41,9 +41,10 @@ RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "spli
               help="Weight of the soft-dice loss beside BCE (0: BCE only).")
 @click.option("--edge-weight", type=click.FloatRange(min=0), help="Extra BCE weight on pixels near the car's edge.")
 @click.option("--augment/--no-augment", default=None, help="Flips, shift/scale/rotation, colour jitter.")
-@click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True),
-              help="Share of cars held out (default 0.15).")
-@click.option("--seed", type=int, help="Random seed: split, initialisation, order (default 0).")
+@click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True), cls=LateHelp,
+              late_help=lambda: f"Share of cars held out (default {_recipes()['seed'].val_fraction}).")
+@click.option("--seed", type=int, cls=LateHelp,
+              late_help=lambda: f"Random seed: split, initialisation, order (default {_recipes()['seed'].seed}).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the prepared-input cache (default: RUN_DIR/cache).")
 @click.option("--workers", type=click.IntRange(min=1),
@@ -103,6 +104,12 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
     if skipped:
         skipped.summary()
         sys.exit(1)
+
+
+def _recipes() -> dict:
+    """The recipe table (carmask.recipes, which loads torch: read when --help is shown)."""
+    from carmask.recipes import RECIPES
+    return RECIPES
 
 
 def _say_what_trains(recipe: str, config, cars: list, data_dir: Path, run_dir: Path, device: str) -> None:
