@@ -9,10 +9,10 @@ import pytest
 from helpers import run_cli
 from PIL import Image
 
+from carmask.inputs.spec import InputSpec
 from carmask.recipes import SEED_SPEC
 from carmask.synth import make_dataset
 from carmask.train import TrainConfig, train
-from carmask.views import InputSpec
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Models trained for the session: the first test to ask pays the training (rgb_model

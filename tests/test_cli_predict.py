@@ -373,7 +373,7 @@ def test_an_output_name_that_fits_gets_partial_and_temporary_names_that_fit_too(
 
 
 def test_sibling_names_fit_and_stay_one_name_for_one_path(tmp_path):
-    from carmask.io import sibling
+    from carmask.files import sibling
     long, other = tmp_path / ("é" * 125 + ".csv"), tmp_path / ("é" * 125 + ".CSV")
     names = [sibling(p, ".partial.json", prefix=".") for p in (long, long, other)]
     assert all(len(os.fsencode(n.name)) <= 255 for n in names)
@@ -445,7 +445,8 @@ def test_a_broken_link_or_a_pipe_in_a_folder_is_named_not_dropped(photos, tmp_pa
 def test_results_do_not_depend_on_the_batch_size(data, tmp_path):
     """--batch-size 1 against 2-64: 1 pixel of 1 mask in 48 differed, 22 of 48
     cut-outs by 1 level (and a resumed run batches its photos otherwise)."""
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     from carmask.predict import Predictor
     photos = find_photos([data / "a" / "train"])[:21]  # a whole car, and 5 views of another
     probs = {size: [p.probs for p in Predictor(device="cpu", batch_size=size, upright=False).predict_sets(

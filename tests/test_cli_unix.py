@@ -157,7 +157,7 @@ def test_a_killed_runs_temporary_file_is_removed_by_the_next_run_a_live_one_kept
     """SIGKILL in the middle of writing a cut-out left .NAME.png.XXXX.tmp, which no rerun removed."""
     out = tmp_path / "cut"
     out.mkdir()
-    write = ("import os, sys; from pathlib import Path; from carmask.io import atomic_write\n"
+    write = ("import os, sys; from pathlib import Path; from carmask.files import atomic_write\n"
              "def half(tmp):\n"
              "    tmp.write_bytes(b'half a PNG')\n"
              "    if sys.argv[2] == 'kill': os.kill(os.getpid(), 9)\n"

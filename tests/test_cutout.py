@@ -10,8 +10,8 @@ import pytest
 from helpers import mirrored_share, run_cli
 from PIL import Image
 
-from carmask.cutout import load, remove, remove_set
-from carmask.io import ImageError
+from carmask.cutout import remove, remove_set
+from carmask.io import ImageError, read_photo
 from carmask.predict import Predictor
 
 
@@ -68,7 +68,7 @@ def test_remove_set_reports_each_view(seed_model, synth_data):
     assert list(results) == [name for name, _ in items]
     assert all(results[p.name].image.shape == (128, 192, 4) and results[p.name].error is None for p in views)
     assert isinstance(results["broken_09.jpg"].error, ImageError) and results["broken_09.jpg"].image is None
-    assert load(Image.new("L", (3, 2))).shape == (2, 3, 3)
+    assert read_photo(Image.new("L", (3, 2))).shape == (2, 3, 3)
 
 
 def test_two_inputs_with_one_name_get_two_outputs_in_their_folders(rgb_model, photo_path, tmp_path):

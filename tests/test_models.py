@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from carmask import models
-from carmask.views import InputSpec
+from carmask.inputs.spec import InputSpec
 
 
 
@@ -86,7 +86,8 @@ def test_unknown_names_and_junk_files(tmp_path):
 def test_every_listed_model_loads_and_predicts_a_synthetic_set(name, synth_data):
     """Every shipped model loads safely and predicts a synthetic 16-view set (and a
     single photo, where it takes one), at the photos' own size."""
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     from carmask.predict import Predictor
     model, meta = models.load(name)
     assert meta["val_dice"] > 0.9 and next(model.parameters()).dtype == torch.float32
@@ -144,8 +145,8 @@ def test_default_rule(shipped, views, tier, want, tmp_path, monkeypatch):
 
 
 def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):
+    from carmask.inputs.spec import NotEnoughViews
     from carmask.predict import Predictor
-    from carmask.views import NotEnoughViews
     monkeypatch.setattr(models, "WEIGHTS_DIR", fake_weights(tmp_path, ["multiview-fast", "rgb-fast", "seed"]))
     assert models.resolve("multiview") == tmp_path / "multiview-fast.pt"  # a kind: its best tier
     assert models.resolve("rgb") == tmp_path / "rgb-fast.pt"

@@ -12,7 +12,8 @@ onnx = pytest.importorskip("onnx")
 
 from carmask import models  # noqa: E402
 from carmask.cli import main  # noqa: E402
-from carmask.io import find_photos, group_by_car, read_photo  # noqa: E402
+from carmask.io import find_photos, read_photo  # noqa: E402
+from carmask.kaggle import group_by_car  # noqa: E402
 from carmask.onnx_export import export  # noqa: E402
 from carmask.onnx_runtime import FORMAT, OnnxSegmenter  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402

@@ -121,17 +121,17 @@ def test_empty_band_and_other_output_sizes():
 
 
 def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, synth_data, monkeypatch):
-    import carmask.decode
+    import carmask.inputs.decode
     import carmask.predict
     photos = sorted((synth_data / "test").glob("*.jpg"))[:4]
     decoded = []
-    real = carmask.decode.read_turned
+    real = carmask.inputs.decode.read_turned
 
     def counting(source, **kwargs):
         decoded.append(source)
         return real(source, **kwargs)
 
-    monkeypatch.setattr(carmask.decode, "read_turned", counting)
+    monkeypatch.setattr(carmask.inputs.decode, "read_turned", counting)
     monkeypatch.setattr(carmask.predict, "decode", lambda *a, **k: pytest.fail("decoded twice"))
     predictor = Predictor(model=rgb_model, device="cpu")
     items = [(p.name, p) for p in photos]
@@ -143,7 +143,7 @@ def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, syn
         assert r.alpha.shape == (128, 192) and r.alpha.dtype == np.uint8 and r.probs is None
         assert r.foreground.shape == (128, 192, 3) and r.foreground.dtype == np.uint8
         assert np.abs(p.alpha.astype(int) - np.round(soft(torch.from_numpy(q.probs)).numpy() * 255)).max() <= 1
-        assert np.array_equal(p.foreground, np.asarray(carmask.decode.read_photo(synth_data / "test" / r.path)))
+        assert np.array_equal(p.foreground, np.asarray(carmask.inputs.decode.read_photo(synth_data / "test" / r.path)))
     with pytest.raises(ValueError, match="cutout"):
         predictor.predict_views(items, cutout="sharp")
 

@@ -7,8 +7,8 @@ import torch
 
 from carmask import models
 from carmask.data import augment, split_by_car
+from carmask.inputs.spec import InputSpec
 from carmask.train import TrainConfig, learning_rate, train
-from carmask.views import InputSpec
 
 SMALL = InputSpec(("rgb", "median_diff"), size=(48, 32))
 

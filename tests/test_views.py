@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from carmask.inputs.background import backgrounds, crop_boxes, differing
+from carmask.inputs.build import model_inputs
+from carmask.inputs.resize import frames, resize, resize_image
+from carmask.inputs.spec import Box, InputSpec, NotEnoughViews
 from carmask.synth import make_dataset, random_car, render_view, studio_background
-from carmask.views import (Box, InputSpec, NotEnoughViews, backgrounds, crop_boxes, differing, frames,
-                           model_inputs, resize, resize_image)
 
 
 def tensors(photos: np.ndarray) -> torch.Tensor:

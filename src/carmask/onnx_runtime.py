@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carmask.views import InputSpec
+from carmask.inputs.spec import InputSpec
 
 FORMAT = "carmask-onnx-1"
 INPUT, OUTPUT = "input", "logits"

@@ -37,26 +37,19 @@ import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from carmask import models
-from carmask.decode import Decoded, Decoder, Source, decode, stored_grid
 from carmask.devices import pick_device, usable_cores
-from carmask.io import PHOTO_TYPES, ImageError, PhotoSet, check_size, source_name
+from carmask.inputs.build import Inputs, car_inputs, model_inputs
+from carmask.inputs.decode import Decoded, Decoder, Source, decode, stored_grid
+from carmask.inputs.resize import frames, resize_map
+from carmask.inputs.spec import MIN_VIEWS, SETS, STUDIO_DIFFERING, STUDIO_SAME, Box, NotEnoughViews
+from carmask.io import PHOTO_TYPES, check_size, source_name
+from carmask.outcomes import ImageError, Note, NoteKind, Treatment, skip
+from carmask.kaggle import PhotoSet
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
-from carmask.views import MIN_VIEWS, Box, Inputs, NotEnoughViews, car_inputs, frames, model_inputs, resize_map
 
-SETS = ("auto", "always", "never")
 CUTOUTS = ("refined", "plain")
-# A photo that differs from its set's median background over more than this
-# share of the frame is not in the set's studio. Measured at the multiview
-# frame: real turntable views differ over at most 27% (the car and its
-# shadow); photos of unrelated scenes over 40-70%.
-STUDIO_DIFFERING = 0.45
-# ... and a photo that differs from it over less than this share is (nearly)
-# the same photo as the others: their median shows the car, not the studio.
-# Real turntable views differ over at least 3.4% (carvana-512, 270 cars) and
-# 7.1% (the 40 test cars at 1918x1280); copies of one photo over 0%.
-STUDIO_SAME = 0.01
 STAGES = ("decode", "inputs", "model", "postprocess", "copy back")
 
 
@@ -65,17 +58,24 @@ class Prediction:
     """The outcome for one photo: probabilities at output size (or only the
     mask's run boundaries, when asked to encode; or, for a cut-out, `alpha`
     H x W uint8 and `foreground` H x W x 3 uint8 at the photo's own size), or
-    an error. `warning`: a sentence about how the photo was predicted (e.g.
-    taken out of its set), the same on every photo it concerns; `exception`
-    is the one behind `error`."""
+    an `error` (an `ImageError`: its `kind` says why, `str()` names the photo
+    and the reason). `note`: how the photo was predicted when the user should
+    know (e.g. taken out of its set), the same `Note` on every photo it
+    concerns; `warning` is its sentence. `exception` is the one behind `error`
+    (e.g. `NotEnoughViews`)."""
     path: Path
     probs: np.ndarray | None = None
-    error: str | None = None
+    error: ImageError | None = None
     runs: np.ndarray | None = None
-    warning: str | None = None
+    note: Note | None = None
     exception: Exception | None = field(default=None, repr=False, compare=False)
     alpha: np.ndarray | None = field(default=None, repr=False)
     foreground: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def warning(self) -> str | None:
+        """The note as a sentence, for people (the CLI, the service, `warnings.warn`)."""
+        return str(self.note) if self.note else None
 
     @property
     def mask(self) -> np.ndarray:
@@ -415,7 +415,6 @@ class Predictor:
         """A car's readable photos as units predicted together: its set, or
         single photos (with a warning where the set was not used)."""
         readable = [slot for slot in car.slots if slot.error is None]
-        of_car = f" of car {car.name}" if car.name else ""  # uploads come without a car's name
         if len(readable) < (1 if car.name else 2) or self.sets == "never":  # a named car's one view: said
             return [_Unit([slot]) for slot in readable]
         if not self.model_for(max(len(readable), MIN_VIEWS)).spec.needs_views:
@@ -425,17 +424,14 @@ class Predictor:
             common = max({slot.size for slot in readable}, key=[slot.size for slot in readable].count)
             odd = [slot for slot in readable if slot.size != common]
             readable = [slot for slot in readable if slot.size == common]
-            warning = (f"{_names(odd)}: not the size of the other views{of_car} ({common[0]}x{common[1]}): "
-                       f"predicted alone")
-            units += [_Unit([slot], warning) for slot in odd]
+            note = Note(NoteKind.OTHER_SIZE, _names(odd), Treatment.ALONE, car.name, common)
+            units += [_Unit([slot], note) for slot in odd]
         if len(readable) >= MIN_VIEWS:
-            return [_Unit(readable, check=self.sets == "auto")] + units
+            return [_Unit(readable, check=self.sets == "auto", car=car.name)] + units
         if self.model_name is None or str(self.model_name) in models.TIERS:  # a default model for each case
-            has = f"car {car.name} has" if car.name else "only"
-            views = f"{len(readable)} readable view{'s' * (len(readable) != 1)}"
-            warning = (f"{_names(readable)}: {has} {views}, and a background needs "
-                       f"{MIN_VIEWS}: predicted photo by photo with the single-photo model")
-            return [_Unit([slot], warning) for slot in readable] + units
+            note = Note(NoteKind.TOO_FEW_VIEWS, _names(readable), Treatment.SINGLE_PHOTO_MODEL, car.name,
+                        views=len(readable))
+            return [_Unit([slot], note) for slot in readable] + units
         return [_Unit([slot]) for slot in readable] + units  # the named model says what it needs
 
     def _inputs(self, units: list[_Unit]) -> list[tuple[models.Segmenter, list[_Unit], object]]:
@@ -452,19 +448,17 @@ class Predictor:
             for unit in sets:
                 shares = inputs.differing[start:start + len(unit.slots)]
                 shared = STUDIO_SAME <= min(shares) and max(shares) <= STUDIO_DIFFERING
-                failed, warning = unit.check and not shared, None
+                failed, note = unit.check and not shared, None
                 if failed:
-                    why = (f"do not share one studio (a photo differs from their median background over "
-                           f"{max(shares):.0%} of the frame)" if max(shares) > STUDIO_DIFFERING else
-                           f"are (nearly) one photo (one differs from their median background over only "
-                           f"{min(shares):.1%} of the frame: the median shows the car, not the studio)")
-                    warning = (f"{_names(unit.slots)}: {why}: predicted "
-                               + ("photo by photo" if alone else "as a set all the same (the model needs one)"))
+                    apart = max(shares) > STUDIO_DIFFERING
+                    note = Note(NoteKind.NOT_ONE_STUDIO if apart else NoteKind.ONE_PHOTO, _names(unit.slots),
+                                Treatment.PHOTO_BY_PHOTO if alone else Treatment.AS_A_SET, car=unit.car,
+                                share=float(max(shares) if apart else min(shares)))
                 if failed and alone:
-                    singles += [_Unit([slot], warning) for slot in unit.slots]
+                    singles += [_Unit([slot], note) for slot in unit.slots]
                 else:
                     for slot in unit.slots:
-                        slot.warning = warning
+                        slot.note = note
                     kept.append(unit)
                     rows += range(start, start + len(unit.slots))
                 start += len(unit.slots)
@@ -482,10 +476,10 @@ class Predictor:
                 error = NotEnoughViews(f"this model compares each photo with its car's other views: "
                                        f"it needs a set of at least {MIN_VIEWS} views")
                 for unit in singles:
-                    unit.slots[0].fail(error, unit.warning)
+                    unit.slots[0].fail(error, unit.note)
             else:
                 for unit in singles:
-                    unit.slots[0].warning = unit.warning
+                    unit.slots[0].note = unit.note
                 runs.append((model, singles, model_inputs(self._frames([u.slots[0] for u in singles],
                                                                        model.spec.frame),
                                                           [1] * len(singles), model.spec)))
@@ -555,7 +549,8 @@ class _Slot:
     """One photo on its way through a batch: its decoded pixels, then its outcome."""
 
     def __init__(self, source: Source, decoded: Decoded | Exception):
-        self.source, self.path, self.warning, self.runs, self.probs = source, source.name, None, None, None
+        self.source, self.path, self.runs, self.probs = source, source.name, None, None
+        self.note: Note | None = None
         self.alpha = self.foreground = None
         self.error: Exception | None = decoded if isinstance(decoded, Exception) else None
         self.photo = self.frame = self.size = None
@@ -579,14 +574,13 @@ class _Slot:
             self.photo = decode(self.source.data, name=str(self.path), device=predictor.device)
         return self.photo
 
-    def fail(self, error: Exception, warning: str | None = None) -> None:
-        self.error, self.warning, self.photo = error, warning, None
+    def fail(self, error: Exception, note: Note | None = None) -> None:
+        self.error, self.note, self.photo = error, note, None
 
     def prediction(self) -> Prediction:
         if self.error is not None:
-            message = str(self.error) if isinstance(self.error, ImageError) else f"{self.path}: {self.error}"
-            return Prediction(self.path, error=message, warning=self.warning, exception=self.error)
-        return Prediction(self.path, probs=self.probs, runs=self.runs, warning=self.warning,
+            return Prediction(self.path, error=skip(self.path, self.error), note=self.note, exception=self.error)
+        return Prediction(self.path, probs=self.probs, runs=self.runs, note=self.note,
                           alpha=self.alpha, foreground=self.foreground)
 
 
@@ -594,8 +588,9 @@ class _Slot:
 class _Unit:
     """Photos predicted together by one model: a car's set, or one photo."""
     slots: list[_Slot]
-    warning: str | None = None
+    note: Note | None = None
     check: bool = False  # test that the set shares one studio
+    car: str | None = None  # its car's name (None: uploads)
 
 
 class _Finisher:
@@ -712,7 +707,7 @@ def _to_host(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _not_a_set(item) -> NoReturn:
-    raise TypeError(f"predict_sets takes io.PhotoSet items (io.group_by_car(paths) makes them), "
+    raise TypeError(f"predict_sets takes kaggle.PhotoSet items (kaggle.group_by_car(paths) makes them), "
                     f"not {type(item).__name__}")
 
 
@@ -727,5 +722,5 @@ def named_views(photo, views: Sequence = (), name: str | None = None) -> list[tu
                                                              for i, v in enumerate(views, 2)]
 
 
-def _names(slots: Sequence[_Slot]) -> str:
-    return ", ".join(slot.path.name for slot in slots)
+def _names(slots: Sequence[_Slot]) -> tuple[str, ...]:
+    return tuple(slot.path.name for slot in slots)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from carmask.inputs.spec import InputSpec
 from carmask.models import ARCH_LIMITS
 from carmask.train_config import TrainConfig
-from carmask.views import InputSpec
 
 # The seed's input: 480x320 frame, auto-crop, 100x100, photo + median diff.
 SEED_SPEC = InputSpec(("rgb", "median_diff"), size=(100, 100), frame=(480, 320), crop=True)

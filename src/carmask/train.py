@@ -28,11 +28,12 @@ from tqdm import tqdm
 from carmask import distributed, models
 from carmask.data import InputCache, augment, build_cache, discover, split_by_car
 from carmask.devices import pick_device
-from carmask.io import atomic_write
+from carmask.files import atomic_write
+from carmask.inputs.spec import InputSpec
 from carmask.metrics import batch_dice
+from carmask.outcomes import ImageError
 from carmask.report import plot_curves
 from carmask.train_config import TrainConfig
-from carmask.views import InputSpec
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Run:
 
 def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: bool = False,
           cache_dir=None, progress: bool = True, workers: int | None = None,
-          skipped: Callable[[str], None] | None = None) -> Path:
+          skipped: Callable[[ImageError], None] | None = None) -> Path:
     """Train a model and return the path of its best checkpoint (`best.pt`).
 
     With `config.max_minutes` the run is budgeted in time: the schedule follows
@@ -70,15 +71,15 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
     and writes files, and the run gives what one process would give.
     `workers`: processes that build the input cache (default: `data.build_cache`'s).
     `progress`: each epoch's figures on stderr, and bars there when it is a
-    terminal. `skipped`: called with each photo left out (the reason, naming it).
+    terminal. `skipped`: called with each photo left out (its `ImageError`).
     """
     run_dir = Path(run_dir)
     with distributed.session(pick_device(device)) as device:
         progress = progress and distributed.is_main()
         run = setup(data_dir, run_dir, config, device, resume, cache_dir, workers, progress)
         if skipped and distributed.is_main():
-            for reason in run.cache.skipped:
-                skipped(reason)
+            for error in run.cache.skipped:
+                skipped(error)
         criterion = partial(loss_fn, dice_weight=config.dice_weight, edge_weight=config.edge_weight)
         for epoch in range(run.epoch, config.epochs):
             train_loss, out_of_time, seconds = train_one_epoch(

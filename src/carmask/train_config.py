@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from carmask.views import InputSpec
+from carmask.inputs.spec import InputSpec
 
 
 @dataclass(kw_only=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from carmask.io import atomic_write
+from carmask.files import atomic_write
+from carmask.inputs.spec import MIN_VIEWS, InputSpec, NotEnoughViews
 from carmask.models.seed import SeedCNN
 from carmask.models.unet import UNet
-from carmask.views import MIN_VIEWS, InputSpec, NotEnoughViews
 
 ARCHITECTURES = {"seed": SeedCNN, "unet": UNet}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
