@@ -34,9 +34,7 @@ from typing import Callable, Iterable, Iterator, NoReturn, Sequence
 
 import numpy as np
 import torch
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from carmask import models
 from carmask.devices import pick_device, usable_cores
 from carmask.inputs.build import Inputs, car_inputs, model_inputs
 from carmask.inputs.decode import Decoded, Decoder, Source, decode, stored_grid
@@ -46,11 +44,14 @@ from carmask.io import PHOTO_TYPES, check_size, source_name
 from carmask.outcomes import ImageError, Note, NoteKind, Treatment, skip
 from carmask.kaggle import PhotoSet
 from carmask.postprocess import THRESHOLD, Placed, mask_flags, place
+from carmask.predictor.runner import Runner, Segmenter, network_batch
 from carmask.refine import Edges, edges, plain
 from carmask.rle import box_boundaries, encode, encode_boundaries
 
 CUTOUTS = ("refined", "plain")
 STAGES = ("decode", "inputs", "model", "postprocess", "copy back")
+__all__ = ["CUTOUTS", "SETS", "STAGES", "STUDIO_DIFFERING", "STUDIO_SAME", "Batch", "Prediction", "Predictor",
+           "named_views", "network_batch"]
 
 
 @dataclass
@@ -137,40 +138,37 @@ class Predictor:
         if batch_size < 1 or (workers is not None and workers < 1):
             raise ValueError(f"batch size and workers must be at least 1, not {batch_size} and {workers}")
         self.device = pick_device(device)
-        # torch.compile (CUDA graphs on a GPU): pays back its start-up on large runs
-        self.compile = compile
-        self.batch_size = batch_size
-        self.tta = tta  # also predict the mirrored photo and average
+        self._runner = Runner(model, self.device, batch_size, tta=tta, compile=compile)
         # Decoding threads (Pillow releases the GIL): one per core, less the one
         # that the device work itself takes when the device is the CPU.
         self.workers = workers or max(1, usable_cores() - (self.device.type == "cpu"))
-        self.model_name = model
         self.upright, self.sets, self.nvjpeg, self.refine = upright, sets, nvjpeg, refine
         self.stage_seconds: dict[str, float] | None = dict.fromkeys(STAGES, 0.0) if profile else None
-        self._models: dict[str, models.Segmenter] = {}
-        self._forwards: dict[int, Callable] = {}
         self._decoder: Decoder | None = None
         # Held while work is queued on the device outside the decoding thread,
         # and while nvjpeg decodes (which must find nothing queued).
         self._device_lock = threading.Lock()
 
-    # -- models ---------------------------------------------------------------
-    def _load(self, name) -> models.Segmenter:
-        key = str(name)
-        if key not in self._models:
-            model, _ = models.load(name)
-            if isinstance(model, torch.nn.Module):  # an ONNX model runs as it is
-                # for inference only: batch norms folded into their convolutions;
-                # channels last on the CPU too, where the U-Net takes 40% less time
-                model = _fold_batch_norms(model).to(self.device).to(memory_format=torch.channels_last)
-            self._models[key] = model
-        return self._models[key]
+    # -- the model runner ---------------------------------------------------
+    @property
+    def model_name(self) -> str | os.PathLike | None:
+        return self._runner.name
 
-    def model_for(self, views: int) -> models.Segmenter:
+    @property
+    def batch_size(self) -> int:
+        return self._runner.batch_size
+
+    @property
+    def tta(self) -> bool:
+        return self._runner.tta
+
+    @property
+    def compile(self) -> bool:
+        return self._runner.compile
+
+    def model_for(self, views: int) -> Segmenter:
         """The model for a photo that comes with `views` views of its car."""
-        if self.model_name is not None and str(self.model_name) not in models.TIERS:
-            return self._load(self.model_name)
-        return self._load(models.default_for(views, tier=self.model_name))  # None: best tier shipped
+        return self._runner.model_for(views)
 
     @property
     def decoder(self) -> Decoder:
@@ -178,37 +176,6 @@ class Predictor:
         if self._decoder is None:
             self._decoder = Decoder(self.device, self.workers, nvjpeg=self.nvjpeg, lock=self._device_lock)
         return self._decoder
-
-    # -- the network ----------------------------------------------------------
-    @torch.inference_mode()
-    def _probabilities(self, model: models.Segmenter, inputs: torch.Tensor) -> torch.Tensor:
-        """N x C x H x W uint8 inputs on the device -> N x H x W float32 probabilities there."""
-        out, step = [], network_batch(self.device, self.batch_size)
-        for start in range(0, len(inputs), step):
-            batch = inputs[start:start + step].float()
-            probs = self._run(model, batch)
-            if self.tta:
-                probs = (probs + self._run(model, batch.flip(-1)).flip(-1)) / 2
-            out.append(probs[:, 0].float())
-        return torch.cat(out) if out else inputs.new_zeros((0, *inputs.shape[2:]), dtype=torch.float32)
-
-    def _run(self, model, batch: torch.Tensor) -> torch.Tensor:
-        forward, count, size = self._forward(model), len(batch), network_batch(self.device, self.batch_size)
-        if count < size:  # one shape (see network_batch); compiled, one graph
-            batch = torch.cat([batch, batch.new_zeros((size - count,) + batch.shape[1:])])
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        if self.device.type != "cuda":
-            return torch.sigmoid(forward(batch))[:count]
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return torch.sigmoid(forward(batch).float())[:count]
-
-    def _forward(self, model) -> Callable:
-        if not self.compile or not isinstance(model, torch.nn.Module):  # an ONNX model runs as is
-            return model
-        if id(model) not in self._forwards:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._forwards[id(model)] = torch.compile(model, mode=mode, dynamic=False)
-        return self._forwards[id(model)]
 
     # -- the public ways in ---------------------------------------------------
     def predict_sets(self, photo_sets: Iterable[PhotoSet],
@@ -363,7 +330,7 @@ class Predictor:
         out = []
         for model, units, inputs in runs:
             with self._stage("model"):
-                probs = self._probabilities(model, inputs.x)
+                probs = self._runner.probabilities(model, inputs.x)
             out.append((model, [slot for unit in units for slot in unit.slots], inputs, probs))
         return cars, out
 
@@ -428,13 +395,13 @@ class Predictor:
             units += [_Unit([slot], note) for slot in odd]
         if len(readable) >= MIN_VIEWS:
             return [_Unit(readable, check=self.sets == "auto", car=car.name)] + units
-        if self.model_name is None or str(self.model_name) in models.TIERS:  # a default model for each case
+        if self._runner.defaults:  # a default model for each case
             note = Note(NoteKind.TOO_FEW_VIEWS, _names(readable), Treatment.SINGLE_PHOTO_MODEL, car.name,
                         views=len(readable))
             return [_Unit([slot], note) for slot in readable] + units
         return [_Unit([slot]) for slot in readable] + units  # the named model says what it needs
 
-    def _inputs(self, units: list[_Unit]) -> list[tuple[models.Segmenter, list[_Unit], object]]:
+    def _inputs(self, units: list[_Unit]) -> list[tuple[Segmenter, list[_Unit], object]]:
         """Model inputs for the units, by model: sets first, then single photos
         (with the photos of sets that turn out not to share a studio)."""
         sets, singles = [u for u in units if len(u.slots) > 1], [u for u in units if len(u.slots) == 1]
@@ -648,29 +615,6 @@ class _Finisher:
     def _check(self) -> None:
         if self._error is not None:
             raise self._error
-
-
-def network_batch(device: torch.device, batch_size: int) -> int:
-    """Photos per network call, the last call padded. A convolution's result
-    for a photo depends on the call's batch size (the kernels it picks: 1
-    pixel of 1 mask in 48 differed between --batch-size 1 and 16), never on
-    the other photos in the call; so each call takes this many, and a
-    photo's probabilities depend on nothing else in its batch (resumed runs
-    and the Ray engine batch photos otherwise). On the CPU one photo (as fast
-    per photo as 16, measured on the shipped models): independent of the
-    batch size too; on a GPU `batch_size`, which a resume then compares."""
-    return 1 if torch.device(device).type == "cpu" else batch_size
-
-
-def _fold_batch_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """Each BatchNorm2d that follows a Conv2d in a Sequential folded into the
-    convolution (inference only: the same outputs to rounding, 10-15% less time)."""
-    for block in model.modules():
-        if isinstance(block, torch.nn.Sequential):
-            for i in range(len(block) - 1):
-                if isinstance(block[i], torch.nn.Conv2d) and isinstance(block[i + 1], torch.nn.BatchNorm2d):
-                    block[i], block[i + 1] = fuse_conv_bn_eval(block[i], block[i + 1]), torch.nn.Identity()
-    return model
 
 
 _THREADS_LOCK = threading.Lock()
