@@ -1,15 +1,53 @@
 """The predictor's parts behind the facade: the runner's one protocol for
-torch and ONNX models."""
+torch and ONNX models, and `close()` / `with` for every engine."""
+import threading
 
 import numpy as np
+import pytest
 import torch
 
 from carmask import models
+from carmask.predict import Predictor
 from carmask.predictor.runner import Runner, Segmenter
 
 
 def photo(seed=0):
     return np.random.default_rng(seed).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+
+
+def decoding_threads(before=frozenset()):
+    return {t for t in threading.enumerate() if t.name.startswith("carmask-decode") and t not in before}
+
+
+def test_a_predictor_is_a_context_that_ends_its_decoding_threads():
+    before = decoding_threads()
+    with Predictor("rgb-fast", device="cpu", workers=2) as predictor:
+        first = predictor.predict_photo(photo())
+        assert decoding_threads(before)
+    assert not decoding_threads(before)
+    again = predictor.predict_photo(photo())  # usable after close: new threads, the same answer
+    assert np.array_equal(first, again)
+    predictor.close()
+    predictor.close()  # twice is harmless
+    assert not decoding_threads(before)
+
+
+def test_a_predictor_never_used_closes():
+    with Predictor("rgb-fast", device="cpu") as predictor:
+        pass
+    assert predictor._decoder is None
+
+
+def test_the_ray_engine_is_a_context_too():
+    pytest.importorskip("ray")
+    from carmask import ray_engine
+    assert ray_engine.RayPredictor.__enter__ and ray_engine.RayPredictor.__exit__
+    closed = []
+    engine = object.__new__(ray_engine.RayPredictor)  # no Ray started: close() alone is what `with` calls
+    engine.close = lambda: closed.append(True)
+    with engine as entered:
+        assert entered is engine
+    assert closed == [True]
 
 
 def test_torch_models_meet_the_runners_protocol():

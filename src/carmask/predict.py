@@ -126,7 +126,8 @@ class Predictor:
     full-size probabilities (see `Batch`), for every prediction; cut-outs use
     it too, or `refine.edges` when there is none. `profile`: time each stage (the
     device is synchronised between stages, so the stages no longer overlap)
-    into `stage_seconds`.
+    into `stage_seconds`. `close()` (or `with Predictor(...) as predictor:`)
+    shuts its decoding threads down.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
@@ -176,6 +177,19 @@ class Predictor:
         if self._decoder is None:
             self._decoder = Decoder(self.device, self.workers, nvjpeg=self.nvjpeg, lock=self._device_lock)
         return self._decoder
+
+    def close(self) -> None:
+        """Shut the decoding threads down (after the photos being decoded). The
+        predictor may be used again: it makes new ones on its next use."""
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- the public ways in ---------------------------------------------------
     def predict_sets(self, photo_sets: Iterable[PhotoSet],
