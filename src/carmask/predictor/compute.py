@@ -1,6 +1,7 @@
 """A model batch's decoded photos to the network's probabilities: each car's
-photos grouped into sets or single photos, the model inputs (frames, each
-set's background, crop boxes), the sets' studio checked, the runner's call."""
+photos grouped into sets or single photos and the sets' studio checked (as
+`setpolicy` decides), the model inputs (frames, each set's background, crop
+boxes), the runner's call."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,10 +11,11 @@ import torch
 
 from carmask.inputs.build import Inputs, model_inputs
 from carmask.inputs.resize import frames
-from carmask.inputs.spec import MIN_VIEWS, STUDIO_DIFFERING, STUDIO_SAME, NotEnoughViews
-from carmask.outcomes import Note, NoteKind, Treatment
+from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
+from carmask.outcomes import Note
 from carmask.predictor.photos import Car, Slot
 from carmask.predictor.runner import Runner, Segmenter
+from carmask.predictor.setpolicy import group, studio
 from carmask.predictor.stages import Stages
 
 
@@ -71,26 +73,12 @@ class Compute:
 
     def _group(self, car: Car) -> list[Unit]:
         """A car's readable photos as units predicted together: its set, or
-        single photos (with a note where the set was not used)."""
+        single photos (with a note where the set was not used), as the set
+        policy groups them."""
         readable = [slot for slot in car.slots if slot.error is None]
-        if len(readable) < (1 if car.name else 2) or self.sets == "never":  # a named car's one view: said
-            return [Unit([slot]) for slot in readable]
-        if not self.runner.model_for(max(len(readable), MIN_VIEWS)).spec.needs_views:
-            return [Unit([slot]) for slot in readable]  # a photo-only model: each alone
-        units: list[Unit] = []
-        if self.sets == "auto" and len({slot.size for slot in readable}) > 1:
-            common = max({slot.size for slot in readable}, key=[slot.size for slot in readable].count)
-            odd = [slot for slot in readable if slot.size != common]
-            readable = [slot for slot in readable if slot.size == common]
-            note = Note(NoteKind.OTHER_SIZE, _names(odd), Treatment.ALONE, car.name, common)
-            units += [Unit([slot], note) for slot in odd]
-        if len(readable) >= MIN_VIEWS:
-            return [Unit(readable, check=self.sets == "auto", car=car.name)] + units
-        if self.runner.defaults:  # a default model for each case
-            note = Note(NoteKind.TOO_FEW_VIEWS, _names(readable), Treatment.SINGLE_PHOTO_MODEL, car.name,
-                        views=len(readable))
-            return [Unit([slot], note) for slot in readable] + units
-        return [Unit([slot]) for slot in readable] + units  # the named model says what it needs
+        groups = group(_names(readable), [slot.size for slot in readable], car.name, self.sets,
+                       lambda views: self.runner.model_for(views).spec.needs_views, self.runner.defaults)
+        return [Unit([readable[i] for i in g.photos], g.note, g.check, car.name) for g in groups]
 
     def _inputs(self, units: list[Unit]) -> list[tuple[Segmenter, list[Unit], Inputs]]:
         """Model inputs for the units, by model: sets first, then single photos
@@ -115,14 +103,8 @@ class Compute:
         kept, singles, rows, start = [], [], [], 0
         for unit in sets:
             shares = inputs.differing[start:start + len(unit.slots)]
-            shared = STUDIO_SAME <= min(shares) and max(shares) <= STUDIO_DIFFERING
-            failed, note = unit.check and not shared, None
-            if failed:
-                apart = max(shares) > STUDIO_DIFFERING
-                note = Note(NoteKind.NOT_ONE_STUDIO if apart else NoteKind.ONE_PHOTO, _names(unit.slots),
-                            Treatment.PHOTO_BY_PHOTO if alone else Treatment.AS_A_SET, car=unit.car,
-                            share=float(max(shares) if apart else min(shares)))
-            if failed and alone:
+            note = studio(_names(unit.slots), shares, unit.car, alone) if unit.check else None
+            if note is not None and alone:
                 singles += [Unit([slot], note) for slot in unit.slots]
             else:
                 for slot in unit.slots:
