@@ -160,7 +160,8 @@ def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):
         models.load("fast")
     models.check("fast")
     fast = Predictor("fast", device="cpu")
-    assert fast.model_for(16) is fast._load("multiview-fast") and fast.model_for(1) is fast._load("rgb-fast")
+    runner = fast._runner
+    assert fast.model_for(16) is runner.load("multiview-fast") and fast.model_for(1) is runner.load("rgb-fast")
 
 
 # -- checkpoints ------------------------------------------------------------------------------

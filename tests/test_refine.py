@@ -122,7 +122,7 @@ def test_empty_band_and_other_output_sizes():
 
 def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, synth_data, monkeypatch):
     import carmask.inputs.decode
-    import carmask.predict
+    import carmask.predictor.photos
     photos = sorted((synth_data / "test").glob("*.jpg"))[:4]
     decoded = []
     real = carmask.inputs.decode.read_turned
@@ -132,7 +132,7 @@ def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, syn
         return real(source, **kwargs)
 
     monkeypatch.setattr(carmask.inputs.decode, "read_turned", counting)
-    monkeypatch.setattr(carmask.predict, "decode", lambda *a, **k: pytest.fail("decoded twice"))
+    monkeypatch.setattr(carmask.predictor.photos, "decode", lambda *a, **k: pytest.fail("decoded twice"))
     predictor = Predictor(model=rgb_model, device="cpu")
     items = [(p.name, p) for p in photos]
     refined = predictor.predict_views(items, cutout="refined")

@@ -30,8 +30,9 @@ class RayPredictor:
     """`Predictor.predict_sets` on a pool of Ray actors, one `Predictor` each.
 
     Joins the cluster at `address` (or $RAY_ADDRESS), else starts a local Ray
-    instance; `close()` leaves Ray as it found it. `actors` defaults to one per
-    GPU, or one per CPU when the cluster has no GPU or `device` is cpu.
+    instance; `close()` (or `with RayPredictor(...) as predictor:`) leaves Ray
+    as it found it. `actors` defaults to one per GPU, or one per CPU when the
+    cluster has no GPU or `device` is cpu.
     `options`: the rest of `Predictor`'s options (upright, sets, tta, ...),
     for every actor's predictor; `device`: the actors' torch device. Each
     `Prediction` comes back with its error and note, as a local run's (they
@@ -89,6 +90,12 @@ class RayPredictor:
         if self._started:
             ray.shutdown()
             self._started = False
+
+    def __enter__(self) -> RayPredictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class SetPredictor:

@@ -67,7 +67,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     else:
         predictor = make_predictor(model, device, batch_size, compile_model, **options)
     from carmask.predict import network_batch
-    try:
+    with predictor:  # either engine: its threads, or the Ray instance it started, end with the run
         # The writer before any work: a refusal (output there, in use, another run's) comes first.
         writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets,
                               device=predictor.device.type,
@@ -84,9 +84,6 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
         except BaseException:
             writer.close()
             raise
-    finally:
-        if engine == "ray":
-            predictor.close()
 
 
 def _how_to_continue(writer, overwrite: bool) -> str | None:
