@@ -28,7 +28,8 @@ from carmask.evaluate import evaluate, scored_sets
 from carmask.io import parse_size
 from carmask.predict import Predictor
 from carmask.recipes import recipe
-from carmask.train import TrainConfig, train
+from carmask.train import train
+from carmask.train_config import TrainConfig
 
 DEFAULT_MODELS = "seed,rgb-fast,multiview-uncropped,multiview-fast"
 

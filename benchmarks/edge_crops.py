@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw
 
 from carmask import Predictor
 from carmask.cutout import compose
-from carmask.io import find_photos, group_by_car
+from carmask.io import find_photos
+from carmask.kaggle import group_by_car
 
 TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "carvana-test-1918" / "test"
 # photo stem, what, centre x, y (full resolution)

@@ -33,13 +33,14 @@ import numpy as np
 import torch
 
 from carmask.data import discover, split_by_car
-from carmask.decode import decode
+from carmask.inputs.decode import decode
 from carmask.evaluate import scored_sets
-from carmask.io import group_by_car, mask_path, read_mask
+from carmask.io import read_mask
+from carmask.kaggle import group_by_car, mask_path
 from carmask.metrics import dice
 from carmask.models import refiner as rf
 from carmask.predict import Predictor
-from carmask.views import resize_map
+from carmask.inputs.resize import resize_map
 
 SHIPPED = Path(rf.__file__).resolve().parents[1] / "weights" / "refiners"
 COST_CAR = "0004d4463b50"  # a test car: 16 views at 1918x1280

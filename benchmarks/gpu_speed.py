@@ -42,7 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import predict_speed  # noqa: E402  (beside this script)
 
-from carmask.io import find_photos, group_by_car  # noqa: E402
+from carmask.io import find_photos  # noqa: E402
+from carmask.kaggle import group_by_car  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / ".device" / "test"

@@ -50,7 +50,7 @@ from carmask import models  # noqa: E402
 from carmask.cli.models import describe_input  # noqa: E402
 from carmask.data import build_cache, discover  # noqa: E402
 from carmask.devices import pick_device  # noqa: E402
-from carmask.io import atomic_write  # noqa: E402
+from carmask.files import atomic_write  # noqa: E402
 from carmask.recipes import recipe  # noqa: E402
 from carmask.train import train  # noqa: E402
 

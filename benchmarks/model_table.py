@@ -26,7 +26,9 @@ import torch
 
 from carmask import models
 from carmask.devices import usable_cores
-from carmask.io import atomic_write, find_photos, group_by_car
+from carmask.files import atomic_write
+from carmask.io import find_photos
+from carmask.kaggle import group_by_car
 from carmask.predict import Predictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -39,7 +39,11 @@ import numpy as np
 import torch
 
 from carmask import cutout
-from carmask.io import find_photos, group_by_car, read_photo
+from carmask.io import find_photos, read_photo
+try:
+    from carmask.kaggle import group_by_car
+except ImportError:  # a baseline before carmask.kaggle (--baseline runs this script in its carmask)
+    from carmask.io import group_by_car
 from carmask.predict import Predictor
 from carmask.rle import encode_boundaries
 

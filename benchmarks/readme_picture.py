@@ -19,7 +19,8 @@ from PIL import Image
 
 from carmask import Predictor
 from carmask.cutout import SEED_GREEN, remove
-from carmask.io import find_photos, group_by_car, read_photo
+from carmask.io import find_photos, read_photo
+from carmask.kaggle import group_by_car
 from carmask.synth import make_dataset
 
 

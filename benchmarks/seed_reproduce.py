@@ -28,7 +28,7 @@ import torch
 
 from carmask.data import discover, split_by_car
 from carmask.evaluate import evaluate, resize_loss, scored_sets
-from carmask.io import mask_path
+from carmask.kaggle import mask_path
 from carmask.predict import Predictor
 from carmask.recipes import recipe
 from carmask.train import train

@@ -39,6 +39,16 @@ def partial_of(out):
     return out.with_name(out.name + ".partial")
 
 
+def mirrored_share(images) -> float:
+    """The share of `images` (the `network_inputs` fixture's) whose mirror image
+    (flipped left to right) the network was also run on: 1 where test-time
+    augmentation ran, 0 where it did not (no synthetic photo is symmetric)."""
+    import torch
+    if not images:
+        raise AssertionError("the network was never run")
+    return sum(any(torch.equal(image.flip(-1), other) for other in images) for image in images) / len(images)
+
+
 def unrelated_photos(folder, size=(192, 128), seed=13):
     """Three photos of three cars in three places, named IMG_01..03.jpg as if
     one car's views: names that promise a set the photos do not keep."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import carmask.cli.cutout
-import carmask.predict
+import carmask.predictor.finish
 import carmask.submission
 from carmask.cli import main
 
@@ -41,7 +41,7 @@ else:
 
 if os.environ.get("CARMASK_TEST_BUSY"):
     import torch
-    edges, calls = carmask.predict.edges, itertools.count(1)
+    edges, calls = carmask.predictor.finish.edges, itertools.count(1)
 
     def busy_edges(batch):
         if next(calls) > 1:  # the first batch goes out; the next keeps the thread in torch
@@ -49,6 +49,6 @@ if os.environ.get("CARMASK_TEST_BUSY"):
             for _ in range(400):
                 x = (x @ x).softmax(dim=1)
         return edges(batch)
-    carmask.predict.edges = busy_edges
+    carmask.predictor.finish.edges = busy_edges
 
 main(args, prog_name="carmask")

@@ -2,9 +2,11 @@
 
 Skipped when chromium, chromedriver or selenium are not installed:
     apt-get install -y chromium chromium-driver && pip install selenium
-Leaves screenshots in artifacts/ (git-ignored).
+Leaves screenshots in $CARMASK_TEST_SCREENSHOTS where set, else in pytest's
+temporary folder (never in the checkout).
 """
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -15,7 +17,6 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 uvicorn = pytest.importorskip("uvicorn")
@@ -30,17 +31,20 @@ from carmask.predict import Predictor  # noqa: E402
 from live_server import live_server  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
+
 
 @pytest.fixture(scope="module")
-def server(rgb_model):
+def server(rgb_predictor):
     """The app under uvicorn on a free loopback port, in a background thread."""
-    app = create_app(Predictor(model=rgb_model, device="cpu"))
+    app = create_app(rgb_predictor)
     with live_server(app) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
+    """Headless Chromium; `browser.shots`: the folder for screenshots."""
     profile = tempfile.mkdtemp(prefix="carmask-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -55,13 +59,15 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})  # every request seen
     downloads = Path(profile) / "downloads"
     downloads.mkdir()
-    ARTIFACTS.mkdir(exist_ok=True)
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})
     # An explicit driver path: selenium-manager never runs, nothing is downloaded.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
+    given = os.environ.get("CARMASK_TEST_SCREENSHOTS")
+    driver.shots = Path(given) if given else tmp_path_factory.mktemp("screenshots")
+    driver.shots.mkdir(parents=True, exist_ok=True)
     driver.set_page_load_timeout(30)
     try:
         yield driver
@@ -86,10 +92,10 @@ def _results(driver, count, timeout=120, failed=0):
 
 
 @pytest.fixture
-def gated_server(rgb_model):
+def gated_server(rgb_predictor):
     """A server whose cut-outs wait for `gate` (open unless a test closes it) and
     note the photos they were asked for: (url, gate, photos)."""
-    app = create_app(Predictor(model=rgb_model, device="cpu"))
+    app = create_app(rgb_predictor)
     state, gate, photos = app.state.service, threading.Event(), []
     real = state.cut
 
@@ -164,7 +170,7 @@ def test_a_hundred_dropped_photos_show_their_progress(gated_server, browser, syn
     pills = [p.text for p in browser.find_elements(By.CSS_SELECTOR, ".card .pill")]
     assert pills.count("Cutting out…") == 2 and pills.count("Queued") == 98
     assert browser.find_element(By.ID, "progress").text == "0 of 100 done · 2 cutting out · 98 queued"
-    browser.save_screenshot(str(ARTIFACTS / "browser-progress.png"))
+    browser.save_screenshot(str(browser.shots / "browser-progress.png"))
     gate.set()
     WebDriverWait(browser, 600).until(lambda d: d.find_element(By.ID, "progress").text == "100 of 100 done")
     assert len(_results(browser, 100)) == 100 and len(photos) == 100
@@ -174,7 +180,7 @@ def test_a_hundred_dropped_photos_show_their_progress(gated_server, browser, syn
     with zipfile.ZipFile(target) as archive:
         assert sorted(archive.namelist()) == [p.stem + ".png" for p in paths] and archive.testzip() is None
     target.unlink()
-    browser.save_screenshot(str(ARTIFACTS / "browser-hundred.png"))
+    browser.save_screenshot(str(browser.shots / "browser-hundred.png"))
 
 
 def _requested(driver) -> list[str]:
@@ -198,12 +204,11 @@ def test_the_api_pages_render_offline(server, browser):
     browser.get(server + "/docs")
     WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) >= 4)
     assert "/v1.0/removebg" in browser.find_element(By.ID, "swagger-ui").text
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "browser-docs.png"))
+    browser.save_screenshot(str(browser.shots / "browser-docs.png"))
     browser.get(server + "/redoc")
     WebDriverWait(browser, 60).until(
         lambda d: "remove.bg-compatible cut-out" in d.find_element(By.TAG_NAME, "body").text)
-    browser.save_screenshot(str(ARTIFACTS / "browser-redoc.png"))
+    browser.save_screenshot(str(browser.shots / "browser-redoc.png"))
     urls = _requested(browser)
     assert any(url.endswith("/swagger-ui-bundle.js") for url in urls)
     assert any(url.endswith("/openapi.json") for url in urls)
@@ -227,22 +232,43 @@ def test_upload_and_see_the_cutout(server, browser, synth_data, tmp_path):
     link = browser.find_element(By.CSS_SELECTOR, ".card a.button")
     assert link.get_attribute("download") == "synthcar_05.png"
     assert link.get_attribute("href").startswith("blob:")
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "browser.png"))
+    browser.save_screenshot(str(browser.shots / "browser.png"))
+
+
+def _corners(driver, image) -> list[list[int]]:
+    """The RGBA of a result image's four corner pixels (two pixels in), as the browser decoded it."""
+    return driver.execute_script("""const i = arguments[0], c = document.createElement('canvas');
+        c.width = i.naturalWidth; c.height = i.naturalHeight;
+        const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+        return [[2, 2], [c.width - 3, 2], [2, c.height - 3], [c.width - 3, c.height - 3]].map(
+            ([x, y]) => Array.from(g.getImageData(x, y, 1, 1).data));""", image)
+
+
+def _api_calls(driver) -> list[str]:
+    """The paths of the /api/ requests the page made since the last call."""
+    return [url.split("//", 1)[1].split("/", 1)[1] for url in _requested(driver) if "/api/" in url]
 
 
 def test_set_of_views_and_green_background(server, browser, synth_data, tmp_path):
-    """Three views of one car go to /api/cutout-set; a new background redoes every photo."""
+    """Three views of one car go to /api/cutout-set, as one request; a new background
+    (studio green, #00b900) redoes every photo, as a set again, and the studio around
+    the car in each result is that green."""
+    _requested(browser)  # what earlier tests asked for is not this test's
     browser.get(server + "/")
     paths = sorted((synth_data / "test").glob("*.jpg"))[:3]
     browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
     assert len(_results(browser, 3)) == 3
+    assert _api_calls(browser) == ["api/cutout-set"]  # one set, never photo by photo
     browser.find_element(By.CSS_SELECTOR, "input[name=bg][value=green]").find_element(By.XPATH, "..").click()
     WebDriverWait(browser, 30).until(lambda d: all(
         "checker" not in f.get_attribute("class") for f in d.find_elements(By.CSS_SELECTOR, ".after-frame")))
     images = _results(browser, 3)
     assert len(images) == 3
-    browser.save_screenshot(str(ARTIFACTS / "browser-set.png"))
+    assert _api_calls(browser) == ["api/cutout-set"]  # redone, as a set
+    for image in images:  # the corners are studio, far from the car: the background there
+        assert all(abs(r) <= 2 and abs(g - 185) <= 2 and abs(b) <= 2 and a == 255
+                   for r, g, b, a in _corners(browser, image)), _corners(browser, image)
+    browser.save_screenshot(str(browser.shots / "browser-set.png"))
 
 
 def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser, synth_data, tmp_path):
@@ -266,7 +292,7 @@ def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser
         names = archive.namelist()
         assert archive.testzip() is None
     assert sorted(names) == sorted(p.stem + ".png" for p in views)
-    browser.save_screenshot(str(ARTIFACTS / "browser-download-all.png"))
+    browser.save_screenshot(str(browser.shots / "browser-download-all.png"))
 
 
 def test_a_file_over_the_upload_limit_is_refused_before_sending(rgb_model, browser, synth_data, tmp_path):

@@ -65,6 +65,7 @@ def test_an_output_that_is_no_regular_file_is_never_replaced(tmp_path, args):
     assert pipe.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["car.jpg", "pipe.png"]
 
 
+@pytest.mark.slow
 def test_a_result_that_stdout_cannot_take_is_a_sentence(tmp_path):
     """`carmask models > /dev/full`: exit 2 and a sentence, no traceback."""
     import os

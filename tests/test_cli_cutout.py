@@ -92,6 +92,7 @@ def big_photo(path):
     return path
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_on_standard_output_is_an_error(tmp_path):
     """`cutout photo.jpg -o - | head -c 10`: 64 KiB of 738 KB written, 'wrote 1 cut-out(s)', exit 0."""
     import subprocess
@@ -106,6 +107,7 @@ def test_a_closed_pipe_on_standard_output_is_an_error(tmp_path):
     assert stderr.strip() == "carmask: cannot write standard output: Broken pipe"
 
 
+@pytest.mark.slow
 def test_a_full_standard_output_is_an_error(tmp_path):
     """`cutout photo.jpg -o - > /dev/full`: exit 1, 'skipped'; predict says exit 2."""
     import os
@@ -180,6 +182,7 @@ def test_a_cutout_another_run_wrote_meanwhile_is_kept_not_replaced(photo, tmp_pa
     assert (out / "car.png").read_bytes() == b"the other run's cut-out" and len(list(out.iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_two_cutout_runs_at_once_write_each_file_once(tmp_path):
     import re
     import subprocess

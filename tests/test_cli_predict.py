@@ -126,6 +126,7 @@ def test_a_second_run_on_the_same_output_refuses_at_once(photos, full, tmp_path)
     assert out.read_text() == full.read_text()
 
 
+@pytest.mark.slow
 def test_two_processes_at_once_give_one_whole_file(photos, full, tmp_path):
     out = tmp_path / "s.csv"
     command = [sys.executable, "-m", "carmask", "predict", str(photos), "-o", str(out), *MODEL]
@@ -239,6 +240,7 @@ def test_an_unwritable_place_is_a_sentence(photos):
     assert "cannot write in /sys" in result.stderr
 
 
+@pytest.mark.slow
 def test_quiet_and_verbose(photos, tmp_path):
     (photos / "notes_01.jpg").write_text("not a photo")
     quiet = run_cli("--quiet", "predict", photos, "-o", tmp_path / "q.csv", *MODEL)
@@ -305,6 +307,7 @@ def test_a_name_with_a_line_break_is_skipped_and_named_and_the_rest_predicted(ph
     assert sorted(read_submission(out)) == sorted(p.name for p in photos.iterdir() if "\n" not in p.name)
 
 
+@pytest.mark.slow
 def test_a_name_that_is_no_utf8_is_skipped_and_named_and_the_rest_predicted(photos, tmp_path):
     """caf\\xe9.jpg: every photo predicted, then exit 2 'surrogates not allowed',
     a .partial left, and every rerun "resumed" and failed the same way."""
@@ -345,6 +348,7 @@ def test_a_submission_never_replaces_a_photo(tmp_path):
     assert photo.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_pipe_named_as_a_photo_is_skipped_not_waited_on(tmp_path):
     """A FIFO named x.jpg on the command line: reading it (and its EXIF) waited for a writer forever."""
     import subprocess
@@ -369,7 +373,7 @@ def test_an_output_name_that_fits_gets_partial_and_temporary_names_that_fit_too(
 
 
 def test_sibling_names_fit_and_stay_one_name_for_one_path(tmp_path):
-    from carmask.io import sibling
+    from carmask.files import sibling
     long, other = tmp_path / ("é" * 125 + ".csv"), tmp_path / ("é" * 125 + ".CSV")
     names = [sibling(p, ".partial.json", prefix=".") for p in (long, long, other)]
     assert all(len(os.fsencode(n.name)) <= 255 for n in names)
@@ -377,6 +381,7 @@ def test_sibling_names_fit_and_stay_one_name_for_one_path(tmp_path):
     assert sibling(tmp_path / "s.csv", ".partial") == tmp_path / "s.csv.partial"  # as ever where it fits
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_is_one_sentence_and_the_rows_stay_resumable(photos, tmpfs, tmp_path):
     """-o on a 64 KiB tmpfs: sometimes a traceback from writer.close(), exit 1."""
     from helpers import remount
@@ -436,10 +441,12 @@ def test_a_broken_link_or_a_pipe_in_a_folder_is_named_not_dropped(photos, tmp_pa
     assert len(read_submission(out)) == 32
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_batch_size(data, tmp_path):
     """--batch-size 1 against 2-64: 1 pixel of 1 mask in 48 differed, 22 of 48
     cut-outs by 1 level (and a resumed run batches its photos otherwise)."""
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     from carmask.predict import Predictor
     photos = find_photos([data / "a" / "train"])[:21]  # a whole car, and 5 views of another
     probs = {size: [p.probs for p in Predictor(device="cpu", batch_size=size, upright=False).predict_sets(

@@ -5,26 +5,18 @@ import signal
 
 import pytest
 
-from carmask.synth import make_dataset
 from helpers import partial_of, run_cli, signalled_run
+
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
 
 MODEL = ("--model", "seed", "--device", "cpu")
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Four small synthetic cars of 16 views (96x64)."""
-    return make_dataset(tmp_path_factory.mktemp("cars"), cars=4, size=(96, 64), seed=5) / "train"
-
-
-@pytest.fixture(scope="module")
-def full(photos, tmp_path_factory):
-    """The uninterrupted submission and cut-outs."""
-    out = tmp_path_factory.mktemp("full")
-    assert run_cli("predict", photos, "-o", out / "full.csv", *MODEL).exit_code == 0
-    assert run_cli("cutout", photos, "-o", out / "cut", *MODEL).exit_code == 0
-    return out
+def photos(small_cars):
+    """Four small synthetic cars of 16 views (96x64); `full`: conftest's."""
+    return small_cars(4, seed=5) / "train"
 
 
 def files(folder):

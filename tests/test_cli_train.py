@@ -17,9 +17,9 @@ QUICK = ("--epochs", "1", "--size", "32x32", "--frame", "96x64", "--batch-size",
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(small_cars):
     """Three small synthetic cars with masks (16 views, 96x64)."""
-    return make_dataset(tmp_path_factory.mktemp("train"), cars=3, size=(96, 64), seed=6)
+    return small_cars(3, seed=6)
 
 
 @pytest.fixture
@@ -95,6 +95,7 @@ def test_data_problems_are_sentences_before_any_work(data, tmp_path, layout, say
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_skipped_photos_are_named_counted_and_exit_1(data, tmp_path):
     broken = tmp_path / "data"
     shutil.copytree(data, broken)
@@ -120,6 +121,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream, bars", [(Terminal, True), (io.StringIO, False)])
 def test_the_loops_bars_only_on_a_terminal(data, tmp_path, monkeypatch, stream, bars):
     from carmask.recipes import recipe

@@ -11,26 +11,18 @@ import sys
 
 import pytest
 
-from carmask.synth import make_dataset
 from helpers import partial_of, run_cli, signalled_run
+
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
 
 MODEL = ("--model", "seed", "--device", "cpu")
 CARMASK = [sys.executable, "-m", "carmask"]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Two small synthetic cars of 16 views (96x64)."""
-    return make_dataset(tmp_path_factory.mktemp("cars"), cars=2, size=(96, 64), seed=9) / "train"
-
-
-@pytest.fixture(scope="module")
-def full(photos, tmp_path_factory):
-    """The uninterrupted submission and cut-outs."""
-    out = tmp_path_factory.mktemp("full")
-    assert run_cli("predict", photos, "-o", out / "full.csv", *MODEL).exit_code == 0
-    assert run_cli("cutout", photos, "-o", out / "cut", *MODEL).exit_code == 0
-    return out
+def photos(small_cars):
+    """Two small synthetic cars of 16 views (96x64); `full`: conftest's."""
+    return small_cars(2, seed=9) / "train"
 
 
 def files(folder):
@@ -165,7 +157,7 @@ def test_a_killed_runs_temporary_file_is_removed_by_the_next_run_a_live_one_kept
     """SIGKILL in the middle of writing a cut-out left .NAME.png.XXXX.tmp, which no rerun removed."""
     out = tmp_path / "cut"
     out.mkdir()
-    write = ("import os, sys; from pathlib import Path; from carmask.io import atomic_write\n"
+    write = ("import os, sys; from pathlib import Path; from carmask.files import atomic_write\n"
              "def half(tmp):\n"
              "    tmp.write_bytes(b'half a PNG')\n"
              "    if sys.argv[2] == 'kill': os.kill(os.getpid(), 9)\n"

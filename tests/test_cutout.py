@@ -7,63 +7,58 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import mirrored_share, run_cli
 from PIL import Image
 
-from carmask.cutout import load, remove, remove_set
-from carmask.io import ImageError
+from carmask.cutout import remove, remove_set
+from carmask.io import ImageError, read_photo
 from carmask.predict import Predictor
 
 
 @pytest.fixture(scope="module")
-def predictor(rgb_model):
-    return Predictor(model=rgb_model, device="cpu")
+def photo_path(synth_view):
+    return synth_view[0]
 
 
-@pytest.fixture(scope="module")
-def photo_path(synth_data):
-    return sorted((synth_data / "train").glob("*_05.jpg"))[0]
-
-
-def test_remove_takes_a_path_bytes_an_array_or_a_pil_image(predictor, photo_path):
+def test_remove_takes_a_path_bytes_an_array_or_a_pil_image(rgb_predictor, photo_path):
     array = np.asarray(Image.open(photo_path).convert("RGB"))
-    results = [remove(source, predictor) for source in
+    results = [remove(source, rgb_predictor) for source in
                (photo_path, str(photo_path), photo_path.read_bytes(), array, Image.open(photo_path))]
     for rgba in results:
         assert rgba.shape == (*array.shape[:2], 4) and rgba.dtype == np.uint8
     assert all(np.array_equal(results[0], r) for r in results[1:])
-    assert remove(array, predictor, "mask").ndim == 2
-    assert remove(array, predictor, "0,185,0", refine=False).shape == array.shape
+    assert remove(array, rgb_predictor, "mask").ndim == 2
+    assert remove(array, rgb_predictor, "0,185,0", refine=False).shape == array.shape
 
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 300), (300, 2)])
-def test_photos_one_or_two_pixels_thin_are_cut_out(predictor, size):
+def test_photos_one_or_two_pixels_thin_are_cut_out(rgb_predictor, size):
     """The edge refinement has no slope across a side 1-2 pixels long (it crashed)."""
     noise = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    assert remove(noise, predictor).shape == (*size, 4)
+    assert remove(noise, rgb_predictor).shape == (*size, 4)
 
 
 @pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.full((4, 4), 2.0, np.float32), "<array>"),
                                         (42, "int"), ("missing.jpg", "missing.jpg")])
-def test_remove_errors_name_the_input(predictor, bad, named):
+def test_remove_errors_name_the_input(rgb_predictor, bad, named):
     with pytest.raises(ImageError) as caught:
-        remove(bad, predictor)
+        remove(bad, rgb_predictor)
     assert named in str(caught.value)
 
 
-def test_one_view_given_as_views_is_a_sentence_not_a_misreading(predictor, photo_path):
+def test_one_view_given_as_views_is_a_sentence_not_a_misreading(rgb_predictor, photo_path):
     array = np.asarray(Image.open(photo_path).convert("RGB"))
     with pytest.raises(TypeError, match=r"give one view as \[view\]"):
-        remove(array, predictor, views=array)  # was read as one view per row
+        remove(array, rgb_predictor, views=array)  # was read as one view per row
 
 
-def test_background_arrays_are_read_as_photos(predictor, photo_path):
+def test_background_arrays_are_read_as_photos(rgb_predictor, photo_path):
     """A grey H x W or float 0..1 background is the same background as its uint8 RGB."""
     grey = np.linspace(0, 255, 40 * 60).reshape(40, 60).astype(np.uint8)
-    expected = remove(photo_path, predictor, np.dstack([grey] * 3))
-    assert np.array_equal(remove(photo_path, predictor, grey), expected)  # was a broadcast error
-    assert np.array_equal(remove(photo_path, predictor, grey / 255.0), expected)  # was black
-    assert np.array_equal(remove(photo_path, predictor, Image.fromarray(grey)), expected)
+    expected = remove(photo_path, rgb_predictor, np.dstack([grey] * 3))
+    assert np.array_equal(remove(photo_path, rgb_predictor, grey), expected)  # was a broadcast error
+    assert np.array_equal(remove(photo_path, rgb_predictor, grey / 255.0), expected)  # was black
+    assert np.array_equal(remove(photo_path, rgb_predictor, Image.fromarray(grey)), expected)
 
 
 def test_remove_set_reports_each_view(seed_model, synth_data):
@@ -73,7 +68,7 @@ def test_remove_set_reports_each_view(seed_model, synth_data):
     assert list(results) == [name for name, _ in items]
     assert all(results[p.name].image.shape == (128, 192, 4) and results[p.name].error is None for p in views)
     assert isinstance(results["broken_09.jpg"].error, ImageError) and results["broken_09.jpg"].image is None
-    assert load(Image.new("L", (3, 2))).shape == (2, 3, 3)
+    assert read_photo(Image.new("L", (3, 2))).shape == (2, 3, 3)
 
 
 def test_two_inputs_with_one_name_get_two_outputs_in_their_folders(rgb_model, photo_path, tmp_path):
@@ -131,9 +126,15 @@ def test_outputs_are_created_0644_under_the_umask(rgb_model, photo_path, tmp_pat
     assert made.stat().st_mode & 0o777 == 0o644
 
 
-def test_tta_option(rgb_model, photo_path, tmp_path):
+def test_tta_option(rgb_model, photo_path, tmp_path, network_inputs):
+    """--tta runs the network on the mirrored photo too: every input it sees has its mirror
+    image beside it; without --tta none has."""
     result = run_cli("cutout", photo_path, "-o", tmp_path / "a.png", "--tta", "--model", rgb_model)
     assert result.exit_code == 0 and (tmp_path / "a.png").is_file()
+    assert mirrored_share(network_inputs) == 1
+    network_inputs.clear()
+    assert run_cli("cutout", photo_path, "-o", tmp_path / "b.png", "--model", rgb_model).exit_code == 0
+    assert mirrored_share(network_inputs) == 0
 
 
 def test_serve_without_the_extra_says_so(monkeypatch):

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from carmask.decode import Decoder, Source, _batch_decoder, _jpeg_for_nvjpeg, to_tensor
-from carmask.io import ImageError, find_photos, group_by_car, read_photo
+from carmask.inputs.decode import Decoder, Source, _batch_decoder, _jpeg_for_nvjpeg, to_tensor
+from carmask.io import ImageError, find_photos, read_photo
+from carmask.kaggle import group_by_car
 from carmask.predict import Predictor
 from carmask.synth import make_dataset
 
@@ -25,6 +26,7 @@ def as_kinds(path):
     return {"path": path, "bytes": path.read_bytes(), "array": read_photo(path), "pil": Image.open(path)}
 
 
+@pytest.mark.slow
 def test_files_bytes_arrays_and_pil_images_give_the_same_probabilities(big_set):
     predictor = Predictor(device="cpu")  # the shipped models: multiview for the set, rgb alone
     files = [p.probs for p in predictor.predict_sets(group_by_car(find_photos(big_set)))]
@@ -49,6 +51,7 @@ def exif_rotated(photo: np.ndarray, orientation: int = 6) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_exif_rotated_photos_are_seen_upright_and_given_back_on_the_stored_grid(big_set, tmp_path):
     """The network sees a turned photo upright (it ran on the sideways photo:
     dice 0.55-0.70 against the upright prediction); submissions get the mask
@@ -72,7 +75,7 @@ def test_exif_rotated_photos_are_seen_upright_and_given_back_on_the_stored_grid(
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_stored_grid_undoes_every_exif_turn(orientation):
-    from carmask.decode import stored_grid
+    from carmask.inputs.decode import stored_grid
     from carmask.io import read_turned
     stored = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     image = Image.fromarray(stored)

@@ -16,8 +16,8 @@ import carmask
 from carmask import distributed, models
 from carmask.cli import main
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                                     reason="torch.distributed with gloo is not available")]
 
 # The seed CNN, because it has no BatchNorm: on the CPU each process keeps its own
 # batch statistics (see distributed.wrap), which would part the two runs' weights.

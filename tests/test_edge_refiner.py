@@ -220,7 +220,7 @@ def test_perturbed_coarse_outputs_stay_in_place(synth_data, rgb_model):
     the same model's outputs on the same car, in place: as good as the plain one.
     (Recolouring moves this small synthetic model's outputs by more, not their place.)"""
     from carmask import models
-    from carmask.decode import decode
+    from carmask.inputs.decode import decode
     from carmask.io import read_mask
 
     model = models.load(rgb_model)[0]

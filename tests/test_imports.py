@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import carmask
 
 PACKAGE = Path(carmask.__file__).resolve().parent
@@ -81,6 +83,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+@pytest.mark.slow
 def test_importing_the_models_imports_no_onnx_code():
     code = ("import sys, carmask.models; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime') "

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carmask.io import (ImageError, find_photos, group_by_car, parse_size, parse_view_name, read_mask,
-                        read_photo)
+from carmask.io import ImageError, find_photos, parse_size, read_mask, read_photo
+from carmask.kaggle import group_by_car, parse_view_name
 
 
 def jpeg_bytes(array, **params) -> bytes:

@@ -4,9 +4,35 @@ import pytest
 import torch
 
 from carmask import models
-from carmask.views import InputSpec
+from carmask.inputs.spec import InputSpec
 
-CASES = [("seed", {}), ("unet", {"width": 4, "depth": 2}), ("unet", {"width": 4, "depth": 3})]
+
+
+def registry_cases() -> list:
+    """Every registered architecture (models.ARCHITECTURES), as
+    segmentation_models.pytorch tests every model it registers: with its
+    defaults, and with each option a checkpoint may set (models.ARCH_LIMITS)
+    at its smallest; a new architecture is tested without a line here."""
+    cases = []
+    for arch in models.ARCHITECTURES:
+        limits = models.ARCH_LIMITS[arch]
+        cases.append(pytest.param(arch, {}, id=f"{arch}-defaults"))
+        if limits:
+            smallest = {option: low for option, (low, high) in limits.items()}
+            cases.append(pytest.param(arch, smallest, id=f"{arch}-" + "-".join(f"{k}{v}" for k, v in smallest.items())))
+    return cases
+
+
+CASES = registry_cases()
+
+
+def test_the_registry_and_its_limits_agree():
+    """Every registered architecture has its bounds, and they name options its constructor takes."""
+    import inspect
+    assert set(models.ARCH_LIMITS) == set(models.ARCHITECTURES)
+    for arch, network in models.ARCHITECTURES.items():
+        options = set(inspect.signature(network).parameters) - {"in_channels"}
+        assert set(models.ARCH_LIMITS[arch]) <= options, arch
 
 
 @pytest.mark.parametrize("arch, kwargs", CASES)
@@ -60,7 +86,8 @@ def test_unknown_names_and_junk_files(tmp_path):
 def test_every_listed_model_loads_and_predicts_a_synthetic_set(name, synth_data):
     """Every shipped model loads safely and predicts a synthetic 16-view set (and a
     single photo, where it takes one), at the photos' own size."""
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     from carmask.predict import Predictor
     model, meta = models.load(name)
     assert meta["val_dice"] > 0.9 and next(model.parameters()).dtype == torch.float32
@@ -118,8 +145,8 @@ def test_default_rule(shipped, views, tier, want, tmp_path, monkeypatch):
 
 
 def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):
+    from carmask.inputs.spec import NotEnoughViews
     from carmask.predict import Predictor
-    from carmask.views import NotEnoughViews
     monkeypatch.setattr(models, "WEIGHTS_DIR", fake_weights(tmp_path, ["multiview-fast", "rgb-fast", "seed"]))
     assert models.resolve("multiview") == tmp_path / "multiview-fast.pt"  # a kind: its best tier
     assert models.resolve("rgb") == tmp_path / "rgb-fast.pt"
@@ -133,7 +160,8 @@ def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):
         models.load("fast")
     models.check("fast")
     fast = Predictor("fast", device="cpu")
-    assert fast.model_for(16) is fast._load("multiview-fast") and fast.model_for(1) is fast._load("rgb-fast")
+    runner = fast._runner
+    assert fast.model_for(16) is runner.load("multiview-fast") and fast.model_for(1) is runner.load("rgb-fast")
 
 
 # -- checkpoints ------------------------------------------------------------------------------

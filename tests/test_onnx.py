@@ -12,10 +12,12 @@ onnx = pytest.importorskip("onnx")
 
 from carmask import models  # noqa: E402
 from carmask.cli import main  # noqa: E402
-from carmask.io import find_photos, group_by_car, read_photo  # noqa: E402
+from carmask.io import find_photos, read_photo  # noqa: E402
+from carmask.kaggle import group_by_car  # noqa: E402
 from carmask.onnx_export import export  # noqa: E402
 from carmask.onnx_runtime import FORMAT, OnnxSegmenter  # noqa: E402
 from carmask.predict import Predictor  # noqa: E402
+from carmask.predictor.runner import Segmenter  # noqa: E402
 
 PROB_TOLERANCE = 1e-3
 MASK_AGREEMENT = 0.999
@@ -58,7 +60,10 @@ def test_export_describes_itself(exported, name):
     runner = OnnxSegmenter(path, threads=1)
     assert runner.spec == model.spec
     assert runner.meta == json.loads(props["carmask.meta"])
-    assert runner.to("cpu") is runner and runner.eval() is runner
+    # the predictor's Segmenter protocol, met as it is: no torch Module's methods pretended
+    assert isinstance(runner, Segmenter) and isinstance(model, Segmenter)
+    assert runner.for_inference(torch.device("cpu")) is runner and runner.compiled(None) is runner
+    assert not hasattr(runner, "to") and not hasattr(runner, "eval")
 
 
 @pytest.mark.parametrize("name", ["seed", "rgb"])

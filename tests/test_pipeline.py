@@ -171,7 +171,8 @@ def test_encoded_predictions_match_the_probabilities(unseen, seed_model):
     """`encode=True` (run boundaries found on the predictor's device) gives the
     masks of the probabilities path, for photos of mixed output sizes."""
     from carmask import Predictor
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     from carmask.rle import encode
     sets = group_by_car(find_photos([unseen / "train"]))
     predictor = Predictor(seed_model, device="cpu")
@@ -187,7 +188,8 @@ def test_encoded_predictions_match_the_probabilities(unseen, seed_model):
 def test_compiled_predictor_matches_eager(unseen, rgb_model):
     """`compile=True` pads short batches to one shape and gives the eager masks."""
     from carmask import Predictor
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     sets = group_by_car(find_photos([unseen / "train"]))[:1]
     eager = list(Predictor(rgb_model, device="cpu", batch_size=5).predict_sets(sets))
     compiled = list(Predictor(rgb_model, device="cpu", batch_size=5, compile=True).predict_sets(sets))
@@ -200,7 +202,8 @@ def test_cars_share_model_batches_without_changing_results(unseen, seed_model, t
     """Whole cars go through the model together up to the batch size: the same
     predictions, in the same order, errors included, whatever the batch size."""
     from carmask import Predictor
-    from carmask.io import find_photos, group_by_car
+    from carmask.io import find_photos
+    from carmask.kaggle import group_by_car
     photos = tmp_path / "cars"
     photos.mkdir()
     for view in sorted((unseen / "train").glob("synth009c00[01]_*.jpg"))[:21]:  # 16 views + 5 views

@@ -2,9 +2,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from carmask.postprocess import border_background, fill_holes, mask_flags, output_box, place, resize_probs
+from carmask.inputs.resize import resize_map
+from carmask.inputs.spec import Box
+from carmask.postprocess import border_background, fill_holes, mask_flags, output_box, place
 from carmask.rle import box_boundaries, run_boundaries
-from carmask.views import Box
 
 
 def test_gpu_flood_fill_finds_the_holes_scipy_finds():
@@ -37,11 +38,11 @@ def test_crops_are_resized_into_their_boxes_of_the_output():
     probs[:, 0, 0] = 0.9  # no enclosed holes to fill: compare resizes only
     whole, part = Box(0, 0, 64, 32), Box(16, 8, 48, 24)
     placed = place(probs, [whole, part], frame=(64, 32), sizes=[(128, 64), (128, 64)])
-    assert torch.allclose(placed[0].full(), resize_probs(fill_holes(probs[:1])[:, None], (128, 64))[0, 0])
+    assert torch.allclose(placed[0].full(), resize_map(fill_holes(probs[:1])[:, None], (128, 64))[0, 0])
     assert output_box(part, (64, 32), (128, 64)) == placed[1].box == Box(32, 16, 96, 48)
     full = placed[1].full()
     assert full.shape == (64, 128) and full[:16].sum() == 0 and full[:, 96:].sum() == 0
-    assert torch.allclose(full[16:48, 32:96], resize_probs(fill_holes(probs[1:])[:, None], (64, 32))[0, 0])
+    assert torch.allclose(full[16:48, 32:96], resize_map(fill_holes(probs[1:])[:, None], (64, 32))[0, 0])
     flags, start = mask_flags(placed).numpy(), 0  # the encoded path: the same masks
     for p in placed:
         end = start + p.probs.shape[0] * (p.probs.shape[1] + 1)

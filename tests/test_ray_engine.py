@@ -13,6 +13,8 @@ from carmask import ray_engine  # noqa: E402
 from carmask.models import WEIGHTS_DIR  # noqa: E402
 from helpers import interrupted_run, partial_of, run_cli as run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
+
 
 @pytest.fixture(scope="module")
 def local_ray():

@@ -31,6 +31,8 @@ from PIL import Image
 
 from carmask.cli import main
 
+pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = [ROOT / "docs" / name for name in ("CLI.md", "SERVICE.md", "TRAINING.md", "API.md")]

@@ -1,7 +1,9 @@
 """Recipes in one place: `carmask train --recipe` and the benchmarks build the
 same configurations, and every shipped model was trained by the recipe its
 card names."""
+import dataclasses
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,23 @@ def test_each_shipped_model_was_trained_by_the_recipe_its_card_names(name):
 def test_the_help_names_every_recipe():
     text = " ".join(run_cli("train", "--help").output.split())
     assert all(name in text for name in RECIPES)
+
+
+# Every recipe's resolved settings, written down before the settings moved into one table
+# (issue 20, part 5): a recipe trains what it trained. A new recipe adds its entry.
+PINNED = json.loads((Path(__file__).with_name("recipe_settings.json")).read_text())
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_each_recipes_resolved_settings_are_pinned(name):
+    settings = json.loads(json.dumps(dataclasses.asdict(recipe(name))))  # tuples as lists, as pinned
+    assert settings == PINNED[name]
+
+
+@pytest.mark.slow
+def test_the_table_imports_no_training_loop():
+    import subprocess
+    import sys
+    code = "import sys, carmask.recipes; print(sorted(m for m in sys.modules if m.startswith('carmask.train')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["['carmask.train_config']"]

@@ -66,6 +66,7 @@ def test_refinement_lowers_the_alpha_error(soft_set, with_views):
     assert dice(alpha) >= dice(before)
 
 
+@pytest.mark.slow
 def test_refinement_touches_only_the_band(soft_set):
     photos, _, probs, _ = soft_set
     alpha, foreground = _refined(photos, probs)
@@ -75,6 +76,7 @@ def test_refinement_touches_only_the_band(soft_set):
     assert torch.equal(foreground[far], photos.permute(0, 2, 3, 1)[far])
 
 
+@pytest.mark.slow
 def test_the_edge_stays_within_the_networks_fade(soft_set):
     photos, _, probs, _ = soft_set
     alpha, _ = _refined(photos, probs)
@@ -119,18 +121,18 @@ def test_empty_band_and_other_output_sizes():
 
 
 def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, synth_data, monkeypatch):
-    import carmask.decode
-    import carmask.predict
+    import carmask.inputs.decode
+    import carmask.predictor.photos
     photos = sorted((synth_data / "test").glob("*.jpg"))[:4]
     decoded = []
-    real = carmask.decode.read_turned
+    real = carmask.inputs.decode.read_turned
 
     def counting(source, **kwargs):
         decoded.append(source)
         return real(source, **kwargs)
 
-    monkeypatch.setattr(carmask.decode, "read_turned", counting)
-    monkeypatch.setattr(carmask.predict, "decode", lambda *a, **k: pytest.fail("decoded twice"))
+    monkeypatch.setattr(carmask.inputs.decode, "read_turned", counting)
+    monkeypatch.setattr(carmask.predictor.photos, "decode", lambda *a, **k: pytest.fail("decoded twice"))
     predictor = Predictor(model=rgb_model, device="cpu")
     items = [(p.name, p) for p in photos]
     refined = predictor.predict_views(items, cutout="refined")
@@ -141,7 +143,7 @@ def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, syn
         assert r.alpha.shape == (128, 192) and r.alpha.dtype == np.uint8 and r.probs is None
         assert r.foreground.shape == (128, 192, 3) and r.foreground.dtype == np.uint8
         assert np.abs(p.alpha.astype(int) - np.round(soft(torch.from_numpy(q.probs)).numpy() * 255)).max() <= 1
-        assert np.array_equal(p.foreground, np.asarray(carmask.decode.read_photo(synth_data / "test" / r.path)))
+        assert np.array_equal(p.foreground, np.asarray(carmask.inputs.decode.read_photo(synth_data / "test" / r.path)))
     with pytest.raises(ValueError, match="cutout"):
         predictor.predict_views(items, cutout="sharp")
 

@@ -11,23 +11,18 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
-from fastapi.testclient import TestClient  # noqa: E402
 
-from carmask.predict import Predictor  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 
 SERVICE_DOC = Path(__file__).resolve().parents[1] / "docs" / "SERVICE.md"
 
 
-@pytest.fixture(scope="module")
-def client(rgb_model):
-    with TestClient(create_app(Predictor(model=rgb_model, device="cpu"))) as c:
-        yield c
+# conftest's `client`: the service over the small photo-only U-Net
 
 
 @pytest.fixture(scope="module")
-def photo(synth_data) -> bytes:
-    return sorted((synth_data / "train").glob("*_05.jpg"))[0].read_bytes()
+def photo(synth_view) -> bytes:
+    return synth_view[0].read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The HTTP service: endpoints, limits, bad input and concurrency (TestClient, tiny models)."""
 import base64
 import io
+import json
 import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from carmask import __version__  # noqa: E402
 from helpers import run_cli  # noqa: E402
-from carmask.predict import Predictor  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
+from carmask.predict import Predictor  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 from carmask.serve.server import page_url  # noqa: E402
 from carmask.serve.uploads import safe_label  # noqa: E402
@@ -25,17 +26,7 @@ from carmask.serve.uploads import safe_label  # noqa: E402
 
 # -- fixtures -----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def rgb_predictor(rgb_model):
-    return Predictor(model=rgb_model, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def client(rgb_predictor):
-    """Single photos: the small photo-only U-Net."""
-    with TestClient(create_app(rgb_predictor)) as c:
-        yield c
-
+# conftest's: `rgb_predictor`, `client` (single photos: the small photo-only U-Net)
 
 @pytest.fixture(scope="module")
 def set_client(seed_model):
@@ -45,10 +36,9 @@ def set_client(seed_model):
 
 
 @pytest.fixture(scope="module")
-def photo(synth_data):
+def photo(synth_view):
     """A training view with its exact mask: (jpeg bytes, mask HxW 0/1)."""
-    path = sorted((synth_data / "train").glob("*_05.jpg"))[0]
-    mask = np.asarray(Image.open(synth_data / "train_masks" / f"{path.stem}_mask.gif")) > 0
+    path, mask = synth_view
     return path.read_bytes(), mask
 
 
@@ -359,7 +349,7 @@ def test_model_that_cannot_handle_a_single_photo(set_client, photo):
 def test_not_enough_views_is_told_by_its_type(client, photo, monkeypatch):
     """A cut-out refused for want of views (`NotEnoughViews`, whatever its words):
     422 on /api/cutout, remove.bg's 400 unknown_foreground on its endpoint."""
-    from carmask.views import NotEnoughViews
+    from carmask.inputs.spec import NotEnoughViews
 
     def refuse(*args, **kwargs):
         raise NotEnoughViews("reworded at will")
@@ -434,17 +424,25 @@ def test_warnings_reach_the_client(set_client, client, views, photo, monkeypatch
     members = _zip_names(set_client.post("/api/cutout-set", files=files))
     assert "not the size of the other views" in members["warnings.txt"].decode()
     assert views[2][0] in members["warnings.txt"].decode() and views[2][0] in members["errors.txt"].decode()
+    manifest = json.loads(members["manifest.json"])  # the same as values, for the page
+    assert [(n["kind"], n["photos"], n["treatment"]) for n in manifest["notes"]] == \
+        [("OTHER_SIZE", [views[2][0]], "ALONE")] and manifest["notes"][0]["text"] in members["warnings.txt"].decode()
+    assert views[2][0] in {error["photo"] for error in manifest["skipped"]}
     import carmask.serve.service
     real = carmask.serve.service.remove_set
 
+    from carmask.outcomes import Note, NoteKind, Treatment
+
     def warned(*args, **kwargs):
         results = real(*args, **kwargs)
-        results[0].warning = "photo.jpg: predicted alone\n(a test)"
+        results[0].note = Note(NoteKind.OTHER_SIZE, ("photo\n.jpg",), Treatment.ALONE, size=(192, 128))
         return results
 
     monkeypatch.setattr(carmask.serve.service, "remove_set", warned)
     response = _post(client, photo[0])
-    assert response.status_code == 200 and response.headers["x-carmask-warning"] == "photo.jpg: predicted alone?(a test)"
+    assert response.status_code == 200 and response.headers["x-carmask-note"] == "OTHER_SIZE"
+    assert response.headers["x-carmask-warning"] == ("photo?.jpg: not the size of the other views (192x128): "
+                                                     "predicted alone")
 
 
 def test_memory_is_given_back_once_the_server_is_idle():

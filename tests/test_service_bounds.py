@@ -16,7 +16,6 @@ uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 requests = pytest.importorskip("requests")
 
-from carmask.predict import Predictor  # noqa: E402
 from live_server import live_server  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 from carmask.serve.server import timed_protocol  # noqa: E402
@@ -26,9 +25,9 @@ AUTH = {"X-Api-Key": KEY}
 
 
 @pytest.fixture(scope="module")
-def server(rgb_model):
+def server(rgb_predictor):
     """The app under uvicorn (the serve verb's protocol, short timeouts) on a free loopback port."""
-    app = create_app(Predictor(model=rgb_model, device="cpu"), max_upload_bytes=1 << 20, api_key=KEY,
+    app = create_app(rgb_predictor, max_upload_bytes=1 << 20, api_key=KEY,
                      hosts={"127.0.0.1", "localhost"}, allow_origins=["http://allowed.example:8080"],
                      body_timeout=2.0)
     with live_server(app, http=timed_protocol(header_timeout=1.0)) as url:
@@ -36,10 +35,8 @@ def server(rgb_model):
 
 
 @pytest.fixture(scope="module")
-def photo(synth_data):
-    path = sorted((synth_data / "train").glob("*_05.jpg"))[0]
-    mask = np.asarray(Image.open(synth_data / "train_masks" / f"{path.stem}_mask.gif")) > 0
-    return path, mask
+def photo(synth_view):
+    return synth_view  # (path, mask)
 
 
 def test_unmodified_removebg_client_gets_a_cutout(server, photo, tmp_path, monkeypatch):

@@ -6,7 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from carmask.io import find_photos, group_by_car
+from carmask.io import find_photos
+from carmask.kaggle import group_by_car
+from carmask.outcomes import NoteKind, Treatment
 from carmask.predict import Predictor
 from carmask.synth import make_dataset
 from helpers import unrelated_photos
@@ -29,6 +31,7 @@ def predictions(predictor, paths):
     return list(predictor.predict_sets(group_by_car(find_photos(paths))))
 
 
+@pytest.mark.slow
 def test_unrelated_photos_named_as_one_car_are_predicted_one_by_one(unrelated):
     predictor = Predictor(device="cpu")  # the shipped multiview model for sets, rgb alone
     out = predictions(predictor, unrelated)
@@ -36,6 +39,8 @@ def test_unrelated_photos_named_as_one_car_are_predicted_one_by_one(unrelated):
     assert not any(p.error for p in out)
     for p in out:
         assert "do not share one studio" in p.warning
+        assert (p.note.kind, p.note.treatment) == (NoteKind.NOT_ONE_STUDIO, Treatment.PHOTO_BY_PHOTO)
+        assert p.note.photos == ("IMG_01.jpg", "IMG_02.jpg", "IMG_03.jpg") and p.note.share > 0.45
         assert all(name in p.warning for name in ("IMG_01.jpg", "IMG_02.jpg", "IMG_03.jpg"))
         np.testing.assert_allclose(p.probs, predictor.predict_photo(p.path), atol=1e-5)  # as alone
     forced = predictions(Predictor(device="cpu", sets="always"), unrelated)
@@ -47,6 +52,7 @@ def test_a_model_that_needs_a_set_keeps_it_and_says_so(unrelated, seed_model):
     out = predictions(Predictor(seed_model, device="cpu"), unrelated)
     assert not any(p.error for p in out)
     assert all("predicted as a set all the same" in p.warning for p in out)
+    assert all(p.note.treatment is Treatment.AS_A_SET for p in out)
 
 
 def test_a_real_set_is_a_set_unless_told_otherwise(turntable):
@@ -98,6 +104,7 @@ def test_a_refine_hook_sees_full_resolution_photos_and_their_set(turntable, tmp_
     assert all(seconds > 0 for seconds in predictor.stage_seconds.values())
 
 
+@pytest.mark.slow
 def test_views_without_a_car_name_get_a_sentence_that_reads(turntable):
     """Uploads (no <car>_<NN> name) said "these views has 2 readable views"."""
     photos = [np.asarray(Image.open(p)) for p in turntable[:4]]
@@ -116,7 +123,7 @@ def test_the_wrong_shape_of_views_is_a_sentence_not_a_misreading(turntable):
             predictor.predict_photo(photo, views=views)
     with pytest.raises(TypeError, match=r"\(name, photo\) pairs"):
         predictor.predict_views([photo, photo, photo])
-    with pytest.raises(TypeError, match="predict_sets takes io.PhotoSet items"):
+    with pytest.raises(TypeError, match="predict_sets takes kaggle.PhotoSet items"):
         list(predictor.predict_sets([turntable[:3]]))
 
 
@@ -128,5 +135,6 @@ def test_copies_of_one_photo_are_not_a_set(turntable, tmp_path):
     predictor = Predictor(device="cpu")
     out = predictions(predictor, sorted(tmp_path.iterdir()))
     assert all("are (nearly) one photo" in p.warning and "predicted photo by photo" in p.warning for p in out)
+    assert all((p.note.kind, p.note.treatment) == (NoteKind.ONE_PHOTO, Treatment.PHOTO_BY_PHOTO) for p in out)
     np.testing.assert_allclose(out[0].probs, predictor.predict_photo(turntable[0]), atol=1e-5)
     assert not any(p.warning for p in predictions(predictor, turntable))  # a real set is still one

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from carmask.io import atomic_write
+from carmask.files import atomic_write
 from carmask.rle import encode, run_boundaries
 from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, read_submission
 

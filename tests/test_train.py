@@ -2,12 +2,13 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from carmask import models
 from carmask.data import augment, split_by_car
+from carmask.inputs.spec import InputSpec
 from carmask.train import TrainConfig, learning_rate, train
-from carmask.views import InputSpec
 
 SMALL = InputSpec(("rgb", "median_diff"), size=(48, 32))
 
@@ -20,6 +21,7 @@ def test_split_is_by_car_and_deterministic():
     assert split_by_car(cars, 0.25, seed=3) == (train_cars, val_cars)
 
 
+@pytest.mark.slow
 def test_run_outputs_and_resume(synth_data, tmp_path):
     config = TrainConfig(arch="unet", arch_kwargs={"width": 4, "depth": 2}, spec=SMALL, epochs=2,
                          batch_size=16, val_fraction=0.34, augment=True, dice_weight=1.0, edge_weight=2.0)
@@ -63,21 +65,22 @@ def test_augmenting_shares_of_a_batch_equals_augmenting_the_batch():
     assert torch.equal(torch.cat([s[1] for s in shares]), whole[1])
 
 def test_schedule():
-    config = TrainConfig(lr=1e-3, schedule="cosine")
-    assert learning_rate(config, 0.0) < learning_rate(config, 0.05) == 1e-3
-    assert learning_rate(config, 1.0) == np.float64(1e-5) or learning_rate(config, 1.0) < 2e-5
-    assert learning_rate(TrainConfig(lr=1e-3), 0.7) == 1e-3
+    assert learning_rate(1e-3, "cosine", 0.0) < learning_rate(1e-3, "cosine", 0.05) == 1e-3
+    assert learning_rate(1e-3, "cosine", 1.0) == np.float64(1e-5) or learning_rate(1e-3, "cosine", 1.0) < 2e-5
+    assert learning_rate(1e-3, "constant", 0.7) == 1e-3
 
 
+@pytest.mark.slow
 def test_named_validation_cars_are_held_out(synth_data, tmp_path):
     from carmask.data import discover
     cars = sorted(discover(synth_data))
-    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_cars=cars[:2] + ["not-here"])
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=1, batch_size=16, val_cars=cars[:2] + ["not-here"])
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     split = json.loads((tmp_path / "split.json").read_text())
     assert split == {"train": cars[2:], "val": cars[:2]}
 
 
+@pytest.mark.slow
 def test_a_cache_built_by_several_processes_is_the_one_built_by_one(synth_data, tmp_path):
     from carmask.data import InputCache, build_cache, discover
     cars = discover(synth_data)
@@ -105,16 +108,16 @@ def test_batches_from_a_cache_held_in_memory_match_the_files(synth_data, tmp_pat
 
 
 def test_resuming_from_a_bad_last_pt_is_a_sentence(synth_data, tmp_path):
-    import pytest
-    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"last.pt: cannot resume from it .*train into a new folder"):
         train(synth_data, tmp_path, config, device="cpu", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_training(synth_data, tmp_path):
-    config = TrainConfig(spec=SMALL, epochs=10_000, batch_size=16, val_fraction=0.34, max_minutes=0.01,
-                         schedule="cosine")
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=10_000, batch_size=16, val_fraction=0.34,
+                         max_minutes=0.01, schedule="cosine")
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -123,24 +126,27 @@ def test_a_time_budget_stops_training(synth_data, tmp_path):
     assert float(rows[-1]["lr"]) < config.lr   # the schedule followed the budget
 
 
+@pytest.mark.slow
 def test_an_epoch_the_budget_left_no_step_is_not_logged(synth_data, tmp_path):
     """One step an epoch: the budget runs out during an epoch's last step, and
     the next epoch, with no step, was logged and saved as if trained (loss 0)."""
-    config = TrainConfig(spec=SMALL, epochs=10_000, batch_size=1_000, val_fraction=0.34, max_minutes=0.005)
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=10_000, batch_size=1_000, val_fraction=0.34,
+                         max_minutes=0.005)
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(float(row["train_loss"]) > 0 for row in rows)
 
 
+@pytest.mark.slow
 def test_resume_drops_the_row_of_an_epoch_that_never_reached_last_pt(synth_data, tmp_path):
     """Interrupted between writing an epoch's metrics row and its last.pt, the
     run trains that epoch again on --resume: its row was then in metrics.csv twice."""
-    config = TrainConfig(spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
+    config = TrainConfig(arch="seed", spec=SMALL, epochs=1, batch_size=16, val_fraction=0.34)
     train(synth_data, tmp_path, config, device="cpu", progress=False)
     with open(tmp_path / "metrics.csv", "a") as f:
         f.write("2,0.5,0.5,0.5,1e-3,9.9\n")  # epoch 2's row; last.pt still says epoch 1
-    train(synth_data, tmp_path, TrainConfig(spec=SMALL, epochs=2, batch_size=16, val_fraction=0.34),
+    train(synth_data, tmp_path, TrainConfig(arch="seed", spec=SMALL, epochs=2, batch_size=16, val_fraction=0.34),
           device="cpu", resume=True, progress=False)
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

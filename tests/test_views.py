@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from carmask.inputs.background import backgrounds, crop_boxes, differing
+from carmask.inputs.build import model_inputs
+from carmask.inputs.resize import frames, resize, resize_image
+from carmask.inputs.spec import Box, InputSpec, NotEnoughViews
 from carmask.synth import make_dataset, random_car, render_view, studio_background
-from carmask.views import (Box, InputSpec, NotEnoughViews, backgrounds, crop_boxes, differing, frames,
-                           model_inputs, resize)
 
 
 def tensors(photos: np.ndarray) -> torch.Tensor:
@@ -96,7 +98,14 @@ def test_resize_for_numpy_callers():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
     image.flags.writeable = False  # as Pillow's arrays are
-    assert resize(image, (30, 20)).shape == (20, 30, 3) and resize(image, (60, 40)) is not None
+    half = resize(image, (30, 20))
+    assert half.shape == (20, 30, 3) and half.dtype == np.uint8
+    # what the pipeline's own resize gives the same pixels, not a transposed or garbled copy
+    assert np.array_equal(half, resize_image(tensors(image[None]), (30, 20))[0].permute(1, 2, 0).numpy())
+    colour = np.broadcast_to(np.array([17, 99, 201], np.uint8), (40, 60, 3))  # read-only too
+    assert (resize(colour, (30, 20)) == [17, 99, 201]).all()  # one colour stays that colour, channels in order
+    same = resize(image, (60, 40))
+    assert np.array_equal(same, image) and same.flags.writeable  # its own size: the very pixels
     flat = np.full((40, 60), 0.25, np.float32)
     assert np.allclose(resize(flat, (90, 10)), 0.25)
 
@@ -110,12 +119,32 @@ def test_spec_round_trip_and_validation():
         InputSpec(("rgb", "depth"))
 
 
-def test_memory_is_one_car_at_a_time(tmp_path):
-    """The dataset is never loaded whole: inputs are cached car by car on disk."""
+def test_memory_is_one_car_at_a_time(tmp_path, monkeypatch):
+    """The dataset is never loaded whole: inputs are cached car by car on disk.
+    Counted: the decoded photos alive at once (each one the cache's decoder
+    hands out, until it is freed), at most one car's 16 views of the 48."""
+    import weakref
+
+    from carmask import data as cache_module
     from carmask.data import InputCache, discover
+    counts = {"alive": 0, "most": 0, "decoded": 0}
+
+    def freed():
+        counts["alive"] -= 1
+
+    def counted(*args, **kwargs):
+        photo = decode(*args, **kwargs)
+        weakref.finalize(photo, freed)
+        counts["decoded"] += 1
+        counts["alive"] += 1
+        counts["most"] = max(counts["most"], counts["alive"])
+        return photo
+    decode = cache_module.decode
+    monkeypatch.setattr(cache_module, "decode", counted)
     data = make_dataset(tmp_path / "d", cars=3, size=(96, 64), seed=5)
     cache = InputCache.build(discover(data), InputSpec(size=(48, 32), frame=(96, 64)), tmp_path / "c",
                              progress=False)
+    assert counts["decoded"] == 48 and counts["most"] == 16
     assert len(cache) == 48 and isinstance(cache.inputs, np.memmap)
     assert set(np.unique(cache.targets)) >= {0, 255}
 

@@ -9,8 +9,8 @@ The Python API is a thin layer over one predictor::
 """
 __version__ = "0.1.0"
 
+from carmask.inputs.spec import NotEnoughViews  # noqa: E402
 from carmask.io import ImageError, read_photo  # noqa: E402
-from carmask.views import NotEnoughViews  # noqa: E402
 
 
 def __getattr__(name):

@@ -21,9 +21,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageColor
 
-from carmask.io import ImageError, PhotoSet, check_source, read_photo
+from carmask.inputs.resize import resize
+from carmask.inputs.spec import NotEnoughViews
+from carmask.io import check_source, read_photo
+from carmask.kaggle import PhotoSet
+from carmask.outcomes import ImageError, Note, skip
 from carmask.predict import Predictor, named_views
-from carmask.views import NotEnoughViews, resize
 
 SEED_GREEN = (0, 185, 0)  # the seed write-up's background colour
 KINDS = ("transparent", "mask")
@@ -35,17 +38,21 @@ _TRIPLE = re.compile(r"^\d{1,3}\s*,\s*\d{1,3}\s*,\s*\d{1,3}$")
 
 @dataclass
 class Cutout:
-    """One photo's cut-out (`image`), or the ImageError that names why not;
-    `warning`: how it was made, when the user should know (e.g. taken out of
-    its set)."""
+    """One photo's cut-out (`image`), or the ImageError that names why not
+    (its `kind`); `note`: how it was made, when the user should know (e.g.
+    taken out of its set), and `warning` its sentence."""
     name: str
     image: np.ndarray | None = None
     error: ImageError | None = None
-    warning: str | None = None
+    note: Note | None = None
 
     @property
     def path(self) -> Path:
         return Path(self.name)
+
+    @property
+    def warning(self) -> str | None:
+        return str(self.note) if self.note else None
 
 
 def parse_background(text: str, files: bool = True):
@@ -69,12 +76,6 @@ def parse_background(text: str, files: bool = True):
         return read_photo(text)
     what = "a colour or an image file" if files else "a colour (a name like green, #00b900, or 0,185,0)"
     raise ValueError(f"{text[:60]!r} is not transparent, mask, {what}")
-
-
-def load(image, name: str | None = None) -> np.ndarray:
-    """A photo as an upright RGB uint8 array, from a path, bytes, an array or a
-    PIL image; anything unusable is an ImageError that names it."""
-    return read_photo(image, name=name)
 
 
 def compose(photo: np.ndarray, alpha: np.ndarray, background="transparent") -> np.ndarray:
@@ -133,23 +134,25 @@ def remove_set(items: Sequence[tuple[str, object]], predictor=None, background="
     try:
         predictions = predictor.predict_views(list(items), cutout=_edges(refine))
     except (NotEnoughViews, ValueError) as exc:
-        return [Cutout(name, error=_caused(ImageError(name, str(exc)), exc)) for name, _ in items]
+        return [Cutout(name, error=_of_the_set(name, exc)) for name, _ in items]
     return [_cutout(name, p, background) for (name, _), p in zip(items, predictions)]
 
 
 def remove_sets(photo_sets: Iterable[PhotoSet], predictor=None, background="transparent", *,
                 refine: bool = True) -> Iterator[Cutout]:
-    """Sets of photo files (`io.group_by_car`) to a `Cutout` each, streamed in
+    """Sets of photo files (`kaggle.group_by_car`) to a `Cutout` each, streamed in
     order: the next cars are decoded while one batch is cut out."""
     predictor, background = _ready(predictor, background)
     for prediction in predictor.predict_sets(photo_sets, cutout=_edges(refine)):
         yield _cutout(str(prediction.path), prediction, background)
 
 
-def _caused(error: ImageError, cause: Exception) -> ImageError:
-    """`error` with its cause kept (`__cause__`): callers tell the kinds apart by type, not by text."""
-    error.__cause__ = cause
-    return error
+def _of_the_set(name: str, error: Exception) -> ImageError:
+    """What kept a whole set from being cut out, as the skip of its photo `name`
+    (of the error's kind; `error` as its cause)."""
+    skipped = ImageError(name, str(error), skip(name, error).kind)
+    skipped.__cause__ = error
+    return skipped
 
 
 def _ready(predictor, background):
@@ -172,10 +175,7 @@ def _edges(refine: bool) -> str:
 
 def _cutout(name: str, prediction, background) -> Cutout:
     if prediction.error:
-        error = prediction.exception
-        if not isinstance(error, ImageError):
-            error = ImageError(name, str(error or prediction.error))
-        return Cutout(name, error=error, warning=prediction.warning)
-    return Cutout(name, compose(prediction.foreground, prediction.alpha, background), warning=prediction.warning)
+        return Cutout(name, error=skip(name, prediction.exception), note=prediction.note)
+    return Cutout(name, compose(prediction.foreground, prediction.alpha, background), note=prediction.note)
 
 

@@ -24,11 +24,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from carmask.decode import decode
 from carmask.devices import usable_cores
-from carmask.io import (ImageError, atomic_write, find_photos, group_by_car, mask_path, masks_dir_for, photos_dir_for,
-                        read_mask)
-from carmask.views import InputSpec, NotEnoughViews, car_inputs, resize_map
+from carmask.files import atomic_write
+from carmask.inputs.build import car_inputs
+from carmask.inputs.decode import decode
+from carmask.inputs.resize import resize_map
+from carmask.inputs.spec import InputSpec, NotEnoughViews
+from carmask.io import find_photos, read_mask
+from carmask.kaggle import group_by_car, mask_path, masks_dir_for, photos_dir_for
+from carmask.outcomes import ImageError, skip
 
 
 @dataclass
@@ -92,7 +96,7 @@ class InputCache:
         self.targets = np.load(self.folder / "targets.npy", mmap_mode="r")
         self.names = self.index["names"]
         self.cars = self.index["cars"]
-        self.skipped = self.index["skipped"]
+        self.skipped = [ImageError.from_dict(error) for error in self.index["skipped"]]  # with their kinds
         self.held: tuple[torch.Tensor, torch.Tensor] | None = None  # see keep_on
 
     def __len__(self) -> int:
@@ -104,7 +108,7 @@ class InputCache:
         """Compute (or reuse) the cache for these cars and this input spec;
         `device`: compute the inputs there (photos are decoded on the CPU)."""
         folder = Path(folder) / cache_key(cars, spec)
-        if (folder / "index.json").exists():
+        if (folder / "index.json").exists() and _skips_have_kinds(folder):
             return cls(folder)
         folder.mkdir(parents=True, exist_ok=True)
         total = sum(len(v) for v in cars.values())
@@ -124,13 +128,13 @@ class InputCache:
                     photos.append(photo)
                     kept.append(example)
                 except ImageError as exc:
-                    skipped.append(str(exc))
+                    skipped.append(exc.as_dict())
             if not photos:
                 continue
             try:  # the predictor's own inputs for these photos (Predictor.model_inputs)
                 x = car_inputs(photos, spec)
             except NotEnoughViews as exc:  # too few readable views for a background
-                skipped += [f"{e.photo}: {exc}" for e in kept]
+                skipped += [skip(e.photo, exc).as_dict() for e in kept]
                 continue
             inputs[n:n + len(kept)] = x.x.permute(0, 2, 3, 1).cpu().numpy()
             targets[n:n + len(kept)] = soft_targets(masks, x.boxes, spec, device)
@@ -251,6 +255,12 @@ def _join(parts: list[InputCache], folder: Path) -> None:
     index = {key: sum((part.index[key] for part in parts), []) if isinstance(value, list) else value
              for key, value in parts[0].index.items()}
     _write_index(folder, index)
+
+
+def _skips_have_kinds(folder: Path) -> bool:
+    """Whether the cache's skipped photos carry their kinds (a cache written before
+    they did, with skips, is built again: its sentences are not read back)."""
+    return all(isinstance(error, dict) for error in json.loads((folder / "index.json").read_text())["skipped"])
 
 
 def _write_index(folder: Path, index: dict) -> None:

@@ -9,23 +9,46 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from carmask.io import (ImageError, PhotoSet, find_photos, group_by_car, mask_path, masks_dir_for,
-                        photos_dir_for, read_mask)
+from carmask.inputs.resize import resize_map
+from carmask.io import ImageError, find_photos, read_mask
+from carmask.kaggle import PhotoSet, group_by_car, mask_path, masks_dir_for, photos_dir_for
 from carmask.metrics import dice
-from carmask.postprocess import resize_probs
-from carmask.predict import Predictor
+from carmask.predict import Prediction, Predictor
 
 
 @dataclass
 class Scores:
     dice: dict[str, float] = field(default_factory=dict)   # photo name -> dice
-    skipped: list[str] = field(default_factory=list)       # reasons, naming the file
+    skipped: list[ImageError] = field(default_factory=list)  # the photos skipped, each with its kind
     worst: list[tuple[float, Path, Path, np.ndarray]] = field(default_factory=list)
     unscored: int = 0  # views without a mask: they only served their car's background
 
     @property
     def mean(self) -> float:
         return float(np.mean(list(self.dice.values()))) if self.dice else float("nan")
+
+    def add(self, prediction: Prediction, masks_dir: Path, keep_worst: int = 8) -> ImageError | None:
+        """Score one prediction against its mask in `masks_dir` (a view without
+        one is only counted, `unscored`); a skip (the prediction's error, or a
+        mask that cannot be read) is kept in `skipped` and returned."""
+        if prediction.error:
+            self.skipped.append(prediction.error)
+            return prediction.error
+        truth_path = mask_path(prediction.path, masks_dir)
+        if not truth_path.exists():
+            self.unscored += 1  # a view without a mask: it only served the background
+            return None
+        try:
+            height, width = prediction.probs.shape
+            truth = read_mask(truth_path, expected_size=(width, height))
+        except ImageError as exc:
+            self.skipped.append(exc)
+            return exc
+        score = dice(prediction.mask, truth)
+        self.dice[prediction.path.name] = score
+        self.worst = sorted(self.worst + [(score, prediction.path, truth_path, _small(prediction.probs))],
+                            key=lambda t: t[0])[:keep_worst]
+        return None
 
 
 def scored_sets(data_dir, masks_dir=None, cars: Iterable[str] | None = None
@@ -63,40 +86,20 @@ def read_cars(path) -> list[str]:
 
 
 def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
-             cars=None, keep_worst: int = 8, progress=None) -> Scores:
-    """Predict every photo of the scored sets and compare with its mask.
-    `progress`: called with each `Prediction` as it comes (its warning, if any,
-    says how it was predicted)."""
+             cars=None, keep_worst: int = 8) -> Scores:
+    """Predict every photo of the scored sets and compare with its mask
+    (`carmask evaluate` runs `Scores.add` in the CLI's loop instead)."""
     sets, masks_dir = scored_sets(data_dir, masks_dir, cars)
     scores = Scores()
     for prediction in predictor.predict_sets(sets, output_size=output_size):
-        if progress:
-            progress(prediction)
-        truth_path = mask_path(prediction.path, masks_dir)
-        if prediction.error:
-            scores.skipped.append(prediction.error)
-            continue
-        if not truth_path.exists():
-            scores.unscored += 1  # a view without a mask: it only served the background
-            continue
-        try:
-            height, width = prediction.probs.shape
-            truth = read_mask(truth_path, expected_size=(width, height))
-        except ImageError as exc:
-            scores.skipped.append(str(exc))
-            continue
-        score = dice(prediction.mask, truth)
-        scores.dice[prediction.path.name] = score
-        scores.worst = sorted(scores.worst + [(score, prediction.path, truth_path,
-                                               _small(prediction.probs))],
-                              key=lambda t: t[0])[:keep_worst]
+        scores.add(prediction, masks_dir, keep_worst)
     return scores
 
 
 def _small(probs: np.ndarray, width: int = 480) -> np.ndarray:
     """A light copy of probabilities for the gallery (full-size ones are 10 MB)."""
     height = max(1, round(probs.shape[0] * width / probs.shape[1]))
-    return resize_probs(torch.from_numpy(probs)[None, None], (width, height))[0, 0].numpy()
+    return resize_map(torch.from_numpy(probs)[None, None], (width, height))[0, 0].numpy()
 
 
 def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict:
@@ -113,8 +116,8 @@ def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict:
             continue
         height, width = truth.shape
         t = torch.from_numpy(truth.astype(np.float32))[None, None]
-        down = resize_probs(t, size)
-        soft.append(dice(resize_probs(down, (width, height))[0, 0].numpy() > 0.5, truth))
+        down = resize_map(t, size)
+        soft.append(dice(resize_map(down, (width, height))[0, 0].numpy() > 0.5, truth))
         hard_down = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode="nearest")
         hard_up = torch.nn.functional.interpolate(hard_down, size=(height, width), mode="nearest")
         hard.append(dice(hard_up[0, 0].numpy() > 0.5, truth))

@@ -1,56 +1,40 @@
-"""Reading and writing photos and masks; the Kaggle layout and its names.
+"""Photos and masks in, images out: reading any photo source (the one EXIF
+reader), masks, the one image encoder, finding photo files, sizes.
 
 Every reading error becomes an `ImageError` that names the file, so that batch
 commands can report it and go on with the rest.
 """
 from __future__ import annotations
 
-import errno
 import glob
-import hashlib
 import io as _io
 import operator
 import os
 import re
-import secrets
 import stat
-import sys
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps
 
-try:
-    import fcntl
-except ImportError:  # Windows: no locks, and no stale temporary files found
-    fcntl = None
+from carmask.files import atomic_write
+from carmask.outcomes import ImageError, Problem
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# What carmask writes (cut-outs, the service's answers), by suffix: Pillow's format and settings.
+# PNG at level 1: fast, and the photo's noise dominates the size anyway (docs/RESULTS.md).
+WRITTEN = {"png": ("PNG", {"compress_level": 1}), "jpg": ("JPEG", {"quality": 92}),
+           "jpeg": ("JPEG", {"quality": 92}), "webp": ("WEBP", {"quality": 90})}
+WRITTEN_SUFFIXES = tuple(f".{fmt}" for fmt in WRITTEN)
+MiB = 1 << 20
+ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned (1: as they are; 2-8: turned, mirrored)
 # Larger than any camera: refuses decompression bombs before they are decoded.
 MAX_PIXELS = 64_000_000
-# Ends the name of every temporary file of `atomic_write` (.<name>.<8 hex>.carmask-tmp).
-TEMPORARY_SUFFIX = ".carmask-tmp"
 # What a photo may be, everywhere a photo is taken (`read_photo`).
 PHOTO_TYPES = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
-_VIEW_NAME = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
-
-
-class ImageError(ValueError):
-    """A photo or mask that cannot be used; `path` names it."""
-
-    def __init__(self, path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
-
-
-def parse_view_name(path) -> tuple[str, int] | None:
-    """(car id, view number) for a name like `<car>_<NN>.jpg`, else None."""
-    match = _VIEW_NAME.match(Path(path).stem)
-    return (match["car"], int(match["view"])) if match else None
 
 
 def _open(source, name) -> Image.Image:
@@ -58,33 +42,35 @@ def _open(source, name) -> Image.Image:
     try:
         data = _io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
         if isinstance(source, (bytes, bytearray)) and not source:
-            raise ImageError(name, "empty file (0 bytes)")
+            raise ImageError(name, "empty file (0 bytes)", Problem.EMPTY)
         if not isinstance(data, _io.BytesIO):
             info = os.stat(data)
             if stat.S_ISDIR(info.st_mode):
                 raise IsADirectoryError
             if not stat.S_ISREG(info.st_mode):  # opening a pipe would wait for a writer, forever
-                raise ImageError(name, "not a regular file (a pipe or a device)")
+                raise ImageError(name, "not a regular file (a pipe or a device)", Problem.NOT_A_FILE)
             if info.st_size == 0:
-                raise ImageError(name, "empty file (0 bytes)")
+                raise ImageError(name, "empty file (0 bytes)", Problem.EMPTY)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(data)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(name, "image has too many pixels (decompression bomb?)") from None
+        raise ImageError(name, "image has too many pixels (decompression bomb?)", Problem.TOO_LARGE) from None
     except FileNotFoundError:
-        raise ImageError(name, "no such file") from None
+        raise ImageError(name, "no such file", Problem.MISSING) from None
     except IsADirectoryError:
-        raise ImageError(name, "is a folder, not an image") from None
+        raise ImageError(name, "is a folder, not an image", Problem.FOLDER) from None
     except Image.UnidentifiedImageError:  # its message shows Python's name of the stream
-        raise ImageError(name, "not a readable image (not an image format that can be read)") from None
+        raise ImageError(name, "not a readable image (not an image format that can be read)",
+                         Problem.UNREADABLE) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(name, f"not a readable image ({exc})") from None
+        raise ImageError(name, f"not a readable image ({exc})", Problem.UNREADABLE) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageError(name, f"image is {width}x{height}, over the limit of {MAX_PIXELS:,} pixels")
+        raise ImageError(name, f"image is {width}x{height}, over the limit of {MAX_PIXELS:,} pixels",
+                         Problem.TOO_LARGE)
     return image
 
 
@@ -122,7 +108,7 @@ def check_source(source, name: str | None = None) -> None:
     """An ImageError, before any work, for what is no photo source at all."""
     if not isinstance(source, PHOTO_TYPES):
         raise ImageError(name or "photo", f"a {type(source).__name__} is not a photo: give a path, bytes, "
-                                          f"a numpy array or a PIL image")
+                                          f"a numpy array or a PIL image", Problem.NOT_A_PHOTO)
 
 
 def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.ndarray:
@@ -148,16 +134,21 @@ def read_turned(source, *, name: str | None = None, upright: bool = True) -> tup
         return _from_array(source, name), 1
     image = source if isinstance(source, Image.Image) else _open(source, name)
     try:
-        orientation = image.getexif().get(0x0112, 1) if upright else 1
-        if orientation not in range(2, 9):
-            orientation = 1
-        else:  # (exif_transpose copies even an upright photo)
+        turn = orientation(image) if upright else 1
+        if turn != 1:  # (exif_transpose copies even an upright photo)
             image = ImageOps.exif_transpose(image)
-        return np.asarray(_to_rgb(image)), orientation
+        return np.asarray(_to_rgb(image)), turn
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(name, f"corrupt or truncated image ({exc})") from None
+        raise ImageError(name, f"corrupt or truncated image ({exc})", Problem.CORRUPT) from None
+
+
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image (read from its header): 2-8
+    where viewers turn or mirror the stored pixels, else 1."""
+    turn = image.getexif().get(ORIENTATION_TAG, 1)
+    return turn if turn in range(2, 9) else 1
 
 
 def _from_array(array: np.ndarray, name: str) -> np.ndarray:
@@ -171,10 +162,11 @@ def _from_array(array: np.ndarray, name: str) -> np.ndarray:
             hint = " (it looks channels-first: pass array.transpose(1, 2, 0))"
         elif array.ndim == 4 and array.shape[0] == 1:
             hint = " (one photo, not a batch: pass array[0])"
-        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}{hint}")
+        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}{hint}",
+                         Problem.NOT_A_PHOTO)
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
         raise ImageError(name, f"image is {array.shape[1]}x{array.shape[0]}, "
-                               f"over the limit of {MAX_PIXELS:,} pixels")
+                               f"over the limit of {MAX_PIXELS:,} pixels", Problem.TOO_LARGE)
     array = _as_uint8(array[..., :3], name)
     if any(stride < 0 for stride in array.strides):  # a flipped view: torch takes no negative strides
         array = np.ascontiguousarray(array)
@@ -192,17 +184,19 @@ def _as_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype == np.uint16:
         return _eight_bits(array, 65535)
     if kind not in "fiu":
-        raise ImageError(name, f"a photo array must hold numbers, not {array.dtype}")
+        raise ImageError(name, f"a photo array must hold numbers, not {array.dtype}", Problem.NOT_A_PHOTO)
     low, high = array.min(), array.max()
     if kind == "f":
         if not np.isfinite(low) or not np.isfinite(high):
-            raise ImageError(name, f"a {array.dtype} photo array holds NaN or infinite values")
+            raise ImageError(name, f"a {array.dtype} photo array holds NaN or infinite values", Problem.NOT_A_PHOTO)
         if low < 0 or high > 1:
             raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..1, found "
-                                   f"{float(low):g}..{float(high):g} (for 0..255, pass array.astype(np.uint8))")
+                                   f"{float(low):g}..{float(high):g} (for 0..255, pass array.astype(np.uint8))",
+                             Problem.NOT_A_PHOTO)
         return np.rint(array * 255).astype(np.uint8)
     if low < 0 or high > 255:
-        raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..255, found {low}..{high}")
+        raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..255, found {low}..{high}",
+                         Problem.NOT_A_PHOTO)
     return array.astype(np.uint8)
 
 
@@ -212,155 +206,36 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     try:
         values = np.asarray(image if image.mode in ("P", "L", "1") else image.convert("L"))
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(path, f"corrupt or truncated mask ({exc})") from None
+        raise ImageError(path, f"corrupt or truncated mask ({exc})", Problem.CORRUPT) from None
     if expected_size and image.size != tuple(expected_size):
         raise ImageError(path, f"mask is {image.size[0]}x{image.size[1]}, "
-                               f"expected {expected_size[0]}x{expected_size[1]}")
+                               f"expected {expected_size[0]}x{expected_size[1]}", Problem.BAD_MASK)
     if values.dtype == bool:
         return values.astype(np.uint8)
     present = np.unique(values)
     if not (set(present.tolist()) <= {0, 1} or set(present.tolist()) <= {0, 255}):
-        raise ImageError(path, f"mask values must be 0/1 or 0/255, found {present[:6].tolist()}")
+        raise ImageError(path, f"mask values must be 0/1 or 0/255, found {present[:6].tolist()}", Problem.BAD_MASK)
     return (values > 0).astype(np.uint8)
 
 
-def atomic_write(path, write: Callable[[Path], None], replace: bool = True) -> None:
-    """Call `write(tmp)` then move tmp onto `path`: readers never see half a file,
-    and tmp never outlives the call (a signal that stops it included; after
-    SIGKILL, `remove_stale_temporaries` finds it: tmp is locked while it lives).
-    The file is created as any other (0666 less the umask: 0644 as a rule);
-    an OSError about tmp names `path`, the file asked for. `replace`: False
-    leaves a file already at `path` as it is (FileExistsError), even one
-    that another process made meanwhile."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, fd, published = None, None, False
-    try:
-        while tmp is None:  # mkstemp would create 0600, whatever the umask
-            candidate = sibling(path, f".{secrets.token_hex(4)}{TEMPORARY_SUFFIX}", prefix=".")
-            try:
-                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            tmp = candidate
-            _hold(fd)
-        write(tmp)
-        _publish(tmp, path, replace)
-        published = True
-    except OSError as exc:
-        if tmp is not None and exc.filename in (str(tmp), tmp):
-            exc.filename = str(path)
-        raise
-    finally:
-        if tmp is not None and not published:
-            tmp.unlink(missing_ok=True)
-        if fd is not None:
-            os.close(fd)
+def image_bytes(array: np.ndarray, fmt: str = "png", exif: Image.Exif | None = None) -> bytes:
+    """An image as the bytes of a file: `fmt` one of WRITTEN (png, jpg, webp;
+    a JPEG takes no alpha: RGB or L), with `exif` if given. The one encoder
+    of what carmask writes."""
+    pillow_format, settings = WRITTEN[fmt]
+    buffer = _io.BytesIO()
+    with Image.fromarray(array) as image:
+        if pillow_format == "JPEG" and image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        image.save(buffer, format=pillow_format, **settings, **({"exif": exif} if exif is not None else {}))
+    return buffer.getvalue()
 
 
-def _hold(fd: int) -> None:
-    """Lock a temporary file while it lives, so that it is not taken for a stale one."""
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:  # a file system without locks: nothing is found stale there either
-        pass
-
-
-def remove_stale_temporaries(folder) -> int:
-    """Remove the temporary files of `atomic_write` in `folder` that no process
-    holds: left by one that was killed (SIGKILL, a power cut). How many."""
-    if fcntl is None:
-        return 0
-    removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    for entry in entries:
-        if not (entry.name.startswith(".") and entry.name.endswith(TEMPORARY_SUFFIX)):
-            continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # refused while its writer lives
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                os.unlink(entry.path)
-                removed += 1
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _publish(tmp: Path, path: Path, replace: bool) -> None:
-    """tmp becomes `path` in one step; without `replace`, only where nothing
-    is (a hard link fails on an existing name, atomically)."""
-    if replace:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-    except OSError as exc:  # a file system without hard links: checked, then moved
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        if path.exists():
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
-
-
-def binary_stdout():
-    """Standard output as a binary stream; an OSError (EBADF) where there is
-    none (`>&-`: Python then has None for it)."""
-    stream = getattr(sys.stdout, "buffer", None)
-    if stream is None:
-        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-    return stream
-
-
-def write_all(stream, data) -> None:
-    """All of `data` to a binary stream, through as many writes as it takes:
-    an unbuffered one (a pipe's FileIO) may take part of it and say so by
-    the count, which dropped the rest of a cut-out (64 KiB of 738 KB)."""
-    view = memoryview(data)
-    while view:
-        view = view[stream.write(view):]
-
-
-def sibling(path, suffix: str, prefix: str = "") -> Path:
-    """`prefix + name + suffix` beside `path` (a partial or temporary file).
-    Where that would not fit in a file name of `path`'s folder, the name is
-    cut short and ends in a hash of the whole: it fits whenever `path` fits,
-    and stays one name for one path."""
-    path = Path(path)
-    name, room = path.name, _name_max(path.parent) - len(os.fsencode(prefix + suffix))
-    if len(os.fsencode(name)) > room:
-        mark = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:12]
-        while name and len(os.fsencode(name + mark)) > room:
-            name = name[:-1]
-        name += mark
-    return path.with_name(prefix + name + suffix)
-
-
-def _name_max(folder: Path) -> int:
-    """The longest file name, in bytes, that `folder` takes (255 as a rule)."""
-    try:
-        return os.pathconf(folder, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        return 255
-
-
-def save_image(path, array: np.ndarray, replace: bool = True, **params) -> None:
-    """Save an array as an image (format from the suffix), atomically (`replace`: see `atomic_write`)."""
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **params), replace)
+def save_image(path, array: np.ndarray, replace: bool = True, exif: Image.Exif | None = None) -> None:
+    """An array saved as an image (`image_bytes`, its format from the suffix:
+    one of WRITTEN), atomically (`replace`: see `atomic_write`)."""
+    data = image_bytes(array, Path(path).suffix.lower().lstrip("."), exif)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), replace)
 
 
 def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
@@ -392,46 +267,6 @@ def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
     for path in sorted(found, key=lambda p: (len(p.parts), p)):
         unique.setdefault((os.path.realpath(path) if names[path.name] > 1 else str(path), path.name), path)
     return sorted(unique.values())
-
-
-@dataclass
-class PhotoSet:
-    """Photos of one car (`car` set) or a single photo of unknown car (`car` None)."""
-    car: str | None
-    paths: list[Path]
-
-
-def group_by_car(paths: Iterable[Path]) -> list[PhotoSet]:
-    """Group `<car>_<NN>` photos by car (views sorted); other photos stand alone."""
-    cars: dict[tuple[Path, str], list[tuple[int, Path]]] = {}
-    singles: list[PhotoSet] = []
-    for path in paths:
-        parsed = parse_view_name(path)
-        if parsed is None:
-            singles.append(PhotoSet(None, [Path(path)]))
-        else:
-            cars.setdefault((Path(path).parent, parsed[0]), []).append((parsed[1], Path(path)))
-    sets = [PhotoSet(car, [p for _, p in sorted(views)]) for (_, car), views in sorted(cars.items())]
-    return sets + singles
-
-
-def mask_path(photo: Path, masks_dir: Path) -> Path:
-    """Kaggle mask name for a photo: `<car>_<NN>_mask.gif` in `masks_dir`."""
-    return Path(masks_dir) / f"{Path(photo).stem}_mask.gif"
-
-
-def masks_dir_for(data_dir: Path) -> Path:
-    """`train_masks/` beside `train/`, given either the dataset root or `train/`."""
-    data_dir = Path(data_dir)
-    if (data_dir / "train_masks").is_dir():
-        return data_dir / "train_masks"
-    return data_dir.parent / f"{data_dir.name}_masks"
-
-
-def photos_dir_for(data_dir: Path) -> Path:
-    """The photo folder of a dataset root (`train/`), or the folder itself."""
-    data_dir = Path(data_dir)
-    return data_dir / "train" if (data_dir / "train").is_dir() else data_dir
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from carmask import models
-from carmask.io import atomic_write
+from carmask.files import atomic_write
 from carmask.onnx_runtime import (FORMAT, INPUT, KEY_ARCH, KEY_ARCH_KWARGS, KEY_FORMAT, KEY_META,
                                   KEY_SPEC, OUTPUT, need)
 

@@ -1,8 +1,9 @@
 """Run a carmask ONNX export with onnxruntime on the CPU, shaped like a `Segmenter`.
 
-`OnnxSegmenter` quacks like a `Segmenter` for the predictor (`.spec`,
-`model(batch) -> logits`), so `Predictor(model="model.onnx")` takes the same
-path from photos to masks. The file format (metadata keys, input and output
+`OnnxSegmenter` meets the predictor's `Segmenter` protocol
+(`carmask.predictor.runner`: `.spec`, `model(batch) -> logits`,
+`for_inference`, `compiled`), so `Predictor(model="model.onnx")` takes the
+same path from photos to masks. The file format (metadata keys, input and output
 names) is defined here and written by `onnx_export`. Needs the optional extra:
 pip install "carmask[onnx]".
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from carmask.views import InputSpec
+from carmask.inputs.spec import InputSpec
 
 FORMAT = "carmask-onnx-1"
 INPUT, OUTPUT = "input", "logits"
@@ -39,9 +40,9 @@ def need(module: str):
 
 
 class OnnxSegmenter:
-    """An exported model run by onnxruntime on the CPU, shaped like a `Segmenter`:
-    `.spec`, `.meta`, `model(x) -> logits` (torch tensors in and out, on the
-    input's device), and `.to()`/`.eval()` that return the model itself."""
+    """An exported model run by onnxruntime on the CPU, a `Segmenter` for the
+    predictor: `.spec`, `.meta`, `model(x) -> logits` (torch tensors in and
+    out, on the input's device)."""
 
     def __init__(self, path, threads: int | None = None):
         ort = need("onnxruntime")
@@ -66,10 +67,13 @@ class OnnxSegmenter:
         (logits,) = self.session.run([OUTPUT], {INPUT: array})
         return torch.from_numpy(logits).to(x.device)
 
-    def to(self, *args, **kwargs) -> "OnnxSegmenter":
+    def for_inference(self, device: torch.device) -> OnnxSegmenter:
+        """Itself: onnxruntime runs on the CPU whatever `device`, and hands the
+        logits back on the input's device; the export is already for inference."""
         return self
 
-    def eval(self) -> "OnnxSegmenter":
+    def compiled(self, mode: str | None) -> OnnxSegmenter:
+        """Itself: onnxruntime optimises the graph when the session is made."""
         return self
 
     def __repr__(self) -> str:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from carmask.inputs.resize import resize_map
+from carmask.inputs.spec import Box
 from carmask.rle import row_flags
-from carmask.views import Box, resize_map
 
 THRESHOLD = 0.5
 
@@ -53,11 +54,6 @@ def border_background(car: torch.Tensor, check_every: int = 16) -> torch.Tensor:
             reach = grown & background
         if torch.equal(reach, before):
             return reach
-
-
-def resize_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of N x 1 x H x W probabilities to (width, height)."""
-    return resize_map(probs, size)
 
 
 @dataclass

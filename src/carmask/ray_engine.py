@@ -9,6 +9,7 @@ on every node, and the nodes need carmask installed.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from carmask.io import PhotoSet
+from carmask.kaggle import PhotoSet
+from carmask.outcomes import ImageError, Note
 from carmask.predict import Prediction, Predictor
 
 # Cars per actor call: the predictor decodes the next cars while one is computed.
@@ -28,11 +30,13 @@ class RayPredictor:
     """`Predictor.predict_sets` on a pool of Ray actors, one `Predictor` each.
 
     Joins the cluster at `address` (or $RAY_ADDRESS), else starts a local Ray
-    instance; `close()` leaves Ray as it found it. `actors` defaults to one per
-    GPU, or one per CPU when the cluster has no GPU or `device` is cpu.
+    instance; `close()` (or `with RayPredictor(...) as predictor:`) leaves Ray
+    as it found it. `actors` defaults to one per GPU, or one per CPU when the
+    cluster has no GPU or `device` is cpu.
     `options`: the rest of `Predictor`'s options (upright, sets, tta, ...),
     for every actor's predictor; `device`: the actors' torch device. Each
-    `Prediction` comes back with its error and warning, as a local run's.
+    `Prediction` comes back with its error and note, as a local run's (they
+    travel in the rows as their dicts, in JSON: `outcomes.as_dict`).
     """
 
     def __init__(self, model=None, device: str = "auto", batch_size: int = 16,
@@ -63,9 +67,10 @@ class RayPredictor:
         if not sets:  # e.g. a resumed run that was done: start no actors
             return
         for row in self._dataset(sets, output_size).iter_rows():
-            error = row["error"] or None
-            yield Prediction(Path(row["path"]), error=error, runs=None if error else row["runs"],
-                             warning=row["warning"] or None)
+            error = ImageError.from_dict(json.loads(row["error"])) if row["error"] else None
+            note = Note.from_dict(json.loads(row["note"])) if row["note"] else None
+            yield Prediction(Path(row["path"]), error=error, runs=None if error else row["runs"], note=note,
+                             exception=error)
 
     def _dataset(self, sets: list[PhotoSet], output_size):
         import ray
@@ -86,6 +91,12 @@ class RayPredictor:
             ray.shutdown()
             self._started = False
 
+    def __enter__(self) -> RayPredictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class SetPredictor:
     """A Ray Data actor: one `Predictor`, loaded once, for batches of whole cars."""
@@ -100,8 +111,8 @@ class SetPredictor:
         runs = np.empty(len(out), dtype=object)  # ragged: one array per photo
         runs[:] = [np.zeros(0, np.int64) if p.error else p.runs for p in out]
         return {"path": np.array([str(p.path) for p in out]),
-                "error": np.array([p.error or "" for p in out]),
-                "warning": np.array([p.warning or "" for p in out]),
+                "error": np.array([json.dumps(p.error.as_dict()) if p.error else "" for p in out]),
+                "note": np.array([json.dumps(p.note.as_dict()) if p.note else "" for p in out]),
                 "runs": runs}
 
 

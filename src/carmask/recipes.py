@@ -5,16 +5,20 @@ RUN --recipe multiview-fast` trains the shipped `multiview-fast` again, and
 flags change single fields (`--max-minutes 5`, `--lr 1e-3`). The benchmarks
 (`ablation.py`, `gpu_train.py`, `seed_reproduce.py`) train the same recipes
 through `recipe()`. Each model card in weights/ names its recipe and command.
+Every recipe is written whole, the seed's included: `TrainConfig`'s defaults
+are neutral. This module imports the settings (`carmask.train_config`), not
+the training loop.
 """
 from __future__ import annotations
 
 from dataclasses import fields, replace
 
+from carmask.inputs.spec import InputSpec
 from carmask.models import ARCH_LIMITS
-from carmask.train import TrainConfig
-from carmask.train_refiner import RefinerConfig
-from carmask.views import InputSpec
+from carmask.train_config import RefinerConfig, TrainConfig
 
+# The seed's input: 480x320 frame, auto-crop, 100x100, photo + median diff.
+SEED_SPEC = InputSpec(("rgb", "median_diff"), size=(100, 100), frame=(480, 320), crop=True)
 MULTIVIEW = ("rgb", "median_diff", "mean_diff")
 # The U-Nets' loss, optimiser, schedule and augmentation; the time budget ends the run.
 _UNET = dict(arch="unet", epochs=10_000, lr=3e-3, weight_decay=1e-4, dice_weight=1.0,
@@ -24,7 +28,8 @@ _SMALL, _LARGE = {"width": 8, "depth": 4}, {"width": 32, "depth": 4}
 RECIPES: dict[str, TrainConfig | RefinerConfig] = {
     # The seed write-up: its 3-layer CNN, photo + median difference in a 480x320
     # frame cropped to the car at 100x100, BCE, Adam 1e-3, batch 32.
-    "seed": TrainConfig(epochs=40, max_minutes=30),
+    "seed": TrainConfig(arch="seed", spec=SEED_SPEC, epochs=40, batch_size=32, lr=1e-3, weight_decay=0.0,
+                        dice_weight=0.0, edge_weight=0.0, augment=False, schedule="constant", max_minutes=30),
     # The fast tier: 128x128 U-Nets trained on a 2-core CPU.
     "rgb-fast": TrainConfig(**_UNET, arch_kwargs=_SMALL, spec=InputSpec(("rgb",), size=(128, 128)),
                             batch_size=16, max_minutes=60),

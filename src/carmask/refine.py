@@ -45,7 +45,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from carmask.views import MIN_VIEWS, _median, resize_image, resize_map
+from carmask.inputs.background import median
+from carmask.inputs.resize import resize_image, resize_map
+from carmask.inputs.spec import MIN_VIEWS
 
 WORK = 240              # the smooth maps are computed on a grid about this many cells across
 SURE = 0.02             # a cell is sure studio where the probability is below this
@@ -177,8 +179,8 @@ def set_studio(grids: Sequence[_Grid]) -> torch.Tensor:
     small = torch.cat([g.small for g in grids])                                # V x 3 x h x w uint8
     hidden = torch.cat([g.small_probs for g in grids]) >= STUDIO_BELOW         # V x 1 x h x w
     filler = (hidden.cumsum(0) % 2 == 0).to(torch.uint8).mul_(255)
-    median = _median(list(torch.where(hidden, filler, small).unbind(0)))[None].float()
-    return median.masked_fill_((~hidden).sum(0, keepdim=True) < MIN_VIEWS, float("nan"))
+    studio = median(list(torch.where(hidden, filler, small).unbind(0)))[None].float()
+    return studio.masked_fill_((~hidden).sum(0, keepdim=True) < MIN_VIEWS, float("nan"))
 
 
 def _fill(values: torch.Tensor, weight: torch.Tensor, levels: int = 12) -> torch.Tensor:

@@ -22,11 +22,14 @@ import torch
 from tqdm import tqdm
 
 from carmask import models
-from carmask.decode import decode
-from carmask.io import ImageError, atomic_write, read_mask
+from carmask.inputs.decode import decode
+from carmask.files import atomic_write
+from carmask.io import read_mask
+from carmask.outcomes import ImageError
 from carmask.models import refiner as rf
 from carmask.postprocess import place
-from carmask.views import MIN_VIEWS, NotEnoughViews, car_inputs
+from carmask.inputs.build import car_inputs
+from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
 
 STUDIOS = ("set", "photo")
 

@@ -11,8 +11,10 @@ matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from carmask.io import atomic_write, parse_view_name, read_mask, read_photo  # noqa: E402
-from carmask.views import resize  # noqa: E402
+from carmask.files import atomic_write  # noqa: E402
+from carmask.inputs.resize import resize  # noqa: E402
+from carmask.io import read_mask, read_photo  # noqa: E402
+from carmask.kaggle import parse_view_name  # noqa: E402
 
 MISSED = np.array([255, 40, 40])   # car pixels the model missed
 FALSE = np.array([40, 120, 255])   # background the model called car

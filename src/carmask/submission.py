@@ -26,9 +26,9 @@ from typing import Iterable
 
 import numpy as np
 
-from carmask.io import atomic_write, binary_stdout, sibling, write_all
+from carmask.files import atomic_write, binary_stdout, sibling, write_all
+from carmask.inputs.spec import MIN_VIEWS
 from carmask.rle import encode_boundaries
-from carmask.views import MIN_VIEWS
 
 try:
     import fcntl

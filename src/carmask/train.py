@@ -15,6 +15,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -27,34 +28,12 @@ from tqdm import tqdm
 from carmask import distributed, models
 from carmask.data import InputCache, augment, build_cache, discover, split_by_car
 from carmask.devices import pick_device
-from carmask.io import atomic_write
+from carmask.files import atomic_write
+from carmask.inputs.spec import InputSpec
 from carmask.metrics import batch_dice
+from carmask.outcomes import ImageError
 from carmask.report import plot_curves
-from carmask.views import InputSpec
-
-# The seed's input: 480x320 frame, auto-crop, 100x100, photo + median diff.
-SEED_SPEC = InputSpec(("rgb", "median_diff"), size=(100, 100), frame=(480, 320), crop=True)
-
-
-@dataclass
-class TrainConfig:
-    """One training run's settings; the defaults are the seed write-up's recipe."""
-    arch: str = "seed"
-    arch_kwargs: dict = field(default_factory=dict)
-    spec: InputSpec = SEED_SPEC
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    val_fraction: float = 0.15
-    val_cars: list[str] | None = None  # hold out exactly these cars instead (e.g. another run's split)
-    seed: int = 0
-    dice_weight: float = 0.0   # 0: plain BCE (the seed); >0 adds soft-dice loss
-    edge_weight: float = 0.0   # extra BCE weight on pixels near the car's edge
-    augment: bool = False
-    schedule: str = "constant"  # or "cosine" (warm-up, then cosine decay)
-    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    max_minutes: float | None = None  # a time budget: the schedule follows it, then stop
+from carmask.train_config import TrainConfig
 
 
 @dataclass
@@ -83,7 +62,7 @@ class Run:
 
 def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: bool = False,
           cache_dir=None, progress: bool = True, workers: int | None = None,
-          skipped: Callable[[str], None] | None = None) -> Path:
+          skipped: Callable[[ImageError], None] | None = None) -> Path:
     """Train a model and return the path of its best checkpoint (`best.pt`).
 
     With `config.max_minutes` the run is budgeted in time: the schedule follows
@@ -92,20 +71,29 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
     and writes files, and the run gives what one process would give.
     `workers`: processes that build the input cache (default: `data.build_cache`'s).
     `progress`: each epoch's figures on stderr, and bars there when it is a
-    terminal. `skipped`: called with each photo left out (the reason, naming it).
+    terminal. `skipped`: called with each photo left out (its `ImageError`).
     """
     run_dir = Path(run_dir)
     with distributed.session(pick_device(device)) as device:
         progress = progress and distributed.is_main()
         run = setup(data_dir, run_dir, config, device, resume, cache_dir, workers, progress)
         if skipped and distributed.is_main():
-            for reason in run.cache.skipped:
-                skipped(reason)
+            for error in run.cache.skipped:
+                skipped(error)
+        criterion = partial(loss_fn, dice_weight=config.dice_weight, edge_weight=config.edge_weight)
         for epoch in range(run.epoch, config.epochs):
-            train_loss, out_of_time = train_one_epoch(run, epoch, progress)
+            train_loss, out_of_time, seconds = train_one_epoch(
+                run.model, criterion, run.optimizer, run.cache, run.train_rows, device, run.generator,
+                epoch=epoch, epochs=config.epochs, batch_size=config.batch_size,
+                lr_at=partial(learning_rate, config.lr, config.schedule),
+                augment_spec=config.spec if config.augment else None, mixed_precision=config.mixed_precision,
+                budget=60 * config.max_minutes if config.max_minutes else None, elapsed=run.elapsed,
+                progress=progress)
+            run.elapsed += seconds
             if train_loss is None:  # the budget ran out before this epoch's first step: no epoch to log
                 break
-            val_loss, val_dice = evaluate(run.net, run.cache, run.val_rows, config, device)
+            val_loss, val_dice = evaluate(run.net, criterion, run.cache, run.val_rows, device,
+                                          mixed_precision=config.mixed_precision)
             save_epoch(run, train_loss, val_loss, val_dice, progress)
             if out_of_time:
                 break
@@ -126,7 +114,7 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
         run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     cars = discover(data_dir)
-    train_cars, val_cars = held_out(list(cars), config)
+    train_cars, val_cars = held_out(list(cars), config.val_cars, config.val_fraction, config.seed)
     if main:
         split = json.dumps({"train": train_cars, "val": val_cars}, indent=1)
         atomic_write(run_dir / "split.json", lambda tmp: tmp.write_text(split))
@@ -168,56 +156,63 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
     return run
 
 
-def train_one_epoch(run: Run, epoch: int, progress: bool = False) -> tuple[float | None, bool]:
-    """One pass over the training photos in a fresh order, or less when the
-    time budget runs out: (mean training loss over all processes, or None if
-    the budget ran out before the first step; out of time)."""
-    config, device = run.config, run.device
+def train_one_epoch(model: nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer,
+                    cache: InputCache, rows: np.ndarray, device: torch.device, generator: torch.Generator,
+                    *, epoch: int, epochs: int, batch_size: int, lr_at: Callable[[float], float],
+                    augment_spec: InputSpec | None = None, mixed_precision: bool = True,
+                    budget: float | None = None, elapsed: float = 0.0,
+                    progress: bool = False) -> tuple[float | None, bool, float]:
+    """One pass over the training `rows` of `cache` in a fresh order drawn
+    from `generator`, or less when the time budget runs out: `budget` seconds
+    of training of which `elapsed` are spent (else the schedule follows epoch
+    `epoch` of `epochs`); `lr_at(done)` is the learning rate at that share
+    done; `augment_spec`: augment the batches (for that input). Returns (mean
+    training loss over all processes, or None if the budget ran out before
+    the first step; out of time; seconds spent)."""
     rank, world = distributed.rank(), distributed.world_size()
-    steps = max(1, len(run.train_rows) // config.batch_size)
-    budget = 60 * config.max_minutes if config.max_minutes else None
-    run.model.train()
-    order = torch.randperm(len(run.train_rows), generator=run.generator).numpy()
+    steps = max(1, len(rows) // batch_size)
+    model.train()
+    order = torch.randperm(len(rows), generator=generator).numpy()
     # The loss sum stays on the device: reading it each step would make the CPU wait for the GPU.
     total, seen, out_of_time = torch.zeros((), dtype=torch.float64, device=device), 0, False
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                disable=None if progress else True)  # None: on a terminal only
     for step in bar:
-        done = (run.elapsed + time.perf_counter() - t0) / budget if budget else \
-            (epoch * steps + step) / (config.epochs * steps)
+        done = (elapsed + time.perf_counter() - t0) / budget if budget else \
+            (epoch * steps + step) / (epochs * steps)
         if budget:  # each process's clock reads differently: all follow rank 0, and stop together
             done = distributed.from_main(done, device)
         if done >= 1:
             out_of_time = True
             break
-        for group in run.optimizer.param_groups:
-            group["lr"] = learning_rate(config, done)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(done)
         # The batch one process would take; under torchrun this process takes its share.
-        rows = np.sort(run.train_rows[order[step * config.batch_size:(step + 1) * config.batch_size]])
-        x, y = run.cache.batch(distributed.share(rows), device)
-        if config.augment:
-            x, y = augment(x, y, config.spec, run.generator, part=(rank, world))
+        batch = np.sort(rows[order[step * batch_size:(step + 1) * batch_size]])
+        x, y = cache.batch(distributed.share(batch), device)
+        if augment_spec is not None:
+            x, y = augment(x, y, augment_spec, generator, part=(rank, world))
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, config):
-            loss = loss_fn(run.model(x), y, config)
-        run.optimizer.zero_grad(set_to_none=True)
+        with autocast(device, mixed_precision):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        run.optimizer.step()
+        optimizer.step()
         total += loss.detach().double() * len(x)
         seen += len(x)
         if not bar.disable and step % 10 == 0:  # reading the loss waits for the device
             bar.set_postfix(loss=f"{total.item() / seen:.4f}")
-    run.elapsed += time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     total, seen = distributed.total([total.item(), seen], device)
-    return (total / seen if seen else None), out_of_time
+    return (total / seen if seen else None), out_of_time, seconds
 
 
 @torch.no_grad()
-def evaluate(model, cache: InputCache, rows: np.ndarray, config: TrainConfig,
-             device, batch_size: int = 64) -> tuple[float, float]:
-    """Mean loss and mean per-image dice of `model` on cache rows.
+def evaluate(model, criterion: Callable, cache: InputCache, rows: np.ndarray, device,
+             mixed_precision: bool = True, batch_size: int = 64) -> tuple[float, float]:
+    """Mean loss (`criterion(logits, targets)`) and mean per-image dice of `model` on cache rows.
 
     Under torchrun each process scores every n-th row and the sums are added
     up: every process gets the figures one process would compute on all rows.
@@ -230,9 +225,9 @@ def evaluate(model, cache: InputCache, rows: np.ndarray, config: TrainConfig,
         x, y = cache.batch(rows[start:start + batch_size], device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, config):
+        with autocast(device, mixed_precision):
             logits = model(x)
-        loss_sum += loss_fn(logits, y, config).double() * len(x)
+        loss_sum += criterion(logits, y).double() * len(x)
         dice_sum += batch_dice(logits > 0, y > 0.5).sum()
     loss_sum, dice_sum, count = distributed.total([loss_sum.item(), dice_sum.item(), len(rows)], device)
     if not count:
@@ -280,39 +275,44 @@ def _resume(run: Run, last: Path) -> None:
                          f"train into a new folder, or delete it to start afresh") from None
 
 
-def held_out(cars: list[str], config: TrainConfig) -> tuple[list[str], list[str]]:
-    """(training cars, validation cars): `config.val_cars` where given, else a split by car."""
-    if config.val_cars is None:
-        return split_by_car(cars, config.val_fraction, config.seed)
-    val = set(config.val_cars)
+def held_out(cars: list[str], val_cars: list[str] | None, val_fraction: float,
+             seed: int) -> tuple[list[str], list[str]]:
+    """(training cars, validation cars): `val_cars` where given, else a split by car."""
+    if val_cars is None:
+        return split_by_car(cars, val_fraction, seed)
+    val = set(val_cars)
     return sorted(set(cars) - val), sorted(set(cars) & val)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.0,
+            edge_weight: float = 0.0) -> torch.Tensor:
+    """BCE, with `edge_weight` more on pixels near the car's edge, plus
+    `dice_weight` times the soft-dice loss."""
     weight = None
-    if config.edge_weight > 0:
+    if edge_weight > 0:
         # Pixels whose 7x7 neighbourhood holds both car and background are edge pixels.
         local = F.avg_pool2d(target, 7, stride=1, padding=3)
-        weight = 1 + config.edge_weight * ((local > 0.01) & (local < 0.99)).float()
+        weight = 1 + edge_weight * ((local > 0.01) & (local < 0.99)).float()
     loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight=weight)
-    if config.dice_weight > 0:
+    if dice_weight > 0:
         probs = torch.sigmoid(logits.float())
         inter = (probs * target).sum((1, 2, 3))
         soft_dice = (2 * inter + 1) / (probs.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
-        loss = loss + config.dice_weight * (1 - soft_dice).mean()
+        loss = loss + dice_weight * (1 - soft_dice).mean()
     return loss
 
 
-def learning_rate(config: TrainConfig, progress: float) -> float:
-    """Constant (the seed), or a short warm-up then cosine decay over `progress` in [0, 1]."""
-    if config.schedule == "constant":
-        return config.lr
+def learning_rate(lr: float, schedule: str, progress: float) -> float:
+    """`lr` constant (`schedule` "constant", the seed's), or ("cosine") a short
+    warm-up then cosine decay over `progress` in [0, 1]."""
+    if schedule == "constant":
+        return lr
     warmup = 0.05
     if progress < warmup:
-        return config.lr * (0.1 + 0.9 * progress / warmup)
-    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup)))))
+        return lr * (0.1 + 0.9 * progress / warmup)
+    return lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup)))))
 
 
-def autocast(device, config: TrainConfig):
-    enabled = device.type == "cuda" and config.mixed_precision
+def autocast(device, mixed_precision: bool):
+    enabled = device.type == "cuda" and mixed_precision
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

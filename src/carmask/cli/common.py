@@ -8,11 +8,10 @@ Every verb should:
   the verb allows it), and write inside `writing(...)`, which turns an OSError
   into a sentence;
 - talk on stderr through `info` (hidden by --quiet), `detail` (shown by
-  --verbose) and `fail` (always), which never glue onto a progress bar, and
-  show progress with `progress` (a bar on a terminal only);
-- say each prediction's warning once per car (`PredictionWarnings`);
-- end with a summary that counts what it wrote, kept and skipped
-  (`skipped_summary` groups the skips by kind);
+  --verbose) and `fail` (always), which never glue onto a progress bar;
+- if it predicts, go over its outcomes with `cli.loop.Run` (the progress bar,
+  notes once per car, skips counted by kind, the speed, the exit status),
+  and say itself what it wrote and kept;
 - exit 0 when done, 1 when some inputs were skipped (each named), 2 on a usage
   or input error (`InputError`, click's UsageError), 128 + the signal's number
   when stopped by Ctrl-C, SIGTERM or SIGHUP (130, 143, 129): `EXIT_STATUS`,
@@ -24,12 +23,10 @@ Every verb should:
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import tempfile
 import threading
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -37,7 +34,7 @@ from typing import NoReturn
 import click
 
 from carmask import __version__
-from carmask.io import parse_size
+from carmask.inputs.spec import MIN_VIEWS
 
 EXIT_STATUS = """\b
 Exit status:
@@ -227,52 +224,6 @@ def progress(total: int, desc: str, unit: str = "photo"):
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not shown, dynamic_ncols=True)
 
 
-def skipped_summary(errors: list[str], what: str = "photo") -> str:
-    """'3 photo(s) skipped: 2 not a readable image, 1 ...' (skips grouped by kind)."""
-    kinds = Counter(_kind(error) for error in errors)
-    return f"{len(errors)} {what}(s) skipped: " + ", ".join(f"{n} {kind}" for kind, n in sorted(
-        kinds.items(), key=lambda item: (-item[1], item[0])))
-
-
-def _kind(error: str) -> str:
-    """The reason of 'path: reason (details), more' without the path and details."""
-    return re.split(r" \(|, |: ", error.split(": ", 1)[-1], maxsplit=1)[0]
-
-
-def some(names, shown: int = 5) -> str:
-    """'a, b, c, d, e, ... 3 more'."""
-    names = list(names)
-    return ", ".join(names[:shown]) + (f", ... {len(names) - shown} more" if len(names) > shown else "")
-
-
-class PredictionWarnings:
-    """Each `Prediction.warning` said once per car (the predictor puts the same
-    sentence on every photo it concerns), and counted by car for the summary,
-    grouped by what was done ('predicted photo by photo', ...: the sentence's
-    last clause)."""
-
-    def __init__(self):
-        self._said: set[tuple] = set()
-        self.cars: dict[str, dict[tuple, str]] = {}  # what was done -> {car: its name}
-
-    def add(self, prediction) -> None:
-        if not prediction.warning:
-            return
-        from carmask.io import parse_view_name
-        path = Path(prediction.path)
-        car = (path.parent, (parse_view_name(path) or (path.name,))[0])
-        if (car, prediction.warning) not in self._said:
-            self._said.add((car, prediction.warning))
-            warn(prediction.warning)
-        done = prediction.warning.rsplit(": ", 1)[-1]
-        self.cars.setdefault(done, {})[car] = car[1]
-
-    def summary(self) -> None:
-        """'3 cars with views predicted photo by photo: a, b, c' for each kind of warning."""
-        for done, cars in self.cars.items():
-            warn(f"{len(cars)} car{'s' if len(cars) > 1 else ''} with views {done}: {some(cars.values())}")
-
-
 # -- inputs and outputs ----------------------------------------------------------
 def find_inputs(inputs, recursive: bool = False) -> list[Path]:
     """The photos named on the command line: files, folders and globs (`-r`: in
@@ -299,14 +250,7 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
         raise InputError(f"{path} names a folder (it ends with {str(path)[-1]}); name the file to write")
     path = Path(path)
     if path.exists():
-        if not (path.is_dir() or path.is_file()):  # a device, a pipe: replacing it would break the system
-            raise InputError(f"{path} is not a regular file" + ("" if folder else "; name a file to write"))
-        if folder and not path.is_dir():
-            raise InputError(f"{path} is a file, not a folder")
-        if not folder and path.is_dir():
-            raise InputError(f"{path} is a folder; name the file to write")
-        if not overwrite and (not folder or any(path.iterdir())):
-            raise InputError(f"{path} exists; pass --overwrite to replace it")
+        _refuse_existing(path, folder, overwrite)
     where = path if folder and path.is_dir() else path.parent  # an existing folder is written into
     while folder and not where.exists() and where != where.parent:
         where = where.parent
@@ -322,6 +266,17 @@ def check_output(path, *, folder: bool = False, overwrite: bool = False) -> None
             pass
     except OSError as exc:
         raise InputError(f"cannot write in {where}: {exc.strerror or exc}") from None
+
+
+def _refuse_existing(path: Path, folder: bool, overwrite: bool) -> None:
+    if not (path.is_dir() or path.is_file()):  # a device, a pipe: replacing it would break the system
+        raise InputError(f"{path} is not a regular file" + ("" if folder else "; name a file to write"))
+    if folder and not path.is_dir():
+        raise InputError(f"{path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise InputError(f"{path} is a folder; name the file to write")
+    if not overwrite and (not folder or any(path.iterdir())):
+        raise InputError(f"{path} exists; pass --overwrite to replace it")
 
 
 def refuse_replacing_inputs(targets: dict[Path, Path]) -> None:
@@ -364,83 +319,21 @@ def _let_go(stream) -> None:
 def result(text: str) -> None:
     """A result line on stdout; a stdout that cannot take it (a full disk, a
     closed pipe, none: >&-) is a sentence, not a traceback nor silence."""
-    from carmask.io import binary_stdout
+    from carmask.files import binary_stdout
     with writing("-"):
         binary_stdout()  # click.echo says nothing where there is no stdout
         click.echo(text)
         sys.stdout.flush()
 
 
-# -- options and the model ---------------------------------------------------------
-def size_callback(ctx, param, value):
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+@click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]},
+             help=f"""Remove the studio background from car photos.
 
-
-def make_predictor(model, device, batch_size, compile=False, tta=False, **options):
-    from carmask.predict import Predictor
-    try:
-        return Predictor(model, device=device, batch_size=batch_size, compile=compile, tta=tta, **options)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def check_model(model):
-    """Fail early, before any work, on a model that is not there or not whole
-    (a sentence naming it, exit 2)."""
-    from carmask import models
-    try:
-        models.check(model)
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputError(str(exc)) from None
-
-
-def describe_predictor(model, device, tta=False) -> str:
-    """'model seed on cpu' (for --verbose)."""
-    return f"model {model or 'the shipped defaults'} on {device}" + (" with tta" if tta else "")
-
-
-model_option = click.option("--model", help="A tier (accurate, fast), a shipped model (multiview-fast, "
-                                            "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
-                                            "mean their best tier) or a checkpoint path. Default: the most "
-                                            "accurate tier shipped, multi-view for sets of 3+ views.")
-size_option = click.option("--output-size", callback=size_callback, metavar="WxH",
-                           help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
-device_option = click.option("--device", default="auto", show_default=True,
-                             type=click.Choice(["auto", "cpu", "cuda"]),
-                             help="Where the model runs: auto (a CUDA GPU where there is one, else the CPU), "
-                                  "cpu or cuda.")
-batch_option = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
-                            help="Photos per model batch.")
-tta_option = click.option("--tta", is_flag=True,
-                          help="Also predict each photo mirrored and average: twice the model work.")
-recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
-sets_option = click.option(
-    "--sets", default="auto", show_default=True, type=click.Choice(["auto", "always", "never"]),
-    help="How photos named <car>_<NN> are grouped. auto: a car's views are predicted as a set (with its "
-         "median background) only when they share a studio: at least 3 readable views of one size, each "
-         "differing from their median background over at most 45% of the frame (the car and its "
-         "shadow) and at least 1% (not copies of one photo); other views are predicted photo by photo, with a warning naming them. This tells "
-         "studios apart, not cars: photos of different cars shot in one studio and named as one car's "
-         "views pass it (use never). always: trust the names. never: every photo alone.")
-
-
-
-def prediction_options(command):
-    """The options of every verb that predicts: model, tta, sets, device, batch size."""
-    for option in (batch_option, device_option, sets_option, tta_option, model_option):
-        command = option(command)
-    return command
-
-@click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]})
+    Photos named <car>_<NN>.jpg (Kaggle Carvana layout) are grouped by car:
+    a set of at least {MIN_VIEWS} views that share a studio is predicted with the car's
+    median background, other photos one by one (--sets).
+    """)
 @click.version_option(__version__, prog_name="carmask")
 @verbosity_options
 def main():
-    """Remove the studio background from car photos.
-
-    Photos named <car>_<NN>.jpg (Kaggle Carvana layout) are grouped by car:
-    a set of at least 3 views that share a studio is predicted with the car's
-    median background, other photos one by one (--sets).
-    """
+    """The command group: `carmask VERB ...` (its help is built above, from MIN_VIEWS)."""

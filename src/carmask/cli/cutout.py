@@ -2,28 +2,43 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import click
 
 from carmask import __version__
-from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
-                                describe_predictor, detail, fail, find_inputs, info, main, make_predictor,
-                                prediction_options, progress, recursive_option, refuse_replacing_inputs, shown,
-                                skipped_summary, some, verbosity_options, writing)
+from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, main,
+                                refuse_replacing_inputs, shown, verbosity_options, writing)
+from carmask.cli.loop import Run
+from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+                                 recursive_option)
+from carmask.cli.outcomes import Skips, some
+from carmask.inputs.spec import MIN_VIEWS
+from carmask.io import WRITTEN_SUFFIXES
+from carmask.outcomes import ImageError, Problem
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SOFTWARE_TAG, SOFTWARE = 0x0131, f"carmask {__version__}"  # EXIF Software, on every cut-out
 # Errors of the output's place, not of one cut-out: the run stops at the first.
 PLACE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
-@main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.")
+HELP = f"""Cut cars out of photos: files, folders or globs (INPUTS), or - for
+    one photo on standard input.
+
+    Photos named <car>_<NN>.jpg that form a set of at least {MIN_VIEWS} views are cut
+    out with the multi-view model; other photos one by one. Outputs are
+    <name>.png (<name>.jpg over a colour or an image, <name>_mask.png for
+    masks), in the sub-folders the photos have below their common folder;
+    two inputs that would still share a name get distinct ones; existing
+    outputs are kept unless --overwrite. Cut-outs carry carmask's mark (EXIF
+    Software), which tells a rerun an earlier cut-out from a photo.
+    """
+
+
+@main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.", help=HELP)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True,
               help="Output folder, an image file name for a single input, or - for standard output.")
@@ -37,19 +52,8 @@ PLACE_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: keep them).")
 @verbosity_options
 def cutout(inputs, output, background, refine, sets, recursive, tta, model, device, batch_size, overwrite):
-    """Cut cars out of photos: files, folders or globs (INPUTS), or - for
-    one photo on standard input.
-
-    Photos named <car>_<NN>.jpg that form a set of at least 3 views are cut
-    out with the multi-view model; other photos one by one. Outputs are
-    <name>.png (<name>.jpg over a colour or an image, <name>_mask.png for
-    masks), in the sub-folders the photos have below their common folder;
-    two inputs that would still share a name get distinct ones; existing
-    outputs are kept unless --overwrite. Cut-outs carry carmask's mark (EXIF
-    Software), which tells a rerun an earlier cut-out from a photo.
-    """
+    """`carmask cutout` (its help: HELP, built from MIN_VIEWS)."""
     from carmask.cutout import parse_background
-    from carmask.io import ImageError
 
     try:
         back = parse_background(background)
@@ -69,19 +73,13 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
-    warnings, start = PredictionWarnings(), time.perf_counter()
-    with progress(len(todo), "cutting out") as bar:
-        results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
-                   if r.path in todo)  # the others: views kept from an earlier run, for their set's background
-        written, raced, skipped = _write_all(results, targets, to_stdout, overwrite, warnings, bar)
-    info(summary(written, len(photos) - len(todo) + raced, "standard output" if to_stdout else output))
-    seconds = time.perf_counter() - start
-    detail(f"{len(todo)} photo{'s' * (len(todo) != 1)} in {seconds:.1f} s ({len(todo) / max(seconds, 1e-9):.1f} "
-           "photos/s)")
-    warnings.summary()
-    if skipped:
-        fail(skipped_summary(skipped))
-        sys.exit(1)
+    run, write = Run("cutting out"), _Writer(targets, to_stdout, overwrite)
+    results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
+               if r.path in todo)  # the others: views kept from an earlier run, for their set's background
+    run.over(results, len(todo), lambda cut: write(cut, run.skips))
+    info(summary(write.written, len(photos) - len(todo) + write.raced,
+                 "standard output" if to_stdout else output))
+    run.end()
 
 
 def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
@@ -112,36 +110,34 @@ def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
     return single_file
 
 
-def _write_all(results, targets, to_stdout: bool, overwrite: bool, warnings, bar) -> tuple[int, int, list[str]]:
-    """Each cut-out to its target: how many were written, how many another run
-    wrote meanwhile (kept), and the photos skipped. A stdout or a disk that
-    cannot take any more ends the run (exit 2); the cut-outs written stay."""
-    written, raced, skipped = 0, 0, []
-    for result in results:
-        bar.update()
-        warnings.add(result)
-        if result.error:
-            skipped.append(str(result.error))
-            fail(f"skipped {result.error}")
-            continue
-        if to_stdout:
+class _Writer:
+    """Each cut-out to its target, counting those written and those another
+    run wrote meanwhile (`raced`: kept); one that cannot be written is a skip.
+    A stdout or a disk that cannot take any more ends the run (exit 2); the
+    cut-outs written stay."""
+
+    def __init__(self, targets: dict[Path, Path], to_stdout: bool, overwrite: bool):
+        self.targets, self.to_stdout, self.overwrite = targets, to_stdout, overwrite
+        self.written = self.raced = 0
+
+    def __call__(self, cut, skips: Skips) -> None:
+        if self.to_stdout:
             with writing("-"):
-                _write_stdout(result.image)
-            written += 1
-            continue
-        target = targets[result.path]
+                _write_stdout(cut.image)
+            self.written += 1
+            return
+        target = self.targets[cut.path]
         try:
-            _save(target, result.image, replace=overwrite)
-            written += 1
+            _save(target, cut.image, replace=self.overwrite)
+            self.written += 1
         except FileExistsError:  # another run wrote it meanwhile: kept, as one there before
-            raced += 1
+            self.raced += 1
         except OSError as exc:
             if exc.errno in PLACE_FAILED:  # every next cut-out would fail the same way
-                raise InputError(f"{cannot_write(exc, target)}; the {written} cut-out(s) written are kept: "
+                raise InputError(f"{cannot_write(exc, target)}; the {self.written} cut-out(s) written are kept: "
                                  f"run the same command again to continue") from None
-            skipped.append(f"{result.path}: not written ({exc.strerror or exc})")
-            fail(f"skipped {result.path}: cannot write {target} ({exc.strerror or exc})")
-    return written, raced, skipped
+            skips.add(ImageError(cut.path, f"not written ({exc.strerror or exc})", Problem.NOT_WRITTEN),
+                      said=f"{cut.path}: cannot write {target} ({exc.strerror or exc})")
 
 
 def _is_terminal(stream) -> bool:
@@ -150,7 +146,7 @@ def _is_terminal(stream) -> bool:
 
 def _remove_stale_temporaries(folders) -> None:
     """Temporary files that a killed run (SIGKILL) left where this one writes."""
-    from carmask.io import remove_stale_temporaries
+    from carmask.files import remove_stale_temporaries
     for folder in sorted(folders):
         removed = remove_stale_temporaries(folder)
         if removed:
@@ -160,7 +156,7 @@ def _remove_stale_temporaries(folders) -> None:
 def _cutouts(photos, todo, stdin, predictor, back, refine):
     """Every cut-out of the sets that hold a photo to do, streamed."""
     from carmask.cutout import remove_set, remove_sets
-    from carmask.io import group_by_car
+    from carmask.kaggle import group_by_car
     if stdin:
         return remove_set([("-", click.get_binary_stream("stdin").read())], predictor, back, refine=refine)
     sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
@@ -169,15 +165,15 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
 
 def _names_image(output: str) -> bool:
     """-o names one image file (out.png), not a folder (out/, out.png/)."""
-    return Path(output).suffix.lower() in IMAGE_SUFFIXES and not output.endswith(("/", os.sep))
+    return Path(output).suffix.lower() in WRITTEN_SUFFIXES and not output.endswith(("/", os.sep))
 
 
 def _check_image_suffix(output: str) -> None:
     """-o out.gif (or .tif, .bmp) named an image that cutout does not write: it became a folder of that name."""
     from PIL import Image
     suffix = "" if output.endswith(("/", os.sep)) else Path(output).suffix.lower()
-    if suffix in Image.registered_extensions() and suffix not in IMAGE_SUFFIXES and not Path(output).is_dir():
-        raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(IMAGE_SUFFIXES)}; name such a "
+    if suffix in Image.registered_extensions() and suffix not in WRITTEN_SUFFIXES and not Path(output).is_dir():
+        raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(WRITTEN_SUFFIXES)}; name such a "
                                  f"file, or a folder", param_hint="-o")
 
 
@@ -263,11 +259,9 @@ def _made_here(path: Path) -> bool:
 
 
 def _write_stdout(image) -> None:
-    from PIL import Image
-
-    from carmask.io import binary_stdout, write_all
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", exif=_mark())
+    from carmask.files import binary_stdout, write_all
+    from carmask.io import image_bytes
+    data = image_bytes(image, "png", exif=_mark())
     stream = binary_stdout()
-    write_all(stream, buffer.getbuffer())
+    write_all(stream, data)
     stream.flush()

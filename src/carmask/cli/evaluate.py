@@ -6,9 +6,12 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, check_model, check_output, describe_predictor,
-                                detail, fail, info, main, make_predictor, prediction_options, progress, result,
-                                size_callback, size_option, skipped_summary, some, verbosity_options, writing)
+from carmask.cli.common import (InputError, check_output, detail, fail, info, main, result, verbosity_options,
+                                writing)
+from carmask.cli.loop import Run
+from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+                                 size_callback, size_option)
+from carmask.cli.outcomes import some
 
 
 @main.command(short_help="Print the mean dice against a dataset's masks.")
@@ -35,8 +38,7 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     only serve their car's background. Each skipped photo or mask is named on
     stderr, and each car not predicted as its names suggest.
     """
-    from carmask.evaluate import evaluate as run_evaluation, resize_loss as measure_resize_loss, scored_sets
-    from carmask.io import mask_path
+    from carmask.evaluate import Scores, scored_sets
 
     if report:
         check_output(report, folder=True, overwrite=overwrite)
@@ -47,45 +49,46 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
         raise InputError(str(exc)) from None
     _check_sets(photo_sets, cars, cars_file, data_dir, masks_dir)
     if resize_loss:
-        mask_files = [mask_path(p, masks_dir) for s in photo_sets for p in s.paths]
-        loss = measure_resize_loss([m for m in mask_files if m.exists()], resize_loss)
-        unreadable = [Path(error.path).name for error in loss["skipped"]]
-        left_out = f" ({len(unreadable)} unreadable left out: {some(unreadable)})" if unreadable else ""
-        if loss["masks"]:
-            result(f"resize loss at {resize_loss[0]}x{resize_loss[1]} over {loss['masks']} masks{left_out}: "
-                   f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
-                   f"{loss['hard']:.5f} resizing hard masks (nearest)")
-        else:
-            fail(f"resize loss: no readable mask{left_out}")
+        _resize_loss(photo_sets, masks_dir, resize_loss)
     check_model(model)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, upright=False)  # the masks' grid
     todo = sum(len(s.paths) for s in photo_sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos of {len(photo_sets)} cars")
-    warned = PredictionWarnings()
-    with progress(todo, "evaluating") as bar:
-        def seen(prediction):
-            bar.update()
-            warned.add(prediction)
-        scores = run_evaluation(predictor, data_dir, masks, output_size, cars, progress=seen)
-    for reason in scores.skipped:
-        fail(f"skipped {reason}")
+    run, scores = Run("evaluating"), Scores()
+
+    def score(prediction) -> None:
+        unusable = scores.add(prediction, masks_dir)  # a mask that cannot be read
+        if unusable:
+            run.skips.add(unusable)
+    run.over(predictor.predict_sets(photo_sets, output_size=output_size), todo, score)
     if scores.dice:
         result(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
     if scores.unscored:
         info(f"{scores.unscored} view(s) without a mask served only the background")
-    warned.summary()
-    if scores.skipped:
-        fail(skipped_summary(scores.skipped))
-    if not scores.dice:
-        fail("no image could be scored")
-        sys.exit(1)
-    if report:
+    status = run.summary(nothing=None if scores.dice else "no image could be scored")
+    if report and scores.dice:
         from carmask.report import write_evaluation_report
         with writing(report):
             written = write_evaluation_report(scores, report)
         info(f"wrote {len(written)} files to {report}: {', '.join(p.name for p in written)}")
-    if scores.skipped:
-        sys.exit(1)
+    if status:
+        sys.exit(status)
+
+
+def _resize_loss(photo_sets, masks_dir, size) -> None:
+    """The dice lost by resizing the sets' masks to `size` and back (stdout)."""
+    from carmask.evaluate import resize_loss
+    from carmask.kaggle import mask_path
+    mask_files = [mask_path(p, masks_dir) for s in photo_sets for p in s.paths]
+    loss = resize_loss([m for m in mask_files if m.exists()], size)
+    unreadable = [Path(error.path).name for error in loss["skipped"]]
+    left_out = f" ({len(unreadable)} unreadable left out: {some(unreadable)})" if unreadable else ""
+    if loss["masks"]:
+        result(f"resize loss at {size[0]}x{size[1]} over {loss['masks']} masks{left_out}: "
+               f"dice {loss['soft']:.5f} resizing probabilities (bilinear), "
+               f"{loss['hard']:.5f} resizing hard masks (nearest)")
+    else:
+        fail(f"resize loss: no readable mask{left_out}")
 
 
 def _cars(cars_file):

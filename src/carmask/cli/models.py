@@ -1,8 +1,9 @@
 """`carmask models`: the shipped models, what each takes, and what it measured."""
 from __future__ import annotations
 
-
 from carmask.cli.common import InputError, main, result, verbosity_options
+from carmask.inputs.spec import MIN_VIEWS
+from carmask.io import MiB
 
 
 def describe_input(spec) -> str:
@@ -20,7 +21,6 @@ def describe_input(spec) -> str:
 def rows() -> list[dict[str, str]]:
     """One row of text per shipped model, for `carmask models` and the README."""
     from carmask import models
-    from carmask.views import MIN_VIEWS
 
     catalog = models.catalog()
     defaults = {models.default_for(MIN_VIEWS): "sets of views", models.default_for(1): "single photos"}
@@ -37,7 +37,7 @@ def rows() -> list[dict[str, str]]:
             "name": name,
             "photos": f"sets of {MIN_VIEWS}+ views" if model.spec.needs_views else "any photo",
             "input": describe_input(model.spec),
-            "size": f"{size / 2**20:.1f} MiB",
+            "size": f"{size / MiB:.1f} MiB",
             "dice 512": number("dice_512", 4),
             "dice 1918": number("dice_1918", 4),
             "CPU s/photo": number("cpu_s_per_photo", 3),
@@ -83,15 +83,12 @@ def _print_table(table: list[dict[str, str]]) -> None:
         result("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
 
 
-@main.command("models", short_help="List the shipped models and their figures.")
-@verbosity_options
-def list_models():
-    """List the shipped models: the photos each takes, its input, size on disk,
+HELP = f"""List the shipped models: the photos each takes, its input, size on disk,
     held-out dice (40 unseen cars at 512x512; at 1918x1280 on the one of them
     with full-size masks) and CPU seconds per 1918x1280 photo (2-core CPU,
     whole predictor: decode to mask).
 
-    Names are <kind>-<tier>: kind multiview (a set of at least 3 views of a
+    Names are <kind>-<tier>: kind multiview (a set of at least {MIN_VIEWS} views of a
     car) or rgb (any photo), tier accurate (best dice, 512x512, slow on a CPU)
     or fast (128x128, for CPU batch work); seed is the write-up's CNN.
     --model takes a name, a kind (its most accurate tier shipped) or a tier
@@ -104,6 +101,12 @@ def list_models():
     and the predictor does not run them yet (docs/RESULTS.md, "Learned edge
     refiner").
     """
+
+
+@main.command("models", short_help="List the shipped models and their figures.", help=HELP)
+@verbosity_options
+def list_models():
+    """`carmask models` (its help: HELP, built from MIN_VIEWS)."""
     try:
         table, refiners = rows(), refiner_rows()
     except (FileNotFoundError, ValueError) as exc:  # a shipped file damaged or missing

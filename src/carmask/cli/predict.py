@@ -1,20 +1,20 @@
 """`carmask predict`: a Kaggle submission CSV for photos."""
 from __future__ import annotations
 
-import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, PredictionWarnings, cannot_write, check_model, check_output,
-                                describe_predictor, detail, fail, find_inputs, info, interrupted, main,
-                                make_predictor, prediction_options, progress, recursive_option,
-                                refuse_replacing_inputs, shown, size_option, skipped_summary, some,
-                                verbosity_options, warn, writing)
-from carmask.io import remove_stale_temporaries
+from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, interrupted,
+                                main, refuse_replacing_inputs, shown, verbosity_options, writing)
+from carmask.cli.loop import Run
+from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+                                 recursive_option, size_option)
+from carmask.cli.outcomes import some
+from carmask.files import remove_stale_temporaries
+from carmask.outcomes import ImageError, Problem
 
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
@@ -67,7 +67,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     else:
         predictor = make_predictor(model, device, batch_size, compile_model, **options)
     from carmask.predict import network_batch
-    try:
+    with predictor:  # either engine: its threads, or the Ray instance it started, end with the run
         # The writer before any work: a refusal (output there, in use, another run's) comes first.
         writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets,
                               device=predictor.device.type,
@@ -84,9 +84,6 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
         except BaseException:
             writer.close()
             raise
-    finally:
-        if engine == "ray":
-            predictor.close()
 
 
 def _how_to_continue(writer, overwrite: bool) -> str | None:
@@ -118,7 +115,7 @@ def _open_writer(output, overwrite, photos, model, **options):
     return writer
 
 
-def _without_row_names(photos: list[Path]) -> dict[Path, str]:
+def _without_row_names(photos: list[Path]) -> dict[Path, Problem]:
     """The photos whose file name a submission row cannot hold, and why: a
     name that is no UTF-8 text (the CSV is), or that holds a line break (a row
     is a line)."""
@@ -127,10 +124,10 @@ def _without_row_names(photos: list[Path]) -> dict[Path, str]:
         try:
             photo.name.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are no UTF-8, as Python decodes file names
-            nameless[photo] = "name not UTF-8 text"
+            nameless[photo] = Problem.NAME_NOT_TEXT
             continue
         if "\n" in photo.name or "\r" in photo.name:
-            nameless[photo] = "name holds a line break"
+            nameless[photo] = Problem.NAME_LINE_BREAK
     return nameless
 
 
@@ -155,47 +152,31 @@ def _ray_predictor(model, device, batch_size, actors, address, **options):
 def _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless):
     """The submission from either engine: rows as they come, resumable, skips
     (`nameless`: photos a row cannot name, and why) and warnings named."""
-    from carmask.io import group_by_car
+    from carmask.kaggle import group_by_car
 
-    skipped = [f"{shown(photo)}: {why}, which a submission row cannot hold (rename the photo)"
-               for photo, why in nameless.items()]
-    for skip in skipped:
-        fail(f"skipped {skip}")
-
+    run = Run("predicting")
+    for photo, why in nameless.items():
+        run.skips.add(ImageError(shown(photo), f"{why.value}, which a submission row cannot hold (rename the photo)",
+                                 why))
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
            f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
-    warned, start = PredictionWarnings(), time.perf_counter()
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
-    with progress(todo, "predicting") as bar:
-        for prediction in predictor.predict_sets(sets, output_size=output_size, encode=True):
-            bar.update()
-            warned.add(prediction)
-            if prediction.error:
-                skipped.append(prediction.error)
-                fail(f"skipped {prediction.error}")
-            elif prediction.path.name not in writer.done:
-                writer.write(prediction.path.name, prediction.runs)
-        writer.flush()
-        if writer.done:
-            writer.finish()
-        else:
-            writer.discard()
-    seconds = time.perf_counter() - start
-    detail(f"{todo} photo{'s' * (todo != 1)} in {seconds:.1f} s ({todo / max(seconds, 1e-9):.1f} photos/s)")
+
+    def write(prediction) -> None:
+        if prediction.path.name not in writer.done:
+            writer.write(prediction.path.name, prediction.runs)
+    run.over(predictor.predict_sets(sets, output_size=output_size, encode=True), todo, write)
+    writer.flush()
     if writer.done:
+        writer.finish()
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
         info(f"wrote {'stdout' if output == '-' else output}: {_rows(len(writer.done))} "
              f"({writer.written} predicted now{kept})")
-    warned.summary()
-    turned.report()
-    if skipped:
-        fail(skipped_summary(skipped))
-    if not writer.done:
-        fail("no photo could be predicted: nothing written")
-    if skipped or not writer.done:
-        sys.exit(1)
+    else:
+        writer.discard()
+    run.end(turned.report(), nothing=None if writer.done else "no photo could be predicted: nothing written")
 
 
 class _TurnedPhotos(threading.Thread):
@@ -210,21 +191,25 @@ class _TurnedPhotos(threading.Thread):
 
     def run(self) -> None:
         from PIL import Image
+
+        from carmask.io import orientation
         for path in self.photos:
             if not path.is_file():  # opening a pipe would wait forever; its prediction names it
                 continue
             try:
                 with Image.open(path) as image:
-                    orientation = image.getexif().get(0x0112, 1)
+                    turn = orientation(image)
             except Exception:  # an unreadable photo is named when it is predicted
                 continue
-            if orientation in range(2, 9):
-                self.turned[path.name] = orientation
+            if turn != 1:
+                self.turned[path.name] = turn
 
-    def report(self) -> None:
+    def report(self) -> str | None:
+        """The warning that names them, if any (when the thread is done)."""
         self.join()
-        if self.turned:
-            named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
-            warn(f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
-                 f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
-                 f"the photos")
+        if not self.turned:
+            return None
+        named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
+        return (f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
+                f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
+                f"the photos")

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, check_model, check_output, default_signals, device_option, info, main,
-                                model_option, size_callback, verbosity_options, writing)
+from carmask.cli.common import InputError, check_output, default_signals, info, main, verbosity_options, writing
+from carmask.cli.options import check_model, device_option, model_option, size_callback
+from carmask.io import MiB
+
+OPSETS = (9, 20)  # the ONNX opset versions torch's exporter writes
 
 
 @main.command(short_help="Serve the HTTP API and the web page.")
@@ -41,7 +44,7 @@ def serve(host, port, model, device, api_key, allow_origin, allow_host, max_uplo
     from carmask.serve import run
     with default_signals():  # uvicorn's: the first drains the requests in flight, a second quits
         run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
-            allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * 2**20), max_concurrency=concurrency)
+            allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * MiB), max_concurrency=concurrency)
 
 
 @main.command(short_help="Write a synthetic turntable dataset.")
@@ -71,8 +74,8 @@ def synth(output, cars, test_cars, views, size, seed, overwrite):
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="ONNX file to write, e.g. model.onnx.")
-@click.option("--opset", default=17, show_default=True, type=click.IntRange(9, 20),
-              help="ONNX opset version (torch's exporter writes 9 to 20).")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(*OPSETS),
+              help=f"ONNX opset version (torch's exporter writes {OPSETS[0]} to {OPSETS[1]}).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @verbosity_options
 def export_onnx(model, output, opset, overwrite):

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (NORMAL, InputError, check_output, detail, device_option, fail, info, interrupted,
-                                main, result, size_callback, skipped_summary, verbosity, verbosity_options, warn)
+from carmask.cli.common import (NORMAL, InputError, check_output, detail, info, interrupted, main, result,
+                                verbosity, verbosity_options, warn)
+from carmask.cli.options import LateHelp, device_option, size_callback
+from carmask.cli.outcomes import Skips
 
 # What a run writes in its folder (the input cache, kept by --overwrite, is keyed by its content).
 RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json")
@@ -16,12 +18,10 @@ RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "spli
 @main.command(short_help="Train a model (a recipe) on a Kaggle-layout dataset.")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", "run_dir", required=True, type=click.Path(path_type=Path),
-              help="Run folder (created): checkpoints, metrics.csv, curve.png, split.json.")
-@click.option("--recipe", default="seed", show_default=True, metavar="NAME",
-              help="The settings that trained a shipped model (carmask.recipes): seed, rgb-fast, "
-                   "multiview-fast, rgb-accurate, multiview-accurate; multiview-uncropped (ablation); "
-                   "edge-refiner (a learned edge refiner on top of the fast models, CPU). "
-                   "The options below change single fields.")
+              help=f"Run folder (created): {', '.join(RUN_FILES)}.")
+@click.option("--recipe", default="seed", show_default=True, metavar="NAME", cls=LateHelp,
+              late_help=lambda: f"The settings that trained a model (carmask.recipes): {', '.join(_recipes())}. "
+                                "The options below change single fields.")
 @click.option("--arch", type=click.Choice(["seed", "unet"]), help="Network architecture.")
 @click.option("--width", type=click.IntRange(min=1), help="U-Net channels at full resolution.")
 @click.option("--depth", type=click.IntRange(min=1), help="U-Net downsamplings.")
@@ -41,9 +41,10 @@ RUN_FILES = ("best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "spli
               help="Weight of the soft-dice loss beside BCE (0: BCE only).")
 @click.option("--edge-weight", type=click.FloatRange(min=0), help="Extra BCE weight on pixels near the car's edge.")
 @click.option("--augment/--no-augment", default=None, help="Flips, shift/scale/rotation, colour jitter.")
-@click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True),
-              help="Share of cars held out (default 0.15).")
-@click.option("--seed", type=int, help="Random seed: split, initialisation, order (default 0).")
+@click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True), cls=LateHelp,
+              late_help=lambda: f"Share of cars held out (default {_recipes()['seed'].val_fraction}).")
+@click.option("--seed", type=int, cls=LateHelp,
+              late_help=lambda: f"Random seed: split, initialisation, order (default {_recipes()['seed'].seed}).")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the prepared-input cache (default: RUN_DIR/cache).")
 @click.option("--workers", type=click.IntRange(min=1),
@@ -72,14 +73,13 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
     from carmask.data import discover
     from carmask.recipes import recipe as make_recipe
     from carmask.train import train as run_training
-    from carmask.train_refiner import RefinerConfig
+    from carmask.train_config import RefinerConfig
 
     try:
         config = make_recipe(recipe, channels=tuple(inputs.split(",")) if inputs else None, **fields)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    refiner = isinstance(config, RefinerConfig)
-    if refiner:  # an edge refiner on top of a coarse model: a loop of its own
+    if isinstance(config, RefinerConfig):  # an edge refiner on top of a coarse model: a loop of its own
         from carmask.train_refiner import train as run_training
     if resume and overwrite:
         raise click.UsageError("--resume continues a run and --overwrite starts afresh: pass one")
@@ -89,32 +89,14 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         raise InputError(str(exc)) from None
     main_process = distributed.is_main()  # under torchrun, rank 0 checks, clears and reports
     if main_process:
-        from carmask.cli.models import describe_input
-        from carmask.devices import pick_device
         _check_run_dir(run_dir, resume, overwrite)
         if cache:
             check_output(cache, folder=True, overwrite=True)
-        info(f"training recipe {recipe} on the {len(cars)} car{'s' * (len(cars) != 1)} of {data_dir}, "
-             f"into {run_dir}")
-        if len(cars) < 2 and not config.val_cars:
-            warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
-                 "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
-        if refiner:
-            on = " and ".join(f"{model} (studio from the {studio})" for model, studio in config.sources)
-            detail(f"recipe {recipe}: edge refiner on {on}; {len(cars)} cars in {data_dir}; on cpu")
-        else:
-            options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
-            detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
-                   f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
-    skipped = []
-
-    def skip(reason: str) -> None:  # said at once, counted at the end
-        skipped.append(reason)
-        fail(f"skipped {reason}")
-
+        _say_what_trains(recipe, config, cars, data_dir, run_dir, device)
+    skipped = Skips()  # each said at once, counted at the end
     try:
         best = run_training(data_dir, run_dir, config, device=device, resume=resume, cache_dir=cache,
-                            workers=workers, progress=verbosity() >= NORMAL, skipped=skip)
+                            workers=workers, progress=verbosity() >= NORMAL, skipped=skipped.add)
     except (FileNotFoundError, ValueError) as exc:
         raise InputError(str(exc)) from None
     except KeyboardInterrupt as exc:
@@ -123,8 +105,31 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
         return
     result(f"best model: {best}")
     if skipped:
-        fail(skipped_summary(skipped))
+        skipped.summary()
         sys.exit(1)
+
+
+def _recipes() -> dict:
+    """The recipe table (carmask.recipes, which loads torch: read when --help is shown)."""
+    from carmask.recipes import RECIPES
+    return RECIPES
+
+
+def _say_what_trains(recipe: str, config, cars: list, data_dir: Path, run_dir: Path, device: str) -> None:
+    from carmask.cli.models import describe_input
+    from carmask.devices import pick_device
+    info(f"training recipe {recipe} on the {len(cars)} car{'s' * (len(cars) != 1)} of {data_dir}, "
+         f"into {run_dir}")
+    if len(cars) < 2 and not config.val_cars:
+        warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
+             "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
+    if hasattr(config, "sources"):  # a RefinerConfig
+        on = " and ".join(f"{model} (studio from the {studio})" for model, studio in config.sources)
+        detail(f"recipe {recipe}: edge refiner on {on}; {len(cars)} cars in {data_dir}; on cpu")
+        return
+    options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
+    detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
+           f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from carmask.io import atomic_write
-from carmask.views import MIN_VIEWS, _median, backgrounds, resize_image, resize_map
+from carmask.files import atomic_write
+from carmask.inputs.background import backgrounds, median
+from carmask.inputs.resize import resize_image, resize_map
+from carmask.inputs.spec import MIN_VIEWS
 
 FORMAT = "carmask-refiner-1"
 SIZE = (512, 512)  # (width, height): the size the refiners are trained at
@@ -259,7 +261,7 @@ def set_studios(photos: torch.Tensor, counts: Sequence[int], coarse: torch.Tenso
             # views that show the car are set alternately to 0 and 255: the median of all
             # is then that of the others (within one rank), by the uint8 sorting network
             filler = (hidden.cumsum(0, dtype=torch.int16) % 2 == 0).to(torch.uint8).mul_(255)
-            masked = _median(list(torch.where(hidden, filler, views).unbind(0)))
+            masked = median(list(torch.where(hidden, filler, views).unbind(0)))
             enough = (~hidden[:, :1]).sum(0, dtype=torch.int16) >= MIN_VIEWS
             median = torch.where(enough, masked, median[0])[None]
         out[start:start + count] = median

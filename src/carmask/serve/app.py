@@ -6,12 +6,12 @@ import os
 from fastapi import FastAPI
 
 from carmask import __version__
+from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
 from carmask.predict import Predictor
 from carmask.serve import errors, pages, removebg_endpoint, routes
 from carmask.serve.guard import BODY_TIMEOUT, Guard, origin
 from carmask.serve.limits import Admission
 from carmask.serve.service import DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PIXELS_AT_ONCE, DEFAULT_REQUEST_PIXELS, Service
-from carmask.views import MIN_VIEWS, NotEnoughViews
 
 EXPOSED_HEADERS = ["Content-Disposition", "X-Carmask-Warning", "X-Carmask-Cutouts", "X-Carmask-Skipped",
                    "X-Width", "X-Height", "X-Type", "X-Credits-Charged", "X-Foreground-Top", "X-Foreground-Left",

@@ -7,7 +7,8 @@ come from the error's type, never from its text.
     error_response          the endpoint's shape: remove.bg's {"errors": [{"title", "code"}]}
                             under /v1.0/, else {"detail"}
     install(app)            the handlers: refusals and the framework's own errors, unreadable
-                            photos (`ImageError`), validation, bugs
+                            photos (`ImageError`: status and code by its kind, `IMAGE_ANSWERS`),
+                            validation, bugs
 """
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from carmask.io import ImageError
-from carmask.views import NotEnoughViews
+from carmask.outcomes import ImageError, Problem
 
 # remove.bg's codes by status, for HTTP errors that carry no code of their own (the framework's)
 CODES = {403: "forbidden", 408: "timeout", 413: "file_too_large", 415: "invalid_file_type"}
+
+
+# A photo that cannot be used, by its kind: (status, remove.bg's status and code); IMAGE_ANSWER otherwise.
+IMAGE_ANSWER = (422, 400, "invalid_image")
+IMAGE_ANSWERS = {Problem.TOO_FEW_VIEWS: (422, 400, "unknown_foreground")}  # the model needs more views of the car
 
 
 class Refusal(HTTPException):
@@ -104,12 +109,13 @@ def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 def _image_error(request: Request, exc: ImageError) -> JSONResponse:
     """A photo that cannot be read or cut out, named: 422; for remove.bg's clients 400,
-    `unknown_foreground` when the model needs more views of the car, else `invalid_image`."""
+    `unknown_foreground` when the model needs more views of the car, else `invalid_image`
+    (by the error's kind: `IMAGE_ANSWERS`)."""
     path = request.url.path
+    status, removebg_status, code = IMAGE_ANSWERS.get(exc.kind, IMAGE_ANSWER)
     if not removebg_path(path):
-        return error_response(path, 422, str(exc))
-    code = "unknown_foreground" if isinstance(exc.__cause__, NotEnoughViews) else "invalid_image"
-    return error_response(path, 400, str(exc), code)
+        return error_response(path, status, str(exc))
+    return error_response(path, removebg_status, str(exc), code)
 
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:

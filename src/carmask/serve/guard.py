@@ -22,7 +22,8 @@ import time
 from urllib.parse import urlsplit
 
 from carmask.serve.errors import Forbidden, Refusal, Timeout, TooLarge, WrongKey, error_response, removebg_path
-from carmask.serve.limits import MULTIPART_SLACK, MiB
+from carmask.io import MiB
+from carmask.serve.limits import MULTIPART_SLACK
 
 DRAIN_BYTES = 256 * MiB               # an oversized body is read and dropped up to this, then answered
 BODY_TIMEOUT = 60.0                   # seconds for a client to send a request's body

@@ -1,23 +1,22 @@
-"""Image formats at the service's edge: the only decoders a client's bytes meet, and the answers' encoder.
+"""Image formats at the service's edge: the only decoders a client's bytes meet.
 
     open_photo(data, label)   JPEG, PNG, WebP, TIFF or BMP opened (header read, nothing decoded)
-    encode(array, fmt)        PNG, JPEG or WebP bytes
+
+The answers are written by carmask's one encoder, `io.image_bytes`.
 """
 from __future__ import annotations
 
 import io
 import warnings
 
-import numpy as np
 from PIL import Image
 
-from carmask.io import ImageError
+from carmask.outcomes import ImageError, Problem
 from carmask.serve.errors import TooLarge
 
 # The only decoders a client's bytes reach: never EPS/PS (Pillow would run Ghostscript), nor any other.
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP")
-MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
-PNG_COMPRESS_LEVEL = 1  # fast; the photo's noise dominates the size anyway
+MEDIA = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}  # the answers' types, by format
 
 
 def open_photo(data: bytes, label: str) -> Image.Image:
@@ -30,17 +29,5 @@ def open_photo(data: bytes, label: str) -> Image.Image:
     except Image.DecompressionBombError:
         raise TooLarge(f"{label}: image has too many pixels") from None
     except Exception:  # noqa: BLE001 - whatever Pillow raises for what is no photo of these formats
-        raise ImageError(label, "not a readable JPEG, PNG, WebP, TIFF or BMP image") from None
+        raise ImageError(label, "not a readable JPEG, PNG, WebP, TIFF or BMP image", Problem.UNREADABLE) from None
 
-
-def encode(array: np.ndarray, fmt: str = "png") -> bytes:
-    """An answer's image: `fmt` png, jpg (no alpha: RGB or L) or webp."""
-    buffer = io.BytesIO()
-    with Image.fromarray(array) as image:
-        if fmt == "png":
-            image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        elif fmt == "webp":
-            image.save(buffer, format="WEBP", quality=90)
-        else:
-            image.convert(image.mode if image.mode in ("L", "RGB") else "RGB").save(buffer, format="JPEG", quality=92)
-    return buffer.getvalue()

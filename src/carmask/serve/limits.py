@@ -3,7 +3,7 @@
     Admission       a few requests at work (`job()`), a fixed number of decoded pixels (`pixels(n)`)
     trim_memory     what runs once the server is idle: freed memory back to the system
     server_malloc   glibc set for a long-lived server (`carmask serve`)
-    MiB, MULTIPART_SLACK
+    MULTIPART_SLACK
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Callable
 
 from PIL import Image
 
-MiB = 1024 * 1024
+from carmask.io import MiB
+
 MULTIPART_SLACK = 64 * 1024  # room for a request's multipart headers and form fields beside its upload
 IDLE_SECONDS = 1.0  # after the last job: the answers just made are sent and freed meanwhile
 

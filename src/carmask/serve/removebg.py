@@ -21,7 +21,8 @@ from PIL import Image, ImageColor
 
 from carmask.cutout import compose
 from carmask.serve.errors import RemoveBgError
-from carmask.serve.images import MEDIA, encode
+from carmask.io import image_bytes
+from carmask.serve.images import MEDIA
 
 WHITE = (255, 255, 255)   # remove.bg's JPEG background when none is given
 FOREGROUND_ALPHA = 32     # alpha counted in the car's box (X-Foreground-*): not a faint haze
@@ -291,15 +292,15 @@ def render(rgba: np.ndarray, background: np.ndarray | None, options: Options) ->
     if options.format == "zip":  # remove.bg's zip: the colour image and the matte, to combine later
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-            archive.writestr("color.jpg", encode(_over(rgba, background, options.bg_color, flat=True), "jpg"))
-            archive.writestr("alpha.png", encode(alpha, "png"))
+            archive.writestr("color.jpg", image_bytes(_over(rgba, background, options.bg_color, flat=True), "jpg"))
+            archive.writestr("alpha.png", image_bytes(alpha, "png"))
         return buffer.getvalue(), "application/zip"
     if options.channels == "alpha":  # the matte alone, in the format asked for
         fmt = "png" if options.format == "auto" else options.format
-        return encode(alpha, fmt), MEDIA[fmt]
+        return image_bytes(alpha, fmt), MEDIA[fmt]
     opaque = background is not None or (options.bg_color is not None and options.bg_color[3] == 255)
     fmt = ("jpg" if opaque else "png") if options.format == "auto" else options.format
-    return encode(_over(rgba, background, options.bg_color, flat=fmt == "jpg"), fmt), MEDIA[fmt]
+    return image_bytes(_over(rgba, background, options.bg_color, flat=fmt == "jpg"), fmt), MEDIA[fmt]
 
 
 def _over(rgba: np.ndarray, background: np.ndarray | None, colour, flat: bool) -> np.ndarray:

@@ -2,6 +2,7 @@
 /api/cutout-set (views of cars -> zip of PNGs). Each is a thin shell over `Service.cut`."""
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 import zipfile
@@ -14,13 +15,13 @@ from fastapi.responses import Response, StreamingResponse
 from carmask import __version__
 from carmask import io as cio
 from carmask.cutout import Cutout
-from carmask.io import group_by_car
+from carmask.inputs.spec import MIN_VIEWS
+from carmask.io import MiB, image_bytes
+from carmask.kaggle import group_by_car
+from carmask.outcomes import ImageError, Note
 from carmask.serve.errors import BadRequest, Unprocessable
-from carmask.serve.images import encode
-from carmask.serve.limits import MiB
 from carmask.serve.service import Service, service
 from carmask.serve.uploads import Budget, background_of, check_type, collect, decoded, read_image, stem
-from carmask.views import MIN_VIEWS
 
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The cut-out as a PNG: RGBA (transparent), "
                                                             "L (mask) or RGB (over a colour or image)."}
@@ -78,7 +79,7 @@ def cutout(request: Request,
             [result] = state.cut([(photo.label, photo.image)], decoded(back))
             if result.error:
                 raise result.error
-            body = encode(result.image)
+            body = image_bytes(result.image)
     return Response(body, media_type="image/png", headers={
         "Content-Disposition": disposition("inline", f"{stem(photo.label)}.png"), **warning_header(result)})
 
@@ -89,7 +90,11 @@ def cutout(request: Request,
                               "description": "A zip of `<stem>.png` (`<stem>_mask.png` for masks), plus "
                                              "`errors.txt` naming every skipped file and why, and "
                                              "`warnings.txt` saying how some were cut out (e.g. taken out "
-                                             "of a set whose views do not share a studio)."}, **ERRORS},
+                                             "of a set whose views do not share a studio), and "
+                                             "`manifest.json` (with either): the same as values (`skipped`: "
+                                             "photo, kind, reason, text; `notes`: kind, photos, treatment, "
+                                             "text...)."},
+                              **ERRORS},
              dependencies=[once("bg", "background")])
 def cutout_set(request: Request,
                files: list[UploadFile] = File(..., description="Photos named <car>_<NN>.jpg "
@@ -102,15 +107,15 @@ def cutout_set(request: Request,
             check_type(upload, allow_zip=True)
         budget = state.budget()
         back = background_of(bg, background, budget)
-        errors: list[str] = []
+        errors: list[ImageError] = []
         items = []
         for label, data, place in collect(files, budget, errors):
             try:
                 items.append((place, (label, budget.open(data, label))))
-            except cio.ImageError as exc:  # one photo: skipped, named in errors.txt
-                errors.append(str(exc))
+            except ImageError as exc:  # one photo: skipped, named in errors.txt
+                errors.append(exc)
         if not items:
-            raise Unprocessable("no photos to cut out" + (": " + "; ".join(errors[:10]) if errors else ""))
+            raise Unprocessable("no photos to cut out" + (": " + "; ".join(map(str, errors[:10])) if errors else ""))
         out = tempfile.SpooledTemporaryFile(max_size=32 * MiB)
         try:
             written = _zip_cutouts(out, dict(items), back, state, budget, errors)
@@ -125,28 +130,37 @@ def cutout_set(request: Request,
                                       "X-Carmask-Skipped": str(len(errors))})
 
 
-def _zip_cutouts(out, photos: dict, back, state: Service, budget: Budget, errors: list[str]) -> int:
+def _zip_cutouts(out, photos: dict, back, state: Service, budget: Budget, errors: list[ImageError]) -> int:
     """The cut-outs of `photos` ({place: (label, image)}), car by car, into a zip written to
-    `out`, with errors.txt and warnings.txt; how many were written (none: 422)."""
+    `out`, with errors.txt, warnings.txt and manifest.json; how many were written (none: 422)."""
     suffix = "_mask.png" if back == "mask" else ".png"
-    written, notes = 0, []
+    written, notes = 0, []  # notes: each once (the same note is on every photo it concerns)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive, state.admission.pixels(budget.pixels):
         target = decoded(back)
         for photo_set in group_by_car(list(photos)):  # keys only: no file access
             for result in state.cut([photos[place] for place in photo_set.paths], target):
-                if result.warning and result.warning not in notes:
-                    notes.append(result.warning)
+                if result.note and result.note not in notes:
+                    notes.append(result.note)
                 if result.error:
-                    errors.append(str(result.error))
+                    errors.append(result.error)
                     continue
-                archive.writestr(f"{stem(result.name)}{suffix}", encode(result.image))
+                archive.writestr(f"{stem(result.name)}{suffix}", image_bytes(result.image))
                 written += 1
         for name, lines in (("errors.txt", errors), ("warnings.txt", notes)):
             if lines:
-                archive.writestr(name, "\n".join(lines) + "\n")
+                archive.writestr(name, "\n".join(map(str, lines)) + "\n")
+        if errors or notes:  # as errors.txt and warnings.txt: a zip of cut-outs alone holds only them
+            archive.writestr("manifest.json", json.dumps(manifest(written, errors, notes)))
     if not written:
-        raise Unprocessable("no photo could be cut out: " + "; ".join(errors[:10]))
+        raise Unprocessable("no photo could be cut out: " + "; ".join(map(str, errors[:10])))
     return written
+
+
+def manifest(written: int, errors: list[ImageError], notes: list[Note]) -> dict:
+    """What a zip of cut-outs holds, as values: how many were `written`, the
+    `skipped` photos and the `notes`, each as its dict with its sentence (`text`)."""
+    return {"written": written, "skipped": [{**error.as_dict(), "text": str(error)} for error in errors],
+            "notes": [{**note.as_dict(), "text": str(note)} for note in notes]}
 
 
 def _chunks(spool, size: int = 256 * 1024) -> Iterator[bytes]:
@@ -167,7 +181,9 @@ def disposition(kind: str, filename: str) -> str:
 
 
 def warning_header(result: Cutout) -> dict[str, str]:
-    """The cut-out's warning (e.g. views that do not share a studio) as a header, if any."""
-    if not result.warning:
+    """The cut-out's note (e.g. views that do not share a studio), if any: its sentence
+    (made printable ASCII, as a header must be) and its kind."""
+    if not result.note:
         return {}
-    return {"X-Carmask-Warning": re.sub(r"[^\x20-\x7e]", "?", result.warning)[:1000]}
+    return {"X-Carmask-Warning": re.sub(r"[^\x20-\x7e]", "?", str(result.note))[:1000],
+            "X-Carmask-Note": result.note.kind.name}

@@ -8,7 +8,8 @@ from fastapi import Request
 
 from carmask.cutout import Cutout, remove_set
 from carmask.predict import Predictor
-from carmask.serve.limits import MULTIPART_SLACK, Admission, MiB
+from carmask.io import MiB
+from carmask.serve.limits import MULTIPART_SLACK, Admission
 from carmask.serve.uploads import Budget
 
 DEFAULT_MAX_UPLOAD_BYTES = 25 * MiB

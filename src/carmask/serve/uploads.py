@@ -22,9 +22,9 @@ from PIL import Image
 
 from carmask import io as cio
 from carmask.cutout import parse_background
+from carmask.outcomes import ImageError, Problem
 from carmask.serve.errors import TooLarge, Unprocessable, WrongType
 from carmask.serve.images import open_photo
-from carmask.serve.limits import MiB
 
 MAX_SET_FILES = 64                    # photos in one /api/cutout-set request
 ZIP_EXPANSION = 4                     # a request's zips unpack to at most this many times the upload limit
@@ -48,7 +48,7 @@ class Budget:
         """The upload's bytes, counted while reading (the guard bounds the body too)."""
         chunks, total = [], 0
         upload.file.seek(0)
-        while chunk := upload.file.read(MiB):
+        while chunk := upload.file.read(cio.MiB):
             total += len(chunk)
             self.check_bytes(total, f"upload {safe_label(upload.filename)!r}")
             chunks.append(chunk)
@@ -57,7 +57,7 @@ class Budget:
     def check_bytes(self, count: int, what: str) -> None:
         if count > self.max_upload_bytes:
             raise TooLarge(f"{what} is larger than the limit of {self.max_upload_bytes:,} bytes "
-                           f"({self.max_upload_bytes / MiB:.1f} MiB)")
+                           f"({self.max_upload_bytes / cio.MiB:.1f} MiB)")
 
     def check_unzip(self, count: int, zip_label: str) -> None:
         """Whether `count` more bytes may be unpacked from this request's zips."""
@@ -167,7 +167,7 @@ class Labels:
             raise TooLarge(f"more than {MAX_SET_FILES} photos in one request")
 
 
-def collect(files: list[UploadFile], budget: Budget, errors: list[str]) -> list[tuple[str, bytes, Path]]:
+def collect(files: list[UploadFile], budget: Budget, errors: list[ImageError]) -> list[tuple[str, bytes, Path]]:
     """(unique label, bytes, place) for every photo uploaded directly or inside a zip
     (`Labels`); what is skipped is named in `errors`."""
     labels = Labels()
@@ -186,7 +186,7 @@ def _is_zip(upload: UploadFile, data: bytes) -> bool:
         (upload.filename or "").lower().endswith(".zip")
 
 
-def unzip(data: bytes, zip_label: str, budget: Budget, errors: list[str]) -> Iterator[tuple[str, bytes, str]]:
+def unzip(data: bytes, zip_label: str, budget: Budget, errors: list[ImageError]) -> Iterator[tuple[str, bytes, str]]:
     """(name, bytes, folder) of the photos inside a zip; member names are labels only, never paths."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -200,13 +200,13 @@ def unzip(data: bytes, zip_label: str, budget: Budget, errors: list[str]) -> Ite
                 with archive.open(member) as stream:
                     content = stream.read(budget.unzip_left + 1)  # never trust the header's size
             except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
-                errors.append(f"{safe_label(base)}: cannot be unpacked ({exc})")
+                errors.append(ImageError(safe_label(base), f"cannot be unpacked ({exc})", Problem.UNREADABLE))
                 continue
             budget.unzip(len(content), zip_label)
             yield base, content, f"{zip_label}/{PurePosixPath(member.filename).parent}"
 
 
-def _photo_members(archive: zipfile.ZipFile, zip_label: str, errors: list[str]) -> Iterator[zipfile.ZipInfo]:
+def _photo_members(archive: zipfile.ZipFile, zip_label: str, errors: list[ImageError]) -> Iterator[zipfile.ZipInfo]:
     """The members that may be photos: no folders, hidden files or macOS resource forks;
     other suffixes named in `errors`."""
     members = archive.infolist()
@@ -218,6 +218,6 @@ def _photo_members(archive: zipfile.ZipFile, zip_label: str, errors: list[str]) 
         if member.is_dir() or not base or base.startswith(".") or "__MACOSX" in name:
             continue
         if PurePosixPath(base).suffix.lower() not in cio.PHOTO_SUFFIXES:
-            errors.append(f"{safe_label(base)}: not a photo (skipped)")
+            errors.append(ImageError(safe_label(base), "not a photo (skipped)", Problem.NOT_A_PHOTO))
             continue
         yield member

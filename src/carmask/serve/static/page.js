@@ -209,16 +209,16 @@ async function cutSet(group, background, token) {
     return mine().forEach((item) => showError(item, message));
   }
   const entries = await readZip(await response.arrayBuffer());
-  const lines = (name) => entries.has(name)
-    ? new TextDecoder().decode(entries.get(name)).split("\n").filter(Boolean) : [];
-  const errors = lines("errors.txt"), warnings = lines("warnings.txt");
+  // manifest.json: the skipped photos and the notes as values, each with its sentence (text)
+  const manifest = entries.has("manifest.json")
+    ? JSON.parse(new TextDecoder().decode(entries.get("manifest.json"))) : { skipped: [], notes: [] };
   const note = "set of " + group.length + " · " + ((performance.now() - started) / 1000).toFixed(1) + " s";
   for (const item of mine()) {
     const png = entries.get(stem(item.label) + (background === "mask" ? "_mask" : "") + ".png");
-    const warning = warnings.filter((w) => w.split(": ")[0].split(", ").includes(item.label)).join(" ");
+    const warning = manifest.notes.filter((n) => n.photos.includes(item.label)).map((n) => n.text).join(" ");
     if (png) { showResult(item, new Blob([png], { type: "image/png" }), note, background, warning); continue; }
-    const line = errors.find((e) => e.startsWith(item.label + ":"));
-    showError(item, line || "Skipped by the server.", warning);
+    const skipped = manifest.skipped.find((e) => e.photo === item.label);
+    showError(item, skipped ? skipped.text : "Skipped by the server.", warning);
   }
 }
 

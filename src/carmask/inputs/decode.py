@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -31,14 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from carmask.io import MAX_PIXELS, ImageError, read_photo, read_turned
-from carmask.views import resize_image
-
-# Pillow's arrays are read-only. Nothing in the pipeline writes into a photo,
-# so on the CPU they become tensors without a copy, and torch's note about
-# read-only memory would only be noise.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
-                        module=__name__)
+from carmask.inputs.resize import resize_image
+from carmask.io import MAX_PIXELS, ImageError, orientation, read_photo, read_turned
 
 
 @dataclass
@@ -78,7 +73,12 @@ def to_tensor(photo: np.ndarray, pin: bool = False) -> torch.Tensor:
         out = torch.empty(photo.shape, dtype=torch.uint8, pin_memory=True)
         out.numpy()[...] = photo
         return out.permute(2, 0, 1)
-    return torch.from_numpy(photo).permute(2, 0, 1)
+    # Pillow's arrays are read-only; nothing in the pipeline writes into a photo.
+    # DLPack shares the memory as from_numpy would, without its warning about that.
+    try:
+        return torch.from_dlpack(photo).permute(2, 0, 1)
+    except BufferError:  # numpy before 2.1 exports no read-only array
+        return torch.from_numpy(np.array(photo)).permute(2, 0, 1)
 
 
 def decode(source, *, name=None, upright: bool = True, device="cpu") -> torch.Tensor:
@@ -232,7 +232,7 @@ def _jpeg_for_nvjpeg(source: Source, upright: bool) -> bytes | None:
             if (image.format != "JPEG" or image.mode != "RGB" or image.info.get("progressive")
                     or image.info.get("progression") or image.width * image.height > MAX_PIXELS):
                 return None
-            if upright and image.getexif().get(0x0112, 1) not in (1, None):
+            if upright and orientation(image) != 1:
                 return None
     except Exception:  # anything odd: Pillow decodes it and names the problem
         return None
@@ -256,14 +256,11 @@ def _nvjpeg_decoder(device: torch.device, required: bool):
     return decode
 
 
-# torchvision 0.29 deprecates its decoders in favour of torchcodec (0.26, on the GPU machines, does not)
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
-
-
 def _batch_decoder(device: torch.device):
     """torchvision's batched JPEG decoder onto `device` (nvjpeg on a GPU), as
     a function from a list of JPEG bytes to 3 x H x W uint8 tensors."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    with _torchvision_quiet():
+        from torchvision.io import ImageReadMode, decode_jpeg
     cuda = device.type == "cuda"
 
     def decode(datas: list[bytes]) -> list[torch.Tensor]:
@@ -275,9 +272,20 @@ def _batch_decoder(device: torch.device):
             # starts (and no other thread may queue work until it is done:
             # Decoder.lock).
             torch.cuda.synchronize(device)
-        photos = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
+        with _torchvision_quiet():
+            photos = decode_jpeg(inputs, mode=ImageReadMode.RGB, device=device)
         if cuda:
             torch.cuda.synchronize(device)  # its own stream: done before this stream reads the photos
         return photos
 
     return decode
+
+
+
+@contextmanager
+def _torchvision_quiet():
+    """torchvision 0.29 deprecates its decoders in favour of torchcodec (0.26
+    does not): its note silenced where carmask calls them, not process-wide."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+        yield
