@@ -74,7 +74,7 @@ def test_the_tile_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     photos, studios, coarse, masks = turntable
     torch.manual_seed(0)
     refiner = rf.TileRefiner(channels=16, dilations=(1, 2, 4, 1), tile=32, low=0.05)
-    config = RefinerConfig(shape="tiles", tile=32, batch_size=16, buffer=6, refresh=1, steps_per_epoch=150,
+    config = RefinerConfig(shape="tiles", tile=32, batch_size=32, buffer=6, refresh=1, steps_per_epoch=300,
                            epochs=1, lr=1e-2, max_minutes=None)
     coarse_u8 = rf._to_uint8(coarse)
 
@@ -125,8 +125,8 @@ def test_refine_frames_finds_each_photos_studio(turntable):
     out = rf.refine_frames(refiner, photos, coarse, views)
     as_set = rf.refine_batch(refiner, photos[:8], rf.set_studios(photos[:8], [8], coarse[:8]), coarse[:8])
     alone = rf.refine_batch(refiner, photos[8:], rf.photo_studio(photos[8:], coarse[8:]), coarse[8:])
-    assert torch.equal(out, torch.cat([as_set, alone]))
-    assert torch.equal(rf.refine_frames(refiner, photos[8:9], coarse[8:9], [[0]]), alone[:1])
+    assert torch.allclose(out, torch.cat([as_set, alone]), atol=1e-6)  # batched convolutions: float order
+    assert torch.allclose(rf.refine_frames(refiner, photos[8:9], coarse[8:9], [[0]]), alone[:1], atol=1e-6)
 
 
 def test_tile_checkpoints_load_safely(tmp_path):

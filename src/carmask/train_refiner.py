@@ -102,7 +102,7 @@ def setup(data_dir, run_dir: Path, config: RefinerConfig, device: torch.device, 
     torch.manual_seed(config.seed)
     cars = discover(data_dir)
     from carmask.train import held_out  # the split of every recipe: the coarse models' own
-    coarse_train, val_cars = held_out(list(cars), config)
+    coarse_train, val_cars = held_out(list(cars), config.val_cars, config.val_fraction, config.seed)
     extra = sorted(set(config.train_on_val) & set(val_cars))
     measured = sorted(set(val_cars) - set(extra))
     split = {"train": coarse_train + extra, "val": measured, "coarse_train": coarse_train,
@@ -296,7 +296,7 @@ def train_one_epoch(refiner: rf.EdgeRefiner, criterion, optimizer: torch.optim.O
             out_of_time = True
             break
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, done)
+            group["lr"] = learning_rate(config.lr, config.schedule, done)
         x, coarse_logit, y, *weight = buffer.draw(config.batch_size)
         if weight:  # tiles: the loss counts at the band's pixels only
             loss = (criterion(coarse_logit + refiner(x), y, reduction="none") * weight[0]).sum() \

@@ -255,7 +255,7 @@ def set_studios(photos: torch.Tensor, counts: Sequence[int], coarse: torch.Tenso
     out = torch.empty_like(photos)
     for start, count in zip(starts, counts):
         views = photos[start:start + count]
-        median = backgrounds(views, [count]).median
+        studio = backgrounds(views, [count]).median
         if coarse is not None:
             hidden = (coarse[start:start + count] >= STUDIO_BELOW)[:, None].expand_as(views)
             # views that show the car are set alternately to 0 and 255: the median of all
@@ -263,8 +263,8 @@ def set_studios(photos: torch.Tensor, counts: Sequence[int], coarse: torch.Tenso
             filler = (hidden.cumsum(0, dtype=torch.int16) % 2 == 0).to(torch.uint8).mul_(255)
             masked = median(list(torch.where(hidden, filler, views).unbind(0)))
             enough = (~hidden[:, :1]).sum(0, dtype=torch.int16) >= MIN_VIEWS
-            median = torch.where(enough, masked, median[0])[None]
-        out[start:start + count] = median
+            studio = torch.where(enough, masked, studio[0])[None]
+        out[start:start + count] = studio
     return out
 
 
