@@ -41,6 +41,7 @@ from carmask.inputs.decode import Decoder, Source, decode
 from carmask.inputs.spec import SETS, STUDIO_DIFFERING, STUDIO_SAME, Box
 from carmask.io import PHOTO_TYPES, source_name
 from carmask.kaggle import PhotoSet
+from carmask.models import refiner as rf
 from carmask.predictor.compute import Compute
 from carmask.predictor.finish import CUTOUTS, Batch, Finish, Hook
 from carmask.predictor.photos import Car, Prediction
@@ -70,7 +71,10 @@ class Predictor:
     "never" predicts every photo alone. `nvjpeg`: decode JPEGs on a CUDA
     device with torchvision ("auto": where it works). `refine`: a hook on
     full-size probabilities (see `Batch`), for every prediction; cut-outs use
-    it too, or `refine.edges` when there is none. `profile`: time each stage (the
+    it too, or `refine.edges` when there is none. `refiner`: a learned edge
+    refiner (a shipped name of `carmask models`' refiners, or a checkpoint)
+    that re-decides the outline of every prediction at 512x512 before any
+    resize, hook or cut-out (None: the network's own outline). `profile`: time each stage (the
     device is synchronised between stages, so the stages no longer overlap)
     into `stage_seconds`. `close()` (or `with Predictor(...) as predictor:`)
     shuts its decoding threads down.
@@ -79,7 +83,7 @@ class Predictor:
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
                  batch_size: int = 16, workers: int | None = None, tta: bool = False,
                  compile: bool = False, upright: bool = True, sets: str = "auto", nvjpeg="auto",
-                 refine: Hook | None = None, profile: bool = False):
+                 refine: Hook | None = None, refiner: str | os.PathLike | None = None, profile: bool = False):
         if sets not in SETS:
             raise ValueError(f"sets must be one of {', '.join(SETS)}, not {sets!r}")
         if batch_size < 1 or (workers is not None and workers < 1):
@@ -93,7 +97,9 @@ class Predictor:
         self._compute = Compute(self._runner, sets, self._stages)
         # The lock is held while work is queued on the device outside the
         # decoding thread, and while nvjpeg decodes (which must find nothing queued).
-        self._finish = Finish(self.device, upright, refine, threading.Lock(), self._stages)
+        self.refiner = refiner
+        edge_refiner = rf.load(refiner)[0].to(self.device) if refiner is not None else None
+        self._finish = Finish(self.device, upright, refine, threading.Lock(), self._stages, edge_refiner)
         self._stream = Stream(self._compute, self._finish, self._stages, batch_size, workers, nvjpeg)
 
     # -- what it was made with ------------------------------------------------

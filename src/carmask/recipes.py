@@ -15,7 +15,7 @@ from dataclasses import fields, replace
 
 from carmask.inputs.spec import InputSpec
 from carmask.models import ARCH_LIMITS
-from carmask.train_config import TrainConfig
+from carmask.train_config import RefinerConfig, TrainConfig
 
 # The seed's input: 480x320 frame, auto-crop, 100x100, photo + median diff.
 SEED_SPEC = InputSpec(("rgb", "median_diff"), size=(100, 100), frame=(480, 320), crop=True)
@@ -25,7 +25,7 @@ _UNET = dict(arch="unet", epochs=10_000, lr=3e-3, weight_decay=1e-4, dice_weight
              edge_weight=2.0, augment=True, schedule="cosine")
 _SMALL, _LARGE = {"width": 8, "depth": 4}, {"width": 32, "depth": 4}
 
-RECIPES: dict[str, TrainConfig] = {
+RECIPES: dict[str, TrainConfig | RefinerConfig] = {
     # The seed write-up: its 3-layer CNN, photo + median difference in a 480x320
     # frame cropped to the car at 100x100, BCE, Adam 1e-3, batch 32.
     "seed": TrainConfig(arch="seed", spec=SEED_SPEC, epochs=40, batch_size=32, lr=1e-3, weight_decay=0.0,
@@ -44,6 +44,15 @@ RECIPES: dict[str, TrainConfig] = {
                                       spec=InputSpec(MULTIVIEW, size=(512, 512), frame=(512, 512), crop=True)),
     "rgb-accurate": TrainConfig(**_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=2.5,
                                 spec=InputSpec(("rgb",), size=(512, 512))),
+    # A learned edge refiner on top of the fast models (carmask.train_refiner), on a 2-core CPU:
+    # the band's pixels at 512x512 from the photo, the studio and the coarse probability.
+    "edge-refiner": RefinerConfig(sources=(("multiview-fast", "set"), ("rgb-fast", "photo")), radius=3, ring=8,
+                                  hidden=(128, 64), lr=1e-2, max_minutes=55),
+    # The same sources, the quick experiment's shape: a dilated CNN (six 3x3 convolutions of
+    # 32 channels, dilations 1-1-2-4-8-1) on 64x64 tiles of the band, its output added to the coarse logit.
+    "edge-refiner-tiles": RefinerConfig(sources=(("multiview-fast", "set"), ("rgb-fast", "photo")),
+                                        shape="tiles", channels=32, dilations=(1, 1, 2, 4, 8, 1), tile=64,
+                                        batch_size=16, steps_per_epoch=1000, lr=3e-3, max_minutes=65),
 }
 SPEC_FIELDS = ("channels", "size", "frame", "crop")
 ARCH_FIELDS = ("width", "depth")
@@ -57,6 +66,11 @@ def recipe(name: str, **overrides) -> TrainConfig:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}")
     base, given = RECIPES[name], {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(base, RefinerConfig):
+        unknown = set(given) - {f.name for f in fields(RefinerConfig)}
+        if unknown:
+            raise ValueError(f"{', '.join(sorted(unknown))}: not an option of a refiner recipe")
+        return replace(base, **given)
     unknown = set(given) - {f.name for f in fields(TrainConfig)} - set(SPEC_FIELDS) - set(ARCH_FIELDS)
     if unknown:
         raise ValueError(f"unknown recipe fields: {', '.join(sorted(unknown))}")

@@ -13,7 +13,7 @@ from carmask import __version__
 from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, main,
                                 refuse_replacing_inputs, shown, verbosity_options, writing)
 from carmask.cli.loop import Run
-from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+from carmask.cli.options import (check_model, check_refiner, describe_predictor, make_predictor, prediction_options,
                                  recursive_option)
 from carmask.cli.outcomes import Skips, some
 from carmask.inputs.spec import MIN_VIEWS
@@ -51,7 +51,8 @@ HELP = f"""Cut cars out of photos: files, folders or globs (INPUTS), or - for
 @prediction_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: keep them).")
 @verbosity_options
-def cutout(inputs, output, background, refine, sets, recursive, tta, model, device, batch_size, overwrite):
+def cutout(inputs, output, background, refine, sets, recursive, tta, model, refiner, device, batch_size,
+           overwrite):
     """`carmask cutout` (its help: HELP, built from MIN_VIEWS)."""
     from carmask.cutout import parse_background
 
@@ -71,7 +72,8 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, devi
         _remove_stale_temporaries({target.parent for target in targets.values()})
     todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
     check_model(model)
-    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets)
+    check_refiner(refiner)
+    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, refiner=refiner)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
     run, write = Run("cutting out"), _Writer(targets, to_stdout, overwrite)
     results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)

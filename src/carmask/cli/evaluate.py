@@ -9,7 +9,7 @@ import click
 from carmask.cli.common import (InputError, check_output, detail, fail, info, main, result, verbosity_options,
                                 writing)
 from carmask.cli.loop import Run
-from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+from carmask.cli.options import (check_model, check_refiner, describe_predictor, make_predictor, prediction_options,
                                  size_callback, size_option)
 from carmask.cli.outcomes import some
 
@@ -29,7 +29,7 @@ from carmask.cli.outcomes import some
 @click.option("--resize-loss", callback=size_callback, metavar="WxH",
               help="Also measure the dice lost by resizing the true masks to WxH and back.")
 @verbosity_options
-def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks, cars_file, report, overwrite,
+def evaluate(data_dir, model, refiner, output_size, tta, sets, device, batch_size, masks, cars_file, report, overwrite,
              resize_loss):
     """Print the mean per-image dice of predictions against DATA_DIR's masks.
 
@@ -51,7 +51,8 @@ def evaluate(data_dir, model, output_size, tta, sets, device, batch_size, masks,
     if resize_loss:
         _resize_loss(photo_sets, masks_dir, resize_loss)
     check_model(model)
-    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, upright=False)  # the masks' grid
+    check_refiner(refiner)
+    predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, upright=False, refiner=refiner)  # the masks' grid
     todo = sum(len(s.paths) for s in photo_sets)
     detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photos of {len(photo_sets)} cars")
     run, scores = Run("evaluating"), Scores()

@@ -46,6 +46,43 @@ def rows() -> list[dict[str, str]]:
     return table
 
 
+def refiner_rows() -> list[dict[str, str]]:
+    """One row of text per shipped edge refiner (weights/refiners/): it runs
+    after a fast-tier coarse model, re-deciding the outline at 512x512."""
+    from carmask.models import refiner
+
+    catalog = refiner.catalog()
+    table = []
+    for name in refiner.shipped():
+        refiner.load(name)  # a damaged file: a sentence, as for the models
+        figures = catalog.get(name, {})
+
+        def change(key):
+            before, after = figures.get(f"{key}_before"), figures.get(key)
+            return f"{before:.4f} -> {after:.4f}" if before is not None and after is not None else "-"
+
+        seconds = figures.get("cpu_s_per_photo")
+        table.append({
+            "refiner": name,
+            "tier": figures.get("tier", "-"),
+            "after": ", ".join(figures.get("after", [])) or "-",
+            "size": f"{refiner.resolve(name).stat().st_size / 2**20:.1f} MiB",
+            "dice 512, sets": change("dice_512_sets"),
+            "dice 512, single": change("dice_512_single"),
+            "CPU s/photo": f"+{seconds:.3f}" if seconds is not None else "-",
+            "default for": figures.get("default_for", "-"),
+        })
+    return table
+
+
+def _print_table(table: list[dict[str, str]]) -> None:
+    columns = list(table[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in columns}
+    result("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for r in table:
+        result("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
+
+
 HELP = f"""List the shipped models: the photos each takes, its input, size on disk,
     held-out dice (40 unseen cars at 512x512; at 1918x1280 on the one of them
     with full-size masks) and CPU seconds per 1918x1280 photo (2-core CPU,
@@ -57,6 +94,12 @@ HELP = f"""List the shipped models: the photos each takes, its input, size on di
     --model takes a name, a kind (its most accurate tier shipped) or a tier
     (that tier for each photo's kind). With no --model, every photo gets the
     most accurate tier shipped: the multiview model in a set, rgb alone.
+
+    Then the edge refiners (weights/refiners/): each re-decides the outline of
+    the fast tier's masks at 512x512 (dice on the same 40 cars before ->
+    after, and the CPU seconds it adds per photo). None is a default yet,
+    and the predictor does not run them yet (docs/RESULTS.md, "Learned edge
+    refiner").
     """
 
 
@@ -65,13 +108,12 @@ HELP = f"""List the shipped models: the photos each takes, its input, size on di
 def list_models():
     """`carmask models` (its help: HELP, built from MIN_VIEWS)."""
     try:
-        table = rows()
+        table, refiners = rows(), refiner_rows()
     except (FileNotFoundError, ValueError) as exc:  # a shipped file damaged or missing
         raise InputError(str(exc)) from None
     if not table:
         raise InputError("no model is shipped in this installation (src/carmask/weights/ holds none)")
-    columns = list(table[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in table)) for c in columns}
-    result("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
-    for r in table:
-        result("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
+    _print_table(table)
+    if refiners:
+        result("")
+        _print_table(refiners)

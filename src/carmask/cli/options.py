@@ -51,6 +51,17 @@ def check_model(model):
         raise InputError(str(exc)) from None
 
 
+def check_refiner(refiner):
+    """Fail early on a refiner that is not there or not whole (a sentence naming it, exit 2)."""
+    if refiner is None:
+        return
+    from carmask.models import refiner as rf
+    try:
+        rf.load(refiner)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+
+
 def describe_predictor(model, device, tta=False) -> str:
     """'model seed on cpu' (for --verbose)."""
     return f"model {model or 'the shipped defaults'} on {device}" + (" with tta" if tta else "")
@@ -60,6 +71,10 @@ model_option = click.option("--model", help="A tier (accurate, fast), a shipped 
                                             "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
                                             "mean their best tier) or a checkpoint path. Default: the most "
                                             f"accurate tier shipped, multi-view for sets of {MIN_VIEWS}+ views.")
+refiner_option = click.option("--refiner", metavar="NAME",
+                               help="A learned edge refiner (`carmask models` lists the shipped ones) or its "
+                                    "checkpoint: re-decides every mask's outline at 512x512 after the model. "
+                                    "Default: none, the model's own outline.")
 size_option = click.option("--output-size", callback=size_callback, metavar="WxH",
                            help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
 device_option = click.option("--device", default="auto", show_default=True,
@@ -84,7 +99,7 @@ sets_option = click.option(
 
 
 def prediction_options(command):
-    """The options of every verb that predicts: model, tta, sets, device, batch size."""
-    for option in (batch_option, device_option, sets_option, tta_option, model_option):
+    """The options of every verb that predicts: model, refiner, tta, sets, device, batch size."""
+    for option in (batch_option, device_option, sets_option, tta_option, refiner_option, model_option):
         command = option(command)
     return command

@@ -10,7 +10,7 @@ import click
 from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, interrupted,
                                 main, refuse_replacing_inputs, shown, verbosity_options, writing)
 from carmask.cli.loop import Run
-from carmask.cli.options import (check_model, describe_predictor, make_predictor, prediction_options,
+from carmask.cli.options import (check_model, check_refiner, describe_predictor, make_predictor, prediction_options,
                                  recursive_option, size_option)
 from carmask.cli.outcomes import some
 from carmask.files import remove_stale_temporaries
@@ -35,7 +35,7 @@ from carmask.outcomes import ImageError, Problem
 @click.option("--actors", type=click.IntRange(min=1),
               help="Ray actors, one model each (default: one per GPU, else one per CPU).")
 @verbosity_options
-def predict(inputs, output, recursive, model, output_size, tta, sets, device, batch_size, overwrite,
+def predict(inputs, output, recursive, model, refiner, output_size, tta, sets, device, batch_size, overwrite,
             compile_model, engine, ray_address, actors):
     """Predict a mask for every photo in INPUTS (files, folders, globs) and
     write a Kaggle submission CSV.
@@ -60,8 +60,9 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
         remove_stale_temporaries(Path(output).parent)  # of a run record a killed run was writing
     check_model(model)
+    check_refiner(refiner)
     # Masks on the stored pixel grid (Kaggle's convention); the network sees the photos upright.
-    options = dict(tta=tta, sets=sets, upright=False)
+    options = dict(tta=tta, sets=sets, upright=False, refiner=refiner)
     if engine == "ray":
         predictor = _ray_predictor(model, device, batch_size, actors, ray_address, **options)
     else:
@@ -69,7 +70,7 @@ def predict(inputs, output, recursive, model, output_size, tta, sets, device, ba
     from carmask.predict import network_batch
     with predictor:  # either engine: its threads, or the Ray instance it started, end with the run
         # The writer before any work: a refusal (output there, in use, another run's) comes first.
-        writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets,
+        writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets, refiner=refiner,
                               device=predictor.device.type,
                               network_batch=network_batch(predictor.device, batch_size))
         try:

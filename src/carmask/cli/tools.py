@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from carmask.cli.common import InputError, check_output, default_signals, info, main, verbosity_options, writing
-from carmask.cli.options import check_model, device_option, model_option, size_callback
+from carmask.cli.options import check_model, check_refiner, device_option, model_option, refiner_option, size_callback
 from carmask.io import MiB
 
 OPSETS = (9, 20)  # the ONNX opset versions torch's exporter writes
@@ -16,6 +16,7 @@ OPSETS = (9, 20)  # the ONNX opset versions torch's exporter writes
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, help="Port to listen on.")
 @model_option
+@refiner_option
 @device_option
 @click.option("--api-key", envvar="CARMASK_API_KEY", help="Require this X-Api-Key on the API (also "
               "from $CARMASK_API_KEY). Default: no key.")
@@ -27,7 +28,7 @@ OPSETS = (9, 20)  # the ONNX opset versions torch's exporter writes
                    "localhost and IP addresses only (other names are refused, against DNS rebinding).")
 @click.option("--max-upload-mib", default=25.0, show_default=True, help="Largest request body.")
 @click.option("--concurrency", type=int, help="Photos worked on at once. Default: 2-4 by cores.")
-def serve(host, port, model, device, api_key, allow_origin, allow_host, max_upload_mib, concurrency):
+def serve(host, port, model, refiner, device, api_key, allow_origin, allow_host, max_upload_mib, concurrency):
     """Serve the HTTP API and the web page (POST /api/cutout, POST /v1.0/removebg, GET /health, GET /)."""
     import importlib.util
     missing = [m for m in ("fastapi", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
@@ -41,9 +42,10 @@ def serve(host, port, model, device, api_key, allow_origin, allow_host, max_uplo
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=option) from None
     check_model(model)
+    check_refiner(refiner)
     from carmask.serve import run
     with default_signals():  # uvicorn's: the first drains the requests in flight, a second quits
-        run(host=host, port=port, model=model, device=device, api_key=api_key, allow_origins=allow_origin,
+        run(host=host, port=port, model=model, refiner=refiner, device=device, api_key=api_key, allow_origins=allow_origin,
             allow_hosts=allow_host, max_upload_bytes=int(max_upload_mib * MiB), max_concurrency=concurrency)
 
 
@@ -80,7 +82,11 @@ def synth(output, cars, test_cars, views, size, seed, overwrite):
 @verbosity_options
 def export_onnx(model, output, opset, overwrite):
     """Export MODEL (a shipped name or a checkpoint) to ONNX, for onnxruntime or --model."""
+    from carmask.models import refiner
     from carmask.onnx_export import export
+    if refiner.is_refiner(model):
+        raise click.UsageError(f"{model} is an edge refiner, not a coarse model: export makes ONNX files of "
+                               "coarse models only, and the refiner runs in torch after one")
     check_output(output, overwrite=overwrite)
     check_model(model)
     try:

@@ -73,11 +73,14 @@ def train(data_dir, run_dir, recipe, inputs, cache, workers, device, resume, ove
     from carmask.data import discover
     from carmask.recipes import recipe as make_recipe
     from carmask.train import train as run_training
+    from carmask.train_config import RefinerConfig
 
     try:
         config = make_recipe(recipe, channels=tuple(inputs.split(",")) if inputs else None, **fields)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    if isinstance(config, RefinerConfig):  # an edge refiner on top of a coarse model: a loop of its own
+        from carmask.train_refiner import train as run_training
     if resume and overwrite:
         raise click.UsageError("--resume continues a run and --overwrite starts afresh: pass one")
     try:
@@ -120,6 +123,10 @@ def _say_what_trains(recipe: str, config, cars: list, data_dir: Path, run_dir: P
     if len(cars) < 2 and not config.val_cars:
         warn(f"only {len(cars)} car in {data_dir}: none can be held out, so there is no validation "
              "dice and best.pt is the last epoch (held-out cars need at least 2 cars)")
+    if hasattr(config, "sources"):  # a RefinerConfig
+        on = " and ".join(f"{model} (studio from the {studio})" for model, studio in config.sources)
+        detail(f"recipe {recipe}: edge refiner on {on}; {len(cars)} cars in {data_dir}; on cpu")
+        return
     options = "".join(f", {k} {v}" for k, v in config.arch_kwargs.items())
     detail(f"recipe {recipe}: {config.arch}{options}; input {describe_input(config.spec)}; "
            f"{len(cars)} cars in {data_dir}; on {pick_device(device)}")

@@ -1,5 +1,6 @@
 """A model batch's probabilities to what the caller asked for, on the device:
-holes filled and each crop placed at its output size, the refine hook,
+holes filled and each crop placed at its output size (through the learned
+edge refiner at 512x512 when there is one), the refine hook,
 turned onto the stored grid, then run-boundary flags, probabilities or
 cut-out pieces copied back to the host (pinned memory, without blocking)
 and read there."""
@@ -14,6 +15,7 @@ import torch
 from carmask.inputs.decode import stored_grid
 from carmask.inputs.resize import resize_map
 from carmask.inputs.spec import Box
+from carmask.models import refiner as rf
 from carmask.io import check_size
 from carmask.postprocess import Placed, mask_flags, place
 from carmask.predictor.compute import Run
@@ -66,18 +68,21 @@ Reader = Callable[[], None]
 
 class Finish:
     """Finishes model batches on `device`: results `upright` or on the stored
-    grid, through the `refine` hook (see `Predictor`); `lock` held while work
-    is queued on the device (nvjpeg must find none)."""
+    grid, through the learned edge `refiner` (a module of
+    `carmask.models.refiner`, or None) and the `refine` hook (see
+    `Predictor`); `lock` held while work is queued on the device (nvjpeg must
+    find none)."""
 
     def __init__(self, device: torch.device, upright: bool, refine: Hook | None, lock: threading.Lock,
-                 stages: Stages):
+                 stages: Stages, refiner: torch.nn.Module | None = None):
         self.device, self.upright, self.refine, self.lock, self.stages = device, upright, refine, lock, stages
+        self.refiner = refiner
 
     def output(self, size, encode: bool, cutout: str | None) -> Output:
         """What a stream is asked for, checked."""
         size = None if size is None else check_size(size)
         if cutout is None:
-            return Output(size, encode, None, self.refine is not None)
+            return Output(size, encode, None, self.refine is not None or self.refiner is not None)
         if cutout not in CUTOUTS:
             raise ValueError(f"cutout must be one of {', '.join(CUTOUTS)}, not {cutout!r}")
         if size is not None or encode:
@@ -104,17 +109,32 @@ class Finish:
     def _placed(self, runs: list[Run], size: tuple[int, int] | None) -> list[tuple[Slot, Placed]]:
         """Each photo's probabilities at its output `size` (None: its own), upright.
 
-        The seam for a stage at the model's frame (a learned edge refiner):
         `run.probs` are the network's crops, each in its box of the frame
         (`run.inputs.boxes`, frame `run.model.spec.frame`); `place` fills their
-        holes and resizes them into the output. Such a stage pastes them back
-        on the frame (`place` to the frame's size), refines them there and
-        hands `place` whole-frame probabilities with whole-frame boxes."""
+        holes and resizes them into the output, through the refiner if there is one."""
         placed: list[tuple[Slot, Placed]] = []
         for run in runs:
             sizes = [slot.upright_size(size, self.upright) for slot in run.slots]
-            placed += zip(run.slots, place(run.probs, run.inputs.boxes, run.model.spec.frame, sizes))
+            if self.refiner is None:
+                placed += zip(run.slots, place(run.probs, run.inputs.boxes, run.model.spec.frame, sizes))
+            else:
+                placed += zip(run.slots, self._refined(run, sizes))
         return placed
+
+    def _refined(self, run: Run, sizes: list[tuple[int, int]]) -> list[Placed]:
+        """The learned edge refiner's stage: the crops pasted back on the
+        refiner's 512x512 frame (the photo squashed to it, as the coarse
+        models' frames are), the band around the outline re-decided there from
+        the photo, the studio behind it (the set's, or the photo's own
+        estimate) and the coarse probability, then placed at the output sizes."""
+        frame, count = rf.SIZE, len(run.slots)
+        coarse = torch.stack([p.full() for p in place(run.probs, run.inputs.boxes, run.model.spec.frame,
+                                                      [frame] * count)])
+        photos = torch.cat([rf.to_refiner_size(slot.full_photo(self.device)[None]) for slot in run.slots])
+        index = {id(slot): i for i, slot in enumerate(run.slots)}
+        views = [[index[id(v)] for v in slot.views if id(v) in index] or [i] for i, slot in enumerate(run.slots)]
+        refined = rf.refine_frames(self.refiner, photos, coarse, views)
+        return place(refined, [Box(0, 0, *frame)] * count, frame, sizes)
 
     def _on_device(self, placed: list[tuple[Slot, Placed]], output: Output) -> Reader:
         """The device work of what `output` asks for, its copies to the host

@@ -22,20 +22,20 @@ DESCRIPTION = ("Remove the studio background from car photos. Upload one photo t
                "0.25 Mpx, as remove.bg's does). Photos: JPEG, PNG, WebP, TIFF or BMP.")
 
 
-def create_app(predictor: Predictor | None = None, model=None, device: str = "auto",
+def create_app(predictor: Predictor | None = None, model=None, device: str = "auto", refiner=None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_REQUEST_PIXELS,
                max_concurrency: int | None = None, pixels_at_once: int = DEFAULT_PIXELS_AT_ONCE,
                api_key: str | None = None, hosts: set[str] | None = None, allow_origins=(),
                refine: bool = True, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     """The FastAPI app. `predictor`: use this one; else one is made from `model`
-    (a shipped name, a checkpoint path, or None for the shipped defaults) and
-    `device`. `max_pixels`: every image of one request together. `hosts`: the
+    (a shipped name, a checkpoint path, or None for the shipped defaults),
+    `device` and `refiner` (a learned edge refiner, or None). `max_pixels`: every image of one request together. `hosts`: the
     Host names served besides IP addresses (`guard.local_hosts`; None: any, for
     tests and proxies that check). `allow_origins`: other origins whose pages
     may POST (ValueError for what is no origin). `api_key`: required as
     X-Api-Key on every POST (the page asks for it)."""
     allow_origins = [origin(o) for o in allow_origins]
-    predictor = predictor or Predictor(model, device=device)
+    predictor = predictor or Predictor(model, device=device, refiner=refiner)
     jobs = max_concurrency or max(2, min(4, os.cpu_count() or 1))
     state = Service(predictor, Admission(jobs, max(int(pixels_at_once), int(max_pixels))),
                     int(max_upload_bytes), int(max_pixels), api_key, refine)

@@ -21,7 +21,7 @@ HEADER_TIMEOUT = 10.0                 # seconds for a client to send a request's
 DRAIN_SECONDS = 30                    # on SIGTERM or Ctrl+C, requests in flight get this long to finish
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto",
+def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto", refiner=None,
         api_key: str | None = None, allow_origins=(), allow_hosts=(),
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrency: int | None = None,
         drain_seconds: float = DRAIN_SECONDS) -> None:
@@ -29,7 +29,7 @@ def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "au
     import uvicorn
     server_malloc()
     hosts = local_hosts(host, allow_hosts)
-    app = create_app(model=model, device=device, api_key=api_key, hosts=hosts,
+    app = create_app(model=model, device=device, refiner=refiner, api_key=api_key, hosts=hosts,
                      allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
                      max_concurrency=max_concurrency)
     print("\n".join(startup_lines(host, port, hosts, drain_seconds)), flush=True)
