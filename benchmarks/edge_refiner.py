@@ -5,20 +5,22 @@ Dice on the validation cars: the ablation's 40 held-out cars (`split_by_car(cars
 less any the refiner trained on (its checkpoint's `train_on_val`). For each
 coarse model (`multiview-fast` on sets, the studio the median of the views
 that show it; `rgb-fast` on each photo alone, the studio estimated from the photo),
-with and without hflip TTA (the coarse model's): the predictor's probabilities
-at 512x512, then `refine_batch`; dice at 512, and at 1918x1280 on the cars with
-full-size masks (the 512 probabilities resized, bilinear, then thresholded).
+with and without hflip TTA (the coarse model's): the predictor without and
+with `refiner=` (the one path); dice at 512, and at 1918x1280 on the cars with
+full-size masks (the 512 photos predicted at 1918x1280, the refiner at 512
+before the resize).
 
 Cost on the CPU (a test car of 16 photos at 1918x1280, warm, median of
 `--repeats`): `refine_batch` and the studio per 512x512 photo, and per
 1918x1280 photo what the refiner adds to a prediction: the photo taken to
 512x512, the studio, the refiner, and the refined 512x512 probabilities
 resized to 1918x1280; for 1 and 2 torch threads. And `carmask predict`'s
-speed at 1918x1280 on the 640 test photos, without and with the refiner as
-a `Predictor(refine=...)` hook, alternately (`--rounds`).
+speed at 1918x1280 on the 640 test photos, without and with the refiner,
+alternately (`--rounds`).
 
     python benchmarks/edge_refiner.py --data ../shared/data [--refiner PATH] [--rgb-refiner PATH] [--json out.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +35,15 @@ import numpy as np
 import torch
 
 from carmask.data import discover, split_by_car
-from carmask.inputs.decode import decode
 from carmask.evaluate import scored_sets
+from carmask.inputs.decode import decode
+from carmask.inputs.resize import resize_map
 from carmask.io import read_mask
 from carmask.kaggle import group_by_car, mask_path
 from carmask.metrics import dice
 from carmask.models import refiner as rf
+from carmask.models import refiner_frames
 from carmask.predict import Predictor
-from carmask.inputs.resize import resize_map
 
 SHIPPED = Path(rf.__file__).resolve().parents[1] / "weights" / "refiners"
 COST_CAR = "0004d4463b50"  # a test car: 16 views at 1918x1280
@@ -53,33 +56,39 @@ def validation_cars(train_dir: Path, refiners: list[dict]) -> list[str]:
     return [c for c in held_out if c not in used]
 
 
-def scores(coarse: str, refiner: rf.EdgeRefiner, studio: str, tta: bool, train_dir: Path, full_masks: Path,
-           cars: list[str]) -> dict:
-    """Per-photo dice before and after the refiner, at 512 and (where masks exist) 1918x1280."""
-    predictor = Predictor(coarse, device="cpu", tta=tta, sets="never" if studio == "photo" else "auto")
+def scores(
+    coarse: str, refiner: Path, studio: str, tta: bool, train_dir: Path, full_masks: Path, cars: list[str]
+) -> dict:
+    """Per-photo dice without and with the refiner, through the predictor (the
+    one path: `Predictor(refiner=...)`), at 512 and, for the cars with
+    full-size masks, with the 512 photos predicted at 1918x1280."""
+    sets_mode = "never" if studio == "photo" else "auto"
+    predictors = [
+        Predictor(coarse, device="cpu", tta=tta, sets=sets_mode, upright=False, refiner=r) for r in (None, refiner)
+    ]
     sets, masks_dir = scored_sets(train_dir, None, cars)
     out = {"512": ([], []), "1918": ([], [])}
     for photo_set in sets:
-        predictions = list(predictor.predict_sets([photo_set]))  # the set's photos, in its order
-        photos = torch.stack([decode(path, upright=False) for path in photo_set.paths])
-        coarse_probs = torch.stack([torch.from_numpy(p.probs) for p in predictions])
-        studios = rf.set_studios(photos, [len(photos)], coarse_probs) if studio == "set" else \
-            rf.photo_studio(photos, coarse_probs)
-        refined = rf.refine_batch(refiner, photos, studios, coarse_probs)
-        for path, before, after in zip(photo_set.paths, coarse_probs, refined):
-            truth = read_mask(mask_path(path, masks_dir))
-            out["512"][0].append(dice(before.numpy() > 0.5, truth))
-            out["512"][1].append(dice(after.numpy() > 0.5, truth))
-            full = mask_path(path, full_masks)
-            if full.exists():
-                truth = read_mask(full)
-                for i, probs in enumerate((before, after)):
-                    big = resize_map(probs[None, None], (truth.shape[1], truth.shape[0]))[0, 0]
-                    out["1918"][i].append(dice(big.numpy() > 0.5, truth))
-    return {size: {"before": round(float(np.mean(b)), 5) if b else None,
-                   "after": round(float(np.mean(a)), 5) if a else None, "photos": len(b),
-                   "better": int(np.sum(np.array(a) > np.array(b))), "worse": int(np.sum(np.array(a) < np.array(b)))}
-            for size, (b, a) in out.items()}
+        truths = [read_mask(mask_path(path, masks_dir)) for path in photo_set.paths]
+        full = [mask_path(path, full_masks) for path in photo_set.paths]
+        big = [read_mask(f) for f in full] if all(f.exists() for f in full) else []
+        for i, predictor in enumerate(predictors):
+            for truth, prediction in zip(truths, predictor.predict_sets([photo_set])):
+                out["512"][i].append(dice(prediction.probs > 0.5, truth))
+            if big:
+                size = (big[0].shape[1], big[0].shape[0])
+                for truth, prediction in zip(big, predictor.predict_sets([photo_set], output_size=size)):
+                    out["1918"][i].append(dice(prediction.probs > 0.5, truth))
+    return {
+        size: {
+            "before": round(float(np.mean(b)), 5) if b else None,
+            "after": round(float(np.mean(a)), 5) if a else None,
+            "photos": len(b),
+            "better": int(np.sum(np.array(a) > np.array(b))),
+            "worse": int(np.sum(np.array(a) < np.array(b))),
+        }
+        for size, (b, a) in out.items()
+    }
 
 
 def median_seconds(work, repeats: int) -> float:
@@ -95,49 +104,55 @@ def median_seconds(work, repeats: int) -> float:
 def cost(test_dir: Path, refiner: rf.EdgeRefiner, repeats: int) -> dict:
     """ms per photo: at 512x512 (studio, refiner) and what the refiner adds per 1918x1280 photo."""
     paths = sorted(test_dir.glob(f"{COST_CAR}_*.jpg"))
-    full = torch.stack([decode(p, upright=False) for p in paths])                       # 16 x 3 x 1280 x 1918
-    coarse = torch.from_numpy(np.stack([p.probs for p in Predictor("multiview-fast", device="cpu").predict_sets(
-        group_by_car(paths), output_size=rf.SIZE)]))                                       # at 512x512
+    full = torch.stack([decode(p, upright=False) for p in paths])  # 16 x 3 x 1280 x 1918
+    coarse = torch.from_numpy(
+        np.stack(
+            [
+                p.probs
+                for p in Predictor("multiview-fast", device="cpu").predict_sets(
+                    group_by_car(paths), output_size=rf.SIZE
+                )
+            ]
+        )
+    )  # at 512x512
     n, (width, height) = len(paths), (full.shape[-1], full.shape[-2])
     out = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        photos = rf.to_refiner_size(full)
-        studios = rf.set_studios(photos, [n], coarse)
+        photos = refiner_frames.to_refiner_size(full)
+        studios = refiner_frames.set_studios(photos, [n], coarse)
         row = {
-            "set studio, 512": median_seconds(lambda: rf.set_studios(photos, [n], coarse), repeats),
-            "single-photo studio, 512": median_seconds(lambda: rf.photo_studio(photos, coarse), repeats),
+            "set studio, 512": median_seconds(lambda: refiner_frames.set_studios(photos, [n], coarse), repeats),
+            "single-photo studio, 512": median_seconds(lambda: refiner_frames.photo_studio(photos, coarse), repeats),
             "refiner, 512": median_seconds(lambda: rf.refine_batch(refiner, photos, studios, coarse), repeats),
-            "photo to 512": median_seconds(lambda: rf.to_refiner_size(full), repeats),
-            "refined 512 to 1918x1280": median_seconds(lambda: resize_map(coarse[:, None], (width, height)),
-                                                       repeats),
+            "photo to 512": median_seconds(lambda: refiner_frames.to_refiner_size(full), repeats),
+            "refined 512 to 1918x1280": median_seconds(lambda: resize_map(coarse[:, None], (width, height)), repeats),
         }
         row = {k: round(1000 * v / n, 2) for k, v in row.items()}
         row["per 512x512 photo, set"] = round(row["set studio, 512"] + row["refiner, 512"], 2)
         row["per 512x512 photo, single"] = round(row["single-photo studio, 512"] + row["refiner, 512"], 2)
-        row["added per 1918x1280 photo, set"] = round(row["photo to 512"] + row["per 512x512 photo, set"]
-                                                      + row["refined 512 to 1918x1280"], 2)
+        row["added per 1918x1280 photo, set"] = round(
+            row["photo to 512"] + row["per 512x512 photo, set"] + row["refined 512 to 1918x1280"], 2
+        )
         out[f"{threads} thread{'s' * (threads > 1)}"] = row
     out["band pixels per photo"] = int(len(rf.band(coarse, refiner.low)) / n)
     return out
 
 
-def predict_speed(test_dir: Path, refiner: rf.EdgeRefiner, rounds: int) -> dict:
+def predict_speed(test_dir: Path, refiner: Path, rounds: int) -> dict:
     """photos/s of the whole predictor, JPEG files to run boundaries at 1918x1280
-    (as `carmask predict` computes them), without and with the refiner as a
-    `Predictor(refine=...)` hook (`refiner.PredictorHook`: it resizes photo and
-    probabilities to 512x512 and the result back to the whole frame, so an
-    upper bound on what the integrated refiner will cost), alternately."""
+    (as `carmask predict` computes them), without and with the refiner
+    (`Predictor(refiner=...)`), alternately."""
     sets = group_by_car(sorted(test_dir.glob("*.jpg")))
     photos = sum(len(s.paths) for s in sets)
     out: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(rounds):
-        for name, hook in (("without", None), ("with", rf.PredictorHook(refiner))):
-            predictor = Predictor(device="cpu", upright=False, refine=hook)
-            start = time.perf_counter()
-            for prediction in predictor.predict_sets(sets, encode=True):
-                assert prediction.error is None, prediction.error
-            out[name].append(round(photos / (time.perf_counter() - start), 1))
+        for name, path in (("without", None), ("with", refiner)):
+            with Predictor(device="cpu", upright=False, refiner=path) as predictor:
+                start = time.perf_counter()
+                for prediction in predictor.predict_sets(sets, encode=True):
+                    assert prediction.error is None, prediction.error
+                out[name].append(round(photos / (time.perf_counter() - start), 1))
     return {"photos": photos, "photos_per_s": out}
 
 
@@ -154,16 +169,22 @@ def main() -> None:
     skip = set(args.skip.split(","))
 
     refiner, meta = rf.load(args.refiner)
-    single, single_meta = rf.load(args.rgb_refiner) if args.rgb_refiner else (refiner, meta)
+    single_path = args.rgb_refiner or args.refiner
+    single_meta = rf.load(single_path)[1]
     train_dir, full_masks = args.data / "carvana-512", args.data / "carvana-1918-masks" / "train_masks"
     cars = validation_cars(train_dir, [meta, single_meta])
     full_cars = [s.car for s in scored_sets(train_dir, full_masks, cars)[0]]
-    figures = {"refiner": str(args.refiner), "meta": {k: meta.get(k) for k in ("train_seconds", "steps", "coarse")},
-               "validation cars": len(cars), "cars with 1918x1280 masks": full_cars,
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-               "load average": os.getloadavg()}
-    runs = [("multiview-fast", refiner, "set", "sets")] * ("sets" not in skip) + \
-           [("rgb-fast", single, "photo", "single")] * ("single" not in skip)
+    figures = {
+        "refiner": str(args.refiner),
+        "meta": {k: meta.get(k) for k in ("train_seconds", "steps", "coarse")},
+        "validation cars": len(cars),
+        "cars with 1918x1280 masks": full_cars,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "load average": os.getloadavg(),
+    }
+    runs = [("multiview-fast", args.refiner, "set", "sets")] * ("sets" not in skip) + [
+        ("rgb-fast", single_path, "photo", "single")
+    ] * ("single" not in skip)
     for coarse, model, studio, label in runs:
         for tta in (False, True) if "tta" not in skip else (False,):
             name = f"{label}: {coarse}{' +hflip' * tta}"
@@ -174,7 +195,9 @@ def main() -> None:
     if "cost" not in skip:
         figures["cost ms per photo"] = cost(args.data / "carvana-test-1918" / "test", refiner, args.repeats)
     if "speed" not in skip:
-        figures["predict at 1918x1280"] = predict_speed(args.data / "carvana-test-1918" / "test", refiner, args.rounds)
+        figures["predict at 1918x1280"] = predict_speed(
+            args.data / "carvana-test-1918" / "test", args.refiner, args.rounds
+        )
         print(json.dumps(figures["predict at 1918x1280"]), flush=True)
     figures["load average after"] = os.getloadavg()
     report(figures)
@@ -183,16 +206,20 @@ def main() -> None:
 
 
 def report(figures: dict) -> None:
-    print(f"validation cars: {figures['validation cars']} at 512x512; "
-          f"{len(figures['cars with 1918x1280 masks'])} of them with 1918x1280 masks")
+    print(
+        f"validation cars: {figures['validation cars']} at 512x512; "
+        f"{len(figures['cars with 1918x1280 masks'])} of them with 1918x1280 masks"
+    )
     print("| coarse | dice 512 before | after | dice 1918 before | after | photos better / worse (512) |")
     print("|---|---|---|---|---|---|")
     for name, row in figures.items():
         if isinstance(row, dict) and "512" in row:
             big = row["1918"]
-            print(f"| {name} | {row['512']['before']:.5f} | {row['512']['after']:.5f} | "
-                  f"{big['before'] or float('nan'):.5f} | {big['after'] or float('nan'):.5f} | "
-                  f"{row['512']['better']} / {row['512']['worse']} |")
+            print(
+                f"| {name} | {row['512']['before']:.5f} | {row['512']['after']:.5f} | "
+                f"{big['before'] or float('nan'):.5f} | {big['after'] or float('nan'):.5f} | "
+                f"{row['512']['better']} / {row['512']['worse']} |"
+            )
     if "cost ms per photo" in figures:
         print(json.dumps(figures["cost ms per photo"], indent=1))
 

@@ -1,6 +1,7 @@
 """The learned edge refiner (`carmask.models.refiner`) and its training (`carmask.train_refiner`),
 on synthetic turntable sets: it learns, its checkpoint loads safely, its inference is one
 function of tensors on any device and any batch size."""
+
 import json
 
 import numpy as np
@@ -10,9 +11,11 @@ import torch.nn.functional as F
 
 from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
+from carmask.models import refiner_frames
+from carmask.refiner_data import Buffer, TileBuffer, coarse_probs
 from carmask.synth import random_car, render_view, studio_background
-from carmask.refiner_data import coarse_probs
-from carmask.train_refiner import Buffer, RefinerConfig, TileBuffer, train, train_one_epoch
+from carmask.train_config import RefinerConfig
+from carmask.train_refiner import train, train_one_epoch
 
 SIZE = (192, 128)
 
@@ -33,14 +36,14 @@ def turntable():
             masks.append(mask)
     photos = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(np.stack(masks).astype(np.uint8))
-    studios = rf.set_studios(photos, [8, 8])
+    studios = refiner_frames.set_studios(photos, [8, 8])
     generator = torch.Generator().manual_seed(0)
     truth = masks[:, None].float()
     low = F.interpolate(truth, size=(SIZE[1] // 4, SIZE[0] // 4), mode="bilinear", antialias=True)
-    shift = F.interpolate(torch.rand((len(truth), 1, 4, 6), generator=generator) - 0.5, size=low.shape[-2:],
-                          mode="bilinear")
-    coarse = F.interpolate(torch.sigmoid((low - 0.5 + 0.4 * shift) * 8), size=(SIZE[1], SIZE[0]),
-                           mode="bilinear")[:, 0]
+    shift = F.interpolate(
+        torch.rand((len(truth), 1, 4, 6), generator=generator) - 0.5, size=low.shape[-2:], mode="bilinear"
+    )
+    coarse = F.interpolate(torch.sigmoid((low - 0.5 + 0.4 * shift) * 8), size=(SIZE[1], SIZE[0]), mode="bilinear")[:, 0]
     return photos, studios, coarse, masks
 
 
@@ -52,8 +55,9 @@ def test_the_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     photos, studios, coarse, masks = turntable
     torch.manual_seed(0)
     refiner = rf.EdgeRefiner(radius=2, ring=4, hidden=(32, 16), low=0.05)
-    config = RefinerConfig(batch_size=2048, buffer=6, refresh=1, steps_per_epoch=150, epochs=1, lr=1e-2,
-                           max_minutes=None)
+    config = RefinerConfig(
+        batch_size=2048, buffer=6, refresh=1, steps_per_epoch=150, epochs=1, lr=1e-2, max_minutes=None
+    )
     coarse_u8 = rf._to_uint8(coarse)
 
     def fetch(items):  # the first car trains, the second one is measured
@@ -61,8 +65,9 @@ def test_the_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
 
     buffer = Buffer(fetch, list(range(8)), config, refiner.offsets, torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=config.lr)
-    loss, out_of_time, _ = train_one_epoch(refiner, F.binary_cross_entropy_with_logits, optimizer, buffer,
-                                           config, epoch=0)
+    loss, out_of_time, _ = train_one_epoch(
+        refiner, F.binary_cross_entropy_with_logits, optimizer, buffer, config, epoch=0
+    )
     assert loss is not None and not out_of_time
     refiner.eval()
     before = _dice(coarse[8:], masks[8:])
@@ -74,8 +79,17 @@ def test_the_tile_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     photos, studios, coarse, masks = turntable
     torch.manual_seed(0)
     refiner = rf.TileRefiner(channels=16, dilations=(1, 2, 4, 1), tile=32, low=0.05)
-    config = RefinerConfig(shape="tiles", tile=32, batch_size=32, buffer=6, refresh=1, steps_per_epoch=300,
-                           epochs=1, lr=1e-2, max_minutes=None)
+    config = RefinerConfig(
+        shape="tiles",
+        tile=32,
+        batch_size=32,
+        buffer=6,
+        refresh=1,
+        steps_per_epoch=300,
+        epochs=1,
+        lr=1e-2,
+        max_minutes=None,
+    )
     coarse_u8 = rf._to_uint8(coarse)
 
     def fetch(items):  # the first car trains, the second one is measured
@@ -83,8 +97,9 @@ def test_the_tile_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
 
     buffer = TileBuffer(fetch, list(range(8)), config, torch.Generator().manual_seed(0))
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=config.lr)
-    loss, out_of_time, _ = train_one_epoch(refiner, F.binary_cross_entropy_with_logits, optimizer, buffer,
-                                           config, epoch=0)
+    loss, out_of_time, _ = train_one_epoch(
+        refiner, F.binary_cross_entropy_with_logits, optimizer, buffer, config, epoch=0
+    )
     assert loss is not None and not out_of_time
     refiner.eval()
     before = _dice(coarse[8:], masks[8:])
@@ -99,8 +114,9 @@ def test_tile_inference_is_the_cnn_on_each_tile_and_leaves_the_rest_alone(turnta
     refiner = rf.TileRefiner(channels=8, dilations=(1, 2), tile=tile).eval()
     torch.nn.init.normal_(refiner.head.weight, std=0.5)  # a fresh one starts as the identity
     whole = rf.refine_batch(refiner, photos, studios, coarse)
-    ones = torch.cat([rf.refine_batch(refiner, photos[i:i + 1], studios[i:i + 1], coarse[i:i + 1])
-                      for i in range(len(photos))])
+    ones = torch.cat(
+        [rf.refine_batch(refiner, photos[i : i + 1], studios[i : i + 1], coarse[i : i + 1]) for i in range(len(photos))]
+    )
     chunked = rf.refine_batch(refiner, photos, studios, coarse, chunk=1024)  # one tile a call
     assert whole.shape == coarse.shape and whole.dtype == torch.float32
     assert torch.allclose(whole, ones, atol=1e-6) and torch.allclose(whole, chunked, atol=1e-6)
@@ -122,11 +138,11 @@ def test_refine_frames_finds_each_photos_studio(turntable):
     refiner = rf.TileRefiner(channels=8, dilations=(1, 2), tile=32).eval()
     torch.nn.init.normal_(refiner.head.weight, std=0.5)
     views = [list(range(8))] * 8 + [[i] for i in range(8, 16)]  # the first car as a set, the second's alone
-    out = rf.refine_frames(refiner, photos, coarse, views)
-    as_set = rf.refine_batch(refiner, photos[:8], rf.set_studios(photos[:8], [8], coarse[:8]), coarse[:8])
-    alone = rf.refine_batch(refiner, photos[8:], rf.photo_studio(photos[8:], coarse[8:]), coarse[8:])
+    out = refiner_frames.refine_frames(refiner, photos, coarse, views)
+    as_set = rf.refine_batch(refiner, photos[:8], refiner_frames.set_studios(photos[:8], [8], coarse[:8]), coarse[:8])
+    alone = rf.refine_batch(refiner, photos[8:], refiner_frames.photo_studio(photos[8:], coarse[8:]), coarse[8:])
     assert torch.allclose(out, torch.cat([as_set, alone]), atol=1e-6)  # batched convolutions: float order
-    assert torch.allclose(rf.refine_frames(refiner, photos[8:9], coarse[8:9], [[0]]), alone[:1], atol=1e-6)
+    assert torch.allclose(refiner_frames.refine_frames(refiner, photos[8:9], coarse[8:9], [[0]]), alone[:1], atol=1e-6)
 
 
 def test_tile_checkpoints_load_safely(tmp_path):
@@ -136,8 +152,12 @@ def test_tile_checkpoints_load_safely(tmp_path):
     loaded, meta = rf.load(tmp_path / "t.pt")
     assert isinstance(loaded, rf.TileRefiner) and loaded.config == refiner.config and meta == {"note": "tiles"}
     payload = torch.load(tmp_path / "t.pt", weights_only=True)
-    for config in ({**refiner.config, "channels": 4096}, {**refiner.config, "dilations": [1] * 99},
-                   {**refiner.config, "tile": 0}, {**refiner.config, "extra": 1}):
+    for config in (
+        {**refiner.config, "channels": 4096},
+        {**refiner.config, "dilations": [1] * 99},
+        {**refiner.config, "tile": 0},
+        {**refiner.config, "extra": 1},
+    ):
         torch.save({**payload, "config": config}, tmp_path / "bad.pt")
         with pytest.raises(ValueError, match="outside its bounds"):
             rf.load(tmp_path / "bad.pt")
@@ -151,8 +171,9 @@ def test_inference_is_the_same_for_any_batch_and_leaves_the_rest_alone(turntable
     torch.manual_seed(1)
     refiner = rf.EdgeRefiner(radius=2, ring=4, hidden=(16,)).eval()
     whole = rf.refine_batch(refiner, photos, studios, coarse)
-    ones = torch.cat([rf.refine_batch(refiner, photos[i:i + 1], studios[i:i + 1], coarse[i:i + 1])
-                      for i in range(len(photos))])
+    ones = torch.cat(
+        [rf.refine_batch(refiner, photos[i : i + 1], studios[i : i + 1], coarse[i : i + 1]) for i in range(len(photos))]
+    )
     chunked = rf.refine_batch(refiner, photos, studios, coarse, chunk=1000)
     assert whole.shape == coarse.shape and whole.dtype == torch.float32
     assert torch.allclose(whole, ones, atol=1e-6) and torch.allclose(whole, chunked, atol=1e-6)
@@ -164,8 +185,10 @@ def test_inference_is_the_same_for_any_batch_and_leaves_the_rest_alone(turntable
     assert torch.equal(cl, whole)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))],
+)
 def test_inference_runs_on_the_tensors_device(turntable, device):
     photos, studios, coarse, _ = turntable
     torch.manual_seed(2)
@@ -174,13 +197,13 @@ def test_inference_runs_on_the_tensors_device(turntable, device):
     there = rf.refine_batch(refiner.to(device), photos.to(device), studios.to(device), coarse.to(device))
     assert there.device.type == device
     assert torch.allclose(there.cpu(), on_cpu, atol=1e-4)
-    single = rf.photo_studio(photos[:2].to(device), coarse[:2].to(device))
+    single = refiner_frames.photo_studio(photos[:2].to(device), coarse[:2].to(device))
     assert single.shape == photos[:2].shape and single.dtype == torch.uint8 and single.device.type == device
 
 
 def test_the_single_photo_studio_is_near_the_real_one(turntable):
     photos, studios, coarse, masks = turntable
-    estimate = rf.photo_studio(photos, coarse).float()
+    estimate = refiner_frames.photo_studio(photos, coarse).float()
     studio = torch.from_numpy(studio_background(*SIZE, seed=3)).permute(2, 0, 1).float()
     near_edge = (coarse > 0.05) & (coarse < 0.95)
     error = (estimate - studio).abs().mean(1)[near_edge]
@@ -205,8 +228,11 @@ def test_checkpoints_load_safely_and_in_half_precision(tmp_path):
     torch.save({"format": rf.FORMAT, "config": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="not a loadable refiner checkpoint"):
         rf.load(tmp_path / "evil.pt")
-    for config in ({"radius": 99, "ring": 0, "hidden": [8], "low": 0.05},
-                   {"radius": 2, "ring": 0, "hidden": [100_000], "low": 0.05}, "nonsense"):
+    for config in (
+        {"radius": 99, "ring": 0, "hidden": [8], "low": 0.05},
+        {"radius": 2, "ring": 0, "hidden": [100_000], "low": 0.05},
+        "nonsense",
+    ):
         torch.save({**payload, "config": config}, tmp_path / "bad.pt")
         with pytest.raises(ValueError, match="outside its bounds|unreadable refiner config"):
             rf.load(tmp_path / "bad.pt")
@@ -226,8 +252,9 @@ def test_perturbed_coarse_outputs_stay_in_place(synth_data, rgb_model):
     model = models.load(rgb_model)[0]
     paths = sorted((synth_data / "train").glob("*_0[1-4].jpg"))
     photos = torch.stack([decode(p, upright=False) for p in paths])
-    truth = torch.from_numpy(np.stack([read_mask(synth_data / "train_masks" / f"{p.stem}_mask.gif")
-                                       for p in paths])).bool()
+    truth = torch.from_numpy(
+        np.stack([read_mask(synth_data / "train_masks" / f"{p.stem}_mask.gif") for p in paths])
+    ).bool()
     plain = coarse_probs(model, photos)
     dice = batch_dice(plain > 127, truth).mean()
     for seed in range(3):  # each copy moved back in place: as good as the plain one, not the same
@@ -237,8 +264,15 @@ def test_perturbed_coarse_outputs_stay_in_place(synth_data, rgb_model):
 
 
 def test_the_recipe_trains_through_the_cli_loop_and_resumes(synth_data, rgb_model, tmp_path):
-    config = RefinerConfig(sources=((str(rgb_model), "photo"), (str(rgb_model), "set")), perturb=1,
-                           batch_size=512, buffer=8, steps_per_epoch=5, epochs=2, max_minutes=None)
+    config = RefinerConfig(
+        sources=((str(rgb_model), "photo"), (str(rgb_model), "set")),
+        perturb=1,
+        batch_size=512,
+        buffer=8,
+        steps_per_epoch=5,
+        epochs=2,
+        max_minutes=None,
+    )
     best = train(synth_data, tmp_path, config, progress=False)
     loaded, meta = rf.load(best)
     assert meta["kind"] == "refiner" and meta["epochs"] in (1, 2) and meta["coarse_copies"] == 2
@@ -256,10 +290,21 @@ def shipped_refiner(tmp_path, monkeypatch):
     folder = tmp_path / "refiners"
     folder.mkdir()
     rf.save(rf.TileRefiner(channels=8, dilations=(1, 2), tile=32), folder / "edge-test.pt")
-    (folder / "catalog.json").write_text(json.dumps({"edge-test": {
-        "tier": "refiner on fast", "after": ["multiview-fast", "rgb-fast"], "dice_512_sets_before": 0.9916,
-        "dice_512_sets": 0.9944, "dice_512_single_before": 0.99, "dice_512_single": 0.993,
-        "cpu_s_per_photo": 0.12}}))
+    (folder / "catalog.json").write_text(
+        json.dumps(
+            {
+                "edge-test": {
+                    "tier": "refiner on fast",
+                    "after": ["multiview-fast", "rgb-fast"],
+                    "dice_512_sets_before": 0.9916,
+                    "dice_512_sets": 0.9944,
+                    "dice_512_single_before": 0.99,
+                    "dice_512_single": 0.993,
+                    "cpu_s_per_photo": 0.12,
+                }
+            }
+        )
+    )
     monkeypatch.setattr(rf, "SHIPPED_DIR", folder)
     return folder / "edge-test.pt"
 

@@ -1,6 +1,7 @@
 """The learned edge refiner in the one path: the predictor runs it for every
 prediction (API, predict, cutout, evaluate, the service), and one photo as a
 file, bytes or an array still gives one mask."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from carmask import remove, rle
+from carmask import rle
 from carmask.models import refiner as rf
+from carmask.models import refiner_frames
 from carmask.predict import Predictor
 from tests.helpers import run_cli
 
@@ -52,13 +54,13 @@ def test_the_refiner_moves_the_outline_and_one_photo_gives_one_mask(refined, syn
 def test_the_refiner_sees_a_set_whole_and_a_photo_alone(refiner_file, synth_data, monkeypatch, sets):
     """The seam hands the refiner each photo at 512x512 with the views of its
     set (whose studio it takes) or alone (its own estimate of the studio)."""
-    seen, real = [], rf.refine_frames
+    seen, real = [], refiner_frames.refine_frames
 
     def spy(refiner, photos, probs, views):
         seen.append((tuple(photos.shape), tuple(probs.shape), views))
         return real(refiner, photos, probs, views)
 
-    monkeypatch.setattr(rf, "refine_frames", spy)
+    monkeypatch.setattr(refiner_frames, "refine_frames", spy)
     views = sorted((synth_data / "train").glob("*.jpg"))[:8]
     with Predictor(device="cpu", refiner=refiner_file, sets=sets) as predictor:  # the shipped fast tier
         out = predictor.predict_views([(p.name, p) for p in views])
@@ -67,16 +69,14 @@ def test_the_refiner_sees_a_set_whole_and_a_photo_alone(refiner_file, synth_data
     assert seen == [((8, 3, 512, 512), (8, 512, 512), together)]
 
 
-def test_predict_writes_the_refined_masks_and_a_resume_knows_the_refiner(refined, refiner_file,
-                                                                        synth_view, tmp_path):
+def test_predict_writes_the_refined_masks_and_a_resume_knows_the_refiner(refined, refiner_file, synth_view, tmp_path):
     path, _ = synth_view
     out = tmp_path / "sub.csv"
-    result = run_cli("predict", path, "-o", out, "--model", MODEL, "--refiner", refiner_file,
-                     "--device", "cpu")
+    result = run_cli("predict", path, "-o", out, "--model", MODEL, "--refiner", refiner_file, "--device", "cpu")
     assert result.exit_code == 0, result.output
     [row] = list(csv.DictReader(out.open()))
     assert row["rle_mask"] == rle.encode(refined.predict_photo(path) > 0.5)
-    record = (tmp_path / "sub.csv.partial.json")
+    record = tmp_path / "sub.csv.partial.json"
     assert not record.exists()  # published whole
 
 
@@ -85,6 +85,7 @@ def test_cutout_and_the_service_use_the_refiner(refined, refiner_file, synth_vie
     from fastapi.testclient import TestClient
 
     from carmask.serve import create_app
+
     path, _ = synth_view
     source = tmp_path / "car_05.jpg"
     source.write_bytes(path.read_bytes())

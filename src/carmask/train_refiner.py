@@ -22,6 +22,7 @@ curve.png, split.json, best.pt (best validation dice), model.pt (the last
 epoch: the one to ship, chosen without looking at the validation cars),
 last.pt (`--resume`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,7 +42,7 @@ from carmask.devices import pick_device
 from carmask.files import atomic_write
 from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
-from carmask.refiner_data import CoarseCache
+from carmask.refiner_data import Buffer, CoarseCache, TileBuffer
 from carmask.report import plot_curves
 from carmask.train_config import RefinerConfig
 
@@ -51,7 +52,7 @@ class Run:
     config: RefinerConfig
     run_dir: Path
     cache: CoarseCache
-    train_items: list[tuple[int, int, int]]   # (photo row, source, coarse copy) the loop draws from
+    train_items: list[tuple[int, int, int]]  # (photo row, source, coarse copy) the loop draws from
     val_rows: np.ndarray
     refiner: rf.EdgeRefiner
     optimizer: torch.optim.Optimizer
@@ -66,22 +67,32 @@ class Run:
         return self.run_dir / "metrics.csv"
 
 
-def train(data_dir, run_dir, config: RefinerConfig, device: str = "auto", resume: bool = False,
-          cache_dir=None, progress: bool = True, workers: int | None = None, skipped=None) -> Path:
+def train(
+    data_dir,
+    run_dir,
+    config: RefinerConfig,
+    device: str = "auto",
+    resume: bool = False,
+    cache_dir=None,
+    progress: bool = True,
+    workers: int | None = None,
+    skipped=None,
+) -> Path:
     """Train a refiner; returns the path of its best checkpoint (best.pt).
     It trains on the CPU (`device` auto or cpu); `workers` is not used (the
     cache is built in this process, one car at a time)."""
     run_dir = Path(run_dir)
-    run = setup(data_dir, run_dir, config, pick_device("cpu" if device == "auto" else device), resume,
-                cache_dir, progress)
+    run = setup(
+        data_dir, run_dir, config, pick_device("cpu" if device == "auto" else device), resume, cache_dir, progress
+    )
     if skipped:
         for reason in run.cache.skipped:
             skipped(reason)
     buffer = make_buffer(run.cache.fetch, run.train_items, config, run.refiner, run.generator)
     for epoch in range(run.epoch, config.epochs):
-        train_loss, out_of_time, seconds = train_one_epoch(run.refiner, F.binary_cross_entropy_with_logits,
-                                                           run.optimizer, buffer, config, epoch, run.elapsed,
-                                                           progress)
+        train_loss, out_of_time, seconds = train_one_epoch(
+            run.refiner, F.binary_cross_entropy_with_logits, run.optimizer, buffer, config, epoch, run.elapsed, progress
+        )
         run.elapsed += seconds
         if train_loss is None:
             break
@@ -94,36 +105,61 @@ def train(data_dir, run_dir, config: RefinerConfig, device: str = "auto", resume
     return run_dir / "best.pt"
 
 
-def setup(data_dir, run_dir: Path, config: RefinerConfig, device: torch.device, resume: bool = False,
-          cache_dir=None, progress: bool = True) -> Run:
+def setup(
+    data_dir,
+    run_dir: Path,
+    config: RefinerConfig,
+    device: torch.device,
+    resume: bool = False,
+    cache_dir=None,
+    progress: bool = True,
+) -> Run:
     if device.type != "cpu":
         raise ValueError("the refiner trains on the CPU (its recipe's point: no GPU needed)")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     cars = discover(data_dir)
     from carmask.train import held_out  # the split of every recipe: the coarse models' own
+
     coarse_train, val_cars = held_out(list(cars), config.val_cars, config.val_fraction, config.seed)
     extra = sorted(set(config.train_on_val) & set(val_cars))
     measured = sorted(set(val_cars) - set(extra))
-    split = {"train": coarse_train + extra, "val": measured, "coarse_train": coarse_train,
-             "out_of_sample_train": extra}
+    split = {"train": coarse_train + extra, "val": measured, "coarse_train": coarse_train, "out_of_sample_train": extra}
     atomic_write(run_dir / "split.json", lambda tmp: tmp.write_text(json.dumps(split, indent=1)))
     sources = [tuple(s) for s in config.sources]
-    cache = CoarseCache.build({c: cars[c] for c in coarse_train + val_cars}, sources, config.perturb,
-                              set(coarse_train), Path(cache_dir or run_dir / "cache"), config.seed, progress)
+    cache = CoarseCache.build(
+        {c: cars[c] for c in coarse_train + val_cars},
+        sources,
+        config.perturb,
+        set(coarse_train),
+        Path(cache_dir or run_dir / "cache"),
+        config.seed,
+        progress,
+    )
     in_sample, extra_cars = set(coarse_train), set(extra)
-    train_items = [(row, s, copy) for row, car in enumerate(cache.cars) if car in in_sample
-                   for s in range(len(sources)) for copy in range(cache.copies)]
-    train_items += [(row, s, 0) for row, car in enumerate(cache.cars) if car in extra_cars
-                    for s in range(len(sources))]
+    train_items = [
+        (row, s, copy)
+        for row, car in enumerate(cache.cars)
+        if car in in_sample
+        for s in range(len(sources))
+        for copy in range(cache.copies)
+    ]
+    train_items += [(row, s, 0) for row, car in enumerate(cache.cars) if car in extra_cars for s in range(len(sources))]
     val_rows = np.flatnonzero(np.isin(cache.cars, measured))
     refiner = make_refiner(config)
     optimizer = torch.optim.AdamW(refiner.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    meta = {"kind": "refiner", "sources": [list(s) for s in sources],
-            "train_cars": len(coarse_train) + len(extra), "val_cars": len(measured),
-            "train_photos": len({row for row, _, _ in train_items}), "val_photos": int(len(val_rows)),
-            "coarse_copies": cache.copies, "config": asdict(config), "skipped": len(cache.skipped),
-            "parameters": sum(p.numel() for p in refiner.parameters())}
+    meta = {
+        "kind": "refiner",
+        "sources": [list(s) for s in sources],
+        "train_cars": len(coarse_train) + len(extra),
+        "val_cars": len(measured),
+        "train_photos": len({row for row, _, _ in train_items}),
+        "val_photos": int(len(val_rows)),
+        "coarse_copies": cache.copies,
+        "config": asdict(config),
+        "skipped": len(cache.skipped),
+        "parameters": sum(p.numel() for p in refiner.parameters()),
+    }
     run = Run(config, run_dir, cache, train_items, val_rows, refiner, optimizer, meta)
     if resume and (run_dir / "last.pt").exists():
         _resume(run, run_dir / "last.pt")
@@ -151,133 +187,17 @@ def make_buffer(fetch, items: list, config: RefinerConfig, refiner, generator: t
 
 # -- the loop --------------------------------------------------------------------------------------
 
-class Buffer:
-    """`config.buffer` photos as packed tables with their band pixels and the
-    masks' values there; `draw` gathers a batch of patches from all of them,
-    `refresh` replaces a few. `fetch(items)` gives the photos of a list of
-    `items` (any keys; `CoarseCache.fetch` for (row, copy) pairs): photos and
-    studios N x 3 x H x W uint8, coarse probabilities and masks N x H x W uint8."""
 
-    def __init__(self, fetch, items: list, config: RefinerConfig, offsets: torch.Tensor,
-                 generator: torch.Generator):
-        self.fetch, self.items, self.config, self.offsets, self.generator = fetch, items, config, offsets, generator
-        self.centre = int(((offsets == 0).all(1)).nonzero()[0, 0])
-        self.mirror = _mirror(offsets)
-        self.tables: torch.Tensor | None = None
-        self.bands: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)] * config.buffer
-        self.truth: list[torch.Tensor] = [torch.zeros(0)] * config.buffer
-        self.colour = torch.zeros((config.buffer, 2))
-        self.load(list(range(config.buffer)))
-
-    def load(self, slots: list[int]) -> None:
-        pick = torch.randint(len(self.items), (len(slots),), generator=self.generator).tolist()
-        photos, studios, coarse, masks = self.fetch([self.items[i] for i in pick])
-        tables = rf.packed(photos, studios, coarse, int(self.offsets.abs().max()))
-        if self.tables is None:
-            self.tables = tables.new_zeros((self.config.buffer, *tables.shape[1:]))
-            self.frame = coarse[0].numel()  # pixels of a photo, inside the table's border
-        for i, slot in enumerate(slots):
-            self.tables[slot] = tables[i]
-            self.bands[slot] = rf.band(coarse[i], self.config.low)
-            self.truth[slot] = masks[i].reshape(-1)[self.bands[slot]].float()
-        # each photo's colour jitter, photo and studio alike: gain, offset
-        self.colour[slots] = (torch.rand((len(slots), 2), generator=self.generator) * 2 - 1) * self.config.jitter
-        self.index = torch.cat([b + slot * self.frame for slot, b in enumerate(self.bands)])
-        self.targets = torch.cat(self.truth)
-        self.owner = torch.repeat_interleave(torch.arange(len(self.bands)),
-                                             torch.tensor([len(b) for b in self.bands]))
-
-    def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(K x k x 8 patches as floats, recoloured and half of them mirrored;
-        the coarse logits of their pixels; the masks' values there)."""
-        pick = torch.randint(len(self.index), (count,), generator=self.generator)
-        x = rf.patches(self.tables, self.index[pick], self.offsets).float()
-        colour = self.colour[self.owner[pick]]
-        gain, offset = (1 + colour[:, 0])[:, None, None], (128 * colour[:, 1])[:, None, None]
-        x[..., :6] = x[..., :6].mul_(gain).add_(offset).clamp_(0, 255)
-        x[..., 7:] = x[..., 7:].mul_(gain).clamp_(0, 255)
-        flip = torch.rand(count, generator=self.generator) < 0.5
-        x[flip] = x[flip][:, self.mirror]
-        logit = torch.logit(x[:, self.centre, 6].div(255).clamp(1e-4, 1 - 1e-4))
-        return x, logit, self.targets[pick]
-
-    def refresh(self) -> None:
-        slots = torch.randperm(len(self.bands), generator=self.generator)[:self.config.refresh]
-        self.load(slots.tolist())
-
-
-class TileBuffer:
-    """`config.buffer` photos as packed tables (`refiner.packed`) with their
-    masks; `draw` cuts `count` tiles of `config.tile` pixels, each holding a
-    band pixel at a random place, inside the frame (as the inference's grid
-    has them), recoloured and half of them mirrored."""
-
-    def __init__(self, fetch, items: list, config: RefinerConfig, generator: torch.Generator):
-        self.fetch, self.items, self.config, self.generator = fetch, items, config, generator
-        self.tables: torch.Tensor | None = None
-        self.masks: torch.Tensor | None = None
-        self.bands: list[torch.Tensor] = [torch.zeros(0, dtype=torch.int64)] * config.buffer
-        self.colour = torch.zeros((config.buffer, 2))
-        self.load(list(range(config.buffer)))
-
-    def load(self, slots: list[int]) -> None:
-        pick = torch.randint(len(self.items), (len(slots),), generator=self.generator).tolist()
-        photos, studios, coarse, masks = self.fetch([self.items[i] for i in pick])
-        tables = rf.packed(photos, studios, coarse)
-        if self.tables is None:
-            self.tables = tables.new_zeros((self.config.buffer, *tables.shape[1:]))
-            self.masks = masks.new_zeros((self.config.buffer, *masks.shape[1:]))
-            self.frame = coarse[0].numel()
-        for i, slot in enumerate(slots):
-            self.tables[slot] = tables[i]
-            self.masks[slot] = masks[i]
-            self.bands[slot] = rf.band(coarse[i], self.config.low)
-        self.colour[slots] = (torch.rand((len(slots), 2), generator=self.generator) * 2 - 1) * self.config.jitter
-        self.index = torch.cat([b + slot * self.frame for slot, b in enumerate(self.bands)])
-
-    def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(K x 8 x T x T planes as floats; the coarse logits there; the masks'
-        values; 1 at the band's pixels, where the loss counts)."""
-        t = self.config.tile
-        _, height, width = self.tables.shape
-        pick = self.index[torch.randint(len(self.index), (count,), generator=self.generator)]
-        image, pixel = pick.div(self.frame, rounding_mode="floor"), pick.remainder(self.frame)
-        row, col = pixel.div(width, rounding_mode="floor"), pixel.remainder(width)
-        shift = torch.randint(t, (2, count), generator=self.generator)
-        top = (row - shift[0]).clamp(0, height - t)
-        left = (col - shift[1]).clamp(0, width - t)
-        d = torch.arange(t)
-        at = ((image[:, None, None] * height + top[:, None, None] + d[None, :, None]) * width
-              + left[:, None, None] + d[None, None, :]).reshape(-1)
-        x = self.tables.reshape(-1).index_select(0, at).view(torch.uint8).view(count, t, t, 8)
-        y = self.masks.reshape(-1).index_select(0, at).view(count, t, t).float()
-        x = x.permute(0, 3, 1, 2).float()
-        coarse = x[:, 6].clone()
-        weight = ((coarse > round(self.config.low * 255)) & (coarse < round((1 - self.config.low) * 255))).float()
-        colour = self.colour[image]
-        gain, offset = (1 + colour[:, 0])[:, None, None, None], (128 * colour[:, 1])[:, None, None, None]
-        x[:, :6] = x[:, :6].mul_(gain).add_(offset).clamp_(0, 255)
-        x[:, 7:] = x[:, 7:].mul_(gain).clamp_(0, 255)
-        flip = torch.rand(count, generator=self.generator) < 0.5
-        x[flip], y[flip], weight[flip], coarse[flip] = x[flip].flip(-1), y[flip].flip(-1), \
-            weight[flip].flip(-1), coarse[flip].flip(-1)
-        logit = torch.logit(coarse.div(255).clamp(1e-4, 1 - 1e-4))
-        return x, logit, y, weight
-
-    def refresh(self) -> None:
-        slots = torch.randperm(len(self.bands), generator=self.generator)[:self.config.refresh]
-        self.load(slots.tolist())
-
-
-def _mirror(offsets: torch.Tensor) -> torch.Tensor:
-    """The permutation of patch samples that mirrors them left to right."""
-    where = {tuple(o): i for i, o in enumerate(offsets.tolist())}
-    return torch.tensor([where[(dy, -dx)] for dy, dx in offsets.tolist()])
-
-
-def train_one_epoch(refiner: rf.EdgeRefiner, criterion, optimizer: torch.optim.Optimizer, buffer: Buffer,
-                    config: RefinerConfig, epoch: int, elapsed: float = 0.0,
-                    progress: bool = False) -> tuple[float | None, bool, float]:
+def train_one_epoch(
+    refiner: rf.EdgeRefiner,
+    criterion,
+    optimizer: torch.optim.Optimizer,
+    buffer: Buffer,
+    config: RefinerConfig,
+    epoch: int,
+    elapsed: float = 0.0,
+    progress: bool = False,
+) -> tuple[float | None, bool, float]:
     """`config.steps_per_epoch` steps, or fewer when the time budget (of which
     `elapsed` seconds are spent) runs out: (mean training loss, or None if no
     step was made; out of time; seconds this epoch took). `criterion(logits,
@@ -287,11 +207,15 @@ def train_one_epoch(refiner: rf.EdgeRefiner, criterion, optimizer: torch.optim.O
     budget = 60 * config.max_minutes if config.max_minutes else None
     refiner.train()
     total, seen, out_of_time, t0 = 0.0, 0, False, time.perf_counter()
-    bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
-               disable=None if progress else True)  # None: on a terminal only
+    bar = tqdm(
+        range(config.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False, disable=None if progress else True
+    )  # None: on a terminal only
     for step in bar:
-        done = ((elapsed + time.perf_counter() - t0) / budget if budget else
-                (epoch * config.steps_per_epoch + step) / (config.epochs * config.steps_per_epoch))
+        done = (
+            (elapsed + time.perf_counter() - t0) / budget
+            if budget
+            else (epoch * config.steps_per_epoch + step) / (config.epochs * config.steps_per_epoch)
+        )
         if done >= 1:
             out_of_time = True
             break
@@ -299,8 +223,9 @@ def train_one_epoch(refiner: rf.EdgeRefiner, criterion, optimizer: torch.optim.O
             group["lr"] = learning_rate(config.lr, config.schedule, done)
         x, coarse_logit, y, *weight = buffer.draw(config.batch_size)
         if weight:  # tiles: the loss counts at the band's pixels only
-            loss = (criterion(coarse_logit + refiner(x), y, reduction="none") * weight[0]).sum() \
-                / weight[0].sum().clamp(min=1)
+            loss = (criterion(coarse_logit + refiner(x), y, reduction="none") * weight[0]).sum() / weight[
+                0
+            ].sum().clamp(min=1)
         else:
             loss = criterion(coarse_logit + refiner(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -313,8 +238,9 @@ def train_one_epoch(refiner: rf.EdgeRefiner, criterion, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(refiner: rf.EdgeRefiner, cache: CoarseCache, rows: np.ndarray, config: RefinerConfig,
-             batch: int = 16) -> tuple[float, list[float]]:
+def evaluate(
+    refiner: rf.EdgeRefiner, cache: CoarseCache, rows: np.ndarray, config: RefinerConfig, batch: int = 16
+) -> tuple[float, list[float]]:
     """(mean BCE over band pixels, mean per-photo dice at 512 for each source)
     of the refined probabilities, computed by `refine_batch` on copy 0 of
     the coarse outputs (as the predictor computes them)."""
@@ -323,7 +249,7 @@ def evaluate(refiner: rf.EdgeRefiner, cache: CoarseCache, rows: np.ndarray, conf
     for source in range(len(cache.sources)):
         found = []
         for start in range(0, len(rows), batch):
-            photos, studios, coarse, truth = cache.fetch([(r, source, 0) for r in rows[start:start + batch]])
+            photos, studios, coarse, truth = cache.fetch([(r, source, 0) for r in rows[start : start + batch]])
             refined = rf.refine_batch(refiner, photos, studios, coarse.float() / 255)
             band = rf.band(coarse, config.low)
             p = refined.reshape(-1)[band].clamp(1e-6, 1 - 1e-6)
@@ -343,20 +269,34 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, dices: list[float],
         run.best_dice = val_dice
     lr = run.optimizer.param_groups[0]["lr"]
     with open(run.log, "a", newline="") as f:
-        csv.writer(f).writerow([run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}",
-                                f"{lr:.2e}", f"{run.elapsed:.1f}"])
+        csv.writer(f).writerow(
+            [run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}", f"{lr:.2e}", f"{run.elapsed:.1f}"]
+        )
     if progress:
         each = "  ".join(f"{model} {dice:.5f}" for (model, _), dice in zip(run.cache.sources, dices))
-        tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                   f"val dice {each}  ({run.elapsed:.0f}s)", file=sys.stderr)
-    meta = {**run.meta, "epochs": run.epoch, "steps": run.epoch * run.config.steps_per_epoch,
-            "train_seconds": round(run.elapsed, 1), "val_dice": round(val_dice, 5),
-            "val_dice_by_source": [round(d, 5) for d in dices]}
+        tqdm.write(
+            f"epoch {run.epoch}: train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+            f"val dice {each}  ({run.elapsed:.0f}s)",
+            file=sys.stderr,
+        )
+    meta = {
+        **run.meta,
+        "epochs": run.epoch,
+        "steps": run.epoch * run.config.steps_per_epoch,
+        "train_seconds": round(run.elapsed, 1),
+        "val_dice": round(val_dice, 5),
+        "val_dice_by_source": [round(d, 5) for d in dices],
+    }
     if improved:
         rf.save(run.refiner, run.run_dir / "best.pt", meta)
     rf.save(run.refiner, run.run_dir / "model.pt", meta)
-    state = {"model": run.refiner.state_dict(), "optimizer": run.optimizer.state_dict(),
-             "epoch": run.epoch, "best_dice": run.best_dice, "elapsed": run.elapsed}
+    state = {
+        "model": run.refiner.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "epoch": run.epoch,
+        "best_dice": run.best_dice,
+        "elapsed": run.elapsed,
+    }
     atomic_write(run.run_dir / "last.pt", lambda tmp: torch.save(state, tmp))
 
 
@@ -367,10 +307,14 @@ def _resume(run: Run, last: Path) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
         run.epoch, run.best_dice, run.elapsed = state["epoch"], state["best_dice"], state["elapsed"]
     except Exception as exc:  # another run's file, a truncated one, another recipe's shapes
-        raise ValueError(f"{last}: cannot resume from it ({str(exc).splitlines()[0]}); "
-                         f"train into a new folder, or delete it to start afresh") from None
+        raise ValueError(
+            f"{last}: cannot resume from it ({str(exc).splitlines()[0]}); "
+            f"train into a new folder, or delete it to start afresh"
+        ) from None
     lines = run.log.read_text().splitlines(keepends=True) if run.log.exists() else []
-    kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
-                        and int(line.split(",", 1)[0]) <= run.epoch]
-    atomic_write(run.log, lambda tmp: tmp.write_text("".join(kept) or
-                                                     "epoch,train_loss,val_loss,val_dice,lr,seconds\n"))
+    kept = lines[:1] + [
+        line for line in lines[1:] if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= run.epoch
+    ]
+    atomic_write(
+        run.log, lambda tmp: tmp.write_text("".join(kept) or "epoch,train_loss,val_loss,val_dice,lr,seconds\n")
+    )

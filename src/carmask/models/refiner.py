@@ -15,34 +15,39 @@ frame), so only those pixels are re-decided, PointRend-like:
 The gather pulls the 8 planes of a pixel as one int64, so
 the cost grows with the band's pixels (about 8k a photo), not the frame's.
 Everything is torch on the tensors' device; `refine_batch` is the one entry
-point. The studio comes from the car's views (`set_studios`: the median of
-the views that show the studio at each pixel) or, for a single photo, from
-the studio around the car (`photo_studio`, the estimate `carmask.refine` makes).
+point. The studio behind the car, and the refiner on whole frames as the
+predictor runs it: `carmask.models.refiner_frames`.
 Checkpoints are plain tensors loaded with `weights_only=True`, weights
 stored in half precision. Measurements and the alternatives tried:
 docs/RESULTS.md, "Learned edge refiner".
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from carmask.files import atomic_write
-from carmask.inputs.background import backgrounds, median
-from carmask.inputs.resize import resize_image, resize_map
-from carmask.inputs.spec import MIN_VIEWS
 
 FORMAT = "carmask-refiner-1"
 SIZE = (512, 512)  # (width, height): the size the refiners are trained at
 PLANES = 8  # photo RGB, studio RGB, coarse probability, |photo - studio| (largest channel)
 STUDIO_BELOW = 0.1  # a view shows the studio at a pixel where its coarse probability is below this
-LIMITS = {"radius": (0, 8), "ring": (0, 16), "hidden": (1, 512), "layers": (1, 4),
-          "channels": (1, 128), "dilation": (1, 32), "conv_layers": (1, 12), "tile": (8, 512)}
+LIMITS = {
+    "radius": (0, 8),
+    "ring": (0, 16),
+    "hidden": (1, 512),
+    "layers": (1, 4),
+    "channels": (1, 128),
+    "dilation": (1, 32),
+    "conv_layers": (1, 12),
+    "tile": (8, 512),
+}
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "refiners"
 
 
@@ -56,8 +61,7 @@ class EdgeRefiner(nn.Module):
 
     def __init__(self, radius: int = 3, ring: int = 0, hidden: Sequence[int] = (64, 32), low: float = 0.05):
         super().__init__()
-        self.config = {"radius": int(radius), "ring": int(ring), "hidden": [int(h) for h in hidden],
-                       "low": float(low)}
+        self.config = {"radius": int(radius), "ring": int(ring), "hidden": [int(h) for h in hidden], "low": float(low)}
         self.low = float(low)
         self.register_buffer("offsets", patch_offsets(radius, ring), persistent=False)
         layers, width = [], PLANES * len(self.offsets)
@@ -96,11 +100,17 @@ class TileRefiner(nn.Module):
     into a grid of them; only those holding band pixels run).
     """
 
-    def __init__(self, channels: int = 32, dilations: Sequence[int] = (1, 1, 2, 4, 8, 1), tile: int = 64,
-                 low: float = 0.05):
+    def __init__(
+        self, channels: int = 32, dilations: Sequence[int] = (1, 1, 2, 4, 8, 1), tile: int = 64, low: float = 0.05
+    ):
         super().__init__()
-        self.config = {"kind": "tiles", "channels": int(channels), "dilations": [int(d) for d in dilations],
-                       "tile": int(tile), "low": float(low)}
+        self.config = {
+            "kind": "tiles",
+            "channels": int(channels),
+            "dilations": [int(d) for d in dilations],
+            "tile": int(tile),
+            "low": float(low),
+        }
         self.low, self.tile = float(low), int(tile)
         layers, width = [], 10
         for d in dilations:
@@ -115,8 +125,7 @@ class TileRefiner(nn.Module):
         x = planes.to(self.head.weight.dtype)
         photo, studio = x[:, 0:3], x[:, 3:6]
         p = x[:, 6:7].div(255).clamp(1e-3, 1 - 1e-3)
-        inputs = torch.cat([(photo - 128) / 64, (studio - 128) / 64, (photo - studio) / 64,
-                            torch.logit(p) / 4], 1)
+        inputs = torch.cat([(photo - 128) / 64, (studio - 128) / 64, (photo - studio) / 64, torch.logit(p) / 4], 1)
         return self.head(self.body(inputs))[:, 0]
 
 
@@ -127,7 +136,7 @@ def patch_offsets(radius: int, ring: int = 0) -> torch.Tensor:
     if ring > 0:
         steps = torch.tensor([-ring, -ring // 2, 0, ring // 2])
         side = [torch.stack([steps, torch.full_like(steps, -ring)], 1)]  # left side, going down
-        side.append(torch.stack([torch.full_like(steps, ring), steps], 1))   # bottom, going right
+        side.append(torch.stack([torch.full_like(steps, ring), steps], 1))  # bottom, going right
         side.append(torch.stack([-steps, torch.full_like(steps, ring)], 1))  # right, going up
         side.append(torch.stack([torch.full_like(steps, -ring), -steps], 1))  # top, going left
         offsets = torch.cat([offsets, *side])
@@ -135,6 +144,7 @@ def patch_offsets(radius: int, ring: int = 0) -> torch.Tensor:
 
 
 # -- the inference ---------------------------------------------------------------------------------
+
 
 def band(coarse: torch.Tensor, low: float) -> torch.Tensor:
     """Flat indices into N x H x W `coarse` probabilities (float 0..1, or uint8
@@ -154,7 +164,7 @@ def packed(photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, pa
     border of `pad` zeros, so that a patch never needs clamping."""
     n, _, height, width = photos.shape
     out = torch.zeros((n, height + 2 * pad, width + 2 * pad, 8), dtype=torch.uint8, device=photos.device)
-    inner = out[:, pad:pad + height, pad:pad + width]
+    inner = out[:, pad : pad + height, pad : pad + width]
     inner[..., 0:3] = photos.permute(0, 2, 3, 1)
     inner[..., 3:6] = studios.permute(0, 2, 3, 1)
     inner[..., 6] = coarse if coarse.dtype == torch.uint8 else _to_uint8(coarse)
@@ -179,8 +189,9 @@ def patches(table: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor) -> 
 
 
 @torch.inference_mode()
-def refine_batch(refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor,
-                 chunk: int = 32768) -> torch.Tensor:
+def refine_batch(
+    refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32768
+) -> torch.Tensor:
     """Refined probabilities: N x H x W float32, on the tensors' device.
 
     `photos`: N x 3 x H x W uint8, the photos at the refiner's size (512x512
@@ -209,8 +220,9 @@ def refine_batch(refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tens
     return out
 
 
-def _refine_tiles(refiner: TileRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor,
-                  chunk: int = 32) -> torch.Tensor:
+def _refine_tiles(
+    refiner: TileRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32
+) -> torch.Tensor:
     """`refine_batch` for a TileRefiner: the frame cut into T x T tiles, the
     CNN run on those holding band pixels, its correction added to the coarse
     logit at the band's pixels."""
@@ -231,7 +243,7 @@ def _refine_tiles(refiner: TileRefiner, photos: torch.Tensor, studios: torch.Ten
     which = busy.nonzero()
     correction = torch.zeros((n, gh, gw, t, t), device=coarse.device)
     for start in range(0, len(which), chunk):
-        at = which[start:start + chunk].unbind(1)
+        at = which[start : start + chunk].unbind(1)
         tiles = grid[at].contiguous().view(torch.uint8).view(-1, t, t, 8).permute(0, 3, 1, 2)
         correction[at] = refiner(tiles).float()
     correction = correction.permute(0, 1, 3, 2, 4).reshape(n, gh * t, gw * t)[:, :height, :width]
@@ -241,115 +253,15 @@ def _refine_tiles(refiner: TileRefiner, photos: torch.Tensor, studios: torch.Ten
     return out
 
 
-# -- the studio behind the car ---------------------------------------------------------------------
-
-def set_studios(photos: torch.Tensor, counts: Sequence[int], coarse: torch.Tensor | None = None) -> torch.Tensor:
-    """N x 3 x H x W uint8: for cars one after another in `photos` (N x 3 x H x W
-    uint8, `counts[k]` views of car k, at least 3), the studio behind each
-    photo: the per-pixel median of the views that show the studio there
-    (their coarse probabilities, N x H x W, below STUDIO_BELOW), where at
-    least 3 do; elsewhere (and without `coarse`) the median of all views, as
-    the coarse model's own input has it. Near the car's outline the plain
-    median often shows the car (under the car, on the roof line)."""
-    starts = [sum(counts[:k]) for k in range(len(counts))]
-    out = torch.empty_like(photos)
-    for start, count in zip(starts, counts):
-        views = photos[start:start + count]
-        studio = backgrounds(views, [count]).median
-        if coarse is not None:
-            hidden = (coarse[start:start + count] >= STUDIO_BELOW)[:, None].expand_as(views)
-            # views that show the car are set alternately to 0 and 255: the median of all
-            # is then that of the others (within one rank), by the uint8 sorting network
-            filler = (hidden.cumsum(0, dtype=torch.int16) % 2 == 0).to(torch.uint8).mul_(255)
-            masked = median(list(torch.where(hidden, filler, views).unbind(0)))
-            enough = (~hidden[:, :1]).sum(0, dtype=torch.int16) >= MIN_VIEWS
-            studio = torch.where(enough, masked, studio[0])[None]
-        out[start:start + count] = studio
-    return out
-
-
-def photo_studio(photos: torch.Tensor, coarse: torch.Tensor, grid: int = 128) -> torch.Tensor:
-    """N x 3 x H x W uint8: the studio behind each photo estimated from the photo
-    alone, as `carmask.refine` does for a single photo: the cells (on a grid
-    `grid` cells across) that the coarse model is sure are studio, carried
-    inwards by a push-pull fill, then scaled back up."""
-    from carmask.refine import SURE, _fill
-
-    n, _, height, width = photos.shape
-    size = (grid, max(1, round(grid * height / width)))
-    small = resize_image(photos, size).float()
-    sure = resize_map(coarse.float()[:, None], size) < SURE
-    filled = torch.cat([_fill(small[i:i + 1], sure[i:i + 1]) for i in range(n)])
-    return F.interpolate(filled, size=(height, width), mode="bilinear", align_corners=False) \
-        .round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
-
-
-def to_refiner_size(images: torch.Tensor, size: tuple[int, int] = SIZE) -> torch.Tensor:
-    """N x 3 x H x W uint8 photos at the refiner's size (antialiased, as the coarse models' frames)."""
-    return resize_image(images, size)
-
-
-@torch.inference_mode()
-def refine_frames(refiner: EdgeRefiner | TileRefiner, photos: torch.Tensor, probs: torch.Tensor,
-                  views: Sequence[Sequence[int]]) -> torch.Tensor:
-    """The predictor's join: a batch's coarse probabilities at 512x512 refined,
-    the studio behind each photo found here. N x 512 x 512 float32 on the
-    tensors' device.
-
-    Where it runs: in the predictor's finishing step, after the coarse
-    model's probabilities are pasted back onto the 512x512 frame (holes
-    filled, each crop resized into its box: `postprocess.place(probs, boxes,
-    model.spec.frame, [SIZE] * N)`, then `.full()`) and before the resize to
-    the output size (bilinear, then the threshold at 0.5, the soft
-    probabilities for `predict`, the alpha for a cut-out).
-
-    `photos`: N x 3 x 512 x 512 uint8, each photo squashed to 512x512 as the
-    coarse models' frames are (`to_refiner_size`: antialiased; a photo
-    already 512x512 as it is); `probs`: N x 512 x 512 float 0..1, as above;
-    `views[i]`: the indices in the batch of the views photo i's car came with,
-    itself included, as `predict.Batch.views` has them. The studio: for a
-    set (at least MIN_VIEWS views) the per-pixel median of the set's views
-    that show the studio there (`set_studios`: their coarse probability
-    below STUDIO_BELOW), the same for every view of the set; for a photo
-    alone (fewer views), the studio estimated from the photo itself
-    (`photo_studio`, as `carmask.refine` makes it). One refiner serves both:
-    it was trained on multiview-fast with the set's studio and on rgb-fast
-    with the photo's own. Pixels outside the band (the coarse probability
-    within `refiner.low` of 0 or 1) come back as they went in.
-    """
-    studios = torch.empty_like(photos)
-    alone = [i for i, v in enumerate(views) if len(v) < MIN_VIEWS]
-    for group in dict.fromkeys(tuple(v) for v in views if len(v) >= MIN_VIEWS):
-        members = list(group)
-        studios[members] = set_studios(photos[members], [len(members)], probs[members])
-    if alone:
-        studios[alone] = photo_studio(photos[alone], probs[alone])
-    return refine_batch(refiner.to(photos.device), photos, studios, probs)
-
-
-class PredictorHook:
-    """A refiner as a `Predictor(refine=...)` hook (see `predict.Batch`), for
-    measuring it in today's predictor: each photo and its probabilities taken
-    to the refiner's size, then `refine_frames`; the predictor resizes the
-    result to the output size and thresholds it. (Not the join: that hands
-    `refine_frames` the 512 frame's probabilities before any resize.)"""
-
-    def __init__(self, refiner: EdgeRefiner | TileRefiner, size: tuple[int, int] = SIZE):
-        self.refiner, self.size = refiner, size
-
-    @torch.inference_mode()
-    def __call__(self, batch) -> list[torch.Tensor]:
-        photos = torch.cat([resize_image(p[None], self.size) for p in batch.photos])
-        probs = torch.cat([resize_map(p[None, None].float(), self.size) for p in batch.probs])[:, 0]
-        return list(refine_frames(self.refiner, photos, probs, batch.views))
-
-
 # -- checkpoints -----------------------------------------------------------------------------------
+
 
 def save(refiner: EdgeRefiner, path, meta: dict | None = None, half: bool = True) -> None:
     """Write a refiner checkpoint atomically: plain tensors (float16 by default), its config and meta."""
-    state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
-             for k, v in refiner.state_dict().items()}
+    state = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in refiner.state_dict().items()
+    }
     payload = {"format": FORMAT, "config": refiner.config, "state_dict": state, "meta": dict(meta or {})}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -373,8 +285,11 @@ def load(path, map_location="cpu") -> tuple[EdgeRefiner | TileRefiner, dict]:
         skeleton = build()
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     state = payload.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()) \
-            or {k: tuple(v.shape) for k, v in state.items()} != want:
+    if (
+        not isinstance(state, dict)
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+        or {k: tuple(v.shape) for k, v in state.items()} != want
+    ):
         raise ValueError(f"{path}: its weights do not fit a refiner of config {config}")
     refiner = build()
     refiner.load_state_dict({k: v.float() for k, v in state.items()})
@@ -384,6 +299,7 @@ def load(path, map_location="cpu") -> tuple[EdgeRefiner | TileRefiner, dict]:
 def _checked_config(config):
     """A function that builds the refiner of a checkpoint's config, or None
     where the config is unreadable or outside LIMITS."""
+
     def within(key, value):
         return isinstance(value, int) and not isinstance(value, bool) and LIMITS[key][0] <= value <= LIMITS[key][1]
 
@@ -391,22 +307,31 @@ def _checked_config(config):
         return None
     if config.get("kind") == "tiles":
         dilations = config.get("dilations")
-        if set(config) != {"kind", "channels", "dilations", "tile", "low"} or not isinstance(dilations, list) \
-                or not LIMITS["conv_layers"][0] <= len(dilations) <= LIMITS["conv_layers"][1] \
-                or not all(within("dilation", d) for d in dilations) or not within("channels", config["channels"]) \
-                or not within("tile", config["tile"]):
+        if (
+            set(config) != {"kind", "channels", "dilations", "tile", "low"}
+            or not isinstance(dilations, list)
+            or not LIMITS["conv_layers"][0] <= len(dilations) <= LIMITS["conv_layers"][1]
+            or not all(within("dilation", d) for d in dilations)
+            or not within("channels", config["channels"])
+            or not within("tile", config["tile"])
+        ):
             return None
         return lambda: TileRefiner(config["channels"], dilations, config["tile"], config["low"])
     hidden = config.get("hidden")
-    if set(config) != {"radius", "ring", "hidden", "low"} or not isinstance(hidden, list) \
-            or not LIMITS["layers"][0] <= len(hidden) <= LIMITS["layers"][1] \
-            or not all(within("hidden", h) for h in hidden) \
-            or not within("radius", config["radius"]) or not within("ring", config["ring"]):
+    if (
+        set(config) != {"radius", "ring", "hidden", "low"}
+        or not isinstance(hidden, list)
+        or not LIMITS["layers"][0] <= len(hidden) <= LIMITS["layers"][1]
+        or not all(within("hidden", h) for h in hidden)
+        or not within("radius", config["radius"])
+        or not within("ring", config["ring"])
+    ):
         return None
     return lambda: EdgeRefiner(**config)
 
 
 # -- the shipped refiners --------------------------------------------------------------------------
+
 
 def shipped() -> list[str]:
     """Names of the shipped refiners (files in weights/refiners/; not coarse
@@ -420,8 +345,9 @@ def resolve(name_or_path) -> Path:
     if path.suffix == "" and not path.exists():
         path = SHIPPED_DIR / f"{name_or_path}.pt"
         if not path.exists():
-            raise FileNotFoundError(f"no shipped refiner named {name_or_path!r}; "
-                                    f"shipped: {', '.join(shipped()) or 'none'}")
+            raise FileNotFoundError(
+                f"no shipped refiner named {name_or_path!r}; shipped: {', '.join(shipped()) or 'none'}"
+            )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such refiner file")
     return path

@@ -4,6 +4,7 @@ edge refiner at 512x512 when there is one), the refine hook,
 turned onto the stored grid, then run-boundary flags, probabilities or
 cut-out pieces copied back to the host (pinned memory, without blocking)
 and read there."""
+
 from __future__ import annotations
 
 import threading
@@ -15,8 +16,9 @@ import torch
 from carmask.inputs.decode import stored_grid
 from carmask.inputs.resize import resize_map
 from carmask.inputs.spec import Box
-from carmask.models import refiner as rf
 from carmask.io import check_size
+from carmask.models import refiner as rf
+from carmask.models import refiner_frames
 from carmask.postprocess import Placed, mask_flags, place
 from carmask.predictor.compute import Run
 from carmask.predictor.photos import Car, Prediction, Slot
@@ -41,6 +43,7 @@ class Batch:
     cut-out takes) or an alpha tensor alone (float 0..1 or uint8 0..255, at
     any size); for masks and probabilities, alpha is resized to the output
     size and thresholded like probabilities."""
+
     photos: list[torch.Tensor]
     views: list[list[int]]
     probs: list[torch.Tensor]
@@ -55,6 +58,7 @@ class Output:
     own), or only run boundaries (`encode`), or cut-out pieces made by the
     hook `cutout`. `full_photos`: a hook sees the photos at full resolution,
     so the decoding workers keep them."""
+
     size: tuple[int, int] | None
     encode: bool
     cutout: Callable[[Batch], list[Edges]] | None
@@ -73,8 +77,15 @@ class Finish:
     `Predictor`); `lock` held while work is queued on the device (nvjpeg must
     find none)."""
 
-    def __init__(self, device: torch.device, upright: bool, refine: Hook | None, lock: threading.Lock,
-                 stages: Stages, refiner: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        device: torch.device,
+        upright: bool,
+        refine: Hook | None,
+        lock: threading.Lock,
+        stages: Stages,
+        refiner: torch.nn.Module | None = None,
+    ):
         self.device, self.upright, self.refine, self.lock, self.stages = device, upright, refine, lock, stages
         self.refiner = refiner
 
@@ -128,12 +139,13 @@ class Finish:
         the photo, the studio behind it (the set's, or the photo's own
         estimate) and the coarse probability, then placed at the output sizes."""
         frame, count = rf.SIZE, len(run.slots)
-        coarse = torch.stack([p.full() for p in place(run.probs, run.inputs.boxes, run.model.spec.frame,
-                                                      [frame] * count)])
-        photos = torch.cat([rf.to_refiner_size(slot.full_photo(self.device)[None]) for slot in run.slots])
+        coarse = torch.stack(
+            [p.full() for p in place(run.probs, run.inputs.boxes, run.model.spec.frame, [frame] * count)]
+        )
+        photos = torch.cat([refiner_frames.to_refiner_size(slot.full_photo(self.device)[None]) for slot in run.slots])
         index = {id(slot): i for i, slot in enumerate(run.slots)}
         views = [[index[id(v)] for v in slot.views if id(v) in index] or [i] for i, slot in enumerate(run.slots)]
-        refined = rf.refine_frames(self.refiner, photos, coarse, views)
+        refined = refiner_frames.refine_frames(self.refiner, photos, coarse, views)
         return place(refined, [Box(0, 0, *frame)] * count, frame, sizes)
 
     def _on_device(self, placed: list[tuple[Slot, Placed]], output: Output) -> Reader:
@@ -142,21 +154,25 @@ class Finish:
         if output.cutout is not None:
             return self._pieces(placed, output.cutout)
         if self.refine is not None and placed:
-            placed = [(slot, _as_probabilities(e, p.size))
-                      for (slot, p), e in zip(placed, self._hook(self.refine, placed))]
+            placed = [
+                (slot, _as_probabilities(e, p.size)) for (slot, p), e in zip(placed, self._hook(self.refine, placed))
+            ]
         placed = self._as_given(placed)
         _release(placed)
         return self._flags(placed) if output.encode else self._probabilities(placed)
 
     def _pieces(self, placed: list[tuple[Slot, Placed]], hook: Callable[[Batch], list[Edges]]) -> Reader:
         made = self._hook(hook, placed) if placed else []
-        pieces = [(_to_host(self._grid(slot, e.alpha)), _to_host(self._grid(slot, e.foreground, (0, 1))))
-                  for (slot, _), e in zip(placed, made)]
+        pieces = [
+            (_to_host(self._grid(slot, e.alpha)), _to_host(self._grid(slot, e.foreground, (0, 1))))
+            for (slot, _), e in zip(placed, made)
+        ]
         _release(placed)
 
         def read() -> None:
             for (slot, _), (alpha, foreground) in zip(placed, pieces):
                 slot.alpha, slot.foreground = alpha.numpy(), foreground.numpy()
+
         return read
 
     @staticmethod
@@ -169,6 +185,7 @@ class Finish:
                 end = start + p.probs.shape[0] * (p.probs.shape[1] + 1)
                 slot.runs = box_boundaries(host[start:end], p.box, p.size[0])
                 start = end
+
         return read
 
     @staticmethod
@@ -178,6 +195,7 @@ class Finish:
         def read() -> None:
             for (slot, _), host in zip(placed, probs):
                 slot.probs = host.numpy()
+
         return read
 
     def _as_given(self, placed: list[tuple[Slot, Placed]]) -> list[tuple[Slot, Placed]]:
@@ -191,9 +209,13 @@ class Finish:
     def _hook(self, hook: Callable, placed: list[tuple[Slot, Placed]]) -> list[Edges | torch.Tensor]:
         """What a refine hook makes of the batch (see `Batch`)."""
         index = {id(slot): i for i, (slot, _) in enumerate(placed)}
-        return hook(Batch([slot.full_photo(self.device) for slot, _ in placed],
-                          [[index[id(v)] for v in slot.views] or [i] for i, (slot, _) in enumerate(placed)],
-                          [p.full() for _, p in placed]))
+        return hook(
+            Batch(
+                [slot.full_photo(self.device) for slot, _ in placed],
+                [[index[id(v)] for v in slot.views] or [i] for i, (slot, _) in enumerate(placed)],
+                [p.full() for _, p in placed],
+            )
+        )
 
 
 def _release(placed: list[tuple[Slot, Placed]]) -> None:
