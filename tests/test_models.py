@@ -7,7 +7,6 @@ from carmask import models
 from carmask.inputs.spec import InputSpec
 
 
-
 def registry_cases() -> list:
     """Every registered architecture (models.ARCHITECTURES), as
     segmentation_models.pytorch tests every model it registers: with its
@@ -29,6 +28,7 @@ CASES = registry_cases()
 def test_the_registry_and_its_limits_agree():
     """Every registered architecture has its bounds, and they name options its constructor takes."""
     import inspect
+
     assert set(models.ARCH_LIMITS) == set(models.ARCHITECTURES)
     for arch, network in models.ARCHITECTURES.items():
         options = set(inspect.signature(network).parameters) - {"in_channels"}
@@ -89,6 +89,7 @@ def test_every_listed_model_loads_and_predicts_a_synthetic_set(name, synth_data)
     from carmask.io import find_photos
     from carmask.kaggle import group_by_car
     from carmask.predict import Predictor
+
     model, meta = models.load(name)
     assert meta["val_dice"] > 0.9 and next(model.parameters()).dtype == torch.float32
     (photo_set,) = group_by_car(find_photos([synth_data / "test"]))
@@ -103,9 +104,11 @@ def test_every_listed_model_loads_and_predicts_a_synthetic_set(name, synth_data)
 
 def test_carmask_models_lists_every_shipped_model():
     from helpers import run_cli
+
     result = run_cli("models")
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    models_table, *refiners = result.output.split("\n\n")  # then the edge refiners' table, if any ship
+    lines = models_table.splitlines()
     assert lines[0].split()[:2] == ["name", "photos"]
     listed = {line.split()[0]: line for line in lines[1:]}
     assert sorted(listed) == models.shipped()
@@ -119,6 +122,7 @@ def test_carmask_models_lists_every_shipped_model():
 
 # -- names and tiers ---------------------------------------------------------------------------
 
+
 def fake_weights(folder, names):
     """A weights folder holding tiny models under these names."""
     for name in names:
@@ -127,18 +131,21 @@ def fake_weights(folder, names):
     return folder
 
 
-@pytest.mark.parametrize("shipped, views, tier, want", [
-    # The most accurate tier shipped, then the kind that fits the photo.
-    (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 16, None, "multiview-accurate"),
-    (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 1, None, "rgb-accurate"),
-    (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 16, "fast", "multiview-fast"),
-    (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 2, "fast", "rgb-fast"),
-    (["multiview-fast", "rgb-fast", "seed"], 16, None, "multiview-fast"),
-    (["multiview-fast", "rgb-fast", "seed"], 1, None, "rgb-fast"),
-    # An accurate single-photo model beats a fast multi-view one.
-    (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, None, "rgb-accurate"),
-    (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, "fast", "multiview-fast"),
-])
+@pytest.mark.parametrize(
+    "shipped, views, tier, want",
+    [
+        # The most accurate tier shipped, then the kind that fits the photo.
+        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 16, None, "multiview-accurate"),
+        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 1, None, "rgb-accurate"),
+        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 16, "fast", "multiview-fast"),
+        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 2, "fast", "rgb-fast"),
+        (["multiview-fast", "rgb-fast", "seed"], 16, None, "multiview-fast"),
+        (["multiview-fast", "rgb-fast", "seed"], 1, None, "rgb-fast"),
+        # An accurate single-photo model beats a fast multi-view one.
+        (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, None, "rgb-accurate"),
+        (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, "fast", "multiview-fast"),
+    ],
+)
 def test_default_rule(shipped, views, tier, want, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "WEIGHTS_DIR", fake_weights(tmp_path, shipped))
     assert models.default_for(views, tier=tier) == want
@@ -147,6 +154,7 @@ def test_default_rule(shipped, views, tier, want, tmp_path, monkeypatch):
 def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):
     from carmask.inputs.spec import NotEnoughViews
     from carmask.predict import Predictor
+
     monkeypatch.setattr(models, "WEIGHTS_DIR", fake_weights(tmp_path, ["multiview-fast", "rgb-fast", "seed"]))
     assert models.resolve("multiview") == tmp_path / "multiview-fast.pt"  # a kind: its best tier
     assert models.resolve("rgb") == tmp_path / "rgb-fast.pt"
@@ -166,10 +174,10 @@ def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):
 
 # -- checkpoints ------------------------------------------------------------------------------
 
+
 def test_half_precision_on_disk_float32_in_memory(tmp_path):
     spec = InputSpec(("rgb",), size=(40, 30))
-    model = models.Segmenter("unet", spec, {"width": 8, "depth": 3}, mean=[1.0, 2.0, 3.0],
-                             std=[4.0, 5.0, 6.0]).eval()
+    model = models.Segmenter("unet", spec, {"width": 8, "depth": 3}, mean=[1.0, 2.0, 3.0], std=[4.0, 5.0, 6.0]).eval()
     models.save(model, tmp_path / "full.pt")
     models.save(model, tmp_path / "half.pt", half=True)
     full, half = (tmp_path / "full.pt").stat().st_size, (tmp_path / "half.pt").stat().st_size
@@ -185,6 +193,7 @@ def test_half_precision_on_disk_float32_in_memory(tmp_path):
 
 def test_a_unet_at_512_fits_in_16_mib_at_half_precision(tmp_path):
     from carmask.recipes import recipe
+
     config = recipe("multiview-accurate")
     models.save(models.Segmenter(config.arch, config.spec, config.arch_kwargs), tmp_path / "m.pt", half=True)
     assert (tmp_path / "m.pt").stat().st_size < 16 * 2**20
@@ -205,17 +214,26 @@ def checkpoint(tmp_path, **changes):
     return path
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"arch": None}, r"bad.pt: an incomplete carmask checkpoint \(no arch\)"),
-    ({"state_dict": None}, r"bad.pt: an incomplete carmask checkpoint \(no state_dict\)"),
-    ({"arch_kwargs": {"width": 8, "depth": 2}}, r"bad.pt: its weights do not fit a unet .*net.down.0.0.weight is 4x3x3x3, expected 8x3x3x3"),
-    ({"spec": InputSpec(("rgb", "mean_diff"), size=(32, 32)).to_dict()}, r"bad.pt: its weights do not fit .* on 6 input channels"),
-    ({"arch": "transformer"}, r"bad.pt: unknown architecture 'transformer'"),
-    ({"arch_kwargs": {"width": 4, "depth": 2, "heads": 8}}, r"bad.pt: unet takes width, depth"),
-    ({"arch_kwargs": {"width": 4096, "depth": 4}}, r"bad.pt: unet width=4096 is outside 1..256"),
-    ({"spec": {"channels": ["rgb"], "size": [100000, 100000]}}, r"bad.pt: input size .* is outside"),
-    ({"spec": "not a spec"}, r"bad.pt: unreadable input spec"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"arch": None}, r"bad.pt: an incomplete carmask checkpoint \(no arch\)"),
+        ({"state_dict": None}, r"bad.pt: an incomplete carmask checkpoint \(no state_dict\)"),
+        (
+            {"arch_kwargs": {"width": 8, "depth": 2}},
+            r"bad.pt: its weights do not fit a unet .*net.down.0.0.weight is 4x3x3x3, expected 8x3x3x3",
+        ),
+        (
+            {"spec": InputSpec(("rgb", "mean_diff"), size=(32, 32)).to_dict()},
+            r"bad.pt: its weights do not fit .* on 6 input channels",
+        ),
+        ({"arch": "transformer"}, r"bad.pt: unknown architecture 'transformer'"),
+        ({"arch_kwargs": {"width": 4, "depth": 2, "heads": 8}}, r"bad.pt: unet takes width, depth"),
+        ({"arch_kwargs": {"width": 4096, "depth": 4}}, r"bad.pt: unet width=4096 is outside 1..256"),
+        ({"spec": {"channels": ["rgb"], "size": [100000, 100000]}}, r"bad.pt: input size .* is outside"),
+        ({"spec": "not a spec"}, r"bad.pt: unreadable input spec"),
+    ],
+)
 def test_a_bad_checkpoint_gets_a_sentence_naming_the_file(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         models.load(checkpoint(tmp_path, **changes))
@@ -231,8 +249,10 @@ def test_a_huge_architecture_is_refused_before_anything_is_built(tmp_path, monke
             super().__init__(*args, **kwargs)
             built.append(next(self.parameters()).device.type)
 
-    for kwargs, message in [({"width": 4096, "depth": 4}, "width=4096 is outside"),
-                            ({"width": 256, "depth": 7}, "parameters, over the limit")]:
+    for kwargs, message in [
+        ({"width": 4096, "depth": 4}, "width=4096 is outside"),
+        ({"width": 256, "depth": 7}, "parameters, over the limit"),
+    ]:
         path = checkpoint(tmp_path, arch_kwargs=kwargs, state_dict={})
         assert path.stat().st_size < 4000
         with monkeypatch.context() as patch:
@@ -244,6 +264,7 @@ def test_a_huge_architecture_is_refused_before_anything_is_built(tmp_path, monke
 
 def test_checkpoints_are_written_0644_under_the_umask(tmp_path):
     import os
+
     old = os.umask(0o022)
     try:
         models.save(models.Segmenter("seed", InputSpec(("rgb",), size=(8, 8))), tmp_path / "m.pt")
@@ -254,6 +275,7 @@ def test_checkpoints_are_written_0644_under_the_umask(tmp_path):
 
 def test_the_cli_names_a_bad_checkpoint_in_a_sentence(tmp_path, synth_data):
     from helpers import run_cli
+
     bad = checkpoint(tmp_path, arch_kwargs={"width": 8, "depth": 2})
     result = run_cli("predict", synth_data / "test", "-o", tmp_path / "s.csv", "--model", bad)
     assert result.exit_code == 2 and "Traceback" not in result.output
