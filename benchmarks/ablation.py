@@ -13,6 +13,7 @@ test-time augmentation. Prints a Markdown table; `--write` saves it.
     python benchmarks/ablation.py --models multiview-accurate --minutes 5   # on a GPU
     python benchmarks/ablation.py --models rgb-fast --set width=16 --set lr=1e-3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,20 +77,26 @@ def score(checkpoint, train_dir: Path, full_masks: Path, val_cars, full_cars, de
         predictor = Predictor(checkpoint, device=device, tta=tta)
         t0 = time.perf_counter()
         row[f"512{'_tta' * tta}"] = evaluate(predictor, train_dir, cars=val_cars).mean
-        row[f"1918{'_tta' * tta}"] = evaluate(predictor, train_dir, full_masks, (1918, 1280),
-                                              cars=full_cars).mean if full_cars else float("nan")
+        row[f"1918{'_tta' * tta}"] = (
+            evaluate(predictor, train_dir, full_masks, (1918, 1280), cars=full_cars).mean if full_cars else float("nan")
+        )
         row[f"eval_s{'_tta' * tta}"] = time.perf_counter() - t0
     return row
 
 
 def table(rows: list[dict], val_cars: list[str], full_cars: list[str]) -> str:
-    lines = [f"Held-out cars: {len(val_cars)} at 512x512 ({len(val_cars) * 16} images); "
-             f"{len(full_cars)} of them have 1918x1280 masks ({len(full_cars) * 16} images).", "",
-             "| model | input | dice 512 | dice 512 +hflip | dice 1918 | dice 1918 +hflip | training | machine |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Held-out cars: {len(val_cars)} at 512x512 ({len(val_cars) * 16} images); "
+        f"{len(full_cars)} of them have 1918x1280 masks ({len(full_cars) * 16} images).",
+        "",
+        "| model | input | dice 512 | dice 512 +hflip | dice 1918 | dice 1918 +hflip | training | machine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['input']} | {r['512']:.4f} | {r['512_tta']:.4f} | {r['1918']:.4f} "
-                     f"| {r['1918_tta']:.4f} | {r['train_min']:.1f} min, {r['epochs']} epochs | {r['machine']} |")
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['512']:.4f} | {r['512_tta']:.4f} | {r['1918']:.4f} "
+            f"| {r['1918_tta']:.4f} | {r['train_min']:.1f} min, {r['epochs']} epochs | {r['machine']} |"
+        )
     return "\n".join(lines)
 
 
@@ -109,14 +116,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--models", default=DEFAULT_MODELS, help="recipes, comma-separated")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="training budget per recipe (default: each recipe's own)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="change a recipe field for every recipe, e.g. width=16, lr=1e-3, size=256x256")
+    parser.add_argument(
+        "--minutes", type=float, default=None, help="training budget per recipe (default: each recipe's own)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a recipe field for every recipe, e.g. width=16, lr=1e-3, size=256x256",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--write", type=Path, help="also write the table to this Markdown file")
-    parser.add_argument("--split", type=Path, help="split.json whose 'val' cars to hold out "
-                                                   "(default: the 15%% split by car of every recipe)")
+    parser.add_argument(
+        "--split",
+        type=Path,
+        help="split.json whose 'val' cars to hold out (default: the 15%% split by car of every recipe)",
+    )
     args = parser.parse_args()
 
     train_dir, full_masks = args.data / "carvana-512", args.data / "carvana-1918-masks" / "train_masks"
@@ -128,9 +144,14 @@ def main() -> None:
         if not (run / "best.pt").exists():
             train(train_dir, run, config, device=args.device, cache_dir=args.runs / "cache")
         meta = torch.load(run / "best.pt", weights_only=True)["meta"]
-        row = {"model": name, "input": "x".join(map(str, config.spec.size)),
-               "train_min": meta["train_seconds"] / 60, "epochs": meta["epochs"], "machine": machine(args.device),
-               **score(run / "best.pt", train_dir, full_masks, val_cars, full_cars, args.device)}
+        row = {
+            "model": name,
+            "input": "x".join(map(str, config.spec.size)),
+            "train_min": meta["train_seconds"] / 60,
+            "epochs": meta["epochs"],
+            "machine": machine(args.device),
+            **score(run / "best.pt", train_dir, full_masks, val_cars, full_cars, args.device),
+        }
         rows.append(row)
         print(json.dumps(row))
     text = table(rows, val_cars, full_cars)

@@ -4,6 +4,7 @@
 `src/` folder; `python_with(src)` is the environment that makes a child
 process import that carmask instead of this one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,7 @@ def worktree(ref: str):
     """The `src/` folder of `ref`, checked out in a temporary worktree (removed after)."""
     with tempfile.TemporaryDirectory(prefix="carmask-baseline-") as tmp:
         tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), ref],
-                       check=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), ref], check=True)
         try:
             yield tree / "src"
         finally:
@@ -35,6 +35,7 @@ def python_with(src: Path) -> dict:
 
 def describe(ref: str) -> str:
     """`ref` as a short commit id and subject, for the report."""
-    out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", ref],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%h %s", ref], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip()

@@ -15,6 +15,7 @@ which may go into docs:
     python benchmarks/edge_crops.py --crop 0004d4463b50_03:rear:1414:543
     python benchmarks/edge_crops.py --synthetic -o docs/edge-crops.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,16 @@ from carmask.kaggle import group_by_car
 TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "carvana-test-1918" / "test"
 # photo stem, what, centre x, y (full resolution)
 REAL_CROPS = [
-    ("015d98226195_01", "mirror", 1282, 462), ("015d98226195_01", "antenna", 592, 300),
-    ("015d98226195_01", "wheel", 560, 1025), ("015d98226195_03", "behind the cab", 1380, 462),
-    ("015d98226195_03", "wheel arch", 1400, 590), ("002b362dee46_03", "antenna", 1100, 390),
-    ("002b362dee46_03", "roof", 880, 462), ("002b362dee46_03", "rear wheel arch", 1412, 680),
-    ("0004d4463b50_03", "rear", 1414, 543), ("0004d4463b50_03", "front", 114, 700),
+    ("015d98226195_01", "mirror", 1282, 462),
+    ("015d98226195_01", "antenna", 592, 300),
+    ("015d98226195_01", "wheel", 560, 1025),
+    ("015d98226195_03", "behind the cab", 1380, 462),
+    ("015d98226195_03", "wheel arch", 1400, 590),
+    ("002b362dee46_03", "antenna", 1100, 390),
+    ("002b362dee46_03", "roof", 880, 462),
+    ("002b362dee46_03", "rear wheel arch", 1412, 680),
+    ("0004d4463b50_03", "rear", 1414, 543),
+    ("0004d4463b50_03", "front", 114, 700),
 ]
 DARK = (24, 32, 64)
 
@@ -51,10 +57,13 @@ def crop_row(photo, plain, refined, x: int, y: int, size: int, zoom: int) -> np.
     """photo | before, after over the checkerboard | before, after over dark blue, one crop each."""
     height, width = photo.shape[:2]
     top, left = int(np.clip(y - size // 2, 0, height - size)), int(np.clip(x - size // 2, 0, width - size))
-    part = np.s_[top:top + size, left:left + size]
+    part = np.s_[top : top + size, left : left + size]
     board = checkerboard(size, size)
-    tiles = [photo[part]] + [compose(pieces.foreground[part], pieces.alpha[part], back)
-                             for back in (board, DARK) for pieces in (plain, refined)]
+    tiles = [photo[part]] + [
+        compose(pieces.foreground[part], pieces.alpha[part], back)
+        for back in (board, DARK)
+        for pieces in (plain, refined)
+    ]
     row = np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in tiles])
     return row.repeat(zoom, 0).repeat(zoom, 1)
 
@@ -72,9 +81,13 @@ def outline_crops(alpha: np.ndarray) -> list[tuple[str, int, int]]:
     middle = (xs.min() + xs.max()) // 2
     left, right = xs < middle, xs >= middle
     pick = lambda name, i: (name, int(xs[i]), int(ys[i]))  # noqa: E731
-    return [pick("roof", ys.argmin()), pick("front", xs.argmin()), pick("rear", xs.argmax()),
-            pick("wheel, left", np.flatnonzero(left)[ys[left].argmax()]),
-            pick("wheel, right", np.flatnonzero(right)[ys[right].argmax()])]
+    return [
+        pick("roof", ys.argmin()),
+        pick("front", xs.argmin()),
+        pick("rear", xs.argmax()),
+        pick("wheel, left", np.flatnonzero(left)[ys[left].argmax()]),
+        pick("wheel, right", np.flatnonzero(right)[ys[right].argmax()]),
+    ]
 
 
 def picture(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
@@ -83,8 +96,11 @@ def picture(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
     out = Image.new("RGB", (width, sum(r.shape[0] + header for _, r in rows)), "white")
     draw, y = ImageDraw.Draw(out), 0
     for label, row in rows:
-        draw.text((6, y + 7), label + "   (photo | before, after over a checkerboard | before, after over dark blue)",
-                  fill="black")
+        draw.text(
+            (6, y + 7),
+            label + "   (photo | before, after over a checkerboard | before, after over dark blue)",
+            fill="black",
+        )
         out.paste(Image.fromarray(row), (0, y + header))
         y += header + row.shape[0]
     return out
@@ -92,20 +108,31 @@ def picture(rows: list[tuple[str, np.ndarray]]) -> Image.Image:
 
 def refuse_to_commit(output: Path) -> None:
     """Real photos must not land where git would take them."""
-    inside = subprocess.run(["git", "-C", str(output.parent), "rev-parse", "--is-inside-work-tree"],
-                            capture_output=True, text=True).stdout.strip() == "true"
+    inside = (
+        subprocess.run(
+            ["git", "-C", str(output.parent), "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True
+        ).stdout.strip()
+        == "true"
+    )
     ignored = subprocess.run(["git", "-C", str(output.parent), "check-ignore", "-q", output.name]).returncode == 0
     if inside and not ignored:
-        raise SystemExit(f"{output}: real photos must never be committed; write into an ignored folder "
-                         "(runs/, .device/) or use --synthetic")
+        raise SystemExit(
+            f"{output}: real photos must never be committed; write into an ignored folder "
+            "(runs/, .device/) or use --synthetic"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path)
     parser.add_argument("--photos", type=Path, default=TEST, help="folder of real test photos (<car>_<NN>.jpg)")
-    parser.add_argument("--crop", action="append", default=[], metavar="STEM:WHAT:X:Y",
-                        help="a crop of a real photo (instead of the built-in list); repeatable")
+    parser.add_argument(
+        "--crop",
+        action="append",
+        default=[],
+        metavar="STEM:WHAT:X:Y",
+        help="a crop of a real photo (instead of the built-in list); repeatable",
+    )
     parser.add_argument("--synthetic", action="store_true", help="a synthetic set at 1918x1280 instead")
     parser.add_argument("--size", type=int, default=160, help="crop side, pixels")
     parser.add_argument("--zoom", type=int, default=2)
@@ -115,6 +142,7 @@ def main() -> None:
     predictor, rows = Predictor(device="cpu"), []
     if args.synthetic:
         from carmask.synth import make_dataset
+
         with tempfile.TemporaryDirectory() as tmp:
             data = make_dataset(tmp, cars=2, size=(1918, 1280), seed=5)
             for photo_set in group_by_car(find_photos([data / "train"])):
@@ -122,8 +150,7 @@ def main() -> None:
                 plain, refined = cutouts(predictor, photo_set.paths, wanted)
                 photo = np.asarray(Image.open(wanted).convert("RGB"))
                 for what, x, y in outline_crops(plain.alpha):
-                    rows.append((f"{wanted.name}: {what}", crop_row(photo, plain, refined, x, y, args.size,
-                                                                     args.zoom)))
+                    rows.append((f"{wanted.name}: {what}", crop_row(photo, plain, refined, x, y, args.size, args.zoom)))
     else:
         refuse_to_commit(output.resolve())
         crops = [(s, w, int(x), int(y)) for s, w, x, y in (c.split(":") for c in args.crop)] or REAL_CROPS

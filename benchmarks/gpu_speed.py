@@ -27,6 +27,7 @@ A dry run on the CPU with tiny sizes checks the script end to end:
 
     python benchmarks/gpu_speed.py --device cpu --cars 2 --repeat 2 --batch-size 16 --nvjpeg off
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,6 +69,7 @@ def untrained(recipe_name: str, folder: Path) -> Path:
     """A checkpoint of `recipe_name`'s network with its initial weights, for timing."""
     from carmask import models
     from carmask.recipes import recipe
+
     config = recipe(recipe_name)
     path = folder / f"{recipe_name}-untrained.pt"
     models.save(models.Segmenter(config.arch, config.spec, config.arch_kwargs), path, {"untrained": True}, half=True)
@@ -86,8 +88,12 @@ def main() -> None:
     parser.add_argument("--nvjpeg", default="both", choices=["auto", "on", "off", "both"])
     parser.add_argument("--time-limit", type=float, default=150, help="seconds at most per end-to-end run")
     parser.add_argument("--compile-run", action="store_true", help="also end to end with --compile")
-    parser.add_argument("--architectures", default="", metavar="RECIPES",
-                        help="also end to end with these recipes' networks, untrained (comma-separated)")
+    parser.add_argument(
+        "--architectures",
+        default="",
+        metavar="RECIPES",
+        help="also end to end with these recipes' networks, untrained (comma-separated)",
+    )
     parser.add_argument("--json", type=Path, help="default: $OUT/gpu_speed.json, else gpu_speed.json")
     args = parser.parse_args()
     if args.prepare:
@@ -95,22 +101,39 @@ def main() -> None:
         return
 
     out = args.json or Path(os.environ.get("OUT", "."), "gpu_speed.json")
-    sets = group_by_car(find_photos([args.folder]))[:args.cars]
+    sets = group_by_car(find_photos([args.folder]))[: args.cars]
     photos = sum(len(s.paths) for s in sets)
     folder = Path(tempfile.mkdtemp(prefix="gpu-speed-"))  # links to the chosen cars' photos
     for photo in (p for s in sets for p in s.paths):
         (folder / photo.name).symlink_to(photo.absolute())
-    speed = predict_speed.parser().parse_args([
-        str(folder), "--device", args.device, "--batch-size", str(args.batch_size),
-        "--repeat", str(args.repeat), "--nvjpeg", args.nvjpeg, "--breakdown-sets", str(len(sets)),
-        "--time-limit", str(args.time_limit)])
+    speed = predict_speed.parser().parse_args(
+        [
+            str(folder),
+            "--device",
+            args.device,
+            "--batch-size",
+            str(args.batch_size),
+            "--repeat",
+            str(args.repeat),
+            "--nvjpeg",
+            args.nvjpeg,
+            "--breakdown-sets",
+            str(len(sets)),
+            "--time-limit",
+            str(args.time_limit),
+        ]
+    )
     variants = ["on", "off"] if args.nvjpeg == "both" else [args.nvjpeg]
     started = time.perf_counter()
     from carmask.predict import Predictor
+
     device = Predictor(device=args.device).device
-    figures = {"machine": predict_speed.machine(device),
-               "settings": {"photos_in_folder": photos, "repeat": args.repeat, "batch_size": args.batch_size},
-               "end_to_end": {}, "breakdown": {}}
+    figures = {
+        "machine": predict_speed.machine(device),
+        "settings": {"photos_in_folder": photos, "repeat": args.repeat, "batch_size": args.batch_size},
+        "end_to_end": {},
+        "breakdown": {},
+    }
 
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,20 +161,26 @@ def main() -> None:
     figures["single_cutout"] = predict_speed.single_cutout(sets[0].paths[0], Predictor(device=args.device))
     save()
     print(json.dumps(figures, indent=1))
-    print(f"\n{figures['machine']['device']}, torch {figures['machine']['torch']}, "
-          f"{photos} photos x {args.repeat}, batch {args.batch_size}; figures in {out}")
+    print(
+        f"\n{figures['machine']['device']}, torch {figures['machine']['torch']}, "
+        f"{photos} photos x {args.repeat}, batch {args.batch_size}; figures in {out}"
+    )
     print("| nvjpeg | end to end photos/s | photos | predicting photos/s | peak GPU MiB | ms/photo by stage |")
     print("|---|---|---|---|---|---|")
     for v in variants:
         e, b = figures["end_to_end"].get(v, {}), figures["breakdown"].get(v, {})
         stages = " ".join(f"{k} {row['ms_per_photo']}" for k, row in b.get("stages", {}).items()) or b.get("error")
-        print(f"| {v}{' (used)' if b.get('nvjpeg') else ''} | {e.get('photos_per_s', e.get('error'))} "
-              f"| {e.get('photos', '-')} | {e.get('predicting_photos_per_s', '-')} "
-              f"| {e.get('peak_gpu_mib', '-')} / {b.get('peak_gpu_mib', '-')} | {stages} |")
+        print(
+            f"| {v}{' (used)' if b.get('nvjpeg') else ''} | {e.get('photos_per_s', e.get('error'))} "
+            f"| {e.get('photos', '-')} | {e.get('predicting_photos_per_s', '-')} "
+            f"| {e.get('peak_gpu_mib', '-')} / {b.get('peak_gpu_mib', '-')} | {stages} |"
+        )
     for key in [k for k in figures["end_to_end"] if k not in variants]:
         e = figures["end_to_end"][key]
-        print(f"{key} (nvjpeg auto): {e.get('photos_per_s', e.get('error'))} photos/s end to end, "
-              f"{e.get('predicting_photos_per_s', '-')} predicting, {e.get('photos', '-')} photos")
+        print(
+            f"{key} (nvjpeg auto): {e.get('photos_per_s', e.get('error'))} photos/s end to end, "
+            f"{e.get('predicting_photos_per_s', '-')} predicting, {e.get('photos', '-')} photos"
+        )
     print(f"single cut-out: median {figures['single_cutout']['median_s']} s")
 
 

@@ -9,6 +9,7 @@ to the input path shows its effect on accuracy:
 
     python benchmarks/held_out_dice.py --baseline c30c025
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,13 @@ def score(data: Path, names: list[str], device: str) -> dict:
         start = time.perf_counter()
         at_512 = evaluate(predictor, train_dir, cars=val_cars)
         at_1918 = evaluate(predictor, train_dir, full_masks, (1918, 1280), cars=full_cars)
-        rows[name] = {"dice_512": round(at_512.mean, 5), "images_512": len(at_512.dice),
-                      "dice_1918": round(at_1918.mean, 5), "images_1918": len(at_1918.dice),
-                      "seconds": round(time.perf_counter() - start, 1)}
+        rows[name] = {
+            "dice_512": round(at_512.mean, 5),
+            "images_512": len(at_512.dice),
+            "dice_1918": round(at_1918.mean, 5),
+            "images_1918": len(at_1918.dice),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         print(name, json.dumps(rows[name]), file=sys.stderr)
     return {"val_cars": len(val_cars), "full_cars": len(full_cars), "models": rows}
 
@@ -53,10 +58,25 @@ def main() -> None:
     figures = {"this": score(args.data.absolute(), args.models.split(","), args.device)}
     if args.baseline:
         from baseline import describe, python_with, worktree
+
         with worktree(args.baseline) as src, tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "baseline.json"
-            subprocess.run([sys.executable, __file__, "--data", str(args.data.absolute()), "--models", args.models,
-                            "--device", args.device, "--json", str(out)], env=python_with(src), check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--data",
+                    str(args.data.absolute()),
+                    "--models",
+                    args.models,
+                    "--device",
+                    args.device,
+                    "--json",
+                    str(out),
+                ],
+                env=python_with(src),
+                check=True,
+            )
             figures["baseline"] = {**json.loads(out.read_text())["this"], "ref": describe(args.baseline)}
     report(figures)
     if args.json:
@@ -66,15 +86,19 @@ def main() -> None:
 def report(figures: dict) -> None:
     this = figures["this"]
     print(f"held-out cars: {this['val_cars']} at 512x512, {this['full_cars']} of them at 1918x1280")
-    print("| model | dice 512 | dice 1918 |" + (" baseline 512 | baseline 1918 | change 512 | change 1918 |"
-                                               if "baseline" in figures else ""))
+    print(
+        "| model | dice 512 | dice 1918 |"
+        + (" baseline 512 | baseline 1918 | change 512 | change 1918 |" if "baseline" in figures else "")
+    )
     print("|---|---|---|" + ("---|---|---|---|" if "baseline" in figures else ""))
     for name, row in this["models"].items():
         line = f"| {name} | {row['dice_512']:.4f} | {row['dice_1918']:.4f} |"
         if "baseline" in figures:
             old = figures["baseline"]["models"][name]
-            line += (f" {old['dice_512']:.4f} | {old['dice_1918']:.4f} | {row['dice_512'] - old['dice_512']:+.4f} "
-                     f"| {row['dice_1918'] - old['dice_1918']:+.4f} |")
+            line += (
+                f" {old['dice_512']:.4f} | {old['dice_1918']:.4f} | {row['dice_512'] - old['dice_512']:+.4f} "
+                f"| {row['dice_1918'] - old['dice_1918']:+.4f} |"
+            )
         print(line)
     if "baseline" in figures:
         print(f"baseline: {figures['baseline']['ref']}")

@@ -19,6 +19,7 @@ memory (peak, and back near idle afterwards).
 
 Loopback only: the server binds 127.0.0.1 and the client talks to nothing else.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,7 @@ HOST = "127.0.0.1"
 def synthetic_photo(size: tuple[int, int], seed: int = 0) -> bytes:
     """A synthetic turntable view at (width, height), as JPEG bytes."""
     from carmask.synth import random_car, render_view, studio_background
+
     background = studio_background(*size, seed=seed)
     photo, _ = render_view(background, random_car(np.random.default_rng(seed)), 3, 16)
     buffer = io.BytesIO()
@@ -52,6 +54,7 @@ def rss_bytes(pid: int) -> int | None:
     """Resident memory of a process: psutil if installed, else /proc/<pid>/status."""
     try:
         import psutil
+
         return psutil.Process(pid).memory_info().rss
     except ImportError:
         pass
@@ -74,8 +77,7 @@ def free_port() -> int:
 
 
 def start_server(port: int, model: str | None, device: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "carmask.cli", "serve", "--host", HOST, "--port", str(port),
-               "--device", device]
+    command = [sys.executable, "-m", "carmask.cli", "serve", "--host", HOST, "--port", str(port), "--device", device]
     if model:
         command += ["--model", model]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -105,6 +107,7 @@ def bomb_png(side: int = 8000) -> bytes:
 def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, list]]:
     """Each hostile case: (expected status, statuses seen). Runs them in threads."""
     import zipfile
+
     bomb = bomb_png()
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
@@ -117,12 +120,18 @@ def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, 
     eps = io.BytesIO()  # Pillow would hand it to Ghostscript, were it not restricted to photo formats
     Image.new("RGB", (64, 48)).save(eps, format="EPS")
     host, port = url.removeprefix("http://").split(":")
-    seen: dict[str, tuple[int, list]] = {"64 Mpx PNG background": (413, []), "zip of 64 Mpx members": (413, []),
-                                         "27 MiB upload": (413, []), "foreign Origin": (403, []),
-                                         "zip unpacking 96 MiB": (422, []),
-                                         "slow client (closed)": (0, []), "rebound Host": (403, []),
-                                         "EPS as a JPEG": (422, []), "two file parts": (400, []),
-                                         "bg_image_url": (400, [])}
+    seen: dict[str, tuple[int, list]] = {
+        "64 Mpx PNG background": (413, []),
+        "zip of 64 Mpx members": (413, []),
+        "27 MiB upload": (413, []),
+        "foreign Origin": (403, []),
+        "zip unpacking 96 MiB": (422, []),
+        "slow client (closed)": (0, []),
+        "rebound Host": (403, []),
+        "EPS as a JPEG": (422, []),
+        "two file parts": (400, []),
+        "bg_image_url": (400, []),
+    }
 
     def post(case, path, **kwargs):
         try:
@@ -142,25 +151,64 @@ def adversarial(url: str, photo: bytes, seconds: float) -> dict[str, tuple[int, 
 
     jobs = []
     for _ in range(4):
-        jobs.append(lambda: post("64 Mpx PNG background", "/api/cutout",
-                                 files={"file": ("car.jpg", photo, "image/jpeg"),
-                                        "background": ("b.png", bomb, "image/png")}))
-        jobs.append(lambda: post("zip of 64 Mpx members", "/api/cutout-set",
-                                 files={"files": ("set.zip", archive.getvalue(), "application/zip")}))
-    jobs += [lambda: post("zip unpacking 96 MiB", "/api/cutout-set",
-                          files={"files": ("set.zip", expanding.getvalue(), "application/zip")})] * 16
-    jobs += [lambda: post("27 MiB upload", "/api/cutout",
-                          files={"file": ("big.jpg", b"\0" * (27 * 2**20), "image/jpeg")})] * 2
-    jobs += [lambda: post("foreign Origin", "/api/cutout", files={"file": ("car.jpg", photo, "image/jpeg")},
-                          headers={"Origin": "http://evil.example"})] * 2
-    jobs += [lambda: post("rebound Host", "/api/cutout", files={"file": ("car.jpg", photo, "image/jpeg")},
-                          headers={"Host": "attacker.example", "Origin": "http://attacker.example"})] * 2
-    jobs += [lambda: post("EPS as a JPEG", "/api/cutout",
-                          files={"file": ("car.jpg", eps.getvalue(), "image/jpeg")})] * 2
-    jobs += [lambda: post("two file parts", "/api/cutout", files=[("file", ("a.jpg", photo, "image/jpeg")),
-                                                                  ("file", ("b.jpg", photo, "image/jpeg"))])] * 2
-    jobs += [lambda: post("bg_image_url", "/v1.0/removebg", files={"image_file": ("car.jpg", photo, "image/jpeg")},
-                          data={"bg_image_url": f"http://{host}:{port}/health"})] * 2
+        jobs.append(
+            lambda: post(
+                "64 Mpx PNG background",
+                "/api/cutout",
+                files={"file": ("car.jpg", photo, "image/jpeg"), "background": ("b.png", bomb, "image/png")},
+            )
+        )
+        jobs.append(
+            lambda: post(
+                "zip of 64 Mpx members",
+                "/api/cutout-set",
+                files={"files": ("set.zip", archive.getvalue(), "application/zip")},
+            )
+        )
+    jobs += [
+        lambda: post(
+            "zip unpacking 96 MiB",
+            "/api/cutout-set",
+            files={"files": ("set.zip", expanding.getvalue(), "application/zip")},
+        )
+    ] * 16
+    jobs += [
+        lambda: post("27 MiB upload", "/api/cutout", files={"file": ("big.jpg", b"\0" * (27 * 2**20), "image/jpeg")})
+    ] * 2
+    jobs += [
+        lambda: post(
+            "foreign Origin",
+            "/api/cutout",
+            files={"file": ("car.jpg", photo, "image/jpeg")},
+            headers={"Origin": "http://evil.example"},
+        )
+    ] * 2
+    jobs += [
+        lambda: post(
+            "rebound Host",
+            "/api/cutout",
+            files={"file": ("car.jpg", photo, "image/jpeg")},
+            headers={"Host": "attacker.example", "Origin": "http://attacker.example"},
+        )
+    ] * 2
+    jobs += [
+        lambda: post("EPS as a JPEG", "/api/cutout", files={"file": ("car.jpg", eps.getvalue(), "image/jpeg")})
+    ] * 2
+    jobs += [
+        lambda: post(
+            "two file parts",
+            "/api/cutout",
+            files=[("file", ("a.jpg", photo, "image/jpeg")), ("file", ("b.jpg", photo, "image/jpeg"))],
+        )
+    ] * 2
+    jobs += [
+        lambda: post(
+            "bg_image_url",
+            "/v1.0/removebg",
+            files={"image_file": ("car.jpg", photo, "image/jpeg")},
+            data={"bg_image_url": f"http://{host}:{port}/health"},
+        )
+    ] * 2
     jobs += [slow] * 100
     with ThreadPoolExecutor(32) as pool:
         for future in [pool.submit(job) for job in jobs]:
@@ -190,6 +238,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from carmask.io import parse_size
+
     size = parse_size(args.size)
     photo = synthetic_photo(size)
     port = args.port or free_port()
@@ -201,8 +250,9 @@ def main(argv=None) -> int:
         wait_ready(server, url)
         # One request first: loads lazily created state, and shows whether the model copes at all.
         with httpx.Client(timeout=300) as client:
-            first = client.post(url + "/api/cutout", files={"file": ("car_03.jpg", photo, "image/jpeg")},
-                                data={"bg": args.bg})
+            first = client.post(
+                url + "/api/cutout", files={"file": ("car_03.jpg", photo, "image/jpeg")}, data={"bg": args.bg}
+            )
         if first.status_code != 200:
             print(f"the first request failed: {first.status_code} {first.text[:300]}", file=sys.stderr)
             return 1
@@ -235,8 +285,11 @@ def main(argv=None) -> int:
                         sent[0] += 1
                     t0 = time.perf_counter()
                     try:
-                        status = client.post(url + "/api/cutout", data={"bg": args.bg},
-                                             files={"file": ("car_03.jpg", photo, "image/jpeg")}).status_code
+                        status = client.post(
+                            url + "/api/cutout",
+                            data={"bg": args.bg},
+                            files={"file": ("car_03.jpg", photo, "image/jpeg")},
+                        ).status_code
                     except httpx.HTTPError:
                         status = -1
                     elapsed = time.perf_counter() - t0
@@ -273,19 +326,25 @@ def main(argv=None) -> int:
         peak[0] = max(peak[0], rss_after or 0)
 
         ok = statuses.get(200, 0)
-        print(f"requests: {len(latencies)} in {wall:.1f} s with {args.concurrency} clients "
-              f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))})")
+        print(
+            f"requests: {len(latencies)} in {wall:.1f} s with {args.concurrency} clients "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(statuses.items()))})"
+        )
         print(f"throughput: {len(latencies) / wall:.2f} requests/s ({ok / wall:.2f} successful/s)")
         ms = [x * 1000 for x in latencies]
-        print(f"latency: p50 {percentile(ms, 50):.0f} ms, p90 {percentile(ms, 90):.0f} ms, "
-              f"p99 {percentile(ms, 99):.0f} ms")
+        print(
+            f"latency: p50 {percentile(ms, 50):.0f} ms, p90 {percentile(ms, 90):.0f} ms, "
+            f"p99 {percentile(ms, 99):.0f} ms"
+        )
         print(f"server RSS: before {mib(rss_before)}, after {mib(rss_after)}, peak {mib(peak[0] or None)}")
         if timeline:  # flat after warm-up means no per-request growth
             marks = [timeline[min(len(timeline) - 1, len(timeline) * q // 4)] for q in (1, 2, 3)]
             print("server RSS during the run: " + ", ".join(f"{mib(r)} after {n} requests" for n, r in marks))
         if health:
-            print(f"/health while loaded: {len(health)} probes, worst {max(health) * 1000:.0f} ms, "
-                  f"median {percentile([h * 1000 for h in health], 50):.0f} ms")
+            print(
+                f"/health while loaded: {len(health)} probes, worst {max(health) * 1000:.0f} ms, "
+                f"median {percentile([h * 1000 for h in health], 50):.0f} ms"
+            )
         good = ok == len(latencies)
         for case, (expected, statuses) in cases.items():
             right = all(status == expected for status in statuses)

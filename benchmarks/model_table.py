@@ -11,6 +11,7 @@ the catalog entries of a GPU run (benchmarks/gpu_train.py's results.json).
     python benchmarks/model_table.py --merge results.json --models multiview-accurate,rgb-accurate
     python benchmarks/model_table.py --dice --data ../shared/data
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,23 +61,30 @@ def main() -> None:
     catalog = models.catalog()
     if args.merge:
         catalog.update(json.loads(args.merge.read_text())["catalog"])
-    sets = [s for s in group_by_car(find_photos([args.photos])) if s.car][:args.cars + 1]
+    sets = [s for s in group_by_car(find_photos([args.photos])) if s.car][: args.cars + 1]
     if len(sets) < 2:
         parser.error(f"{args.photos}: need at least 2 cars of photos named <car>_<NN>.jpg")
-    machine = (f"{usable_cores()}-core {platform.machine()} CPU, torch {torch.__version__}, "
-               f"{datetime.date.today()}")
+    machine = f"{usable_cores()}-core {platform.machine()} CPU, torch {torch.__version__}, {datetime.date.today()}"
     for name in args.models.split(",") if args.models else models.shipped():
         entry = catalog.setdefault(name, {})
         entry["cpu_s_per_photo"] = round(cpu_seconds_per_photo(name, sets), 4)
-        entry["cpu_measured"] = (f"{sum(len(s.paths) for s in sets[1:])} photos of 1918x1280, {machine}, "
-                                 f"load average {os.getloadavg()[0]:.1f}")
+        entry["cpu_measured"] = (
+            f"{sum(len(s.paths) for s in sets[1:])} photos of 1918x1280, {machine}, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         if args.dice:
             train_dir = args.data / "carvana-512"
             full_masks = args.data / "carvana-1918-masks" / "train_masks"
             val_cars, full_cars = held_out_cars(train_dir, full_masks, None)
             row = score(name, train_dir, full_masks, val_cars, full_cars, "cpu")
-            entry.update({"dice_512": round(row["512"], 4), "dice_512_hflip": round(row["512_tta"], 4),
-                          "dice_1918": round(row["1918"], 4), "dice_1918_hflip": round(row["1918_tta"], 4)})
+            entry.update(
+                {
+                    "dice_512": round(row["512"], 4),
+                    "dice_512_hflip": round(row["512_tta"], 4),
+                    "dice_1918": round(row["1918"], 4),
+                    "dice_1918_hflip": round(row["1918_tta"], 4),
+                }
+            )
         print(name, json.dumps(entry))
     text = json.dumps(dict(sorted(catalog.items())), indent=1) + "\n"
     atomic_write(models.CATALOG, lambda tmp: tmp.write_text(text))

@@ -17,6 +17,7 @@ are. Each part has a manifest.json: its files and sizes, and the split.
     python benchmarks/pack_for_device.py    # .device/part1, .device/part2
     python benchmarks/pack_for_device.py --out .device/dry --train-cars 8 --val-cars 2   # for a CPU dry run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,18 +40,24 @@ CALL_LIMIT_MIB = 64.0
 def checkout_bytes(repo: Path) -> int:
     """What travels with every call besides the carried folders: tracked files
     and untracked ones that git does not ignore."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=repo, capture_output=True, check=True).stdout.split(b"\0")
-    return sum((repo / os.fsdecode(name)).stat().st_size for name in listed
-               if name and (repo / os.fsdecode(name)).is_file())
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    return sum(
+        (repo / os.fsdecode(name)).stat().st_size for name in listed if name and (repo / os.fsdecode(name)).is_file()
+    )
 
 
 def copy_lossless(source: Path, target: Path, optimize: bool) -> int:
     """Copy a file; a JPEG through jpegtran when `optimize` and it is smaller
     with the very same pixels. Returns the bytes written."""
     if optimize and source.suffix.lower() in (".jpg", ".jpeg"):
-        done = subprocess.run(["jpegtran", "-copy", "all", "-optimize", "-outfile", str(target), str(source)],
-                              capture_output=True)
+        done = subprocess.run(
+            ["jpegtran", "-copy", "all", "-optimize", "-outfile", str(target), str(source)], capture_output=True
+        )
         if done.returncode == 0 and target.stat().st_size < source.stat().st_size:
             with Image.open(source) as a, Image.open(target) as b:
                 if np.array_equal(np.asarray(a), np.asarray(b)):
@@ -65,8 +72,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path(".device"), help="parts go to OUT/part1, OUT/part2, ...")
     parser.add_argument("--parts", type=int, default=2)
-    parser.add_argument("--shares", help="each part's share of the bytes, e.g. 0.46,0.54 (default: equal), "
-                        "to leave room beside one part for other carried files")
+    parser.add_argument(
+        "--shares",
+        help="each part's share of the bytes, e.g. 0.46,0.54 (default: equal), "
+        "to leave room beside one part for other carried files",
+    )
     parser.add_argument("--train-cars", type=int, help="only this many training cars (a dry run)")
     parser.add_argument("--val-cars", type=int, help="only this many held-out cars (a dry run)")
     parser.add_argument("--no-optimize", action="store_true", help="copy JPEGs as they are")
@@ -87,8 +97,8 @@ def main() -> None:
     train_cars, val_cars = split_by_car(list(cars), 0.15, 0)  # the ablation's split, as in every recipe
     # A dry run's subset keeps a held-out car with full-size masks, to score at 1918x1280 too.
     with_full = {p.name.split("_")[0] for p in full_masks.glob("*_mask.gif")}
-    val_cars = sorted(sorted(val_cars, key=lambda car: car not in with_full)[:args.val_cars])
-    train_cars = train_cars[:args.train_cars]
+    val_cars = sorted(sorted(val_cars, key=lambda car: car not in with_full)[: args.val_cars])
+    train_cars = train_cars[: args.train_cars]
     files = {car: [f for e in cars[car] for f in (e.photo, e.mask)] for car in train_cars + val_cars}
     for car in val_cars:  # full-size masks for scoring at 1918x1280
         files[car] += sorted(full_masks.glob(f"{car}_*"))
@@ -115,19 +125,28 @@ def main() -> None:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     jobs[target.relative_to(folder).as_posix()] = pool.submit(copy_lossless, f, target, optimize)
             written = {name: job.result() for name, job in sorted(jobs.items())}
-            manifest = {"part": number, "parts": args.parts, "cars": sorted(part_cars), "split": split,
-                        "files": written}
+            manifest = {
+                "part": number,
+                "parts": args.parts,
+                "cars": sorted(part_cars),
+                "split": split,
+                "files": written,
+            }
             (folder / "manifest.json").write_text(json.dumps(manifest, indent=0))
             total = sum(written.values()) + (folder / "manifest.json").stat().st_size
             call = total + checkout
-            print(f"{folder}: {len(part_cars)} cars, {len(written)} files, {total / 2**20:.1f} MiB; "
-                  f"with the checkout ({checkout / 2**20:.1f} MiB) {call / 2**20:.1f} MiB "
-                  f"of the {CALL_LIMIT_MIB:.0f} MiB a call carries")
+            print(
+                f"{folder}: {len(part_cars)} cars, {len(written)} files, {total / 2**20:.1f} MiB; "
+                f"with the checkout ({checkout / 2**20:.1f} MiB) {call / 2**20:.1f} MiB "
+                f"of the {CALL_LIMIT_MIB:.0f} MiB a call carries"
+            )
             if call > CALL_LIMIT_MIB * 2**20:
                 sys.exit(f"{folder} does not fit one call: pack into more --parts")
     original = sum(sizes.values())
-    print(f"{len(train_cars)} training and {len(val_cars)} held-out cars in {args.parts} parts: "
-          f"{original / 2**20:.1f} MiB as stored, packed losslessly")
+    print(
+        f"{len(train_cars)} training and {len(val_cars)} held-out cars in {args.parts} parts: "
+        f"{original / 2**20:.1f} MiB as stored, packed losslessly"
+    )
 
 
 if __name__ == "__main__":

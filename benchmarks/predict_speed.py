@@ -21,6 +21,7 @@ Three measurements with the shipped default models (or `--model`):
     python benchmarks/predict_speed.py ../shared/data/carvana-test-1918/test --baseline c30c025 --rounds 3
     python benchmarks/predict_speed.py DIR --device cuda --batch-size 64 --repeat 30 --nvjpeg both --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ import torch
 
 from carmask import cutout
 from carmask.io import find_photos, read_photo
+
 try:
     from carmask.kaggle import group_by_car
 except ImportError:  # a baseline before carmask.kaggle (--baseline runs this script in its carmask)
@@ -69,6 +71,7 @@ def child_run(photo_dir: Path, out: Path, device: str, batch_size: int, model, c
     import inspect
 
     from carmask.submission import SubmissionWriter
+
     start = time.perf_counter()
     # as `carmask predict`: the stored pixel grid; options an older commit lacks are left out
     known = inspect.signature(Predictor).parameters
@@ -87,8 +90,12 @@ def child_run(photo_dir: Path, out: Path, device: str, batch_size: int, model, c
             print(json.dumps({"photos": photos, "predicting_s": round(last - ready, 2)}), flush=True)
     writer.finish()
     done = time.perf_counter()
-    figures = {"photos": photos, "predicting_s": round(done - ready, 2), "start_s": round(ready - start, 2),
-               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    figures = {
+        "photos": photos,
+        "predicting_s": round(done - ready, 2),
+        "start_s": round(ready - start, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
     if predictor.device.type == "cuda":
         figures["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         figures["nvjpeg"] = getattr(getattr(predictor, "decoder", None), "uses_nvjpeg", False)
@@ -102,8 +109,19 @@ def end_to_end(photo_dir: Path, args, nvjpeg="auto", src: Path | None = None) ->
     with tempfile.TemporaryDirectory() as tmp:
         if args.repeat > 1:
             photo_dir = repeated(photo_dir, args.repeat, Path(tmp, "photos"))
-        command = [sys.executable, __file__, "--child", str(photo_dir), f"{tmp}/sub.csv", "--device", args.device,
-                   "--batch-size", str(args.batch_size), "--nvjpeg", nvjpeg]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(photo_dir),
+            f"{tmp}/sub.csv",
+            "--device",
+            args.device,
+            "--batch-size",
+            str(args.batch_size),
+            "--nvjpeg",
+            nvjpeg,
+        ]
         command += ["--model", args.model] if args.model else []
         command += ["--compile"] if args.compile else []
         start = time.perf_counter()
@@ -122,17 +140,33 @@ def end_to_end(photo_dir: Path, args, nvjpeg="auto", src: Path | None = None) ->
     lines = output.strip().splitlines()
     inner = json.loads(lines[-1]) if lines else {"photos": 0, "predicting_s": 0}
     if stopped:  # the child's last progress line
-        return {"photos": inner["photos"], "seconds": round(seconds, 2), "stopped_after_s": args.time_limit,
-                "photos_per_s": round(inner["photos"] / seconds, 1),
-                "predicting_photos_per_s": round(inner["photos"] / max(inner["predicting_s"], 1e-9), 1)}
-    return {"photos": rows, "seconds": round(seconds, 2), "photos_per_s": round(rows / seconds, 1),
-            "predicting_photos_per_s": round(rows / inner["predicting_s"], 1), **inner}
+        return {
+            "photos": inner["photos"],
+            "seconds": round(seconds, 2),
+            "stopped_after_s": args.time_limit,
+            "photos_per_s": round(inner["photos"] / seconds, 1),
+            "predicting_photos_per_s": round(inner["photos"] / max(inner["predicting_s"], 1e-9), 1),
+        }
+    return {
+        "photos": rows,
+        "seconds": round(seconds, 2),
+        "photos_per_s": round(rows / seconds, 1),
+        "predicting_photos_per_s": round(rows / inner["predicting_s"], 1),
+        **inner,
+    }
 
 
 def breakdown(photo_sets, args, nvjpeg="auto") -> dict:
     """Seconds per stage over the sets, from the predictor's own timers."""
-    predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size, compile=args.compile,
-                          upright=False, nvjpeg=NVJPEG[nvjpeg], profile=True)
+    predictor = Predictor(
+        args.model,
+        device=args.device,
+        batch_size=args.batch_size,
+        compile=args.compile,
+        upright=False,
+        nvjpeg=NVJPEG[nvjpeg],
+        profile=True,
+    )
     list(predictor.predict_sets(photo_sets[:1], encode=True))  # warm-up: model load, compilation, kernels
     predictor.stage_seconds = dict.fromkeys(predictor.stage_seconds, 0.0)
     if predictor.device.type == "cuda":
@@ -150,10 +184,15 @@ def breakdown(photo_sets, args, nvjpeg="auto") -> dict:
         extra["write"] += time.perf_counter() - middle
     seconds = {**seconds, **extra}
     total = sum(seconds.values())
-    figures = {"photos": photos, "nvjpeg": predictor.decoder.uses_nvjpeg,
-               "stages": {s: {"seconds": round(v, 3), "ms_per_photo": round(1000 * v / photos, 2),
-                              "share": round(v / total, 3)} for s, v in seconds.items()},
-               "sum_photos_per_s": round(photos / total, 1)}
+    figures = {
+        "photos": photos,
+        "nvjpeg": predictor.decoder.uses_nvjpeg,
+        "stages": {
+            s: {"seconds": round(v, 3), "ms_per_photo": round(1000 * v / photos, 2), "share": round(v / total, 3)}
+            for s, v in seconds.items()
+        },
+        "sum_photos_per_s": round(photos / total, 1),
+    }
     if predictor.device.type == "cuda":
         figures["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
     return figures
@@ -168,13 +207,16 @@ def single_cutout(path: Path, predictor: Predictor, repeats: int = 10) -> dict:
         cutout.remove(path, predictor)
         times.append(time.perf_counter() - start)
     height, width = read_photo(path).shape[:2]
-    return {"photo": f"{width}x{height}", "median_s": round(float(np.median(times)), 3),
-            "min_s": round(min(times), 3)}
+    return {"photo": f"{width}x{height}", "median_s": round(float(np.median(times)), 3), "min_s": round(min(times), 3)}
 
 
 def machine(device: torch.device) -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
 
 
 def parser() -> argparse.ArgumentParser:
@@ -184,19 +226,39 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", help="default: the shipped models (multiview for sets, rgb for single photos)")
     p.add_argument("--breakdown-sets", type=int, default=10, help="car sets timed stage by stage (0: none)")
-    p.add_argument("--rounds", type=int, default=1, help="with --baseline: run the two this many times, "
-                   "alternately, and give the median ratio (this machine is shared and noisy)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --baseline: run the two this many times, "
+        "alternately, and give the median ratio (this machine is shared and noisy)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA graphs on a GPU)")
-    p.add_argument("--repeat", type=int, default=1, help="predict every photo this many times end to end "
-                                                         "(as new cars): a longer run from a small folder")
-    p.add_argument("--baseline", metavar="REF", help="also run the carmask of this commit end to end "
-                                                     "(a temporary git worktree), in the same run")
-    p.add_argument("--nvjpeg", default="auto", choices=["auto", "on", "off", "both"],
-                   help="decode JPEGs on the GPU (torchvision); both: a run with and one without")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="predict every photo this many times end to end (as new cars): a longer run from a small folder",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run the carmask of this commit end to end (a temporary git worktree), in the same run",
+    )
+    p.add_argument(
+        "--nvjpeg",
+        default="auto",
+        choices=["auto", "on", "off", "both"],
+        help="decode JPEGs on the GPU (torchvision); both: a run with and one without",
+    )
     p.add_argument("--no-cutout", action="store_true", help="skip the single cut-out latency")
-    p.add_argument("--time-limit", type=float, default=3600, help="seconds after which an end-to-end run "
-                                                                   "is stopped (its rows so far count)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=3600,
+        help="seconds after which an end-to-end run is stopped (its rows so far count)",
+    )
     p.add_argument("--child", nargs=2, metavar=("PHOTO_DIR", "OUT"), help=argparse.SUPPRESS)
     return p
 
@@ -206,19 +268,27 @@ def measure(args) -> dict:
     device = Predictor(device=args.device).device
     sets = group_by_car(find_photos([args.photo_dir]))
     variants = ["on", "off"] if args.nvjpeg == "both" else [args.nvjpeg]
-    figures = {"machine": machine(device), "settings": {"batch_size": args.batch_size, "repeat": args.repeat,
-                                                      "model": args.model or "shipped defaults"}}
+    figures = {
+        "machine": machine(device),
+        "settings": {"batch_size": args.batch_size, "repeat": args.repeat, "model": args.model or "shipped defaults"},
+    }
     if args.baseline:
         from baseline import describe, worktree  # beside this script
+
         with worktree(args.baseline) as src:
-            rounds = [({"ref": describe(args.baseline), **end_to_end(args.photo_dir, args, src=src)},
-                       {v: end_to_end(args.photo_dir, args, v) for v in variants}) for _ in range(args.rounds)]
+            rounds = [
+                (
+                    {"ref": describe(args.baseline), **end_to_end(args.photo_dir, args, src=src)},
+                    {v: end_to_end(args.photo_dir, args, v) for v in variants},
+                )
+                for _ in range(args.rounds)
+            ]
         figures["rounds"] = [{"baseline": b, "end_to_end": e} for b, e in rounds]
         figures["baseline"], figures["end_to_end"] = rounds[-1]
     else:
         figures["end_to_end"] = {v: end_to_end(args.photo_dir, args, v) for v in variants}
     if args.breakdown_sets:
-        figures["breakdown"] = {v: breakdown(sets[:args.breakdown_sets], args, v) for v in variants}
+        figures["breakdown"] = {v: breakdown(sets[: args.breakdown_sets], args, v) for v in variants}
     if not args.no_cutout:
         figures["single_cutout"] = single_cutout(sets[0].paths[0], Predictor(args.model, device=args.device))
     return figures
@@ -227,8 +297,19 @@ def measure(args) -> dict:
 def main() -> None:
     args = parser().parse_args()
     if args.child:
-        print(json.dumps(child_run(Path(args.child[0]), Path(args.child[1]), args.device, args.batch_size,
-                                   args.model, args.compile, args.nvjpeg)))
+        print(
+            json.dumps(
+                child_run(
+                    Path(args.child[0]),
+                    Path(args.child[1]),
+                    args.device,
+                    args.batch_size,
+                    args.model,
+                    args.compile,
+                    args.nvjpeg,
+                )
+            )
+        )
         return
     figures = measure(args)
     report(figures)
@@ -246,21 +327,30 @@ def report(figures: dict) -> None:
     print("| run | photos | seconds | photos/s | photos/s predicting | peak RSS MiB | peak GPU MiB |")
     print("|---|---|---|---|---|---|---|")
     for name, e in runs:
-        print(f"| {name} | {e['photos']} | {e['seconds']} | {e['photos_per_s']} "
-              f"| {e['predicting_photos_per_s']}{' (stopped)' if 'stopped_after_s' in e else ''} "
-              f"| {e.get('peak_rss_mib', '-')} "
-              f"| {e.get('peak_gpu_mib', '-')} |")
+        print(
+            f"| {name} | {e['photos']} | {e['seconds']} | {e['photos_per_s']} "
+            f"| {e['predicting_photos_per_s']}{' (stopped)' if 'stopped_after_s' in e else ''} "
+            f"| {e.get('peak_rss_mib', '-')} "
+            f"| {e.get('peak_gpu_mib', '-')} |"
+        )
     for v in figures["end_to_end"] if "baseline" in figures else ():
         ratios = [r["end_to_end"][v]["photos_per_s"] / r["baseline"]["photos_per_s"] for r in figures["rounds"]]
-        each = f" (rounds: {', '.join(f'{r:.2f}x' for r in ratios)}; the table shows the last)" if len(ratios) > 1 else ""
+        each = (
+            f" (rounds: {', '.join(f'{r:.2f}x' for r in ratios)}; the table shows the last)" if len(ratios) > 1 else ""
+        )
         print(f"this commit (nvjpeg {v}) / baseline: {float(np.median(ratios)):.2f}x{each}")
     for v, part in parts.items():
-        print(f"\nbreakdown over {part['photos']} photos (nvjpeg {v}: {'used' if part['nvjpeg'] else 'not used'}), "
-              f"stages one after another, ms per photo:")
+        print(
+            f"\nbreakdown over {part['photos']} photos (nvjpeg {v}: {'used' if part['nvjpeg'] else 'not used'}), "
+            f"stages one after another, ms per photo:"
+        )
         print("| " + " | ".join(part["stages"]) + " | sum |")
         print("|" + "---|" * (len(part["stages"]) + 1))
-        print("| " + " | ".join(str(row["ms_per_photo"]) for row in part["stages"].values())
-              + f" | {1000 / part['sum_photos_per_s']:.1f} ({part['sum_photos_per_s']} photos/s) |")
+        print(
+            "| "
+            + " | ".join(str(row["ms_per_photo"]) for row in part["stages"].values())
+            + f" | {1000 / part['sum_photos_per_s']:.1f} ({part['sum_photos_per_s']} photos/s) |"
+        )
         if "peak_gpu_mib" in part:
             print(f"peak GPU memory: {part['peak_gpu_mib']} MiB")
     if "single_cutout" in figures:

@@ -8,6 +8,7 @@ up in the repository.
 
     python benchmarks/readme_picture.py -o docs/cutout-example.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ def over_checkerboard(rgba: np.ndarray) -> np.ndarray:
 
 def row(predictor: Predictor, paths: list[Path], view: int) -> np.ndarray:
     """Photo | transparent cut-out | over green, for one view of a car's set (the one cut-out path)."""
-    others = paths[:view] + paths[view + 1:]
+    others = paths[:view] + paths[view + 1 :]
     cutouts = [remove(paths[view], predictor, background, views=others) for background in ("transparent", SEED_GREEN)]
     return np.hstack([read_photo(paths[view]), over_checkerboard(cutouts[0]), cutouts[1]])
 

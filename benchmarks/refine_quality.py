@@ -22,6 +22,7 @@
     python benchmarks/refine_quality.py [--data ../shared/data] [--json out.json]
     python benchmarks/refine_quality.py --skip synthetic,dice --photos DIR --device cuda   # on a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def sad(alpha: np.ndarray, truth: np.ndarray) -> float:
 
 
 def gradient_error(alpha: np.ndarray, truth: np.ndarray, sigma: float = 1.4) -> float:
-    magnitude = lambda a: np.hypot(ndimage.gaussian_filter(a, sigma, order=(0, 1)),  # noqa: E731
-                                   ndimage.gaussian_filter(a, sigma, order=(1, 0)))
+    def magnitude(a):
+        along_x, along_y = (ndimage.gaussian_filter(a, sigma, order=order) for order in ((0, 1), (1, 0)))
+        return np.hypot(along_x, along_y)
+
     return float(((magnitude(alpha) - magnitude(truth)) ** 2).sum() / 1000)
 
 
@@ -75,14 +78,21 @@ def synthetic(size: tuple[int, int], cars: int, views: int) -> dict:
         photos = torch.from_numpy(np.stack([p for p, _ in rendered])).permute(0, 3, 1, 2)
         truth = np.stack([a for _, a in rendered])
         probs = coarse(torch.from_numpy(truth), seed)
-        found = {"plain": alphas(plain, photos, probs, False),
-                 "refined, single photos": alphas(edges, photos, probs, False),
-                 "refined, sets": alphas(edges, photos, probs, True)}
+        found = {
+            "plain": alphas(plain, photos, probs, False),
+            "refined, single photos": alphas(edges, photos, probs, False),
+            "refined, sets": alphas(edges, photos, probs, True),
+        }
         for name, alpha in found.items():
             rows[name] += [(sad(a, t), gradient_error(a, t)) for a, t in zip(alpha, truth)]
-    return {name: {"sad": round(float(np.mean([r[0] for r in values])), 3),
-                   "gradient": round(float(np.mean([r[1] for r in values])), 3), "photos": len(values)}
-            for name, values in rows.items()}
+    return {
+        name: {
+            "sad": round(float(np.mean([r[0] for r in values])), 3),
+            "gradient": round(float(np.mean([r[1] for r in values])), 3),
+            "photos": len(values),
+        }
+        for name, values in rows.items()
+    }
 
 
 def real_dice(data: Path, all_1918: bool) -> dict:
@@ -104,9 +114,13 @@ def real_dice(data: Path, all_1918: bool) -> dict:
         before, after = out["plain"][size], out["refined"][size]
         names = sorted(before)
         change = np.array([after[n] - before[n] for n in names])
-        summary[size] = {"plain": round(float(np.mean([before[n] for n in names])), 5),
-                         "refined": round(float(np.mean([after[n] for n in names])), 5),
-                         "images": len(names), "better": int((change > 0).sum()), "worse": int((change < 0).sum())}
+        summary[size] = {
+            "plain": round(float(np.mean([before[n] for n in names])), 5),
+            "refined": round(float(np.mean([after[n] for n in names])), 5),
+            "images": len(names),
+            "better": int((change > 0).sum()),
+            "worse": int((change < 0).sum()),
+        }
     return summary
 
 
@@ -116,28 +130,43 @@ COST_CAR = "0004d4463b50"  # a test car: 16 views at 1918x1280
 def cost_photos(test: Path | None) -> tuple[list[torch.Tensor], list[torch.Tensor], list[Path]]:
     """16 photos of one car at 1918x1280, their probabilities, and their files (none if synthetic)."""
     from carmask.predict import Predictor
+
     paths = sorted(test.glob(f"{COST_CAR}_*.jpg")) if test and test.is_dir() else []
     if paths:
         predictions = Predictor(device="cpu").predict_views([(str(p), p) for p in paths])
         from carmask.io import read_photo
+
         photos = [torch.from_numpy(read_photo(p)).permute(2, 0, 1) for p in paths]
         return photos, [torch.from_numpy(p.probs) for p in predictions], paths
     background = studio_background(480, 320, seed=0)
     rng = np.random.default_rng(0)
     car = random_car(rng)
     rendered = [render_soft_view(background, car, v, 16, rng, supersample=2) for v in range(1, 17)]
-    photos = F.interpolate(torch.from_numpy(np.stack([p for p, _ in rendered])).permute(0, 3, 1, 2).float(),
-                           size=(1280, 1918), mode="bilinear").round().byte()
-    probs = coarse(F.interpolate(torch.from_numpy(np.stack([a for _, a in rendered]))[:, None],
-                                 size=(1280, 1918), mode="bilinear")[:, 0], 0)
+    photos = (
+        F.interpolate(
+            torch.from_numpy(np.stack([p for p, _ in rendered])).permute(0, 3, 1, 2).float(),
+            size=(1280, 1918),
+            mode="bilinear",
+        )
+        .round()
+        .byte()
+    )
+    probs = coarse(
+        F.interpolate(
+            torch.from_numpy(np.stack([a for _, a in rendered]))[:, None], size=(1280, 1918), mode="bilinear"
+        )[:, 0],
+        0,
+    )
     return [p.permute(1, 2, 0).contiguous().permute(2, 0, 1) for p in photos], list(probs), []
 
 
 def cost(test: Path | None, repeats: int = 5) -> dict:
     photos, probs, paths = cost_photos(test)
     one, n = (paths[1] if paths else None), len(photos)
-    batches = {"set of 16": Batch(photos, [list(range(n))] * n, probs),
-               "16 single photos": Batch(photos, [[i] for i in range(n)], probs)}
+    batches = {
+        "set of 16": Batch(photos, [list(range(n))] * n, probs),
+        "16 single photos": Batch(photos, [[i] for i in range(n)], probs),
+    }
     out, threads = {"photos": f"real test car {COST_CAR}" if one else "synthetic, scaled up"}, torch.get_num_threads()
     for count in sorted({1, min(2, os.cpu_count() or 1)}):
         torch.set_num_threads(count)
@@ -153,6 +182,7 @@ def cost(test: Path | None, repeats: int = 5) -> dict:
     if one is not None:  # a whole cut-out, with and without the refinement, in turn
         from carmask.cutout import remove
         from carmask.predict import Predictor
+
         predictor = Predictor(device="cpu")
         times: dict[bool, list[float]] = {True: [], False: []}
         for refine in (True, False):
@@ -172,10 +202,13 @@ def cost(test: Path | None, repeats: int = 5) -> dict:
 def gpu_cost(test: Path | None, device: str, repeats: int = 10) -> dict:
     """The refinement and whole cut-outs on a CUDA device, and its alpha against the CPU's."""
     from carmask.predict import Predictor
+
     photos, probs, paths = cost_photos(test)
     n = len(photos)
-    out = {"photos": f"real test car {COST_CAR}" if paths else "synthetic, scaled up",
-           "device": torch.cuda.get_device_name(device)}
+    out = {
+        "photos": f"real test car {COST_CAR}" if paths else "synthetic, scaled up",
+        "device": torch.cuda.get_device_name(device),
+    }
     on = [p.to(device) for p in photos], [p.to(device) for p in probs]
     for name, views in (("set of 16", [list(range(n))] * n), ("16 single photos", [[i] for i in range(n)])):
         batch = Batch(on[0], views, on[1])

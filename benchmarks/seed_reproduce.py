@@ -15,6 +15,7 @@ model, then prints:
 
     python benchmarks/seed_reproduce.py --data ../shared/data --run runs/seed-real
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,11 +52,15 @@ def main() -> None:
     with open(args.run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     best = max(rows, key=lambda r: float(r["val_dice"]))
-    print(f"training: {len(rows)} epochs in {float(rows[-1]['seconds']) / 60:.1f} min on "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu'} "
-          f"({torch.get_num_threads()} threads)")
-    print(f"validation dice at 100x100 ({len(val_cars)} held-out cars): {float(best['val_dice']):.4f} "
-          f"(epoch {best['epoch']}; the seed reported 0.95)")
+    print(
+        f"training: {len(rows)} epochs in {float(rows[-1]['seconds']) / 60:.1f} min on "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu'} "
+        f"({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"validation dice at 100x100 ({len(val_cars)} held-out cars): {float(best['val_dice']):.4f} "
+        f"(epoch {best['epoch']}; the seed reported 0.95)"
+    )
 
     predictor = Predictor(args.run / "best.pt", device=args.device)
     full_masks = args.data / "carvana-1918-masks" / "train_masks"
@@ -68,14 +73,19 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         scores = evaluate(predictor, train_dir, full_masks, (1918, 1280), cars=cars)
-        print(f"dice at 1918x1280, {label} cars ({len(cars)} cars, {len(scores.dice)} images): "
-              f"{scores.mean:.4f}  [{time.perf_counter() - t0:.0f} s]")
+        print(
+            f"dice at 1918x1280, {label} cars ({len(cars)} cars, {len(scores.dice)} images): "
+            f"{scores.mean:.4f}  [{time.perf_counter() - t0:.0f} s]"
+        )
     masks = [mask_path(p, full_masks) for s in sets for p in s.paths]
     loss = resize_loss([m for m in masks if m.exists()], (100, 100))
-    print(f"resize loss 1918x1280 -> 100x100 -> back ({loss['masks']} masks): "
-          f"soft {loss['soft']:.4f}, hard {loss['hard']:.4f} (the seed reported 0.987)")
-    (args.run / "benchmark.json").write_text(json.dumps(
-        {"val_dice_100": float(best["val_dice"]), "epochs": len(rows), "held_out_full_cars": held_out}))
+    print(
+        f"resize loss 1918x1280 -> 100x100 -> back ({loss['masks']} masks): "
+        f"soft {loss['soft']:.4f}, hard {loss['hard']:.4f} (the seed reported 0.987)"
+    )
+    (args.run / "benchmark.json").write_text(
+        json.dumps({"val_dice_100": float(best["val_dice"]), "epochs": len(rows), "held_out_full_cars": held_out})
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared fixtures: synthetic turntable datasets, tiny models trained on them, a
 predictor and a client of the service over the photo-only one, and a recorder of
 the network's inputs."""
+
 import threading
 from pathlib import Path
 
@@ -47,9 +48,17 @@ def seed_model(synth_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def rgb_model(synth_data, tmp_path_factory) -> Path:
     """A small U-Net on the photo alone, for single photos."""
-    return _train(synth_data, tmp_path_factory.mktemp("rgb-run"), arch="unet",
-                  arch_kwargs={"width": 8, "depth": 3}, spec=InputSpec(("rgb",), size=(96, 64)),
-                  lr=1e-2, dice_weight=1.0, schedule="cosine", epochs=10)
+    return _train(
+        synth_data,
+        tmp_path_factory.mktemp("rgb-run"),
+        arch="unet",
+        arch_kwargs={"width": 8, "depth": 3},
+        spec=InputSpec(("rgb",), size=(96, 64)),
+        lr=1e-2,
+        dice_weight=1.0,
+        schedule="cosine",
+        epochs=10,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,9 +70,11 @@ def small_cars(tmp_path_factory):
 
     def make(cars: int, seed: int) -> Path:
         if (cars, seed) not in made:
-            made[cars, seed] = make_dataset(tmp_path_factory.mktemp(f"cars{cars}-seed{seed}"), cars=cars,
-                                            size=(96, 64), seed=seed)
+            made[cars, seed] = make_dataset(
+                tmp_path_factory.mktemp(f"cars{cars}-seed{seed}"), cars=cars, size=(96, 64), seed=seed
+            )
         return made[cars, seed]
+
     return make
 
 
@@ -90,6 +101,7 @@ def synth_view(synth_data) -> tuple[Path, np.ndarray]:
 def rgb_predictor(rgb_model):
     """A CPU predictor over the small photo-only U-Net."""
     from carmask.predict import Predictor
+
     return Predictor(model=rgb_model, device="cpu")
 
 
@@ -100,6 +112,7 @@ def client(rgb_predictor):
     from fastapi.testclient import TestClient
 
     from carmask.serve import create_app
+
     with TestClient(create_app(rgb_predictor)) as c:
         yield c
 
@@ -111,6 +124,7 @@ def network_inputs():
     not its layers), split into single images, seen through torch's global
     module hooks, whatever code makes the call (in this process)."""
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
     images, depth = [], threading.local()
 
     def before(module, args):
@@ -143,13 +157,13 @@ def tmpfs(tmp_path):
     import subprocess
 
     from helpers import remount
+
     mounted = []
 
     def mount(size: str, readonly: bool = False) -> Path:
         where = tmp_path / f"disk{len(mounted)}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
         if done.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
         mounted.append(where)
@@ -160,4 +174,3 @@ def tmpfs(tmp_path):
     yield mount
     for where in mounted:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
-

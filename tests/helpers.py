@@ -1,4 +1,5 @@
 """Helpers shared by test modules (pytest puts this folder on the import path)."""
+
 import itertools
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def interrupted_run(after_rows, *args):
     """`carmask predict ARGS...` stopped as Ctrl-C stops it, once `after_rows`
     rows were handed to the writer: what a killed run leaves behind."""
     from carmask.submission import SubmissionWriter
+
     write, count = SubmissionWriter.write, itertools.count(1)
 
     def write_then_stop(self, img, rle):
@@ -44,6 +46,7 @@ def mirrored_share(images) -> float:
     (flipped left to right) the network was also run on: 1 where test-time
     augmentation ran, 0 where it did not (no synthetic photo is symmetric)."""
     import torch
+
     if not images:
         raise AssertionError("the network was never run")
     return sum(any(torch.equal(image.flip(-1), other) for other in images) for image in images) / len(images)
@@ -56,11 +59,15 @@ def unrelated_photos(folder, size=(192, 128), seed=13):
     from PIL import Image
 
     from carmask.synth import random_car, render_view, studio_background
+
     rng = np.random.default_rng(seed)
-    places = [studio_background(*size, seed=2),
-              (studio_background(*size, seed=3) * np.array([0.3, 0.6, 0.35])).astype(np.uint8),  # a green room
-              np.broadcast_to(np.linspace(30, 200, size[0], dtype=np.float32)[None, :, None],
-                              (size[1], size[0], 3)).astype(np.uint8)]  # a dark-to-light wall
+    places = [
+        studio_background(*size, seed=2),
+        (studio_background(*size, seed=3) * np.array([0.3, 0.6, 0.35])).astype(np.uint8),  # a green room
+        np.broadcast_to(np.linspace(30, 200, size[0], dtype=np.float32)[None, :, None], (size[1], size[0], 3)).astype(
+            np.uint8
+        ),
+    ]  # a dark-to-light wall
     for i, (place, view) in enumerate(zip(places, (2, 5, 9)), 1):
         photo, _ = render_view(place, random_car(rng), view, rng=rng)
         Image.fromarray(photo).save(folder / f"IMG_{i:02d}.jpg", quality=95)
@@ -80,17 +87,22 @@ def signalled_run(signals, after, *args, busy=False, ignore=(), go_on=False):
     import sys
     import tempfile
     import time
+
     signals = [signals] if isinstance(signals, int) else list(signals)
 
     def ignoring():
         for signum in ignore:
             signal.signal(signum, signal.SIG_IGN)
+
     with tempfile.TemporaryDirectory() as scratch:
         marker = Path(scratch) / "paused"
         env = {**os.environ, **({"CARMASK_TEST_BUSY": "1"} if busy else {})}
-        run = subprocess.Popen([sys.executable, str(Path(__file__).with_name("paused.py")), str(marker),
-                                str(after), *map(str, args)], stderr=subprocess.PIPE, env=env,
-                               preexec_fn=ignoring)
+        run = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("paused.py")), str(marker), str(after), *map(str, args)],
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=ignoring,
+        )
         while not marker.exists() and run.poll() is None:
             time.sleep(0.02)
         for signum in signals:
@@ -105,4 +117,5 @@ def signalled_run(signals, after, *args, busy=False, ignore=(), go_on=False):
 def remount(where: Path, options: str) -> None:
     """Change a test tmpfs's mount options ("ro", "size=4m")."""
     import subprocess
+
     subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)

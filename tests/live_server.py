@@ -1,4 +1,5 @@
 """An app under uvicorn on a free loopback port, in a background thread (for real-socket tests)."""
+
 import socket
 import threading
 import time
@@ -8,6 +9,7 @@ from contextlib import contextmanager
 @contextmanager
 def live_server(app, **config):
     import uvicorn
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ at a known point (`helpers.signalled_run`).
 With CARMASK_TEST_BUSY set, the finishing thread is kept in torch work while
 the signal arrives (the thread that aborted the process when left behind).
 """
+
 import itertools
 import os
 import sys
@@ -30,6 +31,7 @@ def pausing(function):
             while not marker.with_suffix(".go").exists():
                 time.sleep(0.02)  # the signal's handler raises here
         return result
+
     return paused
 
 
@@ -41,6 +43,7 @@ else:
 
 if os.environ.get("CARMASK_TEST_BUSY"):
     import torch
+
     edges, calls = carmask.predictor.finish.edges, itertools.count(1)
 
     def busy_edges(batch):
@@ -49,6 +52,7 @@ if os.environ.get("CARMASK_TEST_BUSY"):
             for _ in range(400):
                 x = (x @ x).softmax(dim=1)
         return edges(batch)
+
     carmask.predictor.finish.edges = busy_edges
 
 main(args, prog_name="carmask")

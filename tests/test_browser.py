@@ -5,6 +5,7 @@ Skipped when chromium, chromedriver or selenium are not installed:
 Leaves screenshots in $CARMASK_TEST_SCREENSHOTS where set, else in pytest's
 temporary folder (never in the checkout).
 """
+
 import json
 import os
 import shutil
@@ -23,12 +24,12 @@ uvicorn = pytest.importorskip("uvicorn")
 if not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()):
     pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
 
+from live_server import live_server  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from carmask.predict import Predictor  # noqa: E402
-from live_server import live_server  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
@@ -50,17 +51,29 @@ def browser(tmp_path_factory):
     options.binary_location = CHROMIUM
     # Offline but for the server: other hosts resolve to nothing, and anything not on
     # loopback goes to a proxy that is not there (Chromium sends loopback direct).
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-                 "--window-size=1280,1000", "--hide-scrollbars", "--proxy-server=http://127.0.0.1:9",
-                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1000",
+        "--hide-scrollbars",
+        "--proxy-server=http://127.0.0.1:9",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})  # every request seen
     downloads = Path(profile) / "downloads"
     downloads.mkdir()
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     # An explicit driver path: selenium-manager never runs, nothing is downloaded.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
@@ -78,16 +91,21 @@ def browser(tmp_path_factory):
 
 def _results(driver, count, timeout=120, failed=0):
     """Wait until `count` cards are done (or failed); return the done cards' result images."""
+
     def settled(d):
         cards = d.find_elements(By.CSS_SELECTOR, ".card")
         states = [c.get_attribute("data-state") for c in cards]
         return len(cards) == count and all(s in ("done", "error") for s in states) and cards
+
     cards = WebDriverWait(driver, timeout).until(settled)
     errors = [c.text for c in cards if c.get_attribute("data-state") == "error"]
     assert len(errors) == failed, errors
     images = driver.find_elements(By.CSS_SELECTOR, ".card img.result")
-    WebDriverWait(driver, 10).until(lambda d: all(
-        d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images))
+    WebDriverWait(driver, 10).until(
+        lambda d: all(
+            d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images
+        )
+    )
     return images
 
 
@@ -116,9 +134,10 @@ def gated_server(rgb_predictor):
 def _drop(driver, paths, target="drop"):
     """Files dragged from the desktop and dropped on the element's centre: Chromium's own
     drag and drop (trusted events, hit-tested where a user would drop), not a script's."""
-    x, y = driver.execute_script("const r = arguments[0].getBoundingClientRect();"
-                                 "return [r.left + r.width / 2, r.top + r.height / 2];",
-                                 driver.find_element(By.ID, target))
+    x, y = driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect();return [r.left + r.width / 2, r.top + r.height / 2];",
+        driver.find_element(By.ID, target),
+    )
     data = {"items": [], "files": [str(p) for p in paths], "dragOperationsMask": 1}
     for kind in ("dragEnter", "dragOver", "drop"):
         driver.execute_cdp_cmd("Input.dispatchDragEvent", {"type": kind, "x": x, "y": y, "data": data})
@@ -153,8 +172,9 @@ def test_photos_dropped_on_the_drop_zone_are_added_once(gated_server, browser, s
     cards = _settled(browser)
     assert sorted(c.find_element(By.CSS_SELECTOR, ".name").text for c in cards) == [p.name for p in paths]
     assert sorted(photos) == [p.name for p in paths]  # one request each
-    assert [a.get_attribute("download") for a in browser.find_elements(By.CSS_SELECTOR, ".card a.button")] == \
-        [p.stem + ".png" for p in paths]
+    assert [a.get_attribute("download") for a in browser.find_elements(By.CSS_SELECTOR, ".card a.button")] == [
+        p.stem + ".png" for p in paths
+    ]
     assert browser.find_element(By.ID, "progress").text == "3 of 3 done"
 
 
@@ -193,8 +213,11 @@ def _refused_by_the_policy(driver) -> list[str]:
     """The inline scripts and styles the browser refused since the last call (the CSP's
     console errors). Not counted: ReDoc's search worker from a blob: URL, refused as ever
     (ReDoc searches without it)."""
-    return [entry["message"] for entry in driver.get_log("browser")
-            if "Content Security Policy" in entry["message"] and "inline" in entry["message"]]
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if "Content Security Policy" in entry["message"] and "inline" in entry["message"]
+    ]
 
 
 def test_the_api_pages_render_offline(server, browser):
@@ -207,7 +230,8 @@ def test_the_api_pages_render_offline(server, browser):
     browser.save_screenshot(str(browser.shots / "browser-docs.png"))
     browser.get(server + "/redoc")
     WebDriverWait(browser, 60).until(
-        lambda d: "remove.bg-compatible cut-out" in d.find_element(By.TAG_NAME, "body").text)
+        lambda d: "remove.bg-compatible cut-out" in d.find_element(By.TAG_NAME, "body").text
+    )
     browser.save_screenshot(str(browser.shots / "browser-redoc.png"))
     urls = _requested(browser)
     assert any(url.endswith("/swagger-ui-bundle.js") for url in urls)
@@ -237,11 +261,14 @@ def test_upload_and_see_the_cutout(server, browser, synth_data, tmp_path):
 
 def _corners(driver, image) -> list[list[int]]:
     """The RGBA of a result image's four corner pixels (two pixels in), as the browser decoded it."""
-    return driver.execute_script("""const i = arguments[0], c = document.createElement('canvas');
+    return driver.execute_script(
+        """const i = arguments[0], c = document.createElement('canvas');
         c.width = i.naturalWidth; c.height = i.naturalHeight;
         const g = c.getContext('2d'); g.drawImage(i, 0, 0);
         return [[2, 2], [c.width - 3, 2], [2, c.height - 3], [c.width - 3, c.height - 3]].map(
-            ([x, y]) => Array.from(g.getImageData(x, y, 1, 1).data));""", image)
+            ([x, y]) => Array.from(g.getImageData(x, y, 1, 1).data));""",
+        image,
+    )
 
 
 def _api_calls(driver) -> list[str]:
@@ -260,19 +287,24 @@ def test_set_of_views_and_green_background(server, browser, synth_data, tmp_path
     assert len(_results(browser, 3)) == 3
     assert _api_calls(browser) == ["api/cutout-set"]  # one set, never photo by photo
     browser.find_element(By.CSS_SELECTOR, "input[name=bg][value=green]").find_element(By.XPATH, "..").click()
-    WebDriverWait(browser, 30).until(lambda d: all(
-        "checker" not in f.get_attribute("class") for f in d.find_elements(By.CSS_SELECTOR, ".after-frame")))
+    WebDriverWait(browser, 30).until(
+        lambda d: all(
+            "checker" not in f.get_attribute("class") for f in d.find_elements(By.CSS_SELECTOR, ".after-frame")
+        )
+    )
     images = _results(browser, 3)
     assert len(images) == 3
     assert _api_calls(browser) == ["api/cutout-set"]  # redone, as a set
     for image in images:  # the corners are studio, far from the car: the background there
-        assert all(abs(r) <= 2 and abs(g - 185) <= 2 and abs(b) <= 2 and a == 255
-                   for r, g, b, a in _corners(browser, image)), _corners(browser, image)
+        assert all(
+            abs(r) <= 2 and abs(g - 185) <= 2 and abs(b) <= 2 and a == 255 for r, g, b, a in _corners(browser, image)
+        ), _corners(browser, image)
     browser.save_screenshot(str(browser.shots / "browser-set.png"))
 
 
 def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser, synth_data, tmp_path):
     import zipfile
+
     browser.get(server + "/")
     assert not browser.find_element(By.ID, "clear").is_displayed()  # nothing to clear on an empty page
     views = sorted((synth_data / "test").glob("*.jpg"))
@@ -281,7 +313,9 @@ def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser
     notes.write_text("not a photo")
     browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in [*views, notes]))
     assert len(_results(browser, 17, failed=1)) == 16
-    [rejected] = [c for c in browser.find_elements(By.CSS_SELECTOR, ".card") if c.get_attribute("data-state") == "error"]
+    [rejected] = [
+        c for c in browser.find_elements(By.CSS_SELECTOR, ".card") if c.get_attribute("data-state") == "error"
+    ]
     assert "notes.txt" in rejected.text and "Not a photo" in rejected.text
     button = browser.find_element(By.ID, "download-all")
     assert button.is_displayed() and browser.find_element(By.ID, "clear").is_displayed()
@@ -298,6 +332,7 @@ def test_a_set_downloads_as_one_zip_and_a_rejected_file_says_why(server, browser
 def test_a_file_over_the_upload_limit_is_refused_before_sending(rgb_model, browser, synth_data, tmp_path):
     import numpy as np
     from PIL import Image
+
     photo = sorted((synth_data / "train").glob("*_05.jpg"))[0]
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(big)
@@ -313,6 +348,7 @@ def test_a_file_over_the_upload_limit_is_refused_before_sending(rgb_model, brows
 def test_a_photo_taken_out_of_its_set_says_so(browser, synth_data, tmp_path):
     """With the shipped models, a view of another size is cut out alone; its card says so."""
     from PIL import Image
+
     views = sorted((synth_data / "test").glob("*.jpg"))[:4]
     paths = [tmp_path / p.name for p in views]
     for view, path in zip(views, paths):
@@ -332,9 +368,12 @@ def test_same_names_get_their_own_cutouts_and_focus_shows(server, browser, synth
     reaches the (invisible) file input, and the drop zone shows the focus."""
     from PIL import Image, ImageOps
     from selenium.webdriver.common.keys import Keys
+
     views = sorted((synth_data / "test").glob("*.jpg"))[:3]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    paths = [tmp_path / "a" / f"car_0{n}.jpg" for n in (1, 2, 3)] + [tmp_path / "b" / f"car_0{n}.jpg" for n in (1, 2, 3)]
+    paths = [tmp_path / "a" / f"car_0{n}.jpg" for n in (1, 2, 3)] + [
+        tmp_path / "b" / f"car_0{n}.jpg" for n in (1, 2, 3)
+    ]
     for view, a, b in zip(views, paths[:3], paths[3:]):
         a.write_bytes(view.read_bytes())
         ImageOps.mirror(Image.open(view)).save(b)
@@ -345,13 +384,25 @@ def test_same_names_get_their_own_cutouts_and_focus_shows(server, browser, synth
     assert browser.execute_script("return getComputedStyle(arguments[0]).outlineStyle", drop) == "solid"
     browser.find_element(By.ID, "file-input").send_keys("\n".join(str(p) for p in paths))
     images = _results(browser, 6)
-    pixels = [browser.execute_script("""const c = document.createElement('canvas'), i = arguments[0];
+    pixels = [
+        browser.execute_script(
+            """const c = document.createElement('canvas'), i = arguments[0];
         c.width = i.naturalWidth; c.height = i.naturalHeight; c.getContext('2d').drawImage(i, 0, 0);
-        return c.toDataURL();""", image) for image in images]
+        return c.toDataURL();""",
+            image,
+        )
+        for image in images
+    ]
     assert len(set(pixels)) == 6
     links = browser.find_elements(By.CSS_SELECTOR, ".card a.button")
-    assert [link.get_attribute("download") for link in links] == \
-        ["car_01.png", "car_02.png", "car_03.png", "car_01-2.png", "car_02-2.png", "car_03-2.png"]
+    assert [link.get_attribute("download") for link in links] == [
+        "car_01.png",
+        "car_02.png",
+        "car_03.png",
+        "car_01-2.png",
+        "car_02-2.png",
+        "car_03-2.png",
+    ]
     assert "car_01-2.jpg" in browser.find_elements(By.CSS_SELECTOR, ".card .note")[3].text
 
 
@@ -359,6 +410,7 @@ def test_a_server_with_a_key_asks_for_it(rgb_model, browser, synth_data):
     """--api-key: the page shows a key field; without the key a card says so, and
     entering it redoes the failed photo."""
     from selenium.webdriver.common.keys import Keys
+
     photo = sorted((synth_data / "test").glob("*_05.jpg"))[0]
     with live_server(create_app(Predictor(model=rgb_model, device="cpu"), api_key="k")) as url:
         browser.get(url + "/")
@@ -369,4 +421,5 @@ def test_a_server_with_a_key_asks_for_it(rgb_model, browser, synth_data):
         key = browser.find_element(By.ID, "api-key")
         key.send_keys("k", Keys.TAB)
         WebDriverWait(browser, 60).until(
-            lambda d: d.find_element(By.CSS_SELECTOR, ".card").get_attribute("data-state") == "done")
+            lambda d: d.find_element(By.CSS_SELECTOR, ".card").get_attribute("data-state") == "done"
+        )

@@ -1,12 +1,13 @@
 """What every verb shares: exit status in --help, progress only on a terminal,
 messages never glued to a bar."""
+
 import io
 import sys
 
 import pytest
+from helpers import run_cli
 
 from carmask.cli import main
-from helpers import run_cli
 
 
 @pytest.mark.parametrize("verb", [None, *sorted(main.commands)])
@@ -25,6 +26,7 @@ class Terminal(io.StringIO):
 
 def test_messages_start_on_their_own_line_under_a_progress_bar(monkeypatch):
     from carmask.cli.common import fail, progress
+
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     with progress(10, "testing") as bar:
@@ -39,6 +41,7 @@ def test_messages_start_on_their_own_line_under_a_progress_bar(monkeypatch):
 
 def test_no_progress_off_a_terminal(monkeypatch):
     from carmask.cli.common import progress
+
     stream = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     with progress(10, "testing") as bar:
@@ -46,15 +49,22 @@ def test_no_progress_off_a_terminal(monkeypatch):
     assert stream.getvalue() == ""
 
 
-@pytest.mark.parametrize("args", [("predict", "{photo}", "--overwrite", "-o"),
-                                  ("export", "seed", "--overwrite", "-o"),
-                                  ("cutout", "{photo}", "--overwrite", "-o")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("predict", "{photo}", "--overwrite", "-o"),
+        ("export", "seed", "--overwrite", "-o"),
+        ("cutout", "{photo}", "--overwrite", "-o"),
+    ],
+)
 def test_an_output_that_is_no_regular_file_is_never_replaced(tmp_path, args):
     """-o /dev/null --overwrite, run as root, would have replaced the device
     with a file: a pipe stands in for it here."""
     import os
+
     import numpy as np
     from PIL import Image
+
     photo = tmp_path / "car.jpg"
     Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(photo)
     pipe = tmp_path / "pipe.png"
@@ -70,11 +80,13 @@ def test_a_result_that_stdout_cannot_take_is_a_sentence(tmp_path):
     """`carmask models > /dev/full`: exit 2 and a sentence, no traceback."""
     import os
     import subprocess
+
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "carmask", "models"], stdout=full, stderr=subprocess.PIPE,
-                              text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "carmask", "models"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+        )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "carmask: cannot write standard output: No space left on device"
 
@@ -90,6 +102,7 @@ def test_an_output_file_named_as_a_folder_is_refused(tmp_path, args):
     """-o out/ wrote a file named out (and said "wrote out/")."""
     import numpy as np
     from PIL import Image
+
     photo = tmp_path / "car.jpg"
     Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(photo)
     result = run_cli(*[a.format(photo=photo) for a in args], f"{tmp_path}/out/")

@@ -1,9 +1,9 @@
 """`carmask cutout` refuses, before any work, outputs it could not write or should not."""
+
 import numpy as np
 import pytest
-from PIL import Image
-
 from helpers import run_cli
+from PIL import Image
 
 
 @pytest.fixture
@@ -20,16 +20,20 @@ def test_a_transparent_cutout_into_a_jpeg_is_refused_before_any_work(photo, tmp_
     assert not (tmp_path / "out.jpg").exists()
 
 
-@pytest.mark.parametrize("args", [("-o", "{photo}", "--bg", "green", "--overwrite"),
-                                  ("-o", "{folder}", "--bg", "green", "--overwrite"),
-                                  ("-o", "{folder}", "--bg", "green")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-o", "{photo}", "--bg", "green", "--overwrite"),
+        ("-o", "{folder}", "--bg", "green", "--overwrite"),
+        ("-o", "{folder}", "--bg", "green"),
+    ],
+)
 def test_a_cutout_never_replaces_its_own_photo(photo, args):
     before = photo.read_bytes()
     result = run_cli("cutout", photo, *[a.format(photo=photo, folder=photo.parent) for a in args])
     assert result.exit_code == 2, result.output
     assert f"{photo} is one of the input photos: the output would replace it" in result.stderr
     assert photo.read_bytes() == before
-
 
 
 def test_a_rerun_with_the_output_inside_the_inputs_leaves_earlier_cutouts_out(photo):
@@ -69,6 +73,7 @@ def test_an_output_ending_in_a_slash_is_a_folder(photo, tmp_path):
 def test_an_existing_output_folder_on_a_read_only_disk_is_refused_before_any_work(photo, tmpfs, monkeypatch):
     """It predicted everything, then said 'skipped (Read-only file system)' for each photo."""
     from carmask import predict
+
     disk = tmpfs("64k", readonly=True)  # the folder itself; the one above it is writable
     monkeypatch.setattr(predict.Predictor, "predict_sets", lambda *a, **k: pytest.fail("work began"))
     result = run_cli("cutout", photo, "-o", disk)
@@ -97,9 +102,13 @@ def test_a_closed_pipe_on_standard_output_is_an_error(tmp_path):
     """`cutout photo.jpg -o - | head -c 10`: 64 KiB of 738 KB written, 'wrote 1 cut-out(s)', exit 0."""
     import subprocess
     import sys
+
     photo = big_photo(tmp_path / "car.png")
-    run = subprocess.Popen([sys.executable, "-m", "carmask", "cutout", str(photo), "-o", "-", "--device", "cpu"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "carmask", "cutout", str(photo), "-o", "-", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert len(run.stdout.read(10)) == 10
     run.stdout.close()  # as head does
     stderr = run.stderr.read().decode()
@@ -113,12 +122,17 @@ def test_a_full_standard_output_is_an_error(tmp_path):
     import os
     import subprocess
     import sys
+
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
     photo = big_photo(tmp_path / "car.png")
     with open("/dev/full", "wb") as full:
-        done = subprocess.run([sys.executable, "-m", "carmask", "cutout", str(photo), "-o", "-", "--device", "cpu"],
-                              stdout=full, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "carmask", "cutout", str(photo), "-o", "-", "--device", "cpu"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "carmask: cannot write standard output: No space left on device"
 
@@ -126,6 +140,7 @@ def test_a_full_standard_output_is_an_error(tmp_path):
 def test_a_broken_link_or_a_pipe_in_a_folder_is_named_not_dropped(photo, tmp_path):
     """No cut-out, no message: the run was short without a word."""
     import os
+
     os.symlink(tmp_path / "nowhere.jpg", photo.parent / "gone.jpg")
     os.mkfifo(photo.parent / "pipe.jpg")
     result = run_cli("cutout", photo.parent, "-o", tmp_path / "cut")
@@ -145,8 +160,7 @@ def test_a_users_own_png_beside_the_photos_is_a_photo_never_an_output(photo):
         result = run_cli("cutout", photo.parent, "-o", photo.parent, *args)
         assert result.exit_code == 0, result.output
         assert result.stderr.startswith(left_out) and own.read_bytes() == before
-        assert sorted(p.name for p in photo.parent.iterdir()) == ["car.jpg", "car.jpg.png", "car.png",
-                                                                 "car.png.png"]
+        assert sorted(p.name for p in photo.parent.iterdir()) == ["car.jpg", "car.jpg.png", "car.png", "car.png.png"]
     assert "made by an earlier run: car.jpg.png, car.png.png" in result.stderr  # the cut-outs, not car.png
 
 
@@ -160,7 +174,10 @@ def test_photos_in_sub_folders_are_cut_out_into_the_same_sub_folders(photo, tmp_
     result = run_cli("cutout", photo.parent, "-r", "-o", out, "--bg", "mask")
     assert result.exit_code == 0, result.output
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
-        "a/photo_mask.png", "b/c/photo_mask.png", "car_mask.png"]
+        "a/photo_mask.png",
+        "b/c/photo_mask.png",
+        "car_mask.png",
+    ]
     again = run_cli("cutout", photo.parent, "-r", "-o", out, "--bg", "mask")
     assert "kept 3 existing" in again.stderr
 
@@ -169,12 +186,14 @@ def test_a_cutout_another_run_wrote_meanwhile_is_kept_not_replaced(photo, tmp_pa
     """Two cutout runs into one folder at once both said 'wrote 16', each
     replacing the other's files without --overwrite."""
     from carmask.cli import cutout
+
     save, out = cutout._save, tmp_path / "cut"
 
     def another_run_first(path, image, replace):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"the other run's cut-out")
         save(path, image, replace)
+
     monkeypatch.setattr(cutout, "_save", another_run_first)
     result = run_cli("cutout", photo, "-o", out)
     assert result.exit_code == 0, result.output
@@ -189,9 +208,21 @@ def test_two_cutout_runs_at_once_write_each_file_once(tmp_path):
     import sys
 
     from carmask.synth import make_dataset
+
     photos = make_dataset(tmp_path / "cars", cars=2, size=(96, 64), seed=8) / "train"
-    command = [sys.executable, "-m", "carmask", "cutout", str(photos), "-o", str(tmp_path / "cut"),
-               "--model", "seed", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "carmask",
+        "cutout",
+        str(photos),
+        "-o",
+        str(tmp_path / "cut"),
+        "--model",
+        "seed",
+        "--device",
+        "cpu",
+    ]
     runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [(run.wait(), run.stderr.read()) for run in runs]
     assert [status for status, _ in outcomes] == [0, 0], outcomes

@@ -1,9 +1,9 @@
 """`carmask evaluate`: scores what it says it scores, never a nan with exit 0."""
+
 import json
 import shutil
 
 import pytest
-
 from helpers import mirrored_share, run_cli
 
 MODEL = ("--model", "seed", "--device", "cpu")
@@ -47,7 +47,7 @@ def test_cars_that_are_not_there_are_an_error_not_a_nan(data, tmp_path):
 def test_a_cars_file_without_cars_says_so(data, tmp_path):
     (tmp_path / "split.json").write_text(json.dumps({"train": CARS}))
     result = run_cli("evaluate", data, *MODEL, "--cars", tmp_path / "split.json")
-    assert result.exit_code == 2 and "no \"val\" list" in result.stderr
+    assert result.exit_code == 2 and 'no "val" list' in result.stderr
 
 
 def test_nothing_to_score_is_an_error(tmp_path):

@@ -1,5 +1,6 @@
 """`carmask predict` as a batch tool: one run's rows never mix with another's,
 nothing is claimed that was not done, and errors are sentences."""
+
 import json
 import os
 import shutil
@@ -7,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import interrupted_run, partial_of, run_cli, unrelated_photos
 
 from carmask.submission import SubmissionWriter, read_submission
 from carmask.synth import make_dataset
-from helpers import interrupted_run, partial_of, run_cli, unrelated_photos
 
 MODEL = ("--model", "seed", "--device", "cpu")
 
@@ -64,12 +65,15 @@ def test_a_resumed_run_gives_the_uninterrupted_file_and_says_what_it_kept(photos
     assert not partial_of(out).exists() and set(tmp_path.iterdir()) == {photos, out}
 
 
-@pytest.mark.parametrize("change, expected", [
-    (("--output-size", "48x32"), "output size was each photo's own, now 48x32"),
-    (("--tta",), "tta was off, now on"),
-    (("--model", "rgb"), "model was seed, now rgb"),
-    (("--sets", "never"), "sets was auto, now never"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (("--output-size", "48x32"), "output size was each photo's own, now 48x32"),
+        (("--tta",), "tta was off, now on"),
+        (("--model", "rgb"), "model was seed, now rgb"),
+        (("--sets", "never"), "sets was auto, now never"),
+    ],
+)
 def test_a_rerun_with_other_settings_refuses_and_names_them(photos, tmp_path, change, expected):
     out = tmp_path / "s.csv"
     interrupted_run(5, "predict", photos, "-o", out, *MODEL)
@@ -101,8 +105,7 @@ def test_a_rerun_on_changed_photos_refuses_and_names_them(photos, tmp_path):
     os.utime(third, ns=(0, 0))
     result = run_cli("predict", photos, "-o", out, *MODEL)
     assert result.exit_code == 2, result.output
-    for text in (f"1 photo removed ({first.name})", "1 photo added (newcar_01.jpg)",
-                 f"1 photo changed ({third.name})"):
+    for text in (f"1 photo removed ({first.name})", "1 photo added (newcar_01.jpg)", f"1 photo changed ({third.name})"):
         assert text in result.stderr
 
 
@@ -131,6 +134,7 @@ def test_two_processes_at_once_give_one_whole_file(photos, full, tmp_path):
     out = tmp_path / "s.csv"
     command = [sys.executable, "-m", "carmask", "predict", str(photos), "-o", str(out), *MODEL]
     import subprocess
+
     runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = sorted((run.wait(), run.stderr.read()) for run in runs)
     assert [code for code, _ in outcomes] == [0, 2], outcomes
@@ -180,10 +184,10 @@ def test_files_globs_and_recursive_folders(data, tmp_path):
         shutil.copytree(data / name / "train", tree / name / "train")
     first = sorted((tree / "a" / "train").iterdir())[0]
     out = tmp_path / "s.csv"  # the shipped defaults: a single photo too
-    assert run_cli("predict", first, tree / "b" / "train" / "*_0[1-3].jpg", "-o", out, "--device", "cpu"
-                   ).exit_code == 0
-    assert sorted(read_submission(out)) == sorted([first.name] + [
-        f"synth004c00{car}_0{view}.jpg" for car in (0, 1) for view in (1, 2, 3)])
+    assert run_cli("predict", first, tree / "b" / "train" / "*_0[1-3].jpg", "-o", out, "--device", "cpu").exit_code == 0
+    assert sorted(read_submission(out)) == sorted(
+        [first.name] + [f"synth004c00{car}_0{view}.jpg" for car in (0, 1) for view in (1, 2, 3)]
+    )
     flat = run_cli("predict", tree, "-o", tmp_path / "flat.csv", *MODEL)
     assert flat.exit_code == 2 and f"no photos found in {tree} (-r looks in sub-folders)" in flat.stderr
     deep = run_cli("predict", tree, "-r", "-o", tmp_path / "deep.csv", *MODEL)
@@ -211,22 +215,27 @@ def test_dash_streams_the_submission_to_stdout(photos, full, tmp_path, monkeypat
 
 def test_tta_reaches_the_predictor(photos, tmp_path, monkeypatch):
     from carmask import predict
+
     seen = []
     init = predict.Predictor.__init__
 
     def spy(self, *args, **kwargs):
         init(self, *args, **kwargs)
         seen.append(self.tta)
+
     monkeypatch.setattr(predict.Predictor, "__init__", spy)
     assert run_cli("predict", photos, "-o", tmp_path / "s.csv", *MODEL, "--tta").exit_code == 0
     assert seen == [True]
 
 
-@pytest.mark.parametrize("where, says", [
-    ("missing/s.csv", "folder {tmp}/missing does not exist"),
-    ("photos", "{tmp}/photos is a folder"),
-    ("photos/synth003c000_01.jpg/s.csv", "{tmp}/photos/synth003c000_01.jpg is not a folder"),
-])
+@pytest.mark.parametrize(
+    "where, says",
+    [
+        ("missing/s.csv", "folder {tmp}/missing does not exist"),
+        ("photos", "{tmp}/photos is a folder"),
+        ("photos/synth003c000_01.jpg/s.csv", "{tmp}/photos/synth003c000_01.jpg is not a folder"),
+    ],
+)
 def test_an_output_that_cannot_be_written_is_a_sentence(photos, tmp_path, where, says):
     result = run_cli("predict", photos, "-o", tmp_path / where, *MODEL)
     assert result.exit_code == 2, result.output
@@ -277,8 +286,7 @@ def test_cars_not_predicted_as_their_names_suggest_are_named_once_and_counted(mi
     assert "IMG_01.jpg, IMG_02.jpg, IMG_03.jpg: do not share one studio" in warnings[0]
     assert "synth003c000_01.jpg, synth003c000_02.jpg: car synth003c000 has 2 readable views" in warnings[1]
     assert warnings[2].endswith("1 car with views predicted photo by photo: IMG")
-    assert warnings[3].endswith("1 car with views predicted photo by photo with the single-photo model: "
-                                "synth003c000")
+    assert warnings[3].endswith("1 car with views predicted photo by photo with the single-photo model: synth003c000")
     assert "warning" not in run_cli("-q", "predict", mixed, "-o", tmp_path / "q.csv", "--device", "cpu").stderr
 
 
@@ -301,8 +309,10 @@ def test_a_name_with_a_line_break_is_skipped_and_named_and_the_rest_predicted(ph
     out = tmp_path / "s.csv"
     result = run_cli("predict", photos, "-o", out, *MODEL)
     assert result.exit_code == 1, result.output
-    assert (f"carmask: skipped {photos}/a\\nb.jpg: name holds a line break, which a submission row cannot "
-            f"hold (rename the photo)") in result.stderr.splitlines()
+    assert (
+        f"carmask: skipped {photos}/a\\nb.jpg: name holds a line break, which a submission row cannot "
+        f"hold (rename the photo)"
+    ) in result.stderr.splitlines()
     assert "1 photo(s) skipped: 1 name holds a line break" in result.stderr
     assert sorted(read_submission(out)) == sorted(p.name for p in photos.iterdir() if "\n" not in p.name)
 
@@ -312,6 +322,7 @@ def test_a_name_that_is_no_utf8_is_skipped_and_named_and_the_rest_predicted(phot
     """caf\\xe9.jpg: every photo predicted, then exit 2 'surrogates not allowed',
     a .partial left, and every rerun "resumed" and failed the same way."""
     import subprocess
+
     command = [sys.executable, "-m", "carmask", "predict", str(photos), "--device", "cpu", "-o"]
     assert subprocess.run([*command, str(tmp_path / "without.csv")]).returncode == 0
     os.link(sorted(photos.iterdir())[0], os.path.join(os.fsencode(photos), b"caf\xe9.jpg"))
@@ -319,8 +330,10 @@ def test_a_name_that_is_no_utf8_is_skipped_and_named_and_the_rest_predicted(phot
     done = subprocess.run([*command, str(out)], capture_output=True)
     stderr = done.stderr.decode()  # UTF-8 throughout: the name's byte shown as \xe9
     assert done.returncode == 1, stderr
-    assert (f"carmask: skipped {photos}/caf\\xe9.jpg: name not UTF-8 text, which a submission row cannot hold "
-            f"(rename the photo)") in stderr.splitlines()
+    assert (
+        f"carmask: skipped {photos}/caf\\xe9.jpg: name not UTF-8 text, which a submission row cannot hold "
+        f"(rename the photo)"
+    ) in stderr.splitlines()
     assert "1 photo(s) skipped: 1 name not UTF-8 text" in stderr
     assert out.read_bytes() == (tmp_path / "without.csv").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "s.csv", "without.csv"]
@@ -340,6 +353,7 @@ def test_a_tier_as_the_model_predicts_and_names_the_models_it_picked(photos, tmp
 
 def test_a_submission_never_replaces_a_photo(tmp_path):
     from PIL import Image
+
     photo = tmp_path / "car.jpg"
     Image.new("RGB", (8, 8)).save(photo)
     before = photo.read_bytes()
@@ -352,11 +366,16 @@ def test_a_submission_never_replaces_a_photo(tmp_path):
 def test_a_pipe_named_as_a_photo_is_skipped_not_waited_on(tmp_path):
     """A FIFO named x.jpg on the command line: reading it (and its EXIF) waited for a writer forever."""
     import subprocess
+
     pipe = tmp_path / "x.jpg"
     os.mkfifo(pipe)
     try:
-        done = subprocess.run([sys.executable, "-m", "carmask", "predict", str(pipe), "-o", "-"],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "carmask", "predict", str(pipe), "-o", "-"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("carmask predict waited on a pipe")
     assert done.returncode == 1 and "x.jpg: not a regular file (a pipe or a device)" in done.stderr
@@ -374,6 +393,7 @@ def test_an_output_name_that_fits_gets_partial_and_temporary_names_that_fit_too(
 
 def test_sibling_names_fit_and_stay_one_name_for_one_path(tmp_path):
     from carmask.files import sibling
+
     long, other = tmp_path / ("é" * 125 + ".csv"), tmp_path / ("é" * 125 + ".CSV")
     names = [sibling(p, ".partial.json", prefix=".") for p in (long, long, other)]
     assert all(len(os.fsencode(n.name)) <= 255 for n in names)
@@ -385,6 +405,7 @@ def test_sibling_names_fit_and_stay_one_name_for_one_path(tmp_path):
 def test_a_disk_that_fills_up_is_one_sentence_and_the_rows_stay_resumable(photos, tmpfs, tmp_path):
     """-o on a 64 KiB tmpfs: sometimes a traceback from writer.close(), exit 1."""
     from helpers import remount
+
     disk, size = tmpfs("64k"), ("--output-size", "1918x1280")  # rows of some 20 KB
     result = run_cli("predict", photos, "-o", disk / "s.csv", *MODEL, *size)
     assert result.exit_code == 2, result.output
@@ -413,13 +434,16 @@ def test_a_disk_too_full_for_the_first_row_leaves_nothing_behind(photos, tmpfs):
 def test_a_full_disk_without_a_tmpfs_is_the_same_sentence(photos, tmp_path, monkeypatch):
     """Where no tmpfs can be mounted, a disk that fills up after some rows."""
     import errno
+
     from carmask import submission
+
     write_all, calls = submission.write_all, iter(range(1000))
 
     def filling(stream, data):
         if next(calls) == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         write_all(stream, data)
+
     monkeypatch.setattr(submission, "write_all", filling)
     out = tmp_path / "s.csv"
     result = run_cli("predict", photos, "-o", out, *MODEL)
@@ -448,16 +472,24 @@ def test_results_do_not_depend_on_the_batch_size(data, tmp_path):
     from carmask.io import find_photos
     from carmask.kaggle import group_by_car
     from carmask.predict import Predictor
+
     photos = find_photos([data / "a" / "train"])[:21]  # a whole car, and 5 views of another
-    probs = {size: [p.probs for p in Predictor(device="cpu", batch_size=size, upright=False).predict_sets(
-        group_by_car(photos))] for size in (1, 5, 16)}
+    probs = {
+        size: [
+            p.probs for p in Predictor(device="cpu", batch_size=size, upright=False).predict_sets(group_by_car(photos))
+        ]
+        for size in (1, 5, 16)
+    }
     for size in (5, 16):
         assert all(np.array_equal(a, b) for a, b in zip(probs[1], probs[size])), size
     for size in (1, 16):
-        assert run_cli("cutout", *photos, "-o", tmp_path / str(size), "--device", "cpu",
-                       "--batch-size", size).exit_code == 0
-    assert {p.name: p.read_bytes() for p in (tmp_path / "1").iterdir()} == \
-        {p.name: p.read_bytes() for p in (tmp_path / "16").iterdir()}
+        assert (
+            run_cli("cutout", *photos, "-o", tmp_path / str(size), "--device", "cpu", "--batch-size", size).exit_code
+            == 0
+        )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "1").iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "16").iterdir()
+    }
 
 
 def test_a_rerun_with_another_network_batch_refuses_and_names_it(photos, tmp_path):
@@ -472,7 +504,7 @@ def test_a_rerun_with_another_network_batch_refuses_and_names_it(photos, tmp_pat
 
 
 def test_a_resume_through_a_symlinked_folder_is_the_same_run(photos, full, tmp_path):
-    """"160 photos added ...; 160 photos removed", the same names both sides."""
+    """ "160 photos added ...; 160 photos removed", the same names both sides."""
     out = tmp_path / "s.csv"
     interrupted_run(12, "predict", photos, "-o", out, *MODEL)
     os.symlink(photos, tmp_path / "link")
@@ -486,8 +518,10 @@ def test_a_kaggle_named_car_with_one_view_is_said_as_one_with_two(data, tmp_path
     one = sorted((data / "a" / "train").iterdir())[0]
     result = run_cli("predict", one, "-o", tmp_path / "s.csv", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert (f"carmask: warning: {one.name}: car synth003c000 has 1 readable view, and a background needs 3: "
-            f"predicted photo by photo with the single-photo model") in result.stderr.splitlines()
+    assert (
+        f"carmask: warning: {one.name}: car synth003c000 has 1 readable view, and a background needs 3: "
+        f"predicted photo by photo with the single-photo model"
+    ) in result.stderr.splitlines()
     assert "1 row (1 predicted now)" in result.stderr
 
 
@@ -498,6 +532,7 @@ def test_a_real_photo_stored_sideways_gets_its_upright_mask_turned_back(real_dat
 
     from carmask.io import read_photo
     from carmask.rle import decode
+
     photo = read_photo(real_data / "carvana-test-1918" / "test" / "0004d4463b50_01.jpg")
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -1,10 +1,10 @@
 """Ctrl-C, SIGTERM and SIGHUP sent to a real `carmask predict` or `cutout`:
 the same cleanup, a sentence, 128 + the signal's number, no temporary file
 left, and a rerun that finishes the very files an uninterrupted run writes."""
+
 import signal
 
 import pytest
-
 from helpers import partial_of, run_cli, signalled_run
 
 pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
@@ -29,13 +29,14 @@ def said(signum):
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
-def test_a_signalled_predict_keeps_its_rows_and_the_rerun_gives_the_uninterrupted_file(photos, full, tmp_path,
-                                                                                     signum):
+def test_a_signalled_predict_keeps_its_rows_and_the_rerun_gives_the_uninterrupted_file(photos, full, tmp_path, signum):
     out = tmp_path / "s.csv"
     status, stderr = signalled_run(signum, 20, "predict", photos, "-o", out, *MODEL)
     assert status == 128 + signum, stderr
-    assert f"carmask: {said(signum)}: 20 rows kept in {partial_of(out)}; run the same command again to " \
-           f"continue" in stderr and "Traceback" not in stderr
+    assert (
+        f"carmask: {said(signum)}: 20 rows kept in {partial_of(out)}; run the same command again to continue" in stderr
+        and "Traceback" not in stderr
+    )
     assert len(partial_of(out).read_text().splitlines()) == 21  # the header and every row handed out
     result = run_cli("predict", photos, "-o", out, *MODEL)
     assert result.exit_code == 0 and "resuming: 20 rows" in result.stderr
@@ -44,8 +45,7 @@ def test_a_signalled_predict_keeps_its_rows_and_the_rerun_gives_the_uninterrupte
 
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
-def test_a_signalled_cutout_leaves_no_temporary_file_and_the_rerun_gives_the_same_pngs(photos, full, tmp_path,
-                                                                                     signum):
+def test_a_signalled_cutout_leaves_no_temporary_file_and_the_rerun_gives_the_same_pngs(photos, full, tmp_path, signum):
     out = tmp_path / "cut"
     status, stderr = signalled_run(signum, 20, "cutout", photos, "-o", out, *MODEL)
     assert status == 128 + signum, stderr

@@ -1,17 +1,24 @@
 """`carmask models`, `export` and `synth` with the habits of the other verbs:
 sentences for bad paths, exit statuses, messages on stderr, -q; Ctrl-C is
 exit 130 in every verb."""
-import pytest
 
+import pytest
 from helpers import run_cli
 
 
-@pytest.mark.parametrize("args, where, says", [
-    (("export", "seed", "-o"), "missing/out", "cannot write {tmp}/missing/out: folder {tmp}/missing does not exist"),
-    (("export", "seed", "-o"), "file/out", "cannot write {tmp}/file/out: {tmp}/file is not a folder"),
-    (("synth",), "file/out", "cannot write {tmp}/file/out: {tmp}/file is not a folder"),
-    (("synth",), "file", "{tmp}/file is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "args, where, says",
+    [
+        (
+            ("export", "seed", "-o"),
+            "missing/out",
+            "cannot write {tmp}/missing/out: folder {tmp}/missing does not exist",
+        ),
+        (("export", "seed", "-o"), "file/out", "cannot write {tmp}/file/out: {tmp}/file is not a folder"),
+        (("synth",), "file/out", "cannot write {tmp}/file/out: {tmp}/file is not a folder"),
+        (("synth",), "file", "{tmp}/file is a file, not a folder"),
+    ],
+)
 def test_an_output_that_cannot_be_written_is_a_sentence(tmp_path, args, where, says):
     (tmp_path / "file").write_text("")
     result = run_cli(*args, tmp_path / where)
@@ -47,8 +54,10 @@ def test_synth_keeps_a_folder_that_holds_files(tmp_path):
     again = run_cli("synth", out, "--cars", 1, "--views", 3, "--size", "48x32", "--seed", 1)
     assert again.exit_code == 2 and f"{out} exists; pass --overwrite" in again.stderr
     assert len(list((out / "train").iterdir())) == 3
-    assert run_cli("-q", "synth", out, "--cars", 1, "--views", 3, "--size", "48x32", "--seed", 1,
-                   "--overwrite").output == ""
+    assert (
+        run_cli("-q", "synth", out, "--cars", 1, "--views", 3, "--size", "48x32", "--seed", 1, "--overwrite").output
+        == ""
+    )
     assert len(list((out / "train").iterdir())) == 6
     assert run_cli("synth", tmp_path / "none", "--cars", 0).exit_code == 2
 
@@ -63,6 +72,7 @@ def test_models_without_any_shipped_model_is_a_sentence(monkeypatch):
 def test_ctrl_c_ends_any_verb_with_exit_130(monkeypatch):
     def interrupted():
         raise KeyboardInterrupt
+
     monkeypatch.setattr("carmask.cli.models.rows", interrupted)
     result = run_cli("models")
     assert result.exit_code == 130 and result.stderr == "carmask: interrupted\n"

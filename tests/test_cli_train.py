@@ -1,6 +1,7 @@
 """`carmask train` with the habits of the other verbs: the run folder checked
 before any work, data problems as sentences, skipped photos named (exit 1),
 epochs on stderr, bars only on a terminal, -q."""
+
 import io
 import os
 import shutil
@@ -8,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from carmask.synth import make_dataset
-from helpers import run_cli
 
 # The seed CNN, small and quick: 1 epoch on 32x32 crops of a 96x64 frame.
 QUICK = ("--epochs", "1", "--size", "32x32", "--frame", "96x64", "--batch-size", "8", "--device", "cpu")
@@ -36,12 +37,18 @@ def no_training(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("where, says", [
-    ("file", "{tmp}/file is a file, not a folder"),
-    ("file/run", "cannot write {tmp}/file/run: {tmp}/file is not a folder"),
-    pytest.param("/sys/carmask-run", "cannot write in /sys",
-                 marks=pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs a read-only /sys")),
-])
+@pytest.mark.parametrize(
+    "where, says",
+    [
+        ("file", "{tmp}/file is a file, not a folder"),
+        ("file/run", "cannot write {tmp}/file/run: {tmp}/file is not a folder"),
+        pytest.param(
+            "/sys/carmask-run",
+            "cannot write in /sys",
+            marks=pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs a read-only /sys"),
+        ),
+    ],
+)
 def test_a_run_folder_that_cannot_be_made_is_a_sentence(data, tmp_path, no_training, where, says):
     (tmp_path / "file").write_text("")
     result = run_cli("train", data, "-o", tmp_path / where, *QUICK)
@@ -65,8 +72,17 @@ def test_an_earlier_run_is_kept_unless_resumed_or_overwritten(data, tmp_path, no
     assert run_cli("train", data, "-o", run, *QUICK, "--overwrite", "--resume").exit_code == 2
 
 
-@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--max-minutes", "-1"), ("--epochs", "0"),
-                                           ("--val-fraction", "1"), ("--lr", "0"), ("--width", "0")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--batch-size", "0"),
+        ("--max-minutes", "-1"),
+        ("--epochs", "0"),
+        ("--val-fraction", "1"),
+        ("--lr", "0"),
+        ("--width", "0"),
+    ],
+)
 def test_numbers_out_of_range_are_usage_errors(data, tmp_path, no_training, option, value):
     """--batch-size 0 was a ZeroDivisionError traceback, --max-minutes -1 no budget at all."""
     result = run_cli("train", data, "-o", tmp_path / "run", *QUICK, option, value)
@@ -79,10 +95,13 @@ def test_resume_with_nothing_to_resume_says_it_trains_afresh(data, tmp_path, no_
     assert result.exit_code == 0 and "nothing to resume in" in result.stderr and "training afresh" in result.stderr
 
 
-@pytest.mark.parametrize("layout, says", [
-    ("no masks", "no masks folder for"),
-    ("no photos", "no <car>_<NN>.jpg photos found in"),
-])
+@pytest.mark.parametrize(
+    "layout, says",
+    [
+        ("no masks", "no masks folder for"),
+        ("no photos", "no <car>_<NN>.jpg photos found in"),
+    ],
+)
 def test_data_problems_are_sentences_before_any_work(data, tmp_path, layout, says):
     broken = tmp_path / "data"
     shutil.copytree(data / "train", broken / "train")
@@ -105,8 +124,7 @@ def test_skipped_photos_are_named_counted_and_exit_1(data, tmp_path):
     result = run_cli("train", broken, "-o", tmp_path / "run", *QUICK, "--cache", cache)
     assert result.exit_code == 1, result.output
     assert result.stdout == f"best model: {tmp_path / 'run' / 'best.pt'}\n"
-    assert f"carmask: skipped {broken / 'train_masks' / 'synth006c001_03_mask.gif'}: no such file" \
-        in result.stderr
+    assert f"carmask: skipped {broken / 'train_masks' / 'synth006c001_03_mask.gif'}: no such file" in result.stderr
     assert f"carmask: skipped {broken / 'train' / 'synth006c002_04.jpg'}: not a readable image" in result.stderr
     assert "carmask: 2 photo(s) skipped: 1 no such file, 1 not a readable image" in result.stderr
     assert "epoch 1: train loss" in result.stderr  # epochs on stderr ...
@@ -126,6 +144,7 @@ class Terminal(io.StringIO):
 def test_the_loops_bars_only_on_a_terminal(data, tmp_path, monkeypatch, stream, bars):
     from carmask.recipes import recipe
     from carmask.train import train
+
     stderr = stream()
     monkeypatch.setattr(sys, "stderr", stderr)
     config = recipe("seed", epochs=1, size=(32, 32), frame=(96, 64), batch_size=8)
@@ -137,6 +156,7 @@ def test_the_loops_bars_only_on_a_terminal(data, tmp_path, monkeypatch, stream, 
 def test_interrupted_training_says_how_to_resume(data, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
+
     monkeypatch.setattr("carmask.train.train", interrupted)
     result = run_cli("train", data, "-o", tmp_path / "run", *QUICK)
     assert result.exit_code == 130 and "--resume" in result.stderr

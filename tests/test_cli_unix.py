@@ -2,6 +2,7 @@
 streams closed or full, terminals, nohup, a second Ctrl-C, a killed run's
 temporary files, a disk that fills up in the middle of cut-outs, names that
 are no UTF-8."""
+
 import errno
 import os
 import re
@@ -10,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import partial_of, run_cli, signalled_run
 
 pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
@@ -31,8 +31,9 @@ def files(folder):
 
 def test_a_closed_stderr_never_sends_messages_into_the_submission_on_stdout(photos, full):
     """`predict -o - 2>&-`: tqdm wrote the messages to stdout, into the CSV; exit 2."""
-    done = subprocess.run([*CARMASK, "predict", str(photos), "-o", "-", *MODEL], stdout=subprocess.PIPE,
-                          preexec_fn=lambda: os.close(2))
+    done = subprocess.run(
+        [*CARMASK, "predict", str(photos), "-o", "-", *MODEL], stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2)
+    )
     assert done.returncode == 0
     assert done.stdout == (full / "full.csv").read_bytes()
 
@@ -47,8 +48,9 @@ def test_a_full_stderr_loses_the_messages_not_the_run(photos, tmp_path):
         os.link(photo, tmp_path / "in" / photo.name)
     (tmp_path / "in" / "junk.jpg").write_text("not a photo")
     with open("/dev/full", "w") as full:
-        done = subprocess.run([*CARMASK, "predict", str(tmp_path / "in"), "-o", str(tmp_path / "s.csv"), *MODEL],
-                              stderr=full)
+        done = subprocess.run(
+            [*CARMASK, "predict", str(tmp_path / "in"), "-o", str(tmp_path / "s.csv"), *MODEL], stderr=full
+        )
     assert done.returncode == 1  # a photo was skipped, though it could not be said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "s.csv"]
     assert len((tmp_path / "s.csv").read_text().splitlines()) == 17
@@ -57,8 +59,12 @@ def test_a_full_stderr_loses_the_messages_not_the_run(photos, tmp_path):
 @pytest.mark.parametrize("args", [("models",), ("predict", "{photos}", "-o", "-", *MODEL)])
 def test_a_closed_stdout_is_a_sentence(photos, args):
     """`carmask models >&-`: a traceback (AttributeError: 'NoneType' object has no attribute 'flush')."""
-    done = subprocess.run([*CARMASK, *[a.format(photos=photos) for a in args]], stderr=subprocess.PIPE,
-                          text=True, preexec_fn=lambda: os.close(1))
+    done = subprocess.run(
+        [*CARMASK, *[a.format(photos=photos) for a in args]],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.close(1),
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "carmask: cannot write standard output: Bad file descriptor"
 
@@ -68,9 +74,15 @@ def on_a_terminal(command, stream):
     status, stderr, what reached the terminal)."""
     import pty
     import select
+
     master, slave = pty.openpty()
-    run = subprocess.Popen(command, stdin=slave if stream == 0 else subprocess.DEVNULL,
-                           stdout=slave if stream == 1 else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        command,
+        stdin=slave if stream == 0 else subprocess.DEVNULL,
+        stdout=slave if stream == 1 else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     os.close(slave)
     stderr, shown = run.communicate(timeout=600)[1], b""
     while select.select([master], [], [], 0)[0]:
@@ -101,12 +113,15 @@ def test_a_photo_is_never_waited_for_on_a_terminal(tmp_path):
 def test_a_disk_that_fills_up_stops_the_cutouts_at_once_and_a_rerun_finishes_them(photos, full, tmpfs):
     """It went on, photo after photo, each 'skipped (No space left on device)', exit 1."""
     from helpers import remount
+
     disk = tmpfs("48k")
     result = run_cli("cutout", photos, "-o", disk / "cut", *MODEL)
     assert result.exit_code == 2, result.output
-    assert re.fullmatch(rf"carmask: cannot write {re.escape(str(disk))}/cut/\S+: No space left on device; the "
-                        rf"\d+ cut-out\(s\) written are kept: run the same command again to continue",
-                        result.stderr.strip().splitlines()[-1]), result.stderr
+    assert re.fullmatch(
+        rf"carmask: cannot write {re.escape(str(disk))}/cut/\S+: No space left on device; the "
+        rf"\d+ cut-out\(s\) written are kept: run the same command again to continue",
+        result.stderr.strip().splitlines()[-1],
+    ), result.stderr
     assert "skipped" not in result.stderr
     written = files(disk / "cut")  # whole cut-outs, and no temporary file
     assert written and all(data == (full / "cut" / name).read_bytes() for name, data in written.items())
@@ -117,12 +132,14 @@ def test_a_disk_that_fills_up_stops_the_cutouts_at_once_and_a_rerun_finishes_the
 
 def test_a_full_disk_without_a_tmpfs_stops_the_cutouts_too(photos, tmp_path, monkeypatch):
     from carmask.cli import cutout
+
     save, calls = cutout._save, iter(range(100))
 
     def filling(path, image, replace):
         if next(calls) == 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         save(path, image, replace)
+
     monkeypatch.setattr(cutout, "_save", filling)
     result = run_cli("cutout", photos, "-o", tmp_path / "cut", *MODEL)
     assert result.exit_code == 2 and "skipped" not in result.stderr
@@ -133,8 +150,9 @@ def test_a_full_disk_without_a_tmpfs_stops_the_cutouts_too(photos, tmp_path, mon
 def test_nohup_keeps_sighup_ignored(photos, full, tmp_path):
     """A run started with SIGHUP ignored (nohup) goes on when the terminal hangs up."""
     out = tmp_path / "s.csv"
-    status, stderr = signalled_run(signal.SIGHUP, 5, "predict", photos, "-o", out, *MODEL,
-                                   ignore=[signal.SIGHUP], go_on=True)
+    status, stderr = signalled_run(
+        signal.SIGHUP, 5, "predict", photos, "-o", out, *MODEL, ignore=[signal.SIGHUP], go_on=True
+    )
     assert status == 0, stderr
     assert out.read_bytes() == (full / "full.csv").read_bytes()
 
@@ -144,8 +162,9 @@ def test_a_second_ctrl_c_while_the_first_is_cleaned_up_changes_nothing(photos, f
     """The second Ctrl-C cut the cleanup short: rows not written, a thread
     left in torch (SIGABRT)."""
     out = tmp_path / ("s.csv" if verb == "predict" else "cut")
-    status, stderr = signalled_run([signal.SIGINT, signal.SIGINT], 20, verb, photos, "-o", out, *MODEL,
-                                   busy=verb == "cutout")
+    status, stderr = signalled_run(
+        [signal.SIGINT, signal.SIGINT], 20, verb, photos, "-o", out, *MODEL, busy=verb == "cutout"
+    )
     assert status == 130 and "terminate called" not in stderr and "Traceback" not in stderr, stderr
     if verb == "predict":
         assert len(partial_of(out).read_text().splitlines()) == 21  # the header and every row handed out
@@ -157,16 +176,22 @@ def test_a_killed_runs_temporary_file_is_removed_by_the_next_run_a_live_one_kept
     """SIGKILL in the middle of writing a cut-out left .NAME.png.XXXX.tmp, which no rerun removed."""
     out = tmp_path / "cut"
     out.mkdir()
-    write = ("import os, sys; from pathlib import Path; from carmask.files import atomic_write\n"
-             "def half(tmp):\n"
-             "    tmp.write_bytes(b'half a PNG')\n"
-             "    if sys.argv[2] == 'kill': os.kill(os.getpid(), 9)\n"
-             "    print('writing', flush=True); sys.stdin.read()\n"
-             "atomic_write(Path(sys.argv[1]), half)\n")
+    write = (
+        "import os, sys; from pathlib import Path; from carmask.files import atomic_write\n"
+        "def half(tmp):\n"
+        "    tmp.write_bytes(b'half a PNG')\n"
+        "    if sys.argv[2] == 'kill': os.kill(os.getpid(), 9)\n"
+        "    print('writing', flush=True); sys.stdin.read()\n"
+        "atomic_write(Path(sys.argv[1]), half)\n"
+    )
     killed = subprocess.run([sys.executable, "-c", write, str(out / "a.png"), "kill"])
     assert killed.returncode == -9
-    live = subprocess.Popen([sys.executable, "-c", write, str(out / "b.png"), "live"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen(
+        [sys.executable, "-c", write, str(out / "b.png"), "live"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert live.stdout.readline() == "writing\n"  # it holds its temporary file
     try:
         temporaries = sorted(p.name for p in out.iterdir())
@@ -185,10 +210,12 @@ def test_a_photo_named_with_bytes_that_are_no_utf8_is_cut_out_under_the_same_byt
     folder = tmp_path / "in"
     folder.mkdir()
     os.link(sorted(photos.iterdir())[0], os.path.join(os.fsencode(folder), b"caf\xe9.jpg"))
-    done = subprocess.run([*CARMASK, "cutout", str(folder), "-o", str(tmp_path / "cut"), "--device", "cpu"],
-                          capture_output=True)
+    done = subprocess.run(
+        [*CARMASK, "cutout", str(folder), "-o", str(tmp_path / "cut"), "--device", "cpu"], capture_output=True
+    )
     assert done.returncode == 0, done.stderr
     assert os.listdir(os.fsencode(tmp_path / "cut")) == [b"caf\xe9.png"]
-    done = subprocess.run([*CARMASK, "cutout", str(folder), "-o", str(tmp_path / "cut"), "--device", "cpu"],
-                          capture_output=True)
+    done = subprocess.run(
+        [*CARMASK, "cutout", str(folder), "-o", str(tmp_path / "cut"), "--device", "cpu"], capture_output=True
+    )
     assert b"kept 1 existing" in done.stderr

@@ -1,4 +1,5 @@
 """`remove()` and `carmask cutout`: inputs of every kind, names that never collide, honest summaries."""
+
 import io
 import os
 import shutil
@@ -22,8 +23,10 @@ def photo_path(synth_view):
 
 def test_remove_takes_a_path_bytes_an_array_or_a_pil_image(rgb_predictor, photo_path):
     array = np.asarray(Image.open(photo_path).convert("RGB"))
-    results = [remove(source, rgb_predictor) for source in
-               (photo_path, str(photo_path), photo_path.read_bytes(), array, Image.open(photo_path))]
+    results = [
+        remove(source, rgb_predictor)
+        for source in (photo_path, str(photo_path), photo_path.read_bytes(), array, Image.open(photo_path))
+    ]
     for rgba in results:
         assert rgba.shape == (*array.shape[:2], 4) and rgba.dtype == np.uint8
     assert all(np.array_equal(results[0], r) for r in results[1:])
@@ -38,8 +41,15 @@ def test_photos_one_or_two_pixels_thin_are_cut_out(rgb_predictor, size):
     assert remove(noise, rgb_predictor).shape == (*size, 4)
 
 
-@pytest.mark.parametrize("bad, named", [(b"not a photo", "<upload>"), (np.full((4, 4), 2.0, np.float32), "<array>"),
-                                        (42, "int"), ("missing.jpg", "missing.jpg")])
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        (b"not a photo", "<upload>"),
+        (np.full((4, 4), 2.0, np.float32), "<array>"),
+        (42, "int"),
+        ("missing.jpg", "missing.jpg"),
+    ],
+)
 def test_remove_errors_name_the_input(rgb_predictor, bad, named):
     with pytest.raises(ImageError) as caught:
         remove(bad, rgb_predictor)
@@ -77,13 +87,15 @@ def test_two_inputs_with_one_name_get_two_outputs_in_their_folders(rgb_model, ph
         (tmp_path / folder).mkdir()
         shutil.copy(photo_path, tmp_path / folder / "car_01.jpg")
     out = tmp_path / "out"
-    result = run_cli("cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg",
-                     "-o", out, "--model", rgb_model)
+    result = run_cli(
+        "cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg", "-o", out, "--model", rgb_model
+    )
     assert result.exit_code == 0, result.output
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["dupA/car_01.png", "dupB/car_01.png"]
     assert "wrote 2 cut-out(s)" in result.stderr
-    again = run_cli("cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg",
-                    "-o", out, "--model", rgb_model)
+    again = run_cli(
+        "cutout", tmp_path / "dupA" / "car_01.jpg", tmp_path / "dupB" / "car_01.jpg", "-o", out, "--model", rgb_model
+    )
     assert again.exit_code == 0 and "wrote 0 cut-out(s)" in again.stderr and "kept 2 existing" in again.stderr
 
 
@@ -108,8 +120,13 @@ def test_skipped_inputs_exit_1_and_are_counted(rgb_model, photo_path, tmp_path):
 
 def test_stdin_to_stdout(rgb_model, photo_path, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-m", "carmask", "cutout", "-", "-o", "-", "--model", str(rgb_model)],
-                          input=photo_path.read_bytes(), capture_output=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "carmask", "cutout", "-", "-o", "-", "--model", str(rgb_model)],
+        input=photo_path.read_bytes(),
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr.decode()
     image = Image.open(io.BytesIO(done.stdout))
     assert image.format == "PNG" and image.mode == "RGBA" and image.size == (192, 128)
@@ -139,6 +156,7 @@ def test_tta_option(rgb_model, photo_path, tmp_path, network_inputs):
 
 def test_serve_without_the_extra_says_so(monkeypatch):
     import importlib.util
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
     result = run_cli("serve")
@@ -156,7 +174,15 @@ def test_warnings_are_shown_once_and_sets_can_be_declined(synth_data, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stderr.count("2 readable views") == 1  # said once for the car, and counted in the summary
     assert "warning: 1 car with views predicted photo by photo" in result.stderr
-    alone = run_cli("cutout", tmp_path / "pair_01.jpg", tmp_path / "pair_02.jpg", "-o", tmp_path / "out2",
-                    "--sets", "never", "--no-refine")
+    alone = run_cli(
+        "cutout",
+        tmp_path / "pair_01.jpg",
+        tmp_path / "pair_02.jpg",
+        "-o",
+        tmp_path / "out2",
+        "--sets",
+        "never",
+        "--no-refine",
+    )
     assert alone.exit_code == 0 and "warning:" not in alone.stderr and len(list((tmp_path / "out2").iterdir())) == 2
     assert run_cli("cutout", views[0], "-o", tmp_path / "o3", "--sets", "sometimes").exit_code == 2

@@ -1,5 +1,6 @@
 """One path from a photo to the network's input, whatever the photo comes as:
 a file, its bytes, a numpy array or a PIL image give the same probabilities."""
+
 import io
 
 import numpy as np
@@ -57,6 +58,7 @@ def test_exif_rotated_photos_are_seen_upright_and_given_back_on_the_stored_grid(
     dice 0.55-0.70 against the upright prediction); submissions get the mask
     turned back onto the stored pixel grid (Kaggle's masks'), cut-outs upright."""
     from carmask.rle import encode
+
     stored = read_photo(big_set[0])  # 400 wide, 300 high as stored
     path = tmp_path / "turned_01.jpg"
     path.write_bytes(exif_rotated(stored))  # viewers show it 300 wide, 400 high
@@ -69,14 +71,16 @@ def test_exif_rotated_photos_are_seen_upright_and_given_back_on_the_stored_grid(
     [encoded] = grid.predict_sets(group_by_car([path]), encode=True)
     assert encoded.rle == grid.predict_views([("x", path)])[0].rle == encode(on_grid > 0.5)
     sized = grid.predict_photo(path, output_size=(200, 150))  # an output size is the stored grid's
-    np.testing.assert_allclose(sized, np.rot90(Predictor(device="cpu").predict_photo(path, output_size=(150, 200)),
-                                               1), atol=1e-4)
+    np.testing.assert_allclose(
+        sized, np.rot90(Predictor(device="cpu").predict_photo(path, output_size=(150, 200)), 1), atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_stored_grid_undoes_every_exif_turn(orientation):
     from carmask.inputs.decode import stored_grid
     from carmask.io import read_turned
+
     stored = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     image = Image.fromarray(stored)
     exif = image.getexif()
@@ -101,7 +105,7 @@ def test_which_jpegs_go_to_nvjpeg():
     check = lambda data, upright=True: _jpeg_for_nvjpeg(Source("x.jpg", data), upright)  # noqa: E731
     assert check(baseline) == baseline
     assert check(jpeg(photo, progressive=True)) is None
-    assert check(baseline[:len(baseline) // 2]) is None  # truncated
+    assert check(baseline[: len(baseline) // 2]) is None  # truncated
     assert check(jpeg(photo[..., 0])) is None  # grey
     png = io.BytesIO()
     Image.fromarray(photo).save(png, "PNG")
@@ -178,8 +182,9 @@ def test_torchvisions_batch_decoder_gives_pillows_pixels(big_set):
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and _torchvision_loads()),
-                    reason="needs CUDA and torchvision (nvjpeg)")
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and _torchvision_loads()), reason="needs CUDA and torchvision (nvjpeg)"
+)
 def test_nvjpeg_agrees_with_the_cpu_decoder(big_set):
     """nvjpeg decodes what Pillow decodes (to a few grey levels), even when
     the decode follows kernels still queued on freed memory (pytorch/vision#9606)."""

@@ -1,4 +1,5 @@
 """`carmask train` under torchrun: two gloo processes on the CPU give what one process gives."""
+
 import csv
 import json
 import os
@@ -16,16 +17,37 @@ import carmask
 from carmask import distributed, models
 from carmask.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                                     reason="torch.distributed with gloo is not available")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is not available"
+    ),
+]
 
 # The seed CNN, because it has no BatchNorm: on the CPU each process keeps its own
 # batch statistics (see distributed.wrap), which would part the two runs' weights.
 # Augmentation and a time budget (never reached) are on, to cover their shared draws
 # and rank 0's clock.
-ARGS = ["--arch", "seed", "--inputs", "rgb,median_diff", "--size", "48x32", "--frame", "192x128",
-        "--no-crop", "--batch-size", "16", "--val-fraction", "0.34", "--augment",
-        "--max-minutes", "30", "--device", "cpu"]
+ARGS = [
+    "--arch",
+    "seed",
+    "--inputs",
+    "rgb,median_diff",
+    "--size",
+    "48x32",
+    "--frame",
+    "192x128",
+    "--no-crop",
+    "--batch-size",
+    "16",
+    "--val-fraction",
+    "0.34",
+    "--augment",
+    "--max-minutes",
+    "30",
+    "--device",
+    "cpu",
+]
 FILES = {"best.pt", "model.pt", "last.pt", "metrics.csv", "curve.png", "split.json", "cache"}
 
 
@@ -34,8 +56,18 @@ def torchrun(*args: str) -> str:
     src = str(Path(carmask.__file__).resolve().parents[1])
     path = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-               "-m", "carmask", "train", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "carmask",
+        "train",
+        *args,
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr

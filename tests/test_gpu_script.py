@@ -1,4 +1,5 @@
 """benchmarks/gpu_train.py's checks of the packed parts, before any GPU time is spent."""
+
 import json
 import sys
 from pathlib import Path
@@ -14,8 +15,13 @@ def pack(folder: Path, number: int, parts: int, files: dict[str, bytes]) -> Path
     for name, data in files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
-    manifest = {"part": number, "parts": parts, "cars": ["a"], "split": {"train": ["a"], "val": ["b"]},
-                "files": {name: len(data) for name, data in files.items()}}
+    manifest = {
+        "part": number,
+        "parts": parts,
+        "cars": ["a"],
+        "split": {"train": ["a"], "val": ["b"]},
+        "files": {name: len(data) for name, data in files.items()},
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 

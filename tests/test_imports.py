@@ -5,6 +5,7 @@ inside functions too; importing the models imports no ONNX code.
 An edge is a module named by an import statement: `from carmask import models`
 names carmask.models; `from carmask import __version__` names carmask.
 """
+
 import ast
 import os
 import subprocess
@@ -37,7 +38,7 @@ def imported(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from . import x, from ..views import y
-                parents = package.split(".")[:len(package.split(".")) - node.level + 1]
+                parents = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parents + ([node.module] if node.module else []))
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
@@ -58,7 +59,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         state[node] = "done"
@@ -85,11 +86,15 @@ def test_the_cycle_finder_finds_a_cycle():
 
 @pytest.mark.slow
 def test_importing_the_models_imports_no_onnx_code():
-    code = ("import sys, carmask.models; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime') "
-            "or m.startswith('carmask.onnx')))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE.parent),
-                                                                       os.environ.get("PYTHONPATH")]))}
+    code = (
+        "import sys, carmask.models; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime') "
+        "or m.startswith('carmask.onnx')))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE.parent), os.environ.get("PYTHONPATH")])),
+    }
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -29,7 +29,10 @@ def test_names_and_grouping(tmp_path):
     assert [p.name for p in photos] == ["a_01.jpg", "a_02.jpg", "a_03.jpg", "b_01.jpg", "b_02.jpg", "solo.png"]
     sets = group_by_car(photos)
     assert [(s.car, [p.name for p in s.paths]) for s in sets] == [
-        ("a", ["a_01.jpg", "a_02.jpg", "a_03.jpg"]), ("b", ["b_01.jpg", "b_02.jpg"]), (None, ["solo.png"])]
+        ("a", ["a_01.jpg", "a_02.jpg", "a_03.jpg"]),
+        ("b", ["b_01.jpg", "b_02.jpg"]),
+        (None, ["solo.png"]),
+    ]
     assert [p.name for p in find_photos([str(tmp_path / "a_*.jpg")])] == ["a_01.jpg", "a_02.jpg", "a_03.jpg"]
 
 
@@ -54,6 +57,7 @@ def test_parse_size():
 
 def test_predictor_refuses_sizes_and_batches_it_cannot_make():
     from carmask.predict import Predictor
+
     with pytest.raises(ValueError, match="batch size and workers must be at least 1, not 0 and None"):
         Predictor(batch_size=0)
     with pytest.raises(ValueError, match="must be at least 1, not 16 and -1"):
@@ -71,10 +75,13 @@ def test_reads_rgb_jpeg(tmp_path, photo):
     assert out.shape == photo.shape and out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "empty"),
-    (b"this is not a photo at all", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty"),
+        (b"this is not a photo at all", "not a readable image"),
+    ],
+)
 def test_unreadable_files_name_the_file(tmp_path, content, reason):
     path = tmp_path / "car_01.jpg"
     path.write_bytes(content)
@@ -152,11 +159,13 @@ def test_arrays_of_other_value_types_and_layouts(photo):
     assert read_photo(photo[..., 0] > 100).max() == 255
     flipped = photo[:, ::-1]  # negative strides
     assert np.array_equal(read_photo(flipped), flipped) and all(s > 0 for s in read_photo(flipped).strides)
-    for array, message in [(photo * 1.0, "front.png: a float64 photo array must hold values in 0..1"),
-                           (np.full(photo.shape, np.nan), "NaN"),
-                           (photo.astype(np.int16) - 5, "values in 0..255"),
-                           (photo.transpose(2, 0, 1), "channels-first: pass array.transpose"),
-                           (photo[None], "not a batch")]:
+    for array, message in [
+        (photo * 1.0, "front.png: a float64 photo array must hold values in 0..1"),
+        (np.full(photo.shape, np.nan), "NaN"),
+        (photo.astype(np.int16) - 5, "values in 0..255"),
+        (photo.transpose(2, 0, 1), "channels-first: pass array.transpose"),
+        (photo[None], "not a batch"),
+    ]:
         with pytest.raises(ImageError, match=message):
             read_photo(array, name="front.png")
     for thing in (None, 5, [1, 2], io.BytesIO(b"x")):

@@ -36,11 +36,12 @@ def test_batch_dice_agrees_with_dice():
     import torch
 
     from carmask.metrics import batch_dice
+
     rng = np.random.default_rng(0)
     pred = rng.random((6, 1, 17, 23)) > rng.random((6, 1, 1, 1))
     truth = rng.random((6, 1, 17, 23)) > 0.4
-    pred[0], truth[0] = False, False   # two empty masks score 1
-    pred[1], truth[2] = False, False   # one empty mask scores 0
+    pred[0], truth[0] = False, False  # two empty masks score 1
+    pred[1], truth[2] = False, False  # one empty mask scores 0
     got = batch_dice(torch.from_numpy(pred), torch.from_numpy(truth)).numpy()
     want = [dice(p, t) for p, t in zip(pred, truth)]
     assert got == pytest.approx(want, abs=1e-12)

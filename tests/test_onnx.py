@@ -1,5 +1,6 @@
 """ONNX export and the onnxruntime CPU path: the exported file describes itself,
 and `Predictor(model="x.onnx")` gives the masks the PyTorch path gives."""
+
 import json
 
 import numpy as np
@@ -27,8 +28,9 @@ MASK_AGREEMENT = 0.999
 def exported(seed_model, rgb_model, tmp_path_factory):
     """name -> (checkpoint, exported .onnx) for both fixture models."""
     folder = tmp_path_factory.mktemp("onnx")
-    return {name: (ckpt, export(ckpt, folder / f"{name}.onnx"))
-            for name, ckpt in (("seed", seed_model), ("rgb", rgb_model))}
+    return {
+        name: (ckpt, export(ckpt, folder / f"{name}.onnx")) for name, ckpt in (("seed", seed_model), ("rgb", rgb_model))
+    }
 
 
 def assert_same_masks(onnx_probs, torch_probs):
@@ -105,8 +107,9 @@ def test_rgb_single_photos_match_pytorch(exported, synth_data):
         photo = read_photo(photo_path)
         assert_same_masks(via_onnx.predict_photo(photo), via_torch.predict_photo(photo))
     big = read_photo(photos[0])
-    assert_same_masks(via_onnx.predict_photo(big, output_size=(384, 256)),
-                      via_torch.predict_photo(big, output_size=(384, 256)))
+    assert_same_masks(
+        via_onnx.predict_photo(big, output_size=(384, 256)), via_torch.predict_photo(big, output_size=(384, 256))
+    )
 
 
 def test_cli_export_and_predict_with_the_export(seed_model, synth_data, tmp_path):
@@ -137,9 +140,12 @@ def test_cli_export_and_predict_with_the_export(seed_model, synth_data, tmp_path
 def test_other_onnx_files_are_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "plain",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["logits"])],
+        "plain",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])],
+    )
     plain = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph), str(plain))
     with pytest.raises(ValueError, match="not a carmask ONNX export"):

@@ -1,4 +1,5 @@
 """Outcomes as values: kinds, the sentences made from them, and their dicts."""
+
 from __future__ import annotations
 
 import pickle
@@ -25,17 +26,22 @@ def test_a_skip_keeps_its_kind_and_words():
 
 
 def test_summaries_count_kinds_not_words():
-    errors = [ImageError("a", "whatever words", Problem.UNREADABLE), ImageError("b", "other words", Problem.EMPTY),
-              ImageError("c", "more words", Problem.UNREADABLE)]
+    errors = [
+        ImageError("a", "whatever words", Problem.UNREADABLE),
+        ImageError("b", "other words", Problem.EMPTY),
+        ImageError("c", "more words", Problem.UNREADABLE),
+    ]
     assert count(errors) == {Problem.UNREADABLE: 2, Problem.EMPTY: 1}
     assert skipped_summary(errors) == "3 photo(s) skipped: 2 not a readable image, 1 empty file"
 
 
 def test_notes_say_their_sentence_and_travel_as_dicts():
-    notes = [Note(NoteKind.OTHER_SIZE, ("c_03.jpg",), Treatment.ALONE, "c", (1918, 1280)),
-             Note(NoteKind.TOO_FEW_VIEWS, ("a.jpg", "b.jpg"), Treatment.SINGLE_PHOTO_MODEL, views=2),
-             Note(NoteKind.NOT_ONE_STUDIO, ("x.jpg", "y.jpg", "z.jpg"), Treatment.PHOTO_BY_PHOTO, share=0.6),
-             Note(NoteKind.ONE_PHOTO, ("x.jpg", "y.jpg", "z.jpg"), Treatment.AS_A_SET, share=0.004)]
+    notes = [
+        Note(NoteKind.OTHER_SIZE, ("c_03.jpg",), Treatment.ALONE, "c", (1918, 1280)),
+        Note(NoteKind.TOO_FEW_VIEWS, ("a.jpg", "b.jpg"), Treatment.SINGLE_PHOTO_MODEL, views=2),
+        Note(NoteKind.NOT_ONE_STUDIO, ("x.jpg", "y.jpg", "z.jpg"), Treatment.PHOTO_BY_PHOTO, share=0.6),
+        Note(NoteKind.ONE_PHOTO, ("x.jpg", "y.jpg", "z.jpg"), Treatment.AS_A_SET, share=0.004),
+    ]
     assert [str(n) for n in notes] == [
         "c_03.jpg: not the size of the other views of car c (1918x1280): predicted alone",
         "a.jpg, b.jpg: only 2 readable views, and a background needs 3: predicted photo by photo with the "
@@ -44,5 +50,6 @@ def test_notes_say_their_sentence_and_travel_as_dicts():
         "the frame): predicted photo by photo",
         "x.jpg, y.jpg, z.jpg: are (nearly) one photo (one differs from their median background over only 0.4% of "
         "the frame: the median shows the car, not the studio): predicted as a set all the same (the model needs "
-        "one)"]
+        "one)",
+    ]
     assert [Note.from_dict(n.as_dict()) for n in notes] == notes

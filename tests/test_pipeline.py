@@ -1,9 +1,12 @@
 """The whole pipeline through the CLI, on synthetic cars the models never saw:
 generate -> train (fixtures) -> predict -> submission -> decode -> dice."""
+
 import shutil
 
 import numpy as np
 import pytest
+from helpers import interrupted_run, partial_of
+from helpers import run_cli as run
 from PIL import Image
 
 from carmask.io import read_mask
@@ -11,7 +14,6 @@ from carmask.metrics import dice
 from carmask.rle import decode
 from carmask.submission import read_submission
 from carmask.synth import make_dataset
-from helpers import interrupted_run, partial_of, run_cli as run
 
 # A few CPU epochs of the seed CNN on 4 synthetic cars: ~0.96 on a coloured car,
 # ~0.63 on a white car against the white studio wall (the seed's weak spot).
@@ -48,8 +50,7 @@ def test_predict_writes_a_submission_that_scores(unseen, seed_model, tmp_path):
 
 def test_output_size(unseen, seed_model, tmp_path):
     out = tmp_path / "big.csv"
-    assert run("predict", unseen / "train", "-o", out, "--model", seed_model,
-               "--output-size", "384x256").exit_code == 0
+    assert run("predict", unseen / "train", "-o", out, "--model", seed_model, "--output-size", "384x256").exit_code == 0
     rows, score = submission_dice(out, unseen / "train_masks", size=(384, 256))
     assert rows == 32 and score > DICE_BAR
 
@@ -95,8 +96,7 @@ def test_too_few_views_say_why(unseen, seed_model, tmp_path):
 
 
 def test_evaluate_prints_dice_and_writes_a_report(unseen, seed_model, tmp_path):
-    result = run("evaluate", unseen, "--model", seed_model, "--report", tmp_path / "report",
-                 "--resize-loss", "64x64")
+    result = run("evaluate", unseen, "--model", seed_model, "--report", tmp_path / "report", "--resize-loss", "64x64")
     assert result.exit_code == 0, result.output
     mean = float(result.stdout.split("mean dice ")[1].split()[0])
     assert mean > DICE_BAR
@@ -124,8 +124,7 @@ def test_cutout_outputs(unseen, seed_model, rgb_model, tmp_path):
     single = tmp_path / "mask.png"
     assert run("cutout", photo, "-o", single, "--bg", "mask", "--model", rgb_model).exit_code == 0
     assert set(np.unique(np.asarray(Image.open(single)))) <= {0, 255}
-    assert run("cutout", photo, "-o", tmp_path / "green.png", "--bg", "0,185,0",
-               "--model", rgb_model).exit_code == 0
+    assert run("cutout", photo, "-o", tmp_path / "green.png", "--bg", "0,185,0", "--model", rgb_model).exit_code == 0
     assert np.asarray(Image.open(tmp_path / "green.png")).shape == (128, 192, 3)
     # Existing outputs are kept unless --overwrite.
     before = single.read_bytes()
@@ -139,6 +138,7 @@ def test_cutout_outputs(unseen, seed_model, rgb_model, tmp_path):
 
 def test_python_api(unseen, seed_model):
     from carmask import Predictor, read_photo, remove
+
     views = [read_photo(p) for p in sorted((unseen / "train").glob("synth009c000_*.jpg"))]
     predictor = Predictor(seed_model, device="cpu")
     probs = predictor.predict_photo(views[0], views=views[1:])
@@ -174,6 +174,7 @@ def test_encoded_predictions_match_the_probabilities(unseen, seed_model):
     from carmask.io import find_photos
     from carmask.kaggle import group_by_car
     from carmask.rle import encode
+
     sets = group_by_car(find_photos([unseen / "train"]))
     predictor = Predictor(seed_model, device="cpu")
     for size in (None, (300, 200)):
@@ -183,13 +184,15 @@ def test_encoded_predictions_match_the_probabilities(unseen, seed_model):
         assert all(p.probs is None and p.rle == encode(q.mask) for p, q in zip(encoded, full))
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                    reason="torch.compile on the CPU needs a C compiler")
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on the CPU needs a C compiler"
+)
 def test_compiled_predictor_matches_eager(unseen, rgb_model):
     """`compile=True` pads short batches to one shape and gives the eager masks."""
     from carmask import Predictor
     from carmask.io import find_photos
     from carmask.kaggle import group_by_car
+
     sets = group_by_car(find_photos([unseen / "train"]))[:1]
     eager = list(Predictor(rgb_model, device="cpu", batch_size=5).predict_sets(sets))
     compiled = list(Predictor(rgb_model, device="cpu", batch_size=5, compile=True).predict_sets(sets))
@@ -204,6 +207,7 @@ def test_cars_share_model_batches_without_changing_results(unseen, seed_model, t
     from carmask import Predictor
     from carmask.io import find_photos
     from carmask.kaggle import group_by_car
+
     photos = tmp_path / "cars"
     photos.mkdir()
     for view in sorted((unseen / "train").glob("synth009c00[01]_*.jpg"))[:21]:  # 16 views + 5 views
@@ -212,11 +216,12 @@ def test_cars_share_model_batches_without_changing_results(unseen, seed_model, t
     for view in range(1, 3):  # too few views for the multi-view seed model
         shutil.copy(unseen / "train" / f"synth009c001_{view:02d}.jpg", photos / f"lonely_{view:02d}.jpg")
     sets = group_by_car(find_photos([photos]))
-    outcomes = {size: list(Predictor(seed_model, device="cpu", batch_size=size).predict_sets(sets))
-                for size in (1, 16, 64)}
+    outcomes = {
+        size: list(Predictor(seed_model, device="cpu", batch_size=size).predict_sets(sets)) for size in (1, 16, 64)
+    }
     reference = outcomes[1]
     assert len(reference) == 24 and sum(p.error is not None for p in reference) == 3
-    for batch_size, predictions in outcomes.items():
+    for _batch_size, predictions in outcomes.items():
         assert [(p.path, p.error) for p in predictions] == [(p.path, p.error) for p in reference]
         for p, q in zip(predictions, reference):
             assert (p.probs is None) == (q.probs is None)
@@ -232,6 +237,7 @@ def test_submissions_are_on_the_stored_pixel_grid_predicted_upright(unseen, rgb_
 
     from carmask import Predictor
     from carmask.io import read_photo
+
     stored = Image.open(unseen / "train" / "synth009c000_03.jpg")  # 192 wide, 128 high
     exif = stored.getexif()
     exif[0x0112] = 6
@@ -255,5 +261,6 @@ def test_submissions_are_on_the_stored_pixel_grid_predicted_upright(unseen, rgb_
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu"])
 def test_an_unknown_device_is_a_sentence(device):
     from carmask.predict import Predictor
+
     with pytest.raises(ValueError, match="is not one of auto, cpu, cuda, cuda:N"):
         Predictor(device=device)  # was torch's list of twenty device types

@@ -16,7 +16,7 @@ def test_gpu_flood_fill_finds_the_holes_scipy_finds():
     car[2] = False
     car[2, 5:30, 5:40] = True
     car[2, 10:20, 10:20] = False  # one enclosed pocket
-    car[2, 25, 5] = False          # and a notch open to the outside through the edge
+    car[2, 25, 5] = False  # and a notch open to the outside through the edge
     holes = ~car & ~border_background(torch.from_numpy(car)).numpy()  # the GPU's path, on the CPU
     expected = np.stack([ndimage.binary_fill_holes(c) & ~c for c in car])
     assert np.array_equal(holes, expected) and holes[2].sum() == 100

@@ -1,5 +1,6 @@
 """The predictor's parts behind the facade: the runner's one protocol for
 torch and ONNX models, and `close()` / `with` for every engine."""
+
 import threading
 
 import numpy as np
@@ -42,6 +43,7 @@ def test_a_predictor_never_used_closes():
 def test_the_ray_engine_is_a_context_too():
     pytest.importorskip("ray")
     from carmask import ray_engine
+
     assert ray_engine.RayPredictor.__enter__ and ray_engine.RayPredictor.__exit__
     closed = []
     engine = object.__new__(ray_engine.RayPredictor)  # no Ray started: close() alone is what `with` calls

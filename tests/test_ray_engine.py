@@ -1,5 +1,6 @@
 """`carmask predict --engine ray` on a local Ray instance and synthetic cars:
 the same file as the single-process run, bad photos skipped and named, resumable."""
+
 import shutil
 import sys
 
@@ -8,10 +9,12 @@ import pytest
 ray = pytest.importorskip("ray")
 
 
+from helpers import interrupted_run, partial_of  # noqa: E402
+from helpers import run_cli as run  # noqa: E402
+
 import carmask  # noqa: E402
 from carmask import ray_engine  # noqa: E402
 from carmask.models import WEIGHTS_DIR  # noqa: E402
-from helpers import interrupted_run, partial_of, run_cli as run  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the quick run (-m "not slow") leaves this module out
 

@@ -15,6 +15,7 @@ same way (paths are not looked up: they name the real data), and every
 relative link of the README and the docs leads to a file and a heading.
 RESULTS.md's commands are lab notes of their day and are not checked.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,6 +44,7 @@ TRAIN_QUICKLY = ["--epochs", "1"]  # appended to `carmask train`: one epoch on t
 
 # -- reading the pages ------------------------------------------------------------------------------
 
+
 def code_blocks(path: Path, languages) -> list[str]:
     return [body for language, body in FENCE.findall(path.read_text(encoding="utf-8")) if language in languages]
 
@@ -64,11 +66,12 @@ def carmask_args(words: list[str]) -> list[str] | None:
     if words[0] == "carmask":
         return words[1:]
     if words[0] == "torchrun" and "-m" in words and words[words.index("-m") + 1] == "carmask":
-        return words[words.index("-m") + 2:]
+        return words[words.index("-m") + 2 :]
     return None
 
 
 # -- checking without running -------------------------------------------------------------------------
+
 
 def parse(args: list[str], monkeypatch) -> click.Context:
     """`carmask ARGS` through click as it would run, stopping before the verb's
@@ -111,6 +114,7 @@ def ci_commands() -> list[str]:
 
 # -- the service, in process ----------------------------------------------------------------------------
 
+
 class Service:
     """What `carmask serve` serves, built once, at the address it listens on."""
 
@@ -122,11 +126,16 @@ class Service:
 
         from carmask.serve import create_app
         from carmask.serve.guard import local_hosts
+
         params = context.params
         address = (params["host"], params["port"])
         if self.client is None or self.address != address:
-            app = create_app(model=params["model"], device=params["device"], api_key=params["api_key"],
-                             hosts=local_hosts(params["host"], params["allow_host"]))
+            app = create_app(
+                model=params["model"],
+                device=params["device"],
+                api_key=params["api_key"],
+                hosts=local_hosts(params["host"], params["allow_host"]),
+            )
             self.client = TestClient(app, base_url=f"http://{params['host']}:{params['port']}")
             self.address = address
 
@@ -162,11 +171,13 @@ class Service:
 
 # -- the folder the README assumes --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """ROOT/shared/data as the README names it: carvana-512 (train/, train_masks/),
     carvana-test-1918/test, carvana-1918-masks/train_masks (masks at 1918x1280)."""
     from carmask.synth import make_dataset
+
     root = tmp_path_factory.mktemp("readme")
     data = root / "shared" / "data"
     dataset = make_dataset(data / "carvana-512", cars=3, test_cars=1, size=(192, 128), seed=5)
@@ -193,6 +204,7 @@ def workspace(data_root: Path, name: str) -> Path:
 
 
 # -- the tests ----------------------------------------------------------------------------------------------
+
 
 def test_the_readme_is_a_first_page():
     lines = README.read_text(encoding="utf-8").splitlines()

@@ -1,5 +1,6 @@
 """The shipped models on real Carvana photos of a car held out from their
 training (the 15% split by car of every recipe). Skipped without ../shared/data."""
+
 import pytest
 
 from carmask.data import discover, split_by_car

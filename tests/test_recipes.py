@@ -1,6 +1,7 @@
 """Recipes in one place: `carmask train --recipe` and the benchmarks build the
 same configurations, and every shipped model was trained by the recipe its
 card names."""
+
 import dataclasses
 import importlib.util
 import json
@@ -46,8 +47,25 @@ def test_cli_and_ablation_build_the_same_configuration(name, synth_data, tmp_pat
 
 
 def test_flags_change_single_fields(synth_data, tmp_path, trained_configs):
-    run_cli("train", synth_data, "-o", tmp_path / "run", "--recipe", "multiview-fast", "--lr", "1e-3",
-            "--weight-decay", "0", "--width", "16", "--no-augment", "--size", "64x64", "--batch-size", "8")
+    run_cli(
+        "train",
+        synth_data,
+        "-o",
+        tmp_path / "run",
+        "--recipe",
+        "multiview-fast",
+        "--lr",
+        "1e-3",
+        "--weight-decay",
+        "0",
+        "--width",
+        "16",
+        "--no-augment",
+        "--size",
+        "64x64",
+        "--batch-size",
+        "8",
+    )
     (config,) = trained_configs
     base = RECIPES["multiview-fast"]
     assert (config.lr, config.weight_decay, config.augment, config.batch_size) == (1e-3, 0.0, False, 8)
@@ -85,8 +103,19 @@ def test_each_shipped_model_was_trained_by_the_recipe_its_card_names(name):
     assert (payload["arch"], payload["arch_kwargs"]) == (config.arch, config.arch_kwargs)
     assert payload["spec"] == config.spec.to_dict()
     trained = payload["meta"]["config"]
-    for key in ("epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "dice_weight",
-                "edge_weight", "augment", "schedule", "max_minutes"):
+    for key in (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "val_fraction",
+        "seed",
+        "dice_weight",
+        "edge_weight",
+        "augment",
+        "schedule",
+        "max_minutes",
+    ):
         assert trained[key] == getattr(config, key), key
 
 
@@ -110,6 +139,7 @@ def test_each_recipes_resolved_settings_are_pinned(name):
 def test_the_table_imports_no_training_loop():
     import subprocess
     import sys
+
     code = "import sys, carmask.recipes; print(sorted(m for m in sys.modules if m.startswith('carmask.train')))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["['carmask.train_config']"]

@@ -1,4 +1,5 @@
 """Edge refinement on synthetic turntable sets with soft edges of known alpha, and in the predictor's batch."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +11,7 @@ from carmask.refine import edges, plain, soft
 from carmask.synth import random_car, render_soft_view, studio_background
 
 SIZE = (288, 192)
-COARSE = 4   # the network sees a car of some 128 pixels: a quarter of these photos
+COARSE = 4  # the network sees a car of some 128 pixels: a quarter of these photos
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,8 @@ def soft_set():
     alpha = torch.from_numpy(np.stack([a for _, a in views]))
     generator = torch.Generator().manual_seed(0)
     low = F.interpolate(alpha[:, None], size=(SIZE[1] // COARSE, SIZE[0] // COARSE), mode="bilinear", antialias=True)
-    shift = F.interpolate(torch.rand((8, 1, 4, 6), generator=generator) - 0.5, size=low.shape[-2:],
-                          mode="bilinear")
-    probs = F.interpolate(torch.sigmoid((low - 0.5 + 0.5 * shift) * 16), size=(SIZE[1], SIZE[0]),
-                          mode="bilinear")[:, 0]
+    shift = F.interpolate(torch.rand((8, 1, 4, 6), generator=generator) - 0.5, size=low.shape[-2:], mode="bilinear")
+    probs = F.interpolate(torch.sigmoid((low - 0.5 + 0.5 * shift) * 16), size=(SIZE[1], SIZE[0]), mode="bilinear")[:, 0]
     return photos, alpha, probs, torch.from_numpy(background).permute(2, 0, 1).float()
 
 
@@ -80,7 +79,9 @@ def test_refinement_touches_only_the_band(soft_set):
 def test_the_edge_stays_within_the_networks_fade(soft_set):
     photos, _, probs, _ = soft_set
     alpha, _ = _refined(photos, probs)
-    assert (alpha >= soft(probs - refine.REACH) - 1 / 255).all() and (alpha <= soft(probs + refine.REACH) + 1 / 255).all()
+    assert (alpha >= soft(probs - refine.REACH) - 1 / 255).all() and (
+        alpha <= soft(probs + refine.REACH) + 1 / 255
+    ).all()
 
 
 def test_no_growing_into_the_shadow_below_the_car():
@@ -89,8 +90,8 @@ def test_no_growing_into_the_shadow_below_the_car():
     network's own, while the car's upper edge follows the photo."""
     height, width = 64, 64
     photo = torch.full((3, height, width), 200, dtype=torch.uint8)
-    photo[:, :32] = 30                       # the car: the upper half
-    photo[:, 32:40] = 35                     # its shadow on the floor, as dark
+    photo[:, :32] = 30  # the car: the upper half
+    photo[:, 32:40] = 35  # its shadow on the floor, as dark
     rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
     probs = torch.sigmoid((31.5 - rows) / 2.5)  # the network: edge at the right place, a wide fade
     alpha, _ = _refined(photo[None], probs[None], with_views=False)
@@ -123,6 +124,7 @@ def test_empty_band_and_other_output_sizes():
 def test_cutouts_are_refined_in_the_batch_without_a_second_decode(rgb_model, synth_data, monkeypatch):
     import carmask.inputs.decode
     import carmask.predictor.photos
+
     photos = sorted((synth_data / "test").glob("*.jpg"))[:4]
     decoded = []
     real = carmask.inputs.decode.read_turned

@@ -1,4 +1,5 @@
 """remove.bg's API on /v1.0/removebg: its fields, geometry, formats, conflicts and schema (TestClient, tiny model)."""
+
 import base64
 import io
 import re
@@ -12,7 +13,6 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 
-from carmask.serve import create_app  # noqa: E402
 
 SERVICE_DOC = Path(__file__).resolve().parents[1] / "docs" / "SERVICE.md"
 
@@ -57,22 +57,34 @@ def box(response) -> dict[str, int]:
 
 # -- row 3: base64 as large as a file -----------------------------------------------------------------
 
+
 def test_a_base64_photo_may_be_as_large_as_a_file(client):
     """Over a megabyte of base64 (a 0.9 MB photo) is answered, as a form field or in JSON."""
     noisy = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(
-        noisy, "JPEG", quality=90)
+        noisy, "JPEG", quality=90
+    )
     b64 = base64.b64encode(noisy.getvalue()).decode()
     assert len(b64) > 1 << 20
-    for answer in (client.post("/v1.0/removebg", data={"image_file_b64": b64, "size": "full"}),
-                   client.post("/v1.0/removebg", json={"image_file_b64": b64, "size": "full"})):
+    for answer in (
+        client.post("/v1.0/removebg", data={"image_file_b64": b64, "size": "full"}),
+        client.post("/v1.0/removebg", json={"image_file_b64": b64, "size": "full"}),
+    ):
         assert image(answer).size == (1200, 900)
 
 
 # -- row 4: colours with alpha ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("colour, rgba", [("81d4fa77", (0x81, 0xd4, 0xfa, 0x77)), ("fff7", (255, 255, 255, 0x77)),
-                                          ("81d4fa", (0x81, 0xd4, 0xfa, 255)), ("green", (0, 128, 0, 255))])
+
+@pytest.mark.parametrize(
+    "colour, rgba",
+    [
+        ("81d4fa77", (0x81, 0xD4, 0xFA, 0x77)),
+        ("fff7", (255, 255, 255, 0x77)),
+        ("81d4fa", (0x81, 0xD4, 0xFA, 255)),
+        ("green", (0, 128, 0, 255)),
+    ],
+)
 def test_bg_color_with_alpha(client, photo, colour, rgba):
     matte = np.asarray(image(post(client, photo, channels="alpha")))
     result = image(post(client, photo, bg_color=colour, format="png"))
@@ -84,7 +96,7 @@ def test_bg_color_with_alpha(client, photo, colour, rgba):
 
 def test_bg_color_with_alpha_as_jpeg_and_auto(client, photo):
     assert post(client, photo, bg_color="81d4fa77").headers["content-type"] == "image/png"  # see-through: PNG
-    assert post(client, photo, bg_color="81d4fa").headers["content-type"] == "image/jpeg"   # opaque: JPG
+    assert post(client, photo, bg_color="81d4fa").headers["content-type"] == "image/jpeg"  # opaque: JPG
     assert image(post(client, photo, bg_color="81d4fa77", format="jpg")).mode == "RGB"
 
 
@@ -94,6 +106,7 @@ def test_a_bad_colour_is_named(client, photo):
 
 
 # -- row 5: bg_image_url refused, never fetched -------------------------------------------------------
+
 
 def test_urls_are_refused_and_never_fetched(client, photo):
     with socket.socket() as listener:
@@ -110,25 +123,43 @@ def test_urls_are_refused_and_never_fetched(client, photo):
 
 # -- row 6: conflicts ---------------------------------------------------------------------------------
 
+
 def test_conflicting_fields_are_named(client, photo):
     b64 = base64.b64encode(photo).decode()
     refused(post(client, photo, image_file_b64=b64), "image_file and image_file_b64")
     back = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 0, 0)).save(back, "PNG")
-    both = client.post("/v1.0/removebg", data={"bg_color": "00b900"},
-                       files={"image_file": ("car.jpg", photo), "bg_image_file": ("b.png", back.getvalue())})
+    both = client.post(
+        "/v1.0/removebg",
+        data={"bg_color": "00b900"},
+        files={"image_file": ("car.jpg", photo), "bg_image_file": ("b.png", back.getvalue())},
+    )
     refused(both, "bg_color and bg_image_file")
     twice = client.post("/v1.0/removebg", files=[("image_file", ("a.jpg", photo)), ("image_file", ("b.jpg", photo))])
     refused(twice, "image_file was sent 2 times")
-    refused(client.post("/v1.0/removebg", content=b'{"size": "full", "size": "preview", "image_file_b64": "x"}',
-                        headers={"Content-Type": "application/json"}), "size was sent 2 times")
+    refused(
+        client.post(
+            "/v1.0/removebg",
+            content=b'{"size": "full", "size": "preview", "image_file_b64": "x"}',
+            headers={"Content-Type": "application/json"},
+        ),
+        "size was sent 2 times",
+    )
     refused(client.post("/v1.0/removebg", data={"image_file": "not a file"}), "image_file must be a file upload")
 
 
 # -- row 7: channels=alpha in every format -------------------------------------------------------------
 
-@pytest.mark.parametrize("fmt, media, pil", [("jpg", "image/jpeg", "JPEG"), ("png", "image/png", "PNG"),
-                                             ("webp", "image/webp", "WEBP"), ("auto", "image/png", "PNG")])
+
+@pytest.mark.parametrize(
+    "fmt, media, pil",
+    [
+        ("jpg", "image/jpeg", "JPEG"),
+        ("png", "image/png", "PNG"),
+        ("webp", "image/webp", "WEBP"),
+        ("auto", "image/png", "PNG"),
+    ],
+)
 def test_the_alpha_matte_comes_in_the_format_asked_for(client, photo, fmt, media, pil):
     answer = post(client, photo, channels="alpha", format=fmt)
     assert answer.headers["content-type"] == media
@@ -140,6 +171,7 @@ def test_the_alpha_matte_comes_in_the_format_asked_for(client, photo, fmt, media
 
 # -- row 8: remove.bg's default size -------------------------------------------------------------------
 
+
 def test_size_defaults_to_preview(client, big_photo):
     default = image(post(client, big_photo))
     assert default.width * default.height <= 250_000 and default.width / default.height == pytest.approx(1.5, 0.01)
@@ -150,10 +182,11 @@ def test_size_defaults_to_preview(client, big_photo):
 
 # -- row 9: geometry honoured, the rest checked -----------------------------------------------------------
 
+
 def test_roi_limits_where_the_car_is_looked_for(client, photo):
     whole, left_half = post(client, photo, size="full"), post(client, photo, size="full", roi="0% 0% 50% 100%")
     alpha = np.asarray(image(left_half))[..., 3]
-    assert not alpha[:, alpha.shape[1] // 2:].any()
+    assert not alpha[:, alpha.shape[1] // 2 :].any()
     assert box(whole)["width"] > box(left_half)["width"] > 0
     in_px = post(client, photo, size="full", roi=f"0px 0px {alpha.shape[1] // 2}px {alpha.shape[0]}px")
     assert in_px.content == left_half.content
@@ -189,8 +222,13 @@ def test_scale_and_position(client, photo):
 
 def test_type_shadow_and_semitransparency_are_checked_then_ignored(client, photo):
     plain = post(client, photo)
-    for field, value in (("type", "person"), ("add_shadow", "true"), ("semitransparency", "false"),
-                         ("shadow_type", "drop"), ("shadow_opacity", "50")):
+    for field, value in (
+        ("type", "person"),
+        ("add_shadow", "true"),
+        ("semitransparency", "false"),
+        ("shadow_type", "drop"),
+        ("shadow_opacity", "50"),
+    ):
         assert post(client, photo, **{field: value}).content == plain.content, field
     assert plain.headers["X-Type"] == "car" and "X-Type" not in post(client, photo, type_level="none").headers
     refused(post(client, photo, type="boat"), "type", "boat")
@@ -199,6 +237,7 @@ def test_type_shadow_and_semitransparency_are_checked_then_ignored(client, photo
 
 def test_the_service_doc_says_what_becomes_of_every_field():
     from carmask.serve import removebg
+
     table = SERVICE_DOC.read_text(encoding="utf-8").split("\n## remove.bg compatibility\n", 1)[1]
     named = set(re.findall(r"^\| `([a-z_0-9]+)`", table, re.M))
     assert set(removebg.FIELDS) <= named, set(removebg.FIELDS) - named
@@ -207,6 +246,7 @@ def test_the_service_doc_says_what_becomes_of_every_field():
 
 
 # -- row 11: the schema tells the truth ------------------------------------------------------------------
+
 
 def test_the_schema_documents_what_the_endpoint_answers(client):
     operation = client.get("/openapi.json").json()["paths"]["/v1.0/removebg"]["post"]
@@ -223,8 +263,10 @@ def test_the_schema_documents_what_the_endpoint_answers(client):
 
 # -- the geometry alone ---------------------------------------------------------------------------------
 
+
 def test_geometry_on_arrays():
     from carmask.serve import removebg
+
     rgba = np.zeros((100, 200, 4), np.uint8)
     rgba[40:60, 50:90] = 255  # a 40 x 20 car
     options = removebg.parse({"crop": "true", "crop_margin": "1000px"}, {"image_file"})

@@ -1,4 +1,5 @@
 """The HTTP service: endpoints, limits, bad input and concurrency (TestClient, tiny models)."""
+
 import base64
 import io
 import json
@@ -14,19 +15,18 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
+from helpers import run_cli  # noqa: E402
 
 from carmask import __version__  # noqa: E402
-from helpers import run_cli  # noqa: E402
 from carmask.cutout import parse_background  # noqa: E402
-from carmask.predict import Predictor  # noqa: E402
 from carmask.serve import create_app  # noqa: E402
 from carmask.serve.server import page_url  # noqa: E402
 from carmask.serve.uploads import safe_label  # noqa: E402
 
-
 # -- fixtures -----------------------------------------------------------------------------------
 
 # conftest's: `rgb_predictor`, `client` (single photos: the small photo-only U-Net)
+
 
 @pytest.fixture(scope="module")
 def set_client(seed_model):
@@ -64,6 +64,7 @@ def _post(client, data, name="car_05.jpg", kind="image/jpeg", **form):
 
 # -- meta ---------------------------------------------------------------------------------------
 
+
 def test_health_version_openapi(client, rgb_model):
     assert client.get("/health").json() == {"status": "ok"}
     version = client.get("/version").json()
@@ -91,9 +92,12 @@ def test_the_api_pages_run_only_their_own_inline_blocks(client):
     """/docs and /redoc are FastAPI's pages, with an inline script: the CSP admits
     exactly those blocks by hash; ReDoc writes its styles as it renders, so only
     its styles may be inline. Every other answer gets the strict policy."""
-    policies = {page: dict(part.strip().split(" ", 1) for part in
-                           client.get(page).headers["content-security-policy"].split(";"))
-                for page in ("/docs", "/redoc", "/health")}
+    policies = {
+        page: dict(
+            part.strip().split(" ", 1) for part in client.get(page).headers["content-security-policy"].split(";")
+        )
+        for page in ("/docs", "/redoc", "/health")
+    }
     assert re.fullmatch(r"'self' 'sha256-[A-Za-z0-9+/=]+'", policies["/docs"]["script-src"])
     assert policies["/docs"]["style-src"] == "'self'"
     assert policies["/redoc"]["script-src"] == "'self'" and policies["/redoc"]["style-src"] == "'self' 'unsafe-inline'"
@@ -122,6 +126,7 @@ def test_page_is_self_contained(client):
 
 # -- one photo ----------------------------------------------------------------------------------
 
+
 def test_transparent_cutout(client, photo):
     data, mask = photo
     image = _png(_post(client, data))
@@ -137,8 +142,10 @@ def test_the_cli_and_the_service_cut_a_photo_out_alike(client, photo, rgb_model,
     """`carmask cutout` and POST /api/cutout of one photo, same model: the same pixels."""
     source = tmp_path / "car_05.jpg"
     source.write_bytes(photo[0])
-    assert run_cli("cutout", source, "-o", tmp_path / "out", "--bg", bg, "--model", rgb_model,
-                   "--device", "cpu").exit_code == 0
+    assert (
+        run_cli("cutout", source, "-o", tmp_path / "out", "--bg", bg, "--model", rgb_model, "--device", "cpu").exit_code
+        == 0
+    )
     [written] = (tmp_path / "out").glob("*.png")
     over_http = np.asarray(_png(_post(client, photo[0], bg=bg)))
     assert np.array_equal(np.asarray(Image.open(written)), over_http)
@@ -161,17 +168,21 @@ def test_background_image_upload(client, photo):
     data, mask = photo
     back = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 20, 20)).save(back, "PNG")
-    response = client.post("/api/cutout", files={"file": ("car.jpg", data, "image/jpeg"),
-                                                 "background": ("back.png", back.getvalue(), "image/png")})
+    response = client.post(
+        "/api/cutout",
+        files={"file": ("car.jpg", data, "image/jpeg"), "background": ("back.png", back.getvalue(), "image/png")},
+    )
     rgb = np.asarray(_png(response))
     assert rgb.shape == (*mask.shape, 3)
     assert np.abs(rgb[:5, :5].reshape(-1, 3).mean(0) - (200, 20, 20)).max() < 25
 
 
-@pytest.mark.parametrize("bg", ["/etc/passwd", "../x.png", "x.png", "C:\\x.png", "nocolour", "1,2,300",
-                                "#12345g", "rgb(1,2,3)"])
+@pytest.mark.parametrize(
+    "bg", ["/etc/passwd", "../x.png", "x.png", "C:\\x.png", "nocolour", "1,2,300", "#12345g", "rgb(1,2,3)"]
+)
 def test_bg_is_never_a_path(client, photo, bg, monkeypatch):
     import carmask.cutout
+
     monkeypatch.setattr(carmask.cutout, "read_photo", lambda *a, **k: pytest.fail("read a file"))
     response = _post(client, photo[0], bg=bg)
     assert response.status_code == 422, response.text
@@ -199,17 +210,22 @@ def test_parse_client_background(tmp_path):
 def test_names_in_other_scripts_are_kept(client, photo):
     answer = client.post("/api/cutout", files={"file": ("Kühler.jpg", photo[0], "image/jpeg")})
     assert answer.status_code == 200
-    assert answer.headers["content-disposition"] == \
-        "inline; filename=\"K_hler.png\"; filename*=UTF-8''K%C3%BChler.png"  # was K_hler.png alone
+    assert (
+        answer.headers["content-disposition"] == "inline; filename=\"K_hler.png\"; filename*=UTF-8''K%C3%BChler.png"
+    )  # was K_hler.png alone
 
 
 def test_a_set_in_another_script_keeps_its_names(set_client, views):
     files = [("files", (f"Škoda_{i:02d}.jpg", data, "image/jpeg")) for i, (_, data) in enumerate(views[:3], 1)]
-    assert sorted(_zip_names(set_client.post("/api/cutout-set", files=files))) == \
-        ["Škoda_01.png", "Škoda_02.png", "Škoda_03.png"]
+    assert sorted(_zip_names(set_client.post("/api/cutout-set", files=files))) == [
+        "Škoda_01.png",
+        "Škoda_02.png",
+        "Škoda_03.png",
+    ]
 
 
 # -- bad input ----------------------------------------------------------------------------------
+
 
 def test_upload_too_large(rgb_predictor, photo):
     with TestClient(create_app(rgb_predictor, max_upload_bytes=4000)) as small:
@@ -223,13 +239,20 @@ def test_upload_too_large(rgb_predictor, photo):
 def test_upload_too_large_without_content_length(rgb_predictor, photo):
     """Chunked upload (no Content-Length): the bytes are counted as they arrive."""
     boundary = "carmaskboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo[0] + b"\0" * 200_000 + \
-        f"\r\n--{boundary}--\r\n".encode()
-    chunks = (body[i:i + 16384] for i in range(0, len(body), 16384))
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo[0]
+        + b"\0" * 200_000
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    chunks = (body[i : i + 16384] for i in range(0, len(body), 16384))
     with TestClient(create_app(rgb_predictor, max_upload_bytes=4000)) as small:
-        response = small.post("/api/cutout", content=chunks,
-                               headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = small.post(
+            "/api/cutout", content=chunks, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
         assert response.status_code == 413, response.text
 
 
@@ -248,7 +271,7 @@ def test_not_an_image_type(client):
 
 @pytest.mark.parametrize("case", ["truncated", "empty", "text"])
 def test_unreadable_image(client, photo, case):
-    data = {"truncated": photo[0][:len(photo[0]) // 2], "empty": b"", "text": b"not a jpeg at all"}[case]
+    data = {"truncated": photo[0][: len(photo[0]) // 2], "empty": b"", "text": b"not a jpeg at all"}[case]
     response = _post(client, data, name=f"broken_{case}.jpg")
     assert response.status_code == 422, response.text
     assert f"broken_{case}.jpg" in response.json()["detail"]
@@ -256,12 +279,17 @@ def test_unreadable_image(client, photo, case):
 
 def test_a_repeated_field_is_refused(client, photo):
     """Two photos to /api/cutout (or two bg): a 400 naming the field, not one of them used silently."""
-    twice = client.post("/api/cutout", files=[("file", ("a.jpg", photo[0], "image/jpeg")),
-                                              ("file", ("b.jpg", photo[0], "image/jpeg"))])
-    assert twice.status_code == 400 and twice.json()["detail"] == \
-        "field 'file' was sent 2 times: send it once (several photos go to /api/cutout-set)"
-    two_bg = client.post("/api/cutout", files={"file": ("a.jpg", photo[0], "image/jpeg")},
-                         data={"bg": ["mask", "green"]})
+    twice = client.post(
+        "/api/cutout", files=[("file", ("a.jpg", photo[0], "image/jpeg")), ("file", ("b.jpg", photo[0], "image/jpeg"))]
+    )
+    assert (
+        twice.status_code == 400
+        and twice.json()["detail"]
+        == "field 'file' was sent 2 times: send it once (several photos go to /api/cutout-set)"
+    )
+    two_bg = client.post(
+        "/api/cutout", files={"file": ("a.jpg", photo[0], "image/jpeg")}, data={"bg": ["mask", "green"]}
+    )
     assert two_bg.status_code == 400 and "'bg' was sent 2 times" in two_bg.json()["detail"]
 
 
@@ -270,6 +298,7 @@ def test_only_photo_formats_are_decoded(client, set_client, views, kind, monkeyp
     """An EPS file (Pillow would run Ghostscript on it) or a GIF, sent as a JPEG:
     refused by name on every endpoint, no other decoder ever reached."""
     from PIL import EpsImagePlugin
+
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: pytest.fail("Ghostscript was run"))
     data = io.BytesIO()
     Image.new("RGB", (64, 48), (10, 200, 10)).save(data, kind.upper())
@@ -281,8 +310,12 @@ def test_only_photo_formats_are_decoded(client, set_client, views, kind, monkeyp
     assert removebg.status_code == 400 and removebg.json()["errors"][0]["code"] == "invalid_image"
     background = client.post("/api/cutout", files={"file": ("car.jpg", views[0][1], "image/jpeg"), "background": sent})
     assert background.status_code == 422 and background.json()["detail"].startswith("car_01.jpg: not a readable")
-    members = _zip_names(set_client.post("/api/cutout-set", files=[("files", sent)] + [
-        ("files", (name, data, "image/jpeg")) for name, data in views[1:4]]))
+    members = _zip_names(
+        set_client.post(
+            "/api/cutout-set",
+            files=[("files", sent)] + [("files", (name, data, "image/jpeg")) for name, data in views[1:4]],
+        )
+    )
     assert "car_01.jpg: not a readable JPEG" in members["errors.txt"].decode()
 
 
@@ -290,9 +323,12 @@ def test_the_host_check_stays_on_for_every_interface(rgb_predictor):
     """Bound to 0.0.0.0: IP addresses and localhost are served, a rebound name
     is not (even with a matching Origin), a name given with --allow-host is."""
     from carmask.serve.guard import local_hosts
+
     hosts = local_hosts("0.0.0.0", ["Studio.Example"])
     with TestClient(create_app(rgb_predictor, hosts=hosts)) as c:
-        rebound = c.post("/api/cutout", headers={"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"})
+        rebound = c.post(
+            "/api/cutout", headers={"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"}
+        )
         assert rebound.status_code == 403 and "--allow-host" in rebound.json()["detail"]
         for host in ("192.168.1.20:8000", "[fe80::1]:8000", "127.0.0.1", "localhost:8000", "studio.example"):
             assert c.get("/health", headers={"Host": host}).status_code == 200, host
@@ -301,6 +337,7 @@ def test_the_host_check_stays_on_for_every_interface(rgb_predictor):
 def test_serve_takes_allow_host_and_says_how(monkeypatch):
     import carmask.serve
     from carmask.serve.server import startup_lines
+
     seen = {}
     monkeypatch.setattr(carmask.serve, "run", lambda **kwargs: seen.update(kwargs))
     result = run_cli("serve", "--host", "0.0.0.0", "--allow-host", "studio.example", "--allow-host", "cars.example")
@@ -308,6 +345,7 @@ def test_serve_takes_allow_host_and_says_how(monkeypatch):
     refused = run_cli("serve", "--allow-host", "http://studio.example:80")
     assert refused.exit_code == 2 and "is not a host name" in refused.output
     from carmask.serve.guard import local_hosts
+
     lines = startup_lines("0.0.0.0", 8000, local_hosts("0.0.0.0", ["studio.example"]), 30)
     assert "localhost, studio.example or to an IP address" in lines[1] and "--allow-host NAME" in lines[1]
     assert "up to 30 s" in lines[2] and "a second signal quits at once" in lines[2]
@@ -336,8 +374,10 @@ def test_head_and_the_frameworks_own_errors(client):
     assert client.get("/api/cutout").json() == {"detail": "Method Not Allowed"}
     not_a_photo = client.post("/v1.0/removebg", data={"image_file_b64": "A" * (2 << 20)})  # 1.5 MB of zeros
     assert not_a_photo.status_code == 400
-    assert not_a_photo.json()["errors"][0] == {"title": "image_file_b64: not a readable JPEG, PNG, WebP, TIFF "
-                                                        "or BMP image", "code": "invalid_image"}
+    assert not_a_photo.json()["errors"][0] == {
+        "title": "image_file_b64: not a readable JPEG, PNG, WebP, TIFF or BMP image",
+        "code": "invalid_image",
+    }
 
 
 def test_model_that_cannot_handle_a_single_photo(set_client, photo):
@@ -353,6 +393,7 @@ def test_not_enough_views_is_told_by_its_type(client, photo, monkeypatch):
 
     def refuse(*args, **kwargs):
         raise NotEnoughViews("reworded at will")
+
     monkeypatch.setattr(client.app.state.service.predictor, "predict_views", refuse)
     answer = _post(client, photo[0])
     assert answer.status_code == 422 and answer.json() == {"detail": "car_05.jpg: reworded at will"}
@@ -362,12 +403,12 @@ def test_not_enough_views_is_told_by_its_type(client, photo, monkeypatch):
 
 def test_concurrent_requests(client, photo):
     with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda i: _post(client, photo[0], bg=("transparent", "mask")[i % 2]),
-                                  range(16)))
+        responses = list(pool.map(lambda i: _post(client, photo[0], bg=("transparent", "mask")[i % 2]), range(16)))
     assert [r.status_code for r in responses] == [200] * 16
 
 
 # -- sets ---------------------------------------------------------------------------------------
+
 
 def _zip_names(response) -> dict[str, bytes]:
     assert response.status_code == 200, response.text
@@ -377,8 +418,7 @@ def _zip_names(response) -> dict[str, bytes]:
 
 
 def test_set_of_views(set_client, views):
-    response = set_client.post("/api/cutout-set",
-                               files=[("files", (name, data, "image/jpeg")) for name, data in views])
+    response = set_client.post("/api/cutout-set", files=[("files", (name, data, "image/jpeg")) for name, data in views])
     members = _zip_names(response)
     assert sorted(members) == sorted(name.replace(".jpg", ".png") for name, _ in views)
     for data in members.values():
@@ -394,11 +434,13 @@ def test_set_as_zip_with_bad_members(set_client, views):
         archive.writestr("cars/readme.txt", "hello")
         archive.writestr("broken_01.jpg", b"not a photo")
         archive.writestr("__MACOSX/._x_01.jpg", b"junk")
-    response = set_client.post("/api/cutout-set", data={"bg": "mask"},
-                               files={"files": ("views.zip", upload.getvalue(), "application/zip")})
+    response = set_client.post(
+        "/api/cutout-set", data={"bg": "mask"}, files={"files": ("views.zip", upload.getvalue(), "application/zip")}
+    )
     members = _zip_names(response)
-    assert sorted(m for m in members if m.endswith(".png")) == sorted(n.replace(".jpg", "_mask.png")
-                                                                      for n, _ in views[:5])
+    assert sorted(m for m in members if m.endswith(".png")) == sorted(
+        n.replace(".jpg", "_mask.png") for n, _ in views[:5]
+    )
     assert Image.open(io.BytesIO(members[views[0][0].replace(".jpg", "_mask.png")])).mode == "L"
     errors = members["errors.txt"].decode()
     assert "readme.txt" in errors and "broken_01.jpg" in errors  # a lone photo: not enough views
@@ -409,8 +451,7 @@ def test_set_bad_input(set_client, views):
     response = set_client.post("/api/cutout-set", files={"files": ("v.zip", b"PK\x03\x04broken", "application/zip")})
     assert response.status_code == 422
     # Two views are not a set: the seed model cannot cut out either of them.
-    response = set_client.post("/api/cutout-set",
-                               files=[("files", (n, d, "image/jpeg")) for n, d in views[:2]])
+    response = set_client.post("/api/cutout-set", files=[("files", (n, d, "image/jpeg")) for n, d in views[:2]])
     assert response.status_code == 422 and "views" in response.json()["detail"]
 
 
@@ -419,16 +460,19 @@ def test_warnings_reach_the_client(set_client, client, views, photo, monkeypatch
     set) comes back in warnings.txt for sets, in X-Carmask-Warning for one photo."""
     odd = io.BytesIO()
     Image.open(io.BytesIO(views[2][1])).resize((384, 256)).save(odd, format="JPEG")
-    files = [("files", (name, odd.getvalue() if i == 2 else data, "image/jpeg")) for i, (name, data) in
-             enumerate(views[:6])]
+    files = [
+        ("files", (name, odd.getvalue() if i == 2 else data, "image/jpeg")) for i, (name, data) in enumerate(views[:6])
+    ]
     members = _zip_names(set_client.post("/api/cutout-set", files=files))
     assert "not the size of the other views" in members["warnings.txt"].decode()
     assert views[2][0] in members["warnings.txt"].decode() and views[2][0] in members["errors.txt"].decode()
     manifest = json.loads(members["manifest.json"])  # the same as values, for the page
-    assert [(n["kind"], n["photos"], n["treatment"]) for n in manifest["notes"]] == \
-        [("OTHER_SIZE", [views[2][0]], "ALONE")] and manifest["notes"][0]["text"] in members["warnings.txt"].decode()
+    assert [(n["kind"], n["photos"], n["treatment"]) for n in manifest["notes"]] == [
+        ("OTHER_SIZE", [views[2][0]], "ALONE")
+    ] and manifest["notes"][0]["text"] in members["warnings.txt"].decode()
     assert views[2][0] in {error["photo"] for error in manifest["skipped"]}
     import carmask.serve.service
+
     real = carmask.serve.service.remove_set
 
     from carmask.outcomes import Note, NoteKind, Treatment
@@ -441,8 +485,9 @@ def test_warnings_reach_the_client(set_client, client, views, photo, monkeypatch
     monkeypatch.setattr(carmask.serve.service, "remove_set", warned)
     response = _post(client, photo[0])
     assert response.status_code == 200 and response.headers["x-carmask-note"] == "OTHER_SIZE"
-    assert response.headers["x-carmask-warning"] == ("photo?.jpg: not the size of the other views (192x128): "
-                                                     "predicted alone")
+    assert response.headers["x-carmask-warning"] == (
+        "photo?.jpg: not the size of the other views (192x128): predicted alone"
+    )
 
 
 def test_memory_is_given_back_once_the_server_is_idle():
@@ -451,6 +496,7 @@ def test_memory_is_given_back_once_the_server_is_idle():
     import threading
 
     from carmask.serve.limits import Admission
+
     trimmed, waiting, waited = threading.Event(), threading.Semaphore(0), threading.Semaphore(0)
 
     def pause(seconds):  # the idle wait: until the test lets it end
@@ -472,8 +518,11 @@ def test_memory_is_given_back_once_the_server_is_idle():
 def test_removebg_json_answer_and_foreground_box(client, photo):
     """remove.bg's clients send `Accept: application/json` and read data.result_b64;
     X-Foreground-* and foreground_* give the car's box, not the frame."""
-    post = lambda **headers: client.post("/v1.0/removebg", headers=headers,  # noqa: E731
-                                         files={"image_file": ("car.jpg", photo[0], "image/jpeg")})
+    post = lambda **headers: client.post(
+        "/v1.0/removebg",
+        headers=headers,  # noqa: E731
+        files={"image_file": ("car.jpg", photo[0], "image/jpeg")},
+    )
     image, answer = post(), post(Accept="application/json")
     assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
     data = answer.json()["data"]
@@ -492,19 +541,29 @@ def test_allowed_origins_can_read_the_answers(rgb_predictor, photo):
     that page read them; other origins get none."""
     studio = "http://studio.example:8080"
     with TestClient(create_app(rgb_predictor, api_key="k", allow_origins=[studio])) as c:
-        preflight = c.options("/v1.0/removebg", headers={"Origin": studio, "Access-Control-Request-Method": "POST",
-                                                         "Access-Control-Request-Headers": "x-api-key"})
+        preflight = c.options(
+            "/v1.0/removebg",
+            headers={
+                "Origin": studio,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key",
+            },
+        )
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == studio
         assert "x-api-key" in preflight.headers["access-control-allow-headers"].lower()
-        answer = c.post("/v1.0/removebg", headers={"Origin": studio, "X-Api-Key": "k"},
-                        files={"image_file": ("car.jpg", photo[0], "image/jpeg")})
+        answer = c.post(
+            "/v1.0/removebg",
+            headers={"Origin": studio, "X-Api-Key": "k"},
+            files={"image_file": ("car.jpg", photo[0], "image/jpeg")},
+        )
         assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == studio
         assert "x-width" in answer.headers["access-control-expose-headers"].lower()
         refused = c.post("/v1.0/removebg", headers={"Origin": studio})
         assert refused.status_code == 403 and refused.headers["access-control-allow-origin"] == studio
-        evil = c.options("/v1.0/removebg", headers={"Origin": "http://evil.example",
-                                                    "Access-Control-Request-Method": "POST"})
+        evil = c.options(
+            "/v1.0/removebg", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert "access-control-allow-origin" not in evil.headers
 
 
@@ -512,8 +571,11 @@ def test_allowed_origins_are_written_as_browsers_send_them(rgb_predictor, photo)
     """An origin given with a default port, capitals or a slash still matches
     the browser's Origin header; '*' and what is no origin are refused."""
     with TestClient(create_app(rgb_predictor, allow_origins=["HTTPS://Studio.Example:443/"])) as c:
-        answer = c.post("/api/cutout", headers={"Origin": "https://studio.example"},
-                        files={"file": ("car.jpg", photo[0], "image/jpeg")})
+        answer = c.post(
+            "/api/cutout",
+            headers={"Origin": "https://studio.example"},
+            files={"file": ("car.jpg", photo[0], "image/jpeg")},
+        )
         assert answer.status_code == 200, answer.text
     for bad in ("*", "studio.example", "https://studio.example/page", "ftp://studio.example"):
         with pytest.raises(ValueError, match="is not an origin"):
@@ -546,8 +608,12 @@ def test_two_cars_in_zip_folders_with_the_same_names_stay_two_sets(set_client, v
     members = _zip_names(set_client.post("/api/cutout-set", files={"files": ("cars.zip", upload.getvalue())}))
     stems = [name.removesuffix(".jpg") for name in names]
     assert sorted(members) == sorted([f"{s}.png" for s in stems] + [f"{s}-2.png" for s in stems])
-    alone = _zip_names(set_client.post("/api/cutout-set", files=[("files", (name, data, "image/jpeg"))
-                                                                  for name, (_, data) in zip(names, views[3:6])]))
+    alone = _zip_names(
+        set_client.post(
+            "/api/cutout-set",
+            files=[("files", (name, data, "image/jpeg")) for name, (_, data) in zip(names, views[3:6])],
+        )
+    )
     assert all(members[f"{s}-2.png"] == alone[f"{s}.png"] for s in stems)
 
 
@@ -556,8 +622,12 @@ def test_removebg_json_request(client, photo):
     b64 = base64.b64encode(photo[0]).decode()
     answer = client.post("/v1.0/removebg", json={"image_file_b64": b64, "format": "jpg", "bg_color": "00b900"})
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
-    for body, field in (({"image_file_b64": [7]}, "image_file_b64 must be a string"), ([b64], "object"),
-                        ({"image_url": "http://169.254.169.254/"}, "fetches nothing"), ({}, "No image given")):
+    for body, field in (
+        ({"image_file_b64": [7]}, "image_file_b64 must be a string"),
+        ([b64], "object"),
+        ({"image_url": "http://169.254.169.254/"}, "fetches nothing"),
+        ({}, "No image given"),
+    ):
         refused = client.post("/v1.0/removebg", json=body)
         assert refused.status_code == 400 and field in refused.json()["errors"][0]["title"]
     broken = client.post("/v1.0/removebg", content=b"{not json", headers={"Content-Type": "application/json"})
@@ -566,6 +636,7 @@ def test_removebg_json_request(client, photo):
 
 def test_a_bug_is_a_json_500_without_internals(rgb_predictor, photo, monkeypatch):
     from carmask.serve.service import Service
+
     monkeypatch.setattr(Service, "cut", lambda *a: 1 / 0)
     with TestClient(create_app(rgb_predictor), raise_server_exceptions=False) as c:
         for path, field, shape in (("/api/cutout", "file", "detail"), ("/v1.0/removebg", "image_file", "errors")):
@@ -588,7 +659,9 @@ def test_removebg_crop(client, photo):
     cropped = client.post("/v1.0/removebg", files=files, data={"crop": "true"})
     image = np.asarray(Image.open(io.BytesIO(cropped.content)))
     assert image.shape[:2] == (height, width) and cropped.headers["X-Width"] == str(width)
-    assert np.array_equal(image, np.asarray(Image.open(io.BytesIO(whole.content)))[top:top + height, left:left + width])
+    assert np.array_equal(
+        image, np.asarray(Image.open(io.BytesIO(whole.content)))[top : top + height, left : left + width]
+    )
     as_json = client.post("/v1.0/removebg", json={"image_file_b64": base64.b64encode(photo[0]).decode(), "crop": True})
     assert as_json.content == cropped.content
     refused = client.post("/v1.0/removebg", files=files, data={"crop": "maybe"})
@@ -603,6 +676,7 @@ def test_uploads_are_read_into_memory_only_inside_a_job(rgb_predictor, photo, mo
     import threading
 
     from carmask.serve.uploads import Budget
+
     app = create_app(rgb_predictor, max_concurrency=1)
     admission, requests = app.state.service.admission, 4
     active, most, arrived, lock, everyone_in = [0], [0], [0], threading.Lock(), threading.Event()
@@ -625,6 +699,7 @@ def test_uploads_are_read_into_memory_only_inside_a_job(rgb_predictor, photo, mo
         finally:
             with lock:
                 active[0] -= 1
+
     monkeypatch.setattr(Budget, "read", counting)
     monkeypatch.setattr(admission, "job", arriving)
     with TestClient(app) as c, ThreadPoolExecutor(requests) as pool:
@@ -651,7 +726,12 @@ def test_a_body_too_large_to_drain_is_answered_at_once():
         sent.append(message)
 
     guard = Guard(app, max_body=1000, hosts=None, origins=set(), body_timeout=600)
-    scope = {"type": "http", "method": "POST", "path": "/api/cutout", "scheme": "http",
-             "headers": [(b"content-length", str(DRAIN_BYTES * 10**9).encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/cutout",
+        "scheme": "http",
+        "headers": [(b"content-length", str(DRAIN_BYTES * 10**9).encode())],
+    }
     asyncio.run(asyncio.wait_for(guard(scope, receive, send), 30))
     assert sent[0]["status"] == 413

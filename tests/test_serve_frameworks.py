@@ -2,6 +2,7 @@
 subclasses (no public setting does their job), and why the Host check is its own
 rather than Starlette's TrustedHostMiddleware. Each test fails when the framework
 changes under it: then look again."""
+
 import asyncio
 import inspect
 import signal
@@ -30,8 +31,12 @@ async def _ok(scope, receive, send):
 
 
 def _client(middleware, **options) -> TestClient:
-    app = Starlette(routes=[Route("/v1.0/removebg", lambda request: PlainTextResponse("ok")),
-                            Route("/health", lambda request: PlainTextResponse("ok"))])
+    app = Starlette(
+        routes=[
+            Route("/v1.0/removebg", lambda request: PlainTextResponse("ok")),
+            Route("/health", lambda request: PlainTextResponse("ok")),
+        ]
+    )
     app.add_middleware(middleware, **options)
     return TestClient(app)
 
@@ -69,8 +74,12 @@ def test_the_h11_protocol_subclass_still_fits_uvicorn():
     closed, and one whose headers came is answered."""
     assert list(inspect.signature(H11Protocol.connection_made).parameters) == ["self", "transport"]
     assert list(inspect.signature(H11Protocol.on_response_complete).parameters) == ["self"]
-    assert list(inspect.signature(H11Protocol.__init__).parameters)[:4] == ["self", "config", "server_state",
-                                                                             "app_state"]
+    assert list(inspect.signature(H11Protocol.__init__).parameters)[:4] == [
+        "self",
+        "config",
+        "server_state",
+        "app_state",
+    ]
 
     async def connect(request: bytes | None) -> "Transport":
         config = uvicorn.Config(_ok, lifespan="off", log_level="warning")

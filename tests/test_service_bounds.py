@@ -1,4 +1,5 @@
 """The service on a real socket: a remove.bg client, and the bounds a hostile client meets."""
+
 import base64
 import io
 import signal
@@ -17,6 +18,7 @@ pytest.importorskip("fastapi")
 requests = pytest.importorskip("requests")
 
 from live_server import live_server  # noqa: E402
+
 from carmask.serve import create_app  # noqa: E402
 from carmask.serve.server import timed_protocol  # noqa: E402
 
@@ -27,9 +29,14 @@ AUTH = {"X-Api-Key": KEY}
 @pytest.fixture(scope="module")
 def server(rgb_predictor):
     """The app under uvicorn (the serve verb's protocol, short timeouts) on a free loopback port."""
-    app = create_app(rgb_predictor, max_upload_bytes=1 << 20, api_key=KEY,
-                     hosts={"127.0.0.1", "localhost"}, allow_origins=["http://allowed.example:8080"],
-                     body_timeout=2.0)
+    app = create_app(
+        rgb_predictor,
+        max_upload_bytes=1 << 20,
+        api_key=KEY,
+        hosts={"127.0.0.1", "localhost"},
+        allow_origins=["http://allowed.example:8080"],
+        body_timeout=2.0,
+    )
     with live_server(app, http=timed_protocol(header_timeout=1.0)) as url:
         yield url
 
@@ -44,6 +51,7 @@ def test_unmodified_removebg_client_gets_a_cutout(server, photo, tmp_path, monke
     here. Its three calls: a file, a base64 photo of 0.9 MB, and a URL (refused, never fetched)."""
     removebg = pytest.importorskip("removebg")
     import removebg.removebg as client_module
+
     monkeypatch.setattr(client_module, "API_ENDPOINT", server + "/v1.0/removebg")
     client = removebg.RemoveBg(KEY, str(tmp_path / "errors.log"))
     path, mask = photo
@@ -57,10 +65,12 @@ def test_unmodified_removebg_client_gets_a_cutout(server, photo, tmp_path, monke
 
     noisy = io.BytesIO()  # 0.9 MB: its base64 is over a megabyte, within this server's 1 MiB photo limit
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(
-        noisy, "JPEG", quality=90)
+        noisy, "JPEG", quality=90
+    )
     assert 0.75 * 2**20 < len(noisy.getvalue()) < 2**20
-    client.remove_background_from_base64_img(base64.b64encode(noisy.getvalue()).decode(),
-                                             new_file_name=str(tmp_path / "b64.png"))
+    client.remove_background_from_base64_img(
+        base64.b64encode(noisy.getvalue()).decode(), new_file_name=str(tmp_path / "b64.png")
+    )
     result = Image.open(tmp_path / "b64.png")
     assert result.format == "PNG" and result.width * result.height <= 250_000  # size=regular: 0.25 Mpx
 
@@ -69,8 +79,9 @@ def test_unmodified_removebg_client_gets_a_cutout(server, photo, tmp_path, monke
         listener.listen()
         listener.setblocking(False)
         with pytest.raises(requests.HTTPError) as refused:
-            client.remove_background_from_img_url(f"http://127.0.0.1:{listener.getsockname()[1]}/car.jpg",
-                                                  new_file_name=str(tmp_path / "url.png"))
+            client.remove_background_from_img_url(
+                f"http://127.0.0.1:{listener.getsockname()[1]}/car.jpg", new_file_name=str(tmp_path / "url.png")
+            )
         with pytest.raises(BlockingIOError):  # nobody connected
             listener.accept()
     assert refused.value.response.status_code == 400
@@ -82,8 +93,12 @@ def test_unmodified_removebg_client_gets_a_cutout(server, photo, tmp_path, monke
 
 def test_removebg_options_and_error_shape(server, photo):
     path, mask = photo
-    post = lambda data, key=KEY: requests.post(server + "/v1.0/removebg", headers={"X-Api-Key": key},  # noqa: E731
-                                               files={"image_file": (path.name, path.read_bytes())}, data=data)
+    post = lambda data, key=KEY: requests.post(
+        server + "/v1.0/removebg",
+        headers={"X-Api-Key": key},  # noqa: E731
+        files={"image_file": (path.name, path.read_bytes())},
+        data=data,
+    )
     answer = post({"format": "zip", "bg_color": "00b900"})
     with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
         assert sorted(archive.namelist()) == ["alpha.png", "color.jpg"]
@@ -101,17 +116,23 @@ def test_removebg_options_and_error_shape(server, photo):
 
 def test_an_oversized_upload_gets_its_413(server):
     body = b"\0" * (3 << 20)  # 3 MiB against a 1 MiB limit, sent whole
-    answer = requests.post(server + "/api/cutout", files={"file": ("big.jpg", body, "image/jpeg")}, timeout=60,
-                           headers=AUTH)
+    answer = requests.post(
+        server + "/api/cutout", files={"file": ("big.jpg", body, "image/jpeg")}, timeout=60, headers=AUTH
+    )
     assert answer.status_code == 413 and "limit" in answer.json()["detail"]
 
 
 def test_pixel_budget_is_counted_before_decoding(server, photo):
     bomb = io.BytesIO()
     Image.new("L", (8000, 8000)).save(bomb, "PNG")  # 64 Mpx in a few KB
-    answer = requests.post(server + "/api/cutout", files={"file": ("car.jpg", photo[0].read_bytes(), "image/jpeg"),
-                                                          "background": ("back.png", bomb.getvalue(), "image/png")},
-                           headers=AUTH)
+    answer = requests.post(
+        server + "/api/cutout",
+        files={
+            "file": ("car.jpg", photo[0].read_bytes(), "image/jpeg"),
+            "background": ("back.png", bomb.getvalue(), "image/png"),
+        },
+        headers=AUTH,
+    )
     assert answer.status_code == 413 and "pixels" in answer.json()["detail"]
 
 
@@ -120,8 +141,9 @@ def test_other_origins_and_hosts_are_refused(server, photo):
     foreign = requests.post(server + "/api/cutout", files=files, headers={"Origin": "http://evil.example", **AUTH})
     assert foreign.status_code == 403 and "evil.example" in foreign.json()["detail"]
     same = requests.post(server + "/api/cutout", files=files, headers={"Origin": server, **AUTH})
-    allowed = requests.post(server + "/api/cutout", files=files, headers={"Origin": "http://allowed.example:8080",
-                                                                          **AUTH})
+    allowed = requests.post(
+        server + "/api/cutout", files=files, headers={"Origin": "http://allowed.example:8080", **AUTH}
+    )
     assert same.status_code == allowed.status_code == 200
     rebound = requests.get(server + "/", headers={"Host": "attacker.example"})
     assert rebound.status_code == 403
@@ -150,9 +172,11 @@ def test_slow_clients_are_cut_off(server):
         assert slow.recv(1024) == b""  # closed by the server
         assert time.monotonic() - started < 5
     with socket.create_connection((host, int(port))) as slow:  # headers sent, body never comes
-        slow.sendall(b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Api-Key: test-key\r\n"
-                     b"Content-Type: multipart/form-data; "
-                     b"boundary=x\r\nContent-Length: 1000\r\n\r\n--x\r\n")
+        slow.sendall(
+            b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Api-Key: test-key\r\n"
+            b"Content-Type: multipart/form-data; "
+            b"boundary=x\r\nContent-Length: 1000\r\n\r\n--x\r\n"
+        )
         slow.settimeout(15)
         assert b" 408 " in slow.recv(4096).split(b"\r\n")[0] + b" "
     assert requests.get(server + "/health", timeout=5).json() == {"status": "ok"}
@@ -160,16 +184,34 @@ def test_slow_clients_are_cut_off(server):
 
 # -- stopping -------------------------------------------------------------------------------------------
 
+
 def _serve(rgb_model, drain_seconds=None):
     """The server in a process of its own (signals reach only a main thread) on a free port:
     `carmask serve`, or `carmask.serve.run` with `drain_seconds`."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "carmask.cli", "serve", "--port", str(port), "--model", str(rgb_model),
-               "--device", "cpu"] if drain_seconds is None else \
-        [sys.executable, "-c", f"from carmask.serve import run; run(port={port}, model={str(rgb_model)!r}, "
-                               f"device='cpu', drain_seconds={drain_seconds})"]
+    command = (
+        [
+            sys.executable,
+            "-m",
+            "carmask.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            str(rgb_model),
+            "--device",
+            "cpu",
+        ]
+        if drain_seconds is None
+        else [
+            sys.executable,
+            "-c",
+            f"from carmask.serve import run; run(port={port}, model={str(rgb_model)!r}, "
+            f"device='cpu', drain_seconds={drain_seconds})",
+        ]
+    )
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while True:
         assert process.poll() is None, process.stderr.read()
@@ -183,8 +225,10 @@ def _serve(rgb_model, drain_seconds=None):
 def _slow_upload(port):
     """A POST whose body never finishes (the guard would answer it 408 after 60 s)."""
     slow = socket.create_connection(("127.0.0.1", port))
-    slow.sendall(b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-                 b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
+    slow.sendall(
+        b"POST /api/cutout HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+        b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n"
+    )
     return slow
 
 

@@ -1,5 +1,6 @@
 """The set policy on its own: which photos form a set, and why not, decided
 from names, sizes and measured shares alone (no model, no photo)."""
+
 import subprocess
 import sys
 
@@ -56,8 +57,10 @@ def test_too_few_views_for_a_background_are_predicted_photo_by_photo():
     note = out[0].note
     assert note is out[1].note and note.kind is NoteKind.TOO_FEW_VIEWS and note.views == 2
     assert note.treatment is Treatment.SINGLE_PHOTO_MODEL
-    assert str(note) == ("car_01.jpg, car_02.jpg: car car has 2 readable views, and a background needs 3: "
-                         "predicted photo by photo with the single-photo model")
+    assert str(note) == (
+        "car_01.jpg, car_02.jpg: car car has 2 readable views, and a background needs 3: "
+        "predicted photo by photo with the single-photo model"
+    )
     uploads = group(["a.jpg", "b.jpg"], [SIZE] * 2, None, "auto", views(), True)
     assert str(uploads[0].note).startswith("a.jpg, b.jpg: only 2 readable views")
     # a named model says itself what it needs: no note here
@@ -66,14 +69,19 @@ def test_too_few_views_for_a_background_are_predicted_photo_by_photo():
 
 def test_a_named_cars_one_view_is_said_to_be_alone():
     (one,) = group(names(1), [SIZE], "car", "auto", views(), True)
-    assert str(one.note) == ("car_01.jpg: car car has 1 readable view, and a background needs 3: "
-                             "predicted photo by photo with the single-photo model")
+    assert str(one.note) == (
+        "car_01.jpg: car car has 1 readable view, and a background needs 3: "
+        "predicted photo by photo with the single-photo model"
+    )
 
 
 def test_a_set_left_too_small_by_odd_sizes_gets_both_notes():
     out = group(names(3), [SIZE, SIZE, OTHER], "car", "auto", views(), True)
-    assert [(g.photos, g.note.kind) for g in out] == [((0,), NoteKind.TOO_FEW_VIEWS), ((1,), NoteKind.TOO_FEW_VIEWS),
-                                                      ((2,), NoteKind.OTHER_SIZE)]
+    assert [(g.photos, g.note.kind) for g in out] == [
+        ((0,), NoteKind.TOO_FEW_VIEWS),
+        ((1,), NoteKind.TOO_FEW_VIEWS),
+        ((2,), NoteKind.OTHER_SIZE),
+    ]
 
 
 def test_a_set_shares_one_studio_within_the_thresholds():
@@ -85,15 +93,18 @@ def test_photos_of_other_studios_are_not_a_set(alone, treatment):
     note = studio(names(3), [0.2, 0.61, 0.3], "car", alone)
     assert note.kind is NoteKind.NOT_ONE_STUDIO and note.treatment is treatment and note.share == 0.61
     assert note.photos == tuple(names(3))
-    assert str(note).startswith("car_01.jpg, car_02.jpg, car_03.jpg: do not share one studio (a photo differs "
-                                "from their median background over 61% of the frame)")
+    assert str(note).startswith(
+        "car_01.jpg, car_02.jpg, car_03.jpg: do not share one studio (a photo differs "
+        "from their median background over 61% of the frame)"
+    )
 
 
 def test_copies_of_one_photo_are_not_a_set():
     note = studio(names(3), [0.0, 0.2, 0.3], None, alone=True)
     assert note.kind is NoteKind.ONE_PHOTO and note.share == 0.0 and note.car is None
-    assert str(note).endswith("over only 0.0% of the frame: the median shows the car, not the studio): "
-                              "predicted photo by photo")
+    assert str(note).endswith(
+        "over only 0.0% of the frame: the median shows the car, not the studio): predicted photo by photo"
+    )
 
 
 def test_the_policy_needs_no_model_nor_torch():

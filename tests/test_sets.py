@@ -1,9 +1,11 @@
 """Grouping that checks itself: views named <car>_<NN> are predicted as a set
 only when they share a studio; otherwise photo by photo, with a warning that
 names them. `sets` forces either."""
+
 import numpy as np
 import pytest
 import torch
+from helpers import unrelated_photos
 from PIL import Image
 
 from carmask.io import find_photos
@@ -11,7 +13,6 @@ from carmask.kaggle import group_by_car
 from carmask.outcomes import NoteKind, Treatment
 from carmask.predict import Predictor
 from carmask.synth import make_dataset
-from helpers import unrelated_photos
 
 
 @pytest.fixture(scope="module")

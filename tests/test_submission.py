@@ -43,7 +43,9 @@ def test_close_keeps_queued_rows_for_a_resume(tmp_path):
 
 def test_a_failing_disk_is_reported_not_swallowed(tmp_path, monkeypatch):
     import errno
+
     from carmask import submission
+
     writer = SubmissionWriter(tmp_path / "sub.csv")
     writer.write("a.jpg", "1 2")
     writer.flush()
@@ -51,6 +53,7 @@ def test_a_failing_disk_is_reported_not_swallowed(tmp_path, monkeypatch):
     def full(stream, data):
         stream.write(data[:5])  # part of a row, then the disk is full
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     monkeypatch.setattr(submission, "write_all", full)
     writer.write("b.jpg", "3 4")
     with pytest.raises(OSError) as caught:
@@ -75,8 +78,7 @@ def test_long_rows_of_carmasks_own_output_are_read(tmp_path):
     assert read_submission(out)["car_01.jpg"] == encode(stripes)
 
 
-RUN = {"photos": {"/p/a_01.jpg": [10, 1]}, "model": {"name": "seed", "sha256": "0"},
-       "output_size": None, "tta": False}
+RUN = {"photos": {"/p/a_01.jpg": [10, 1]}, "model": {"name": "seed", "sha256": "0"}, "output_size": None, "tta": False}
 
 
 def test_a_second_writer_on_the_same_output_refuses(tmp_path):
@@ -91,9 +93,11 @@ def test_a_second_writer_on_the_same_output_refuses(tmp_path):
 
 def test_the_lock_dies_with_a_killed_process(tmp_path):
     out = tmp_path / "sub.csv"
-    script = (f"import os, json; from carmask.submission import SubmissionWriter\n"
-              f"w = SubmissionWriter({str(out)!r}, run=json.loads({json.dumps(RUN)!r}))\n"
-              f"w.write('a_01.jpg', '1 2'); w.flush(); os.kill(os.getpid(), 9)\n")
+    script = (
+        f"import os, json; from carmask.submission import SubmissionWriter\n"
+        f"w = SubmissionWriter({str(out)!r}, run=json.loads({json.dumps(RUN)!r}))\n"
+        f"w.write('a_01.jpg', '1 2'); w.flush(); os.kill(os.getpid(), 9)\n"
+    )
     assert subprocess.run([sys.executable, "-c", script]).returncode == -9
     resumed = SubmissionWriter(out, run=RUN)
     assert resumed.done == {"a_01.jpg"} and resumed.kept == 1
@@ -142,6 +146,7 @@ def test_a_run_that_wrote_no_row_leaves_nothing_to_trip_on(tmp_path):
 def test_names_with_commas_and_quotes_stay_whole_in_the_csv_and_on_resume(tmp_path):
     """'a,b.jpg' was written bare: every CSV reader (and the resume) took 'a' for its name."""
     import csv
+
     out, names = tmp_path / "s.csv", ["a,b.jpg", 'q"x.jpg', "plain.jpg"]
     writer = SubmissionWriter(out, run={"photos": {}})
     for name in names[:2]:

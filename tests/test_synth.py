@@ -1,4 +1,5 @@
 """Tests for the synthetic turntable generator the rest of the suite trains on."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -62,7 +63,7 @@ def test_photos_differ_only_by_car_shadow_and_noise():
     never_car = masks.sum(0) == 0
     diff = photos.astype(float).mean(-1) - background.astype(float).mean(-1)
     upper = never_car.copy()
-    upper[SIZE[1] // 3:] = False
+    upper[SIZE[1] // 3 :] = False
     assert np.abs(diff[:, upper]).mean() < 3  # wall: noise only
     # The floor shadow darkens pixels outside the mask: it is not part of the car.
     lower = never_car.copy()

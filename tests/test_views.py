@@ -65,7 +65,7 @@ def test_crop_box_holds_the_car():
     photos, masks = np.stack([p for p, _ in views]), np.stack([m for _, m in views])
     boxes = model_inputs(tensors(photos), [16], InputSpec(size=(64, 64), frame=(192, 128), crop=True)).boxes
     for box, mask in zip(boxes, masks):
-        inside = mask[box.top:box.bottom, box.left:box.right].sum()
+        inside = mask[box.top : box.bottom, box.left : box.right].sum()
         assert inside >= 0.99 * mask.sum()
         assert (box.right - box.left) * (box.bottom - box.top) < mask.size  # it does crop
 
@@ -77,7 +77,7 @@ def test_crop_boxes():
     assert boxes == [[0, 0, 20, 10], [2, 2, 11, 7]]  # nothing differs: the frame; else grown by 2 and 1
     diff = torch.zeros(1, 3, 1, 2, dtype=torch.uint8)
     diff[0, :, 0, 0] = torch.tensor([38, 39, 39])  # RMS 38.67 > 15% of 255 = 38.25
-    diff[0, :, 0, 1] = 38                           # RMS 38.0
+    diff[0, :, 0, 1] = 38  # RMS 38.0
     assert differing(diff, 0.15).tolist() == [[[True, False]]]
 
 
@@ -127,6 +127,7 @@ def test_memory_is_one_car_at_a_time(tmp_path, monkeypatch):
 
     from carmask import data as cache_module
     from carmask.data import InputCache, discover
+
     counts = {"alive": 0, "most": 0, "decoded": 0}
 
     def freed():
@@ -139,11 +140,11 @@ def test_memory_is_one_car_at_a_time(tmp_path, monkeypatch):
         counts["alive"] += 1
         counts["most"] = max(counts["most"], counts["alive"])
         return photo
+
     decode = cache_module.decode
     monkeypatch.setattr(cache_module, "decode", counted)
     data = make_dataset(tmp_path / "d", cars=3, size=(96, 64), seed=5)
-    cache = InputCache.build(discover(data), InputSpec(size=(48, 32), frame=(96, 64)), tmp_path / "c",
-                             progress=False)
+    cache = InputCache.build(discover(data), InputSpec(size=(48, 32), frame=(96, 64)), tmp_path / "c", progress=False)
     assert counts["decoded"] == 48 and counts["most"] == 16
     assert len(cache) == 48 and isinstance(cache.inputs, np.memmap)
     assert set(np.unique(cache.targets)) >= {0, 255}
@@ -155,6 +156,7 @@ def test_the_training_cache_holds_the_predictors_inputs(tmp_path, seed_model):
     from carmask import models
     from carmask.data import InputCache, discover
     from carmask.predict import Predictor
+
     data = make_dataset(tmp_path / "d", cars=2, size=(240, 160), seed=6)  # larger than the frame
     cars = discover(data)
     spec = models.load(seed_model)[0].spec

@@ -7,6 +7,7 @@ The Python API is a thin layer over one predictor::
     probs = predictor.predict_photo(photo)  # HxW float probabilities
     rgba = remove(photo)                    # the cut-out, transparent background
 """
+
 __version__ = "0.1.0"
 
 from carmask.inputs.spec import NotEnoughViews  # noqa: E402
@@ -17,9 +18,11 @@ def __getattr__(name):
     # Heavy imports (torch) only when the predictor is asked for.
     if name == "Predictor":
         from carmask.predict import Predictor
+
         return Predictor
     if name == "remove":
         from carmask.cutout import remove
+
         return remove
     raise AttributeError(name)
 

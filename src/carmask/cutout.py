@@ -10,13 +10,14 @@ car's own colour, refined at the photo's resolution in its device batch by
 `refine.edges`, see `Predictor.predict_views(cutout=...)`) and build the
 image with `compose`. The CLI, the HTTP service and the Python API call them.
 """
+
 from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageColor
@@ -41,6 +42,7 @@ class Cutout:
     """One photo's cut-out (`image`), or the ImageError that names why not
     (its `kind`); `note`: how it was made, when the user should know (e.g.
     taken out of its set), and `warning` its sentence."""
+
     name: str
     image: np.ndarray | None = None
     error: ImageError | None = None
@@ -104,11 +106,12 @@ def _cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     scale = max(size[0] / w, size[1] / h)
     scaled = resize(image, (max(size[0], round(w * scale)), max(size[1], round(h * scale))))
     top, left = (scaled.shape[0] - size[1]) // 2, (scaled.shape[1] - size[0]) // 2
-    return scaled[top:top + size[1], left:left + size[0]]
+    return scaled[top : top + size[1], left : left + size[0]]
 
 
-def remove(image, predictor=None, background="transparent", views=(), *, refine: bool = True,
-           name: str | None = None) -> np.ndarray:
+def remove(
+    image, predictor=None, background="transparent", views=(), *, refine: bool = True, name: str | None = None
+) -> np.ndarray:
     """One photo to its cut-out: `image` and `views` (the car's other views)
     are paths, bytes, arrays or PIL images; `background` is transparent, mask,
     a colour, an image path or an array. `refine`: the edges re-decided at the
@@ -126,8 +129,9 @@ def remove(image, predictor=None, background="transparent", views=(), *, refine:
     return result.image
 
 
-def remove_set(items: Sequence[tuple[str, object]], predictor=None, background="transparent", *,
-               refine: bool = True) -> list[Cutout]:
+def remove_set(
+    items: Sequence[tuple[str, object]], predictor=None, background="transparent", *, refine: bool = True
+) -> list[Cutout]:
     """Every view of one car, as (name, path, bytes, array or PIL image)
     pairs, to a `Cutout` each, in order; a lone photo is a set of one."""
     predictor, background = _ready(predictor, background)
@@ -138,8 +142,9 @@ def remove_set(items: Sequence[tuple[str, object]], predictor=None, background="
     return [_cutout(name, p, background) for (name, _), p in zip(items, predictions)]
 
 
-def remove_sets(photo_sets: Iterable[PhotoSet], predictor=None, background="transparent", *,
-                refine: bool = True) -> Iterator[Cutout]:
+def remove_sets(
+    photo_sets: Iterable[PhotoSet], predictor=None, background="transparent", *, refine: bool = True
+) -> Iterator[Cutout]:
     """Sets of photo files (`kaggle.group_by_car`) to a `Cutout` each, streamed in
     order: the next cars are decoded while one batch is cut out."""
     predictor, background = _ready(predictor, background)
@@ -177,5 +182,3 @@ def _cutout(name: str, prediction, background) -> Cutout:
     if prediction.error:
         return Cutout(name, error=skip(name, prediction.exception), note=prediction.note)
     return Cutout(name, compose(prediction.foreground, prediction.alpha, background), note=prediction.note)
-
-

@@ -7,6 +7,7 @@ every epoch after the first reads ready inputs instead of decoding JPEGs.
 On a GPU the whole cache can live in GPU memory (`InputCache.keep_on`), and
 augmentation runs there: a training step then reads nothing from the host.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,9 @@ INPUTS_VERSION = 2
 
 def cache_key(cars: dict[str, list[Example]], spec: InputSpec) -> str:
     """The name of the cache folder for these cars' photos and this input spec."""
-    return hashlib.sha1(json.dumps([INPUTS_VERSION, spec.to_dict(), sorted(
-        (str(e.photo) for ex in cars.values() for e in ex))]).encode()).hexdigest()[:16]
+    return hashlib.sha1(
+        json.dumps([INPUTS_VERSION, spec.to_dict(), sorted(str(e.photo) for ex in cars.values() for e in ex)]).encode()
+    ).hexdigest()[:16]
 
 
 def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
@@ -103,8 +105,9 @@ class InputCache:
         return len(self.names)
 
     @classmethod
-    def build(cls, cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
-              progress: bool = True, device=None) -> "InputCache":
+    def build(
+        cls, cars: dict[str, list[Example]], spec: InputSpec, folder: Path, progress: bool = True, device=None
+    ) -> InputCache:
         """Compute (or reuse) the cache for these cars and this input spec;
         `device`: compute the inputs there (photos are decoded on the CPU)."""
         folder = Path(folder) / cache_key(cars, spec)
@@ -113,13 +116,14 @@ class InputCache:
         folder.mkdir(parents=True, exist_ok=True)
         total = sum(len(v) for v in cars.values())
         width, height = spec.size
-        inputs = np.lib.format.open_memmap(folder / "inputs.tmp.npy", "w+", np.uint8,
-                                           (total, height, width, spec.in_channels))
-        targets = np.lib.format.open_memmap(folder / "targets.tmp.npy", "w+", np.uint8,
-                                            (total, height, width))
+        inputs = np.lib.format.open_memmap(
+            folder / "inputs.tmp.npy", "w+", np.uint8, (total, height, width, spec.in_channels)
+        )
+        targets = np.lib.format.open_memmap(folder / "targets.tmp.npy", "w+", np.uint8, (total, height, width))
         names, car_of, skipped, n = [], [], [], 0
-        for car, examples in tqdm(sorted(cars.items()), desc="preparing inputs", unit="car",
-                                  disable=None if progress else True):  # None: on a terminal only
+        for car, examples in tqdm(
+            sorted(cars.items()), desc="preparing inputs", unit="car", disable=None if progress else True
+        ):  # None: on a terminal only
             photos, masks, kept = [], [], []
             for example in examples:
                 try:  # on the stored pixel grid, the grid of the masks
@@ -136,8 +140,8 @@ class InputCache:
             except NotEnoughViews as exc:  # too few readable views for a background
                 skipped += [skip(e.photo, exc).as_dict() for e in kept]
                 continue
-            inputs[n:n + len(kept)] = x.x.permute(0, 2, 3, 1).cpu().numpy()
-            targets[n:n + len(kept)] = soft_targets(masks, x.boxes, spec, device)
+            inputs[n : n + len(kept)] = x.x.permute(0, 2, 3, 1).cpu().numpy()
+            targets[n : n + len(kept)] = soft_targets(masks, x.boxes, spec, device)
             names += [e.photo.name for e in kept]
             car_of += [car] * len(kept)
             n += len(kept)
@@ -169,8 +173,7 @@ class InputCache:
         for array in (self.inputs, self.targets):
             tensor = torch.empty(array.shape, dtype=torch.uint8, device=device)
             for start in range(0, len(array), 256):
-                tensor[start:start + 256] = to_device(torch.from_numpy(np.array(array[start:start + 256])),
-                                                      device)
+                tensor[start : start + 256] = to_device(torch.from_numpy(np.array(array[start : start + 256])), device)
             held.append(tensor)
         self.held = (held[0], held[1])
         return True
@@ -193,14 +196,23 @@ def soft_targets(masks: list[np.ndarray], boxes, spec: InputSpec, device=None) -
     """Full-size 0/1 masks as the network's targets: resized (bilinear,
     antialiased) to the frame, cropped to each photo's box and resized to the
     network's size, as probabilities x 255 (uint8); computed on `device`."""
-    soft = torch.cat([resize_map(torch.from_numpy(m).to(device or "cpu").float()[None, None], spec.frame)
-                      for m in masks])
-    out = torch.cat([resize_map(p[None, :, b.top:b.bottom, b.left:b.right], spec.size) for p, b in zip(soft, boxes)])
+    soft = torch.cat(
+        [resize_map(torch.from_numpy(m).to(device or "cpu").float()[None, None], spec.frame) for m in masks]
+    )
+    out = torch.cat(
+        [resize_map(p[None, :, b.top : b.bottom, b.left : b.right], spec.size) for p, b in zip(soft, boxes)]
+    )
     return (out[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
-                workers: int | None = None, progress: bool = True, device=None) -> InputCache:
+def build_cache(
+    cars: dict[str, list[Example]],
+    spec: InputSpec,
+    folder: Path,
+    workers: int | None = None,
+    progress: bool = True,
+    device=None,
+) -> InputCache:
     """`InputCache.build` in `workers` processes (default: one per usable core
     where there are at least 4, at most one per 4 cars; each costs a Python
     start, which two cores do not win back). Each builds a contiguous share of
@@ -215,14 +227,17 @@ def build_cache(cars: dict[str, list[Example]], spec: InputSpec, folder: Path,
     if on_gpu or workers <= 1 or (final / "index.json").exists():
         return InputCache.build(cars, spec, folder, progress=progress, device=device if on_gpu else None)
     names = sorted(cars)
-    shares = [names[len(names) * i // workers:len(names) * (i + 1) // workers] for i in range(workers)]
+    shares = [names[len(names) * i // workers : len(names) * (i + 1) // workers] for i in range(workers)]
     scratch = folder / f"{final.name}.shares"
     # spawn: a fresh interpreter per worker (fork would copy torch's threads and state).
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
-            tqdm(total=len(names), desc="preparing inputs", unit="car",
-                 disable=None if progress else True) as bar:  # None: on a terminal only
-        futures = {pool.submit(_build_share, {c: cars[c] for c in share}, spec, scratch / str(i)): len(share)
-                   for i, share in enumerate(shares)}
+    with (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool,
+        tqdm(total=len(names), desc="preparing inputs", unit="car", disable=None if progress else True) as bar,
+    ):  # None: on a terminal only
+        futures = {
+            pool.submit(_build_share, {c: cars[c] for c in share}, spec, scratch / str(i)): len(share)
+            for i, share in enumerate(shares)
+        }
         for future in as_completed(futures):
             bar.update(futures[future])
         parts = [InputCache(future.result()) for future in futures]
@@ -242,18 +257,21 @@ def _join(parts: list[InputCache], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("inputs", "targets"):
         arrays = [getattr(part, name) for part in parts]
-        out = np.lib.format.open_memmap(folder / f"{name}.npy", "w+", np.uint8,
-                                        (sum(len(a) for a in arrays), *arrays[0].shape[1:]))
+        out = np.lib.format.open_memmap(
+            folder / f"{name}.npy", "w+", np.uint8, (sum(len(a) for a in arrays), *arrays[0].shape[1:])
+        )
         start = 0
         for array in arrays:
             for row in range(0, len(array), 256):
-                chunk = array[row:row + 256]
-                out[start + row:start + row + len(chunk)] = chunk
+                chunk = array[row : row + 256]
+                out[start + row : start + row + len(chunk)] = chunk
             start += len(array)
         out.flush()
         del out
-    index = {key: sum((part.index[key] for part in parts), []) if isinstance(value, list) else value
-             for key, value in parts[0].index.items()}
+    index = {
+        key: sum((part.index[key] for part in parts), []) if isinstance(value, list) else value
+        for key, value in parts[0].index.items()
+    }
     _write_index(folder, index)
 
 
@@ -282,9 +300,17 @@ def _shrink(tmp: Path, final: Path, n: int) -> None:
     tmp.unlink()
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, spec: InputSpec, generator: torch.Generator,
-            shift: float = 0.06, scale: float = 0.1, degrees: float = 5.0, jitter: float = 0.15,
-            part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: InputSpec,
+    generator: torch.Generator,
+    shift: float = 0.06,
+    scale: float = 0.1,
+    degrees: float = 5.0,
+    jitter: float = 0.15,
+    part: tuple[int, int] = (0, 1),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, shift/scale/rotation and colour jitter on a batch.
 
     Every channel moves with the same geometry. Jitter is an affine change
@@ -299,7 +325,7 @@ def augment(x: torch.Tensor, y: torch.Tensor, spec: InputSpec, generator: torch.
     k, parts = part
     # Seven draws per image of the whole batch, this share's columns, moved to
     # the device in one copy with the channel mask (no wait on the GPU's queue).
-    draws = torch.rand(7, n * parts, generator=generator)[:, k * n:(k + 1) * n]
+    draws = torch.rand(7, n * parts, generator=generator)[:, k * n : (k + 1) * n]
     is_rgb = torch.from_numpy(np.repeat(spec.channels, 3) == "rgb")
     draws, is_rgb = to_device(draws.contiguous(), device), to_device(is_rgb, device)[None, :, None, None]
 
@@ -312,8 +338,10 @@ def augment(x: torch.Tensor, y: torch.Tensor, spec: InputSpec, generator: torch.
     angle = uniform(1, -degrees, degrees) * math.pi / 180
     zoom = uniform(2, 1 - scale, 1 + scale)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.stack([torch.stack([cos, -sin, uniform(3, -shift, shift)], 1),
-                         torch.stack([sin, cos, uniform(4, -shift, shift)], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, uniform(3, -shift, shift)], 1), torch.stack([sin, cos, uniform(4, -shift, shift)], 1)],
+        1,
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     y = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=False)

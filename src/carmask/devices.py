@@ -1,4 +1,5 @@
 """Where work runs: the torch device for `--device`, and the cores this process may use."""
+
 from __future__ import annotations
 
 import os

@@ -4,11 +4,13 @@ torchrun sets WORLD_SIZE, RANK and LOCAL_RANK in each process's environment.
 Without them (plain `carmask train`) there is one process, no process group,
 and every helper here is a no-op, so training has one code path for both.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -117,4 +119,4 @@ def total(values: list[float], device: torch.device) -> list[float]:
 def share(rows: np.ndarray) -> np.ndarray:
     """This rank's contiguous share of a batch whose size the world size divides."""
     size = len(rows) // world_size()
-    return rows[rank() * size:(rank() + 1) * size]
+    return rows[rank() * size : (rank() + 1) * size]

@@ -1,10 +1,11 @@
 """Scoring: mean per-image dice on a Kaggle-layout dataset, and the resize loss."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from carmask.predict import Prediction, Predictor
 
 @dataclass
 class Scores:
-    dice: dict[str, float] = field(default_factory=dict)   # photo name -> dice
+    dice: dict[str, float] = field(default_factory=dict)  # photo name -> dice
     skipped: list[ImageError] = field(default_factory=list)  # the photos skipped, each with its kind
     worst: list[tuple[float, Path, Path, np.ndarray]] = field(default_factory=list)
     unscored: int = 0  # views without a mask: they only served their car's background
@@ -46,13 +47,13 @@ class Scores:
             return exc
         score = dice(prediction.mask, truth)
         self.dice[prediction.path.name] = score
-        self.worst = sorted(self.worst + [(score, prediction.path, truth_path, _small(prediction.probs))],
-                            key=lambda t: t[0])[:keep_worst]
+        self.worst = sorted(
+            self.worst + [(score, prediction.path, truth_path, _small(prediction.probs))], key=lambda t: t[0]
+        )[:keep_worst]
         return None
 
 
-def scored_sets(data_dir, masks_dir=None, cars: Iterable[str] | None = None
-                ) -> tuple[list[PhotoSet], Path]:
+def scored_sets(data_dir, masks_dir=None, cars: Iterable[str] | None = None) -> tuple[list[PhotoSet], Path]:
     """The car sets of a dataset that have at least one mask (whole sets: the
     background needs every view, even those without a mask)."""
     photos_dir = photos_dir_for(data_dir)
@@ -60,9 +61,11 @@ def scored_sets(data_dir, masks_dir=None, cars: Iterable[str] | None = None
     if not masks_dir.is_dir():
         raise FileNotFoundError(f"no masks folder {masks_dir}")
     wanted = set(cars) if cars is not None else None
-    sets = [s for s in group_by_car(find_photos([photos_dir]))
-            if (wanted is None or s.car in wanted)
-            and any(mask_path(p, masks_dir).exists() for p in s.paths)]
+    sets = [
+        s
+        for s in group_by_car(find_photos([photos_dir]))
+        if (wanted is None or s.car in wanted) and any(mask_path(p, masks_dir).exists() for p in s.paths)
+    ]
     return sets, masks_dir
 
 
@@ -85,8 +88,9 @@ def read_cars(path) -> list[str]:
     return cars
 
 
-def evaluate(predictor: Predictor, data_dir, masks_dir=None, output_size=None,
-             cars=None, keep_worst: int = 8) -> Scores:
+def evaluate(
+    predictor: Predictor, data_dir, masks_dir=None, output_size=None, cars=None, keep_worst: int = 8
+) -> Scores:
     """Predict every photo of the scored sets and compare with its mask
     (`carmask evaluate` runs `Scores.add` in the CLI's loop instead)."""
     sets, masks_dir = scored_sets(data_dir, masks_dir, cars)
@@ -121,5 +125,9 @@ def resize_loss(masks: Iterable[Path], size: tuple[int, int]) -> dict:
         hard_down = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode="nearest")
         hard_up = torch.nn.functional.interpolate(hard_down, size=(height, width), mode="nearest")
         hard.append(dice(hard_up[0, 0].numpy() > 0.5, truth))
-    return {"soft": float(np.mean(soft)) if soft else float("nan"),
-            "hard": float(np.mean(hard)) if hard else float("nan"), "masks": len(soft), "skipped": skipped}
+    return {
+        "soft": float(np.mean(soft)) if soft else float("nan"),
+        "hard": float(np.mean(hard)) if hard else float("nan"),
+        "masks": len(soft),
+        "skipped": skipped,
+    }

@@ -1,5 +1,6 @@
 """Files written so that nothing is lost or half-written: atomic writes, the
 temporaries a killed run leaves, names that fit beside a file, standard output as bytes."""
+
 from __future__ import annotations
 
 import errno
@@ -8,8 +9,8 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 try:
     import fcntl
@@ -127,7 +128,7 @@ def write_all(stream, data) -> None:
     the count, which dropped the rest of a cut-out (64 KiB of 738 KB)."""
     view = memoryview(data)
     while view:
-        view = view[stream.write(view):]
+        view = view[stream.write(view) :]
 
 
 def sibling(path, suffix: str, prefix: str = "") -> Path:

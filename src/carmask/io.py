@@ -4,6 +4,7 @@ reader), masks, the one image encoder, finding photo files, sizes.
 Every reading error becomes an `ImageError` that names the file, so that batch
 commands can report it and go on with the rest.
 """
+
 from __future__ import annotations
 
 import glob
@@ -14,8 +15,8 @@ import re
 import stat
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -26,8 +27,12 @@ from carmask.outcomes import ImageError, Problem
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # What carmask writes (cut-outs, the service's answers), by suffix: Pillow's format and settings.
 # PNG at level 1: fast, and the photo's noise dominates the size anyway (docs/RESULTS.md).
-WRITTEN = {"png": ("PNG", {"compress_level": 1}), "jpg": ("JPEG", {"quality": 92}),
-           "jpeg": ("JPEG", {"quality": 92}), "webp": ("WEBP", {"quality": 90})}
+WRITTEN = {
+    "png": ("PNG", {"compress_level": 1}),
+    "jpg": ("JPEG", {"quality": 92}),
+    "jpeg": ("JPEG", {"quality": 92}),
+    "webp": ("WEBP", {"quality": 90}),
+}
 WRITTEN_SUFFIXES = tuple(f".{fmt}" for fmt in WRITTEN)
 MiB = 1 << 20
 ORIENTATION_TAG = 0x0112  # EXIF: how the stored pixels are turned (1: as they are; 2-8: turned, mirrored)
@@ -37,7 +42,8 @@ MAX_PIXELS = 64_000_000
 PHOTO_TYPES = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
 
 
-def _open(source, name) -> Image.Image:
+# One refusal after another, each with its own sentence: split, they would read worse.
+def _open(source, name) -> Image.Image:  # noqa: C901
     """Open a path or bytes, refusing non-images and oversized images early."""
     try:
         data = _io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
@@ -63,14 +69,14 @@ def _open(source, name) -> Image.Image:
     except IsADirectoryError:
         raise ImageError(name, "is a folder, not an image", Problem.FOLDER) from None
     except Image.UnidentifiedImageError:  # its message shows Python's name of the stream
-        raise ImageError(name, "not a readable image (not an image format that can be read)",
-                         Problem.UNREADABLE) from None
+        raise ImageError(
+            name, "not a readable image (not an image format that can be read)", Problem.UNREADABLE
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(name, f"not a readable image ({exc})", Problem.UNREADABLE) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageError(name, f"image is {width}x{height}, over the limit of {MAX_PIXELS:,} pixels",
-                         Problem.TOO_LARGE)
+        raise ImageError(name, f"image is {width}x{height}, over the limit of {MAX_PIXELS:,} pixels", Problem.TOO_LARGE)
     return image
 
 
@@ -107,8 +113,11 @@ def source_name(source, default: str | None = None) -> str:
 def check_source(source, name: str | None = None) -> None:
     """An ImageError, before any work, for what is no photo source at all."""
     if not isinstance(source, PHOTO_TYPES):
-        raise ImageError(name or "photo", f"a {type(source).__name__} is not a photo: give a path, bytes, "
-                                          f"a numpy array or a PIL image", Problem.NOT_A_PHOTO)
+        raise ImageError(
+            name or "photo",
+            f"a {type(source).__name__} is not a photo: give a path, bytes, a numpy array or a PIL image",
+            Problem.NOT_A_PHOTO,
+        )
 
 
 def read_photo(source, *, name: str | None = None, upright: bool = True) -> np.ndarray:
@@ -162,11 +171,15 @@ def _from_array(array: np.ndarray, name: str) -> np.ndarray:
             hint = " (it looks channels-first: pass array.transpose(1, 2, 0))"
         elif array.ndim == 4 and array.shape[0] == 1:
             hint = " (one photo, not a batch: pass array[0])"
-        raise ImageError(name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}{hint}",
-                         Problem.NOT_A_PHOTO)
+        raise ImageError(
+            name, f"a photo array must be H x W, H x W x 3 or H x W x 4, not {array.shape}{hint}", Problem.NOT_A_PHOTO
+        )
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise ImageError(name, f"image is {array.shape[1]}x{array.shape[0]}, "
-                               f"over the limit of {MAX_PIXELS:,} pixels", Problem.TOO_LARGE)
+        raise ImageError(
+            name,
+            f"image is {array.shape[1]}x{array.shape[0]}, over the limit of {MAX_PIXELS:,} pixels",
+            Problem.TOO_LARGE,
+        )
     array = _as_uint8(array[..., :3], name)
     if any(stride < 0 for stride in array.strides):  # a flipped view: torch takes no negative strides
         array = np.ascontiguousarray(array)
@@ -190,13 +203,17 @@ def _as_uint8(array: np.ndarray, name: str) -> np.ndarray:
         if not np.isfinite(low) or not np.isfinite(high):
             raise ImageError(name, f"a {array.dtype} photo array holds NaN or infinite values", Problem.NOT_A_PHOTO)
         if low < 0 or high > 1:
-            raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..1, found "
-                                   f"{float(low):g}..{float(high):g} (for 0..255, pass array.astype(np.uint8))",
-                             Problem.NOT_A_PHOTO)
+            raise ImageError(
+                name,
+                f"a {array.dtype} photo array must hold values in 0..1, found "
+                f"{float(low):g}..{float(high):g} (for 0..255, pass array.astype(np.uint8))",
+                Problem.NOT_A_PHOTO,
+            )
         return np.rint(array * 255).astype(np.uint8)
     if low < 0 or high > 255:
-        raise ImageError(name, f"a {array.dtype} photo array must hold values in 0..255, found {low}..{high}",
-                         Problem.NOT_A_PHOTO)
+        raise ImageError(
+            name, f"a {array.dtype} photo array must hold values in 0..255, found {low}..{high}", Problem.NOT_A_PHOTO
+        )
     return array.astype(np.uint8)
 
 
@@ -208,8 +225,11 @@ def read_mask(path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(path, f"corrupt or truncated mask ({exc})", Problem.CORRUPT) from None
     if expected_size and image.size != tuple(expected_size):
-        raise ImageError(path, f"mask is {image.size[0]}x{image.size[1]}, "
-                               f"expected {expected_size[0]}x{expected_size[1]}", Problem.BAD_MASK)
+        raise ImageError(
+            path,
+            f"mask is {image.size[0]}x{image.size[1]}, expected {expected_size[0]}x{expected_size[1]}",
+            Problem.BAD_MASK,
+        )
     if values.dtype == bool:
         return values.astype(np.uint8)
     present = np.unique(values)
@@ -247,15 +267,18 @@ def find_photos(inputs: Iterable, recursive: bool = False) -> list[Path]:
     for item in inputs:
         item = str(item)
         if any(ch in item for ch in "*?["):
-            found += [Path(p) for p in glob.glob(item, recursive=recursive)
-                      if Path(p).suffix.lower() in PHOTO_SUFFIXES]
+            found += [Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).suffix.lower() in PHOTO_SUFFIXES]
         elif Path(item).is_dir():
             root = Path(item)
             # anything with a photo's name but a folder: a broken link or a pipe is
             # named when it is read ("no such file", "not a regular file"), not dropped
-            found += [p for p in (root.rglob("*") if recursive else root.iterdir())
-                      if p.suffix.lower() in PHOTO_SUFFIXES and not p.is_dir()
-                      and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+            found += [
+                p
+                for p in (root.rglob("*") if recursive else root.iterdir())
+                if p.suffix.lower() in PHOTO_SUFFIXES
+                and not p.is_dir()
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            ]
         else:
             found.append(Path(item))  # a missing file is reported when it is read
     # One file met again through a symlink (a loop under `**` meets it at every

@@ -1,11 +1,12 @@
 """The Kaggle Carvana layout: view names (`<car>_<NN>.jpg`), photos grouped by
 car, the masks beside the photos (`train/` and `train_masks/`)."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 _VIEW_NAME = re.compile(r"^(?P<car>.+)_(?P<view>\d{2})$")
 
@@ -19,6 +20,7 @@ def parse_view_name(path) -> tuple[str, int] | None:
 @dataclass
 class PhotoSet:
     """Photos of one car (`car` set) or a single photo of unknown car (`car` None)."""
+
     car: str | None
     paths: list[Path]
 

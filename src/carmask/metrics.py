@@ -5,6 +5,7 @@ Two spellings of one rule, side by side: `dice` for one pair of numpy masks
 and `batch_dice` for a batch of tensors (training's validation, on its
 device). A test holds them to the same values.
 """
+
 from __future__ import annotations
 
 import numpy as np

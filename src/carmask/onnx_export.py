@@ -9,6 +9,7 @@ InputSpec and the checkpoint's meta are in its metadata_props, as JSON.
 Needs the optional extra: pip install "carmask[onnx]" (onnx to export,
 onnxruntime to run).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,7 @@ import torch
 
 from carmask import models
 from carmask.files import atomic_write
-from carmask.onnx_runtime import (FORMAT, INPUT, KEY_ARCH, KEY_ARCH_KWARGS, KEY_FORMAT, KEY_META,
-                                  KEY_SPEC, OUTPUT, need)
+from carmask.onnx_runtime import FORMAT, INPUT, KEY_ARCH, KEY_ARCH_KWARGS, KEY_FORMAT, KEY_META, KEY_SPEC, OUTPUT, need
 
 
 def _trace_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -55,13 +55,25 @@ def export(model_name_or_path, out_path, opset: int = 17) -> Path:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding")
             with torch.no_grad():
-                torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT],
-                                  output_names=[OUTPUT], dynamic_axes={INPUT: axes, OUTPUT: axes},
-                                  opset_version=opset, do_constant_folding=True, dynamo=False)
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(tmp),
+                    input_names=[INPUT],
+                    output_names=[OUTPUT],
+                    dynamic_axes={INPUT: axes, OUTPUT: axes},
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
         proto = onnx.load(str(tmp))
-        props = {KEY_FORMAT: FORMAT, KEY_SPEC: json.dumps(model.spec.to_dict()),
-                 KEY_META: json.dumps(meta, default=str), KEY_ARCH: model.arch,
-                 KEY_ARCH_KWARGS: json.dumps(model.arch_kwargs)}
+        props = {
+            KEY_FORMAT: FORMAT,
+            KEY_SPEC: json.dumps(model.spec.to_dict()),
+            KEY_META: json.dumps(meta, default=str),
+            KEY_ARCH: model.arch,
+            KEY_ARCH_KWARGS: json.dumps(model.arch_kwargs),
+        }
         del proto.metadata_props[:]
         for key, value in props.items():
             entry = proto.metadata_props.add()

@@ -7,6 +7,7 @@ same path from photos to masks. The file format (metadata keys, input and output
 names) is defined here and written by `onnx_export`. Needs the optional extra:
 pip install "carmask[onnx]".
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ def need(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise MissingExtra(f"ONNX support needs the {module} package: "
-                          f'pip install "carmask[onnx]"') from None
+        raise MissingExtra(f'ONNX support needs the {module} package: pip install "carmask[onnx]"') from None
 
 
 class OnnxSegmenter:
@@ -51,8 +51,7 @@ class OnnxSegmenter:
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # not an ONNX file, truncated, unsupported ops
             raise ValueError(f"{self.path}: not a loadable ONNX model ({exc})") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)

@@ -8,6 +8,7 @@ count kinds, HTTP statuses and remove.bg's codes follow kinds, and nothing
 reads a sentence back. `as_dict`/`from_dict` carry outcomes as JSON (the Ray
 engine's rows, the service's manifest).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
 
 class Problem(Enum):
     """Why a photo (or its mask) was skipped; the value is how a summary counts it."""
+
     MISSING = "no such file"
     EMPTY = "empty file"
     NOT_A_FILE = "not a regular file"
@@ -25,13 +27,13 @@ class Problem(Enum):
     UNREADABLE = "not a readable image"
     CORRUPT = "corrupt or truncated"
     TOO_LARGE = "too many pixels"
-    NOT_A_PHOTO = "not a photo"             # an array or an upload of no photo's shape or type
+    NOT_A_PHOTO = "not a photo"  # an array or an upload of no photo's shape or type
     BAD_MASK = "not a usable mask"
-    TOO_FEW_VIEWS = "too few views"         # the model compares each photo with its car's other views
-    NOT_PREDICTED = "not predicted"         # the model could not be used for it
-    NAME_NOT_TEXT = "name not UTF-8 text"   # a submission row cannot hold the name
+    TOO_FEW_VIEWS = "too few views"  # the model compares each photo with its car's other views
+    NOT_PREDICTED = "not predicted"  # the model could not be used for it
+    NAME_NOT_TEXT = "name not UTF-8 text"  # a submission row cannot hold the name
     NAME_LINE_BREAK = "name holds a line break"
-    NOT_WRITTEN = "not written"             # its output could not be written
+    NOT_WRITTEN = "not written"  # its output could not be written
 
 
 class ImageError(ValueError):
@@ -82,6 +84,7 @@ def count(skips) -> dict[Problem, int]:
 
 class NoteKind(Enum):
     """Why the views of a car were not predicted as one set."""
+
     OTHER_SIZE = "not the size of the other views"
     TOO_FEW_VIEWS = "too few readable views for a background"
     NOT_ONE_STUDIO = "views that do not share one studio"
@@ -90,6 +93,7 @@ class NoteKind(Enum):
 
 class Treatment(Enum):
     """How the photos a note concerns were predicted; the value is how a summary says it."""
+
     ALONE = "predicted alone"
     PHOTO_BY_PHOTO = "predicted photo by photo"
     SINGLE_PHOTO_MODEL = "predicted photo by photo with the single-photo model"
@@ -104,6 +108,7 @@ class Note:
     (width, height); `views`: for TOO_FEW_VIEWS, the readable views; `share`:
     for NOT_ONE_STUDIO the largest share of the frame where a view differs
     from their median background, for ONE_PHOTO the smallest."""
+
     kind: NoteKind
     photos: tuple[str, ...]
     treatment: Treatment
@@ -121,20 +126,36 @@ class Note:
             return f"not the size of the other views{of_car} ({self.size[0]}x{self.size[1]})"
         if self.kind is NoteKind.TOO_FEW_VIEWS:
             has = f"car {self.car} has" if self.car else "only"
-            return (f"{has} {self.views} readable view{'s' * (self.views != 1)}, and a background needs "
-                    f"{MIN_VIEWS}")
+            return f"{has} {self.views} readable view{'s' * (self.views != 1)}, and a background needs {MIN_VIEWS}"
         if self.kind is NoteKind.NOT_ONE_STUDIO:
-            return (f"do not share one studio (a photo differs from their median background over "
-                    f"{self.share:.0%} of the frame)")
-        return (f"are (nearly) one photo (one differs from their median background over only "
-                f"{self.share:.1%} of the frame: the median shows the car, not the studio)")
+            return (
+                f"do not share one studio (a photo differs from their median background over "
+                f"{self.share:.0%} of the frame)"
+            )
+        return (
+            f"are (nearly) one photo (one differs from their median background over only "
+            f"{self.share:.1%} of the frame: the median shows the car, not the studio)"
+        )
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind.name, "photos": list(self.photos), "treatment": self.treatment.name,
-                "car": self.car, "size": list(self.size) if self.size else None, "views": self.views,
-                "share": self.share}
+        return {
+            "kind": self.kind.name,
+            "photos": list(self.photos),
+            "treatment": self.treatment.name,
+            "car": self.car,
+            "size": list(self.size) if self.size else None,
+            "views": self.views,
+            "share": self.share,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Note:
-        return cls(NoteKind[data["kind"]], tuple(data["photos"]), Treatment[data["treatment"]], data["car"],
-                   tuple(data["size"]) if data["size"] else None, data["views"], data["share"])
+        return cls(
+            NoteKind[data["kind"]],
+            tuple(data["photos"]),
+            Treatment[data["treatment"]],
+            data["car"],
+            tuple(data["size"]) if data["size"] else None,
+            data["views"],
+            data["share"],
+        )

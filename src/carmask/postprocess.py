@@ -6,6 +6,7 @@ the network's size; each photo's probabilities (of its crop) are resized
 thresholded. Probabilities are resized and thresholded after: hard masks are
 never resized, which is where the seed lost 1% of dice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ def fill_holes(probs: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tenso
     the holes; on a GPU a flood fill does, so nothing leaves the device."""
     car = probs > threshold
     if probs.device.type == "cpu":
-        holes = torch.from_numpy(np.stack([ndimage.binary_fill_holes(c) for c in car.numpy()])) & ~car \
-            if len(car) else car
+        holes = (
+            torch.from_numpy(np.stack([ndimage.binary_fill_holes(c) for c in car.numpy()])) & ~car if len(car) else car
+        )
     else:
         holes = ~car & ~border_background(car)
     return probs.masked_fill(holes, 1.0)
@@ -60,6 +62,7 @@ def border_background(car: torch.Tensor, check_every: int = 16) -> torch.Tensor:
 class Placed:
     """One photo's probabilities at its output size, held as the part inside
     `box` (output pixels); zero outside it."""
+
     probs: torch.Tensor  # box height x box width, float32
     box: Box
     size: tuple[int, int]  # the output's (width, height)
@@ -71,7 +74,7 @@ class Placed:
         if self.box == (0, 0, width, height):
             return probs
         out = probs.new_zeros((height, width))
-        out[self.box.top:self.box.bottom, self.box.left:self.box.right] = probs
+        out[self.box.top : self.box.bottom, self.box.left : self.box.right] = probs
         return out
 
 
@@ -82,8 +85,7 @@ def output_box(box: Box, frame: tuple[int, int], size: tuple[int, int]) -> Box:
     return Box(left, top, max(round(box.right * sx), left + 1), max(round(box.bottom * sy), top + 1))
 
 
-def place(probs: torch.Tensor, boxes: list[Box], frame: tuple[int, int],
-          sizes: list[tuple[int, int]]) -> list[Placed]:
+def place(probs: torch.Tensor, boxes: list[Box], frame: tuple[int, int], sizes: list[tuple[int, int]]) -> list[Placed]:
     """N x h x w probabilities of crops at the network's size -> each photo's
     probabilities at its output size: holes filled, then each crop resized
     (bilinear) straight into its box of the output."""
@@ -91,8 +93,9 @@ def place(probs: torch.Tensor, boxes: list[Box], frame: tuple[int, int],
     placed = []
     for p, box, size in zip(probs, boxes, sizes):
         box = output_box(box, frame, size)
-        placed.append(Placed(resize_map(p[None, None], (box.right - box.left, box.bottom - box.top))[0, 0],
-                             box, tuple(size)))
+        placed.append(
+            Placed(resize_map(p[None, None], (box.right - box.left, box.bottom - box.top))[0, 0], box, tuple(size))
+        )
     return placed
 
 

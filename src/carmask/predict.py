@@ -23,6 +23,7 @@ import it): `runner` (the models), `compute` (sets, inputs, the network),
 `finish` (placing, hooks, copy-back), `stream` (lookahead, batching, the
 finishing thread), `photos` (a photo in flight, `Prediction`), `stages`.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,18 @@ from carmask.predictor.runner import Runner, Segmenter, network_batch
 from carmask.predictor.stages import STAGES, Stages
 from carmask.predictor.stream import Stream
 
-__all__ = ["CUTOUTS", "SETS", "STAGES", "STUDIO_DIFFERING", "STUDIO_SAME", "Batch", "Prediction", "Predictor",
-           "named_views", "network_batch"]
+__all__ = [
+    "CUTOUTS",
+    "SETS",
+    "STAGES",
+    "STUDIO_DIFFERING",
+    "STUDIO_SAME",
+    "Batch",
+    "Prediction",
+    "Predictor",
+    "named_views",
+    "network_batch",
+]
 
 
 class Predictor:
@@ -80,10 +91,21 @@ class Predictor:
     shuts its decoding threads down.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto",
-                 batch_size: int = 16, workers: int | None = None, tta: bool = False,
-                 compile: bool = False, upright: bool = True, sets: str = "auto", nvjpeg="auto",
-                 refine: Hook | None = None, refiner: str | os.PathLike | None = None, profile: bool = False):
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str = "auto",
+        batch_size: int = 16,
+        workers: int | None = None,
+        tta: bool = False,
+        compile: bool = False,
+        upright: bool = True,
+        sets: str = "auto",
+        nvjpeg="auto",
+        refine: Hook | None = None,
+        refiner: str | os.PathLike | None = None,
+        profile: bool = False,
+    ):
         if sets not in SETS:
             raise ValueError(f"sets must be one of {', '.join(SETS)}, not {sets!r}")
         if batch_size < 1 or (workers is not None and workers < 1):
@@ -169,9 +191,14 @@ class Predictor:
         self.close()
 
     # -- the public ways in ---------------------------------------------------
-    def predict_sets(self, photo_sets: Iterable[PhotoSet],
-                     output_size: tuple[int, int] | None = None,
-                     lookahead: int = 2, encode: bool = False, cutout: str | None = None) -> Iterator[Prediction]:
+    def predict_sets(
+        self,
+        photo_sets: Iterable[PhotoSet],
+        output_size: tuple[int, int] | None = None,
+        lookahead: int = 2,
+        encode: bool = False,
+        cutout: str | None = None,
+    ) -> Iterator[Prediction]:
         """Stream predictions for sets of photo files, in order (each set's
         photos in its order). In memory: the sets of one model batch (whole
         cars, up to `batch_size` photos, at least one car), `lookahead` sets
@@ -181,12 +208,15 @@ class Predictor:
         (`Prediction.runs`), found on the predictor's device, instead of
         full-size probabilities. `cutout`: "refined" or "plain" edges, see
         `predict_views`."""
-        cars = (Car(s.car, [Source(Path(p), p) for p in s.paths]) if isinstance(s, PhotoSet) else _not_a_set(s)
-                for s in photo_sets)
+        cars = (
+            Car(s.car, [Source(Path(p), p) for p in s.paths]) if isinstance(s, PhotoSet) else _not_a_set(s)
+            for s in photo_sets
+        )
         return self._stream(cars, self._finish.output(output_size, encode, cutout), lookahead, throughput=True)
 
-    def predict_views(self, views: Sequence[tuple[str, object]],
-                      output_size: tuple[int, int] | None = None, cutout: str | None = None) -> list[Prediction]:
+    def predict_views(
+        self, views: Sequence[tuple[str, object]], output_size: tuple[int, int] | None = None, cutout: str | None = None
+    ) -> list[Prediction]:
         """One car's views as (name, source), the source a path, bytes, a numpy
         array or a PIL image (e.g. uploads): decoded here, then predicted
         together like a set from `predict_sets`. `cutout`: return each photo's
@@ -194,13 +224,13 @@ class Predictor:
         the device batch and read back once: "refined" (the `refine` hook, by
         default `refine.edges`) or "plain" (the network's own soft edge)."""
         if isinstance(views, PHOTO_TYPES) or not all(isinstance(v, (tuple, list)) and len(v) == 2 for v in views):
-            raise TypeError("predict_views takes a car's views as (name, photo) pairs, e.g. "
-                            "[('car_01.jpg', array), ...]")
+            raise TypeError(
+                "predict_views takes a car's views as (name, photo) pairs, e.g. [('car_01.jpg', array), ...]"
+            )
         car = Car(None, [Source(Path(str(name)), data) for name, data in views])
         return list(self._stream([car], self._finish.output(output_size, False, cutout), lookahead=0))
 
-    def predict_photo(self, photo, output_size: tuple[int, int] | None = None,
-                      views: Sequence = ()) -> np.ndarray:
+    def predict_photo(self, photo, output_size: tuple[int, int] | None = None, views: Sequence = ()) -> np.ndarray:
         """One photo (path, bytes, H x W x 3 uint8 array or PIL image) ->
         H x W probabilities; `views`: the car's other views (same kinds).
         Raises `ImageError` or `NotEnoughViews`; a warning (e.g. views that do
@@ -224,8 +254,9 @@ class Predictor:
 
 
 def _not_a_set(item) -> NoReturn:
-    raise TypeError(f"predict_sets takes kaggle.PhotoSet items (kaggle.group_by_car(paths) makes them), "
-                    f"not {type(item).__name__}")
+    raise TypeError(
+        f"predict_sets takes kaggle.PhotoSet items (kaggle.group_by_car(paths) makes them), not {type(item).__name__}"
+    )
 
 
 def named_views(photo, views: Sequence = (), name: str | None = None) -> list[tuple[str, object]]:
@@ -235,5 +266,4 @@ def named_views(photo, views: Sequence = (), name: str | None = None) -> list[tu
     "view 2", "view 3"..."""
     if isinstance(views, PHOTO_TYPES):
         raise TypeError("views is a list of the car's other views; give one view as [view]")
-    return [(name or source_name(photo), photo)] + [(source_name(v, f"view {i}"), v)
-                                                             for i, v in enumerate(views, 2)]
+    return [(name or source_name(photo), photo)] + [(source_name(v, f"view {i}"), v) for i, v in enumerate(views, 2)]

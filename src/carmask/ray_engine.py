@@ -7,13 +7,14 @@ same file as the single-process run's and a resumed run continues it. The
 photos (and a checkpoint given as a path) must be readable at the same path
 on every node, and the nodes need carmask installed.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -39,8 +40,15 @@ class RayPredictor:
     travel in the rows as their dicts, in JSON: `outcomes.as_dict`).
     """
 
-    def __init__(self, model=None, device: str = "auto", batch_size: int = 16,
-                 actors: int | None = None, address: str | None = None, **options):
+    def __init__(
+        self,
+        model=None,
+        device: str = "auto",
+        batch_size: int = 16,
+        actors: int | None = None,
+        address: str | None = None,
+        **options,
+    ):
         try:
             import ray.data  # noqa: F401  (fail here, before any work, when it is missing)
         except ImportError:
@@ -57,8 +65,9 @@ class RayPredictor:
         self.options = options  # the rest of Predictor's options (upright, sets, tta, ...)
         self.device = torch.device(self._device)
 
-    def predict_sets(self, photo_sets: Iterable[PhotoSet], output_size=None,
-                     encode: bool = True) -> Iterator[Prediction]:
+    def predict_sets(
+        self, photo_sets: Iterable[PhotoSet], output_size=None, encode: bool = True
+    ) -> Iterator[Prediction]:
         """As `Predictor.predict_sets` with `encode=True`: only the masks' run
         boundaries travel back from the actors."""
         if not encode:
@@ -69,17 +78,22 @@ class RayPredictor:
         for row in self._dataset(sets, output_size).iter_rows():
             error = ImageError.from_dict(json.loads(row["error"])) if row["error"] else None
             note = Note.from_dict(json.loads(row["note"])) if row["note"] else None
-            yield Prediction(Path(row["path"]), error=error, runs=None if error else row["runs"], note=note,
-                             exception=error)
+            yield Prediction(
+                Path(row["path"]), error=error, runs=None if error else row["runs"], note=note, exception=error
+            )
 
     def _dataset(self, sets: list[PhotoSet], output_size):
         import ray
+
         rows = [{"car": s.car or "", "paths": [str(p.absolute()) for p in s.paths]} for s in sets]
         blocks = max(1, math.ceil(len(rows) / CARS_PER_CALL))
         ds = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
-            SetPredictor, batch_size=CARS_PER_CALL,
+            SetPredictor,
+            batch_size=CARS_PER_CALL,
             fn_constructor_args=(self.model, self._device, self.batch_size, output_size, self.options),
-            compute=ray.data.ActorPoolStrategy(size=self.actors), **self._resources)
+            compute=ray.data.ActorPoolStrategy(size=self.actors),
+            **self._resources,
+        )
         # Rows in input order: the same file as a single-process run, and resumable.
         ds.context.execution_options.preserve_order = True
         ds.context.enable_progress_bars = False  # the CLI shows its own
@@ -87,6 +101,7 @@ class RayPredictor:
 
     def close(self) -> None:
         import ray
+
         if self._started:
             ray.shutdown()
             self._started = False
@@ -110,15 +125,18 @@ class SetPredictor:
         out = list(self.predictor.predict_sets(sets, self.output_size, encode=True))
         runs = np.empty(len(out), dtype=object)  # ragged: one array per photo
         runs[:] = [np.zeros(0, np.int64) if p.error else p.runs for p in out]
-        return {"path": np.array([str(p.path) for p in out]),
-                "error": np.array([json.dumps(p.error.as_dict()) if p.error else "" for p in out]),
-                "note": np.array([json.dumps(p.note.as_dict()) if p.note else "" for p in out]),
-                "runs": runs}
+        return {
+            "path": np.array([str(p.path) for p in out]),
+            "error": np.array([json.dumps(p.error.as_dict()) if p.error else "" for p in out]),
+            "note": np.array([json.dumps(p.note.as_dict()) if p.note else "" for p in out]),
+            "runs": runs,
+        }
 
 
 def _connect(address: str | None) -> bool:
     """Join a cluster or start a local instance; True if this call did either."""
     import ray
+
     if ray.is_initialized():  # the caller's own Ray session: leave it to them
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -127,15 +145,20 @@ def _connect(address: str | None) -> bool:
     else:
         # Local workers import the same carmask as this process, however it was found.
         import carmask
+
         paths = [str(Path(carmask.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
-        ray.init(include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, paths))}})
+        ray.init(
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, paths))}},
+        )
     return True
 
 
 def _actor_resources(device: str) -> tuple[dict, str, int]:
     """Ray resources per actor, the actors' torch device, and the default pool size."""
     import ray
+
     cluster = ray.cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
     if device == "cuda" and not gpus:

@@ -9,6 +9,7 @@ Every recipe is written whole, the seed's included: `TrainConfig`'s defaults
 are neutral. This module imports the settings (`carmask.train_config`), not
 the training loop.
 """
+
 from __future__ import annotations
 
 from dataclasses import fields, replace
@@ -21,38 +22,84 @@ from carmask.train_config import RefinerConfig, TrainConfig
 SEED_SPEC = InputSpec(("rgb", "median_diff"), size=(100, 100), frame=(480, 320), crop=True)
 MULTIVIEW = ("rgb", "median_diff", "mean_diff")
 # The U-Nets' loss, optimiser, schedule and augmentation; the time budget ends the run.
-_UNET = dict(arch="unet", epochs=10_000, lr=3e-3, weight_decay=1e-4, dice_weight=1.0,
-             edge_weight=2.0, augment=True, schedule="cosine")
+_UNET = dict(
+    arch="unet",
+    epochs=10_000,
+    lr=3e-3,
+    weight_decay=1e-4,
+    dice_weight=1.0,
+    edge_weight=2.0,
+    augment=True,
+    schedule="cosine",
+)
 _SMALL, _LARGE = {"width": 8, "depth": 4}, {"width": 32, "depth": 4}
 
 RECIPES: dict[str, TrainConfig | RefinerConfig] = {
     # The seed write-up: its 3-layer CNN, photo + median difference in a 480x320
     # frame cropped to the car at 100x100, BCE, Adam 1e-3, batch 32.
-    "seed": TrainConfig(arch="seed", spec=SEED_SPEC, epochs=40, batch_size=32, lr=1e-3, weight_decay=0.0,
-                        dice_weight=0.0, edge_weight=0.0, augment=False, schedule="constant", max_minutes=30),
+    "seed": TrainConfig(
+        arch="seed",
+        spec=SEED_SPEC,
+        epochs=40,
+        batch_size=32,
+        lr=1e-3,
+        weight_decay=0.0,
+        dice_weight=0.0,
+        edge_weight=0.0,
+        augment=False,
+        schedule="constant",
+        max_minutes=30,
+    ),
     # The fast tier: 128x128 U-Nets trained on a 2-core CPU.
-    "rgb-fast": TrainConfig(**_UNET, arch_kwargs=_SMALL, spec=InputSpec(("rgb",), size=(128, 128)),
-                            batch_size=16, max_minutes=60),
+    "rgb-fast": TrainConfig(
+        **_UNET, arch_kwargs=_SMALL, spec=InputSpec(("rgb",), size=(128, 128)), batch_size=16, max_minutes=60
+    ),
     # Photo and background compared at 256x256, cropped to the car, resized to 128x128.
-    "multiview-fast": TrainConfig(**_UNET, arch_kwargs=_SMALL, batch_size=16, max_minutes=45,
-                                  spec=InputSpec(MULTIVIEW, size=(128, 128), frame=(256, 256), crop=True)),
+    "multiview-fast": TrainConfig(
+        **_UNET,
+        arch_kwargs=_SMALL,
+        batch_size=16,
+        max_minutes=45,
+        spec=InputSpec(MULTIVIEW, size=(128, 128), frame=(256, 256), crop=True),
+    ),
     # The ablation's multi-view input without the crop (not shipped: the crop beat it).
-    "multiview-uncropped": TrainConfig(**_UNET, arch_kwargs=_SMALL, batch_size=16, max_minutes=70,
-                                       spec=InputSpec(MULTIVIEW, size=(128, 128))),
+    "multiview-uncropped": TrainConfig(
+        **_UNET, arch_kwargs=_SMALL, batch_size=16, max_minutes=70, spec=InputSpec(MULTIVIEW, size=(128, 128))
+    ),
     # The accurate tier: 512x512 U-Nets for one GPU (bf16, channels-last, cache in GPU memory).
-    "multiview-accurate": TrainConfig(**_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=5,
-                                      spec=InputSpec(MULTIVIEW, size=(512, 512), frame=(512, 512), crop=True)),
-    "rgb-accurate": TrainConfig(**_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=2.5,
-                                spec=InputSpec(("rgb",), size=(512, 512))),
+    "multiview-accurate": TrainConfig(
+        **_UNET,
+        arch_kwargs=_LARGE,
+        batch_size=32,
+        max_minutes=5,
+        spec=InputSpec(MULTIVIEW, size=(512, 512), frame=(512, 512), crop=True),
+    ),
+    "rgb-accurate": TrainConfig(
+        **_UNET, arch_kwargs=_LARGE, batch_size=32, max_minutes=2.5, spec=InputSpec(("rgb",), size=(512, 512))
+    ),
     # A learned edge refiner on top of the fast models (carmask.train_refiner), on a 2-core CPU:
     # the band's pixels at 512x512 from the photo, the studio and the coarse probability.
-    "edge-refiner": RefinerConfig(sources=(("multiview-fast", "set"), ("rgb-fast", "photo")), radius=3, ring=8,
-                                  hidden=(128, 64), lr=1e-2, max_minutes=55),
+    "edge-refiner": RefinerConfig(
+        sources=(("multiview-fast", "set"), ("rgb-fast", "photo")),
+        radius=3,
+        ring=8,
+        hidden=(128, 64),
+        lr=1e-2,
+        max_minutes=55,
+    ),
     # The same sources, the issue's quick experiment's shape: a dilated CNN (six 3x3 convolutions of
     # 32 channels, dilations 1-1-2-4-8-1) on 64x64 tiles of the band, its output added to the coarse logit.
-    "edge-refiner-tiles": RefinerConfig(sources=(("multiview-fast", "set"), ("rgb-fast", "photo")),
-                                        shape="tiles", channels=32, dilations=(1, 1, 2, 4, 8, 1), tile=64,
-                                        batch_size=16, steps_per_epoch=1000, lr=3e-3, max_minutes=65),
+    "edge-refiner-tiles": RefinerConfig(
+        sources=(("multiview-fast", "set"), ("rgb-fast", "photo")),
+        shape="tiles",
+        channels=32,
+        dilations=(1, 1, 2, 4, 8, 1),
+        tile=64,
+        batch_size=16,
+        steps_per_epoch=1000,
+        lr=3e-3,
+        max_minutes=65,
+    ),
 }
 SPEC_FIELDS = ("channels", "size", "frame", "crop")
 ARCH_FIELDS = ("width", "depth")

@@ -36,10 +36,11 @@ band's pixels, about 2% of a photo, are computed at full resolution. Pure
 torch on the photos' device: the predictor calls `edges` in its device batch
 for cut-outs (see `predict.Batch`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,15 +50,15 @@ from carmask.inputs.background import median
 from carmask.inputs.resize import resize_image, resize_map
 from carmask.inputs.spec import MIN_VIEWS
 
-WORK = 240              # the smooth maps are computed on a grid about this many cells across
-SURE = 0.02             # a cell is sure studio where the probability is below this
-CAR_ABOVE = 0.5         # ... and car (for F) above this, if its colour is not the studio's
-STUDIO_LIKE = 20        # grey levels: a cell within this of the studio in every channel looks like it
-STUDIO_BELOW = 0.1      # a view shows studio at a cell where its probability is below this
-REACH = 0.15            # alpha stays within soft(p - REACH)..soft(p + REACH)
+WORK = 240  # the smooth maps are computed on a grid about this many cells across
+SURE = 0.02  # a cell is sure studio where the probability is below this
+CAR_ABOVE = 0.5  # ... and car (for F) above this, if its colour is not the studio's
+STUDIO_LIKE = 20  # grey levels: a cell within this of the studio in every channel looks like it
+STUDIO_BELOW = 0.1  # a view shows studio at a cell where its probability is below this
+REACH = 0.15  # alpha stays within soft(p - REACH)..soft(p + REACH)
 CONTRAST = (20.0, 50.0)  # |F - B| in grey levels: the equation trusted from 0 (below) to 1 (above)
-SPREAD = 3.0            # trust falls to 1/e where the car colours around F spread |F - B| / SPREAD
-OFF_LINE = 0.3          # ... and where I lies this far (times |F - B|) from the line from B to F
+SPREAD = 3.0  # trust falls to 1/e where the car colours around F spread |F - B| / SPREAD
+OFF_LINE = 0.3  # ... and where I lies this far (times |F - B|) from the line from B to F
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Edges:
     """One photo's cut-out pieces, on the photo's device: `alpha` H x W uint8
     (0..255) and `foreground` H x W x 3 uint8 (the photo, with the studio's
     colour taken out of the edge's pixels)."""
+
     alpha: torch.Tensor
     foreground: torch.Tensor
 
@@ -106,13 +108,13 @@ def refine_photo(grid: _Grid, studio: torch.Tensor | None = None) -> Edges:
     foreground = _hwc(grid.photo).clone(memory_format=torch.contiguous_format)
     if band.numel() == 0:
         return Edges(alpha, foreground)
-    value = grid.sample(grid.maps(studio), band)                            # K x 8
+    value = grid.sample(grid.maps(studio), band)  # K x 8
     b, f, spread, lower = value[:, 0:3], value[:, 3:6], value[:, 6], value[:, 7]
-    pixel = foreground.view(-1, 3)[band].float()                             # K x 3
+    pixel = foreground.view(-1, 3)[band].float()  # K x 3
     equation, trust = _equation(pixel, b, f, spread)
     a = trust * equation + (1 - trust) * soft(pk)
     a = torch.minimum(torch.maximum(a, soft(pk - REACH)), soft(pk + REACH))
-    a = a - (a - soft(pk)).clamp_(min=0) * soft(lower * 1.25 + 0.5)   # lower edges: no growing into the shadow
+    a = a - (a - soft(pk)).clamp_(min=0) * soft(lower * 1.25 + 0.5)  # lower edges: no growing into the shadow
     alpha.view(-1)[band] = _to_uint8(a)
     # The car's colour, as far as the equation is trusted: where it is not, alpha
     # may be the network's mistake, and the photo's own colour is the safer guess.
@@ -122,13 +124,14 @@ def refine_photo(grid: _Grid, studio: torch.Tensor | None = None) -> Edges:
     return Edges(alpha, foreground)
 
 
-def _equation(pixel: torch.Tensor, studio: torch.Tensor, car: torch.Tensor,
-              spread: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _equation(
+    pixel: torch.Tensor, studio: torch.Tensor, car: torch.Tensor, spread: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Alpha of K pixels from I = a F + (1 - a) B, and how far it is trusted (0..1)."""
     d, i = car - studio, pixel - studio
     length = _norm(d).clamp_(min=1e-3)
     a = (i * d).sum(1) / (length * length)
-    off = _norm(i - a[:, None] * d) / (OFF_LINE * length)   # from the line through B and F
+    off = _norm(i - a[:, None] * d) / (OFF_LINE * length)  # from the line through B and F
     a = a.clamp_(0, 1)
     low, high = CONTRAST
     trust = ((length - low) / (high - low)).clamp_(0, 1) * torch.exp(-off * off - (SPREAD * spread / length) ** 2)
@@ -136,6 +139,7 @@ def _equation(pixel: torch.Tensor, studio: torch.Tensor, car: torch.Tensor,
 
 
 # -- the grid ----------------------------------------------------------------------------------------
+
 
 class _Grid:
     """A photo and its probabilities at its size, and both on a grid of
@@ -146,7 +150,7 @@ class _Grid:
         self.shape = height, width = tuple(self.probs.shape)
         self.scale = scale = max(1, round(max(height, width) / WORK))
         size = (-(-width // scale), -(-height // scale))
-        self.small = resize_image(photo[None], size)                                          # 1 x 3 x h x w
+        self.small = resize_image(photo[None], size)  # 1 x 3 x h x w
         self.small_probs = F.avg_pool2d(self.probs[None, None].float(), scale, ceil_mode=True)  # 1 x 1 x h x w
 
     def maps(self, studio: torch.Tensor | None) -> torch.Tensor:
@@ -166,8 +170,9 @@ class _Grid:
         width, (h, w) = self.shape[1], maps.shape[-2:]
         at = torch.stack([index % width, index // width], 1).float().add_(0.5).div_(self.scale)  # x, y in cells
         at = at.div_(torch.tensor([w, h], dtype=at.dtype, device=at.device)).mul_(2).sub_(1)
-        return F.grid_sample(maps, at[None, None], mode="bilinear", padding_mode="border",
-                             align_corners=False)[0, :, 0].T
+        return F.grid_sample(maps, at[None, None], mode="bilinear", padding_mode="border", align_corners=False)[
+            0, :, 0
+        ].T
 
 
 def set_studio(grids: Sequence[_Grid]) -> torch.Tensor:
@@ -176,8 +181,8 @@ def set_studio(grids: Sequence[_Grid]) -> torch.Tensor:
     MIN_VIEWS do. The views that show the car at a cell are set alternately to
     0 and 255, so that the median of all is that of the others (within one
     rank): a uint8 sorting network rather than a sort."""
-    small = torch.cat([g.small for g in grids])                                # V x 3 x h x w uint8
-    hidden = torch.cat([g.small_probs for g in grids]) >= STUDIO_BELOW         # V x 1 x h x w
+    small = torch.cat([g.small for g in grids])  # V x 3 x h x w uint8
+    hidden = torch.cat([g.small_probs for g in grids]) >= STUDIO_BELOW  # V x 1 x h x w
     filler = (hidden.cumsum(0) % 2 == 0).to(torch.uint8).mul_(255)
     studio = median(list(torch.where(hidden, filler, small).unbind(0)))[None].float()
     return studio.masked_fill_((~hidden).sum(0, keepdim=True) < MIN_VIEWS, float("nan"))
@@ -210,6 +215,7 @@ def _lower_edge(probs: torch.Tensor) -> torch.Tensor:
 
 
 # -- small helpers -----------------------------------------------------------------------------------
+
 
 def _alpha_outside(probs: torch.Tensor, low: float, high: float):
     """uint8 alpha, 0 or 255 by the probabilities' side of 0.5, and the band

@@ -1,4 +1,5 @@
 """Pictures a person would rather look at than read: curves, histograms, galleries."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,8 @@ from carmask.inputs.resize import resize  # noqa: E402
 from carmask.io import read_mask, read_photo  # noqa: E402
 from carmask.kaggle import parse_view_name  # noqa: E402
 
-MISSED = np.array([255, 40, 40])   # car pixels the model missed
-FALSE = np.array([40, 120, 255])   # background the model called car
+MISSED = np.array([255, 40, 40])  # car pixels the model missed
+FALSE = np.array([40, 120, 255])  # background the model called car
 
 
 def _save(fig, path) -> None:
@@ -68,8 +69,12 @@ def write_evaluation_report(scores, folder) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 3.6))
         ax.bar([f"{v:02d}" for v in views], [np.mean(by_view[v]) for v in views], color="tab:green")
         low = min(np.mean(by_view[v]) for v in views)
-        ax.set(xlabel="view (turntable angle)", ylabel="mean dice", title="Mean dice per view",
-               ylim=(max(0.0, low - 0.01), 1.0))
+        ax.set(
+            xlabel="view (turntable angle)",
+            ylabel="mean dice",
+            title="Mean dice per view",
+            ylim=(max(0.0, low - 0.01), 1.0),
+        )
         _save(fig, folder / "dice_per_view.png")
         written.append(folder / "dice_per_view.png")
     if scores.worst:

@@ -3,6 +3,7 @@
 Pixels are numbered from 1, row-major (left to right, then top to bottom);
 the code is a space-separated list of `start length` pairs for the car pixels.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -14,6 +14,7 @@ the process), so a second run on the same output refuses at once (`OutputInUse`)
 A background thread formats and writes the rows, so the prediction loop never
 waits on the disk or on turning run boundaries into text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,8 +22,8 @@ import json
 import os
 import queue
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -94,8 +95,10 @@ class SubmissionWriter:
                     return fd
             except BlockingIOError:
                 os.close(fd)
-                raise OutputInUse(f"another carmask run is writing {self.path} (it holds {self.partial}); "
-                                  f"wait for it to finish, or stop it") from None
+                raise OutputInUse(
+                    f"another carmask run is writing {self.path} (it holds {self.partial}); "
+                    f"wait for it to finish, or stop it"
+                ) from None
             except FileNotFoundError:
                 pass
             except BaseException:
@@ -109,13 +112,14 @@ class SubmissionWriter:
         recorded = self._recorded() if rows and not overwrite else None
         if rows and not overwrite:
             if recorded is None:
-                raise OtherRun(f"{self.partial} does not say which run wrote it; pass --overwrite to "
-                               f"start afresh")
+                raise OtherRun(f"{self.partial} does not say which run wrote it; pass --overwrite to start afresh")
             changes = differences(recorded, self.run)
             if changes:
-                raise OtherRun(f"{self.partial} is an unfinished run of something else: "
-                               f"{'; '.join(changes)}. Run that command again to finish it, "
-                               f"or pass --overwrite to start afresh")
+                raise OtherRun(
+                    f"{self.partial} is an unfinished run of something else: "
+                    f"{'; '.join(changes)}. Run that command again to finish it, "
+                    f"or pass --overwrite to start afresh"
+                )
         # A run begun with --overwrite was told it may replace the output: its
         # continuation, without --overwrite (which would start afresh), may too.
         replaces = overwrite or bool(recorded and recorded.get("replaces"))
@@ -196,8 +200,9 @@ class SubmissionWriter:
         """The writer thread's error, naming the file it could not write."""
         error = self._error
         if isinstance(error, OSError):
-            raise OSError(error.errno, error.strerror or str(error),
-                          str(self.partial) if self.partial else None) from error
+            raise OSError(
+                error.errno, error.strerror or str(error), str(self.partial) if self.partial else None
+            ) from error
         if error is not None:
             raise error
 
@@ -272,6 +277,7 @@ def _model_record(model) -> dict:
     for no model or a tier, the shipped models it picks for sets and for
     single photos, named."""
     from carmask import models
+
     if model is not None and str(model) not in models.TIERS:
         names, label = [model], str(model)
     else:
@@ -293,22 +299,26 @@ def differences(before: dict, now: dict) -> list[str]:
     """What differs between two run records, in words."""
     changes = []
     old, new = before.get("photos") or {}, now.get("photos") or {}
-    for paths, what in (([p for p in new if p not in old], "added"),
-                        ([p for p in old if p not in new], "removed"),
-                        ([p for p in new if p in old and old[p] != new[p]], "changed")):
+    for paths, what in (
+        ([p for p in new if p not in old], "added"),
+        ([p for p in old if p not in new], "removed"),
+        ([p for p in new if p in old and old[p] != new[p]], "changed"),
+    ):
         if paths:
-            shown = ", ".join(Path(p).name for p in paths[:3]) + (f", ... {len(paths) - 3} more"
-                                                                  if len(paths) > 3 else "")
+            shown = ", ".join(Path(p).name for p in paths[:3]) + (
+                f", ... {len(paths) - 3} more" if len(paths) > 3 else ""
+            )
             changes.append(f"{len(paths)} photo{'s' if len(paths) > 1 else ''} {what} ({shown})")
     old_model, new_model = before.get("model") or {}, now.get("model") or {}
     if old_model.get("sha256") != new_model.get("sha256"):
-        changes.append(f"model was {old_model.get('name')}, now {new_model.get('name')}"
-                       if old_model.get("name") != new_model.get("name")
-                       else f"model {new_model.get('name')} is not the file it was")
+        changes.append(
+            f"model was {old_model.get('name')}, now {new_model.get('name')}"
+            if old_model.get("name") != new_model.get("name")
+            else f"model {new_model.get('name')} is not the file it was"
+        )
     for key in sorted((before.keys() | now.keys()) - {"photos", "model", "replaces"}):
         if before.get(key) != now.get(key):
-            changes.append(f"{key.replace('_', ' ')} was {_word(key, before.get(key))}, "
-                           f"now {_word(key, now.get(key))}")
+            changes.append(f"{key.replace('_', ' ')} was {_word(key, before.get(key))}, now {_word(key, now.get(key))}")
     return changes
 
 

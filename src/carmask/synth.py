@@ -6,6 +6,7 @@ one static studio background.  Only the car changes between views, so the
 per-pixel median of a car's photos recovers the studio wherever the car is
 absent in most views -- the property the real pipeline relies on.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,8 +28,14 @@ NOISE_SIGMA = 2.0  # sensor noise, grey levels
 
 # (RGB, weight): many white/silver cars so the car often resembles the light studio
 PALETTE = [
-    ((236, 236, 238), 3), ((196, 198, 202), 3), ((120, 122, 126), 2), ((28, 28, 32), 2),
-    ((165, 25, 30), 1), ((30, 60, 140), 1), ((40, 80, 55), 1), ((205, 170, 120), 1),
+    ((236, 236, 238), 3),
+    ((196, 198, 202), 3),
+    ((120, 122, 126), 2),
+    ((28, 28, 32), 2),
+    ((165, 25, 30), 1),
+    ((30, 60, 140), 1),
+    ((40, 80, 55), 1),
+    ((205, 170, 120), 1),
 ]
 
 
@@ -37,15 +44,15 @@ class CarSpec:
     """Shape and colour of one synthetic car; lengths relative to the body length."""
 
     colour: tuple[int, int, int]
-    length: float        # body length as a fraction of the frame scale min(W, 1.5 H)
-    width: float         # body width / length
-    height: float        # body (below the cabin) height / length
+    length: float  # body length as a fraction of the frame scale min(W, 1.5 H)
+    width: float  # body width / length
+    height: float  # body (below the cabin) height / length
     cabin_length: float  # cabin base length / length
     cabin_height: float  # cabin height / length
-    cabin_shift: float   # cabin centre along the car / length (negative = towards rear)
+    cabin_shift: float  # cabin centre along the car / length (negative = towards rear)
     wheel_radius: float  # / length
     offset: tuple[float, float]  # car centre offset (dx, dy) as fractions of the frame
-    heading: float       # radians added to the turntable angle
+    heading: float  # radians added to the turntable angle
 
 
 def random_car(rng: np.random.Generator) -> CarSpec:
@@ -56,9 +63,15 @@ def random_car(rng: np.random.Generator) -> CarSpec:
     colour = tuple(int(c) for c in np.clip(base + rng.normal(0, 8) + rng.normal(0, 2, 3), 0, 255))
     u = rng.uniform
     return CarSpec(
-        colour=colour, length=u(0.74, 0.84), width=u(0.45, 0.50), height=u(0.17, 0.22),
-        cabin_length=u(0.45, 0.58), cabin_height=u(0.14, 0.18), cabin_shift=u(-0.12, 0.0),
-        wheel_radius=u(0.085, 0.10), offset=(u(-0.03, 0.03), u(-0.03, 0.03)),
+        colour=colour,
+        length=u(0.74, 0.84),
+        width=u(0.45, 0.50),
+        height=u(0.17, 0.22),
+        cabin_length=u(0.45, 0.58),
+        cabin_height=u(0.14, 0.18),
+        cabin_shift=u(-0.12, 0.0),
+        wheel_radius=u(0.085, 0.10),
+        offset=(u(-0.03, 0.03), u(-0.03, 0.03)),
         heading=u(-0.08, 0.08),
     )
 
@@ -73,7 +86,7 @@ def studio_background(width: int, height: int, seed: int = 0) -> np.ndarray:
     floor = 188 + 30 * (y - horizon) / (1 - horizon) - 12 * (x - 0.5) ** 2
     grey = np.where(y < horizon, wall, floor)
     # Soft edge plus a slightly darker seam: the faint horizon line of a studio cove.
-    seam = np.exp(-(((y - horizon) * height) / max(1.0, 0.004 * height)) ** 2)
+    seam = np.exp(-((((y - horizon) * height) / max(1.0, 0.004 * height)) ** 2))
     grey = grey - 10 * seam + 3 * _smooth_noise(rng, width, height, 10) + rng.normal(0, 1.0, grey.shape)
     tint = np.array([1.0, 1.0, 1.0]) + rng.uniform(-0.015, 0.015, 3)  # slight colour cast
     return np.clip(grey[..., None] * tint, 0, 255).round().astype(np.uint8)
@@ -122,14 +135,14 @@ def _polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return mask
     x0, y0 = np.clip(np.floor(points.min(0)).astype(int), 0, None)
     x1, y1 = np.ceil(points.max(0)).astype(int) + 1
-    yy, xx = np.mgrid[y0:min(y1, shape[0]), x0:min(x1, shape[1])] + 0.5
+    yy, xx = np.mgrid[y0 : min(y1, shape[0]), x0 : min(x1, shape[1])] + 0.5
     inside = np.all(eq[:, :1, None] * xx + eq[:, 1:2, None] * yy + eq[:, 2:, None] <= 0, axis=0)
-    mask[y0:y0 + inside.shape[0], x0:x0 + inside.shape[1]] = inside
+    mask[y0 : y0 + inside.shape[0], x0 : x0 + inside.shape[1]] = inside
     return mask
 
 
 def _ellipse_mask(centre, axes, shape) -> np.ndarray:
-    yy, xx = np.ogrid[0:shape[0], 0:shape[1]]
+    yy, xx = np.ogrid[0 : shape[0], 0 : shape[1]]
     return ((xx + 0.5 - centre[0]) / axes[0]) ** 2 + ((yy + 0.5 - centre[1]) / axes[1]) ** 2 <= 1
 
 
@@ -152,6 +165,7 @@ def _shade(n: np.ndarray) -> float:
 
 # --- rendering ------------------------------------------------------------------
 
+
 def _car_parts(car: CarSpec, scale: float):
     """Body and cabin corners and wheel centres (car coordinates, pixels)."""
     L = car.length * scale
@@ -161,8 +175,7 @@ def _car_parts(car: CarSpec, scale: float):
     body = _frustum((L / 2, W / 2), (L / 2, W / 2), clearance, top)
     cl, cs = car.cabin_length * L / 2, car.cabin_shift * L
     # Roof shorter than the cabin base and shifted back: raked windscreen.
-    cabin = _frustum((cl, 0.46 * W), (0.6 * cl, 0.38 * W), top, top + car.cabin_height * L,
-                     cs, cs - 0.15 * cl)
+    cabin = _frustum((cl, 0.46 * W), (0.6 * cl, 0.38 * W), top, top + car.cabin_height * L, cs, cs - 0.15 * cl)
     wb, tread = 0.34 * L, W / 2 - 0.15 * r
     wheels = np.array([(su * wb, sv * tread, r) for su, sv in _SIGNS], float)
     return body, cabin, wheels, r
@@ -188,8 +201,9 @@ def _paint(photo, mask, region, colour):
     mask |= region
 
 
-def render_view(background: np.ndarray, car: CarSpec, view: int, views: int = 16,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_view(
+    background: np.ndarray, car: CarSpec, view: int, views: int = 16, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Photo (uint8 HxWx3) and exact 0/1 car mask for turntable view 1..views."""
     rng = np.random.default_rng(view) if rng is None else rng
     photo, mask = _render(background, car, view, views)
@@ -197,9 +211,15 @@ def render_view(background: np.ndarray, car: CarSpec, view: int, views: int = 16
     return np.clip(photo, 0, 255).round().astype(np.uint8), mask.astype(np.uint8)
 
 
-def render_soft_view(background: np.ndarray, car: CarSpec, view: int, views: int = 16,
-                     rng: np.random.Generator | None = None, supersample: int = 4,
-                     blur: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+def render_soft_view(
+    background: np.ndarray,
+    car: CarSpec,
+    view: int,
+    views: int = 16,
+    rng: np.random.Generator | None = None,
+    supersample: int = 4,
+    blur: float = 0.6,
+) -> tuple[np.ndarray, np.ndarray]:
     """Photo (uint8 HxWx3) with soft edges of known alpha (float32 HxW, 0..1).
 
     The view is rendered `supersample` times larger and averaged down, so each
@@ -225,8 +245,10 @@ def render_soft_view(background: np.ndarray, car: CarSpec, view: int, views: int
     studio = np.where(np.isnan(studio), background, studio)
     if blur:
         alpha = ndimage.gaussian_filter(alpha, blur)
-        car_colour = np.stack([ndimage.gaussian_filter(car_colour[..., c] * alpha, blur)
-                               for c in range(3)], -1) / np.maximum(alpha, 1e-6)[..., None]
+        car_colour = (
+            np.stack([ndimage.gaussian_filter(car_colour[..., c] * alpha, blur) for c in range(3)], -1)
+            / np.maximum(alpha, 1e-6)[..., None]
+        )
     out = alpha[..., None] * car_colour + (1 - alpha[..., None]) * studio
     out += rng.normal(0, NOISE_SIGMA, out.shape)
     return np.clip(out, 0, 255).round().astype(np.uint8), alpha
@@ -282,7 +304,7 @@ def _draw_body(photo, mask, body, screen, angle, car, scale):
     ys = screen(body)[:, 1]
     t = (yy - ys.min()) / max(1.0, ys.max() - ys.min())
     # Darker towards the sills, plus a bright shoulder-line reflection.
-    gradient = 1.08 - 0.22 * t + 0.25 * np.exp(-((t - 0.3) / 0.06) ** 2)
+    gradient = 1.08 - 0.22 * t + 0.25 * np.exp(-(((t - 0.3) / 0.06) ** 2))
     for face, n in _visible_faces(body, angle):
         region = _polygon_mask(screen(body[face]), mask.shape) & outline
         lit = np.clip(colour * _shade(n) * gradient, 0, 255)
@@ -312,6 +334,7 @@ def _draw_wheel(photo, mask, centre, screen, angle, r, rim):
 
 # --- dataset --------------------------------------------------------------------
 
+
 def _save_mask_gif(mask: np.ndarray, path: Path) -> None:
     """Palette GIF whose indices are the 0/1 mask values, like Kaggle's train_masks."""
     img = Image.fromarray(mask.astype(np.uint8))  # mode L
@@ -319,8 +342,14 @@ def _save_mask_gif(mask: np.ndarray, path: Path) -> None:
     img.save(path, optimize=False)
 
 
-def make_dataset(root: str | Path, cars: int = 4, views: int = 16, size: tuple[int, int] = (192, 128),
-                 seed: int = 0, test_cars: int = 0) -> Path:
+def make_dataset(
+    root: str | Path,
+    cars: int = 4,
+    views: int = 16,
+    size: tuple[int, int] = (192, 128),
+    seed: int = 0,
+    test_cars: int = 0,
+) -> Path:
     """Write train/, train_masks/ and test/ in the Kaggle Carvana layout; return root."""
     root = Path(root)
     for sub in ("train", "train_masks") + (("test",) if test_cars else ()):

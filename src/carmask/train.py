@@ -7,6 +7,7 @@ and draws curve.png at the end. Under `torchrun` the same loop runs in every
 process, each on its share of every batch; rank 0 alone writes files. The
 recipes of the shipped models are in `carmask.recipes`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,10 +15,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,19 +40,20 @@ from carmask.train_config import TrainConfig
 @dataclass
 class Run:
     """What one training run holds between its epochs."""
+
     config: TrainConfig
     run_dir: Path
     device: torch.device
     cache: InputCache
     train_rows: np.ndarray
     val_rows: np.ndarray
-    net: models.Segmenter      # the plain model: evaluated and saved
-    model: nn.Module           # what trains: `net`, or DDP around it under torchrun
+    net: models.Segmenter  # the plain model: evaluated and saved
+    model: nn.Module  # what trains: `net`, or DDP around it under torchrun
     optimizer: torch.optim.Optimizer
-    meta: dict                 # model card facts, saved in every checkpoint
-    epoch: int = 0             # epochs done
+    meta: dict  # model card facts, saved in every checkpoint
+    epoch: int = 0  # epochs done
     best_dice: float = -1.0
-    elapsed: float = 0.0       # seconds spent training (the time budget's clock)
+    elapsed: float = 0.0  # seconds spent training (the time budget's clock)
     # Shuffling and augmentation draws: seeded alike in every process.
     generator: torch.Generator = field(default_factory=torch.Generator)
 
@@ -60,9 +62,17 @@ class Run:
         return self.run_dir / "metrics.csv"
 
 
-def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: bool = False,
-          cache_dir=None, progress: bool = True, workers: int | None = None,
-          skipped: Callable[[ImageError], None] | None = None) -> Path:
+def train(
+    data_dir,
+    run_dir,
+    config: TrainConfig,
+    device: str = "auto",
+    resume: bool = False,
+    cache_dir=None,
+    progress: bool = True,
+    workers: int | None = None,
+    skipped: Callable[[ImageError], None] | None = None,
+) -> Path:
     """Train a model and return the path of its best checkpoint (`best.pt`).
 
     With `config.max_minutes` the run is budgeted in time: the schedule follows
@@ -83,17 +93,29 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
         criterion = partial(loss_fn, dice_weight=config.dice_weight, edge_weight=config.edge_weight)
         for epoch in range(run.epoch, config.epochs):
             train_loss, out_of_time, seconds = train_one_epoch(
-                run.model, criterion, run.optimizer, run.cache, run.train_rows, device, run.generator,
-                epoch=epoch, epochs=config.epochs, batch_size=config.batch_size,
+                run.model,
+                criterion,
+                run.optimizer,
+                run.cache,
+                run.train_rows,
+                device,
+                run.generator,
+                epoch=epoch,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
                 lr_at=partial(learning_rate, config.lr, config.schedule),
-                augment_spec=config.spec if config.augment else None, mixed_precision=config.mixed_precision,
-                budget=60 * config.max_minutes if config.max_minutes else None, elapsed=run.elapsed,
-                progress=progress)
+                augment_spec=config.spec if config.augment else None,
+                mixed_precision=config.mixed_precision,
+                budget=60 * config.max_minutes if config.max_minutes else None,
+                elapsed=run.elapsed,
+                progress=progress,
+            )
             run.elapsed += seconds
             if train_loss is None:  # the budget ran out before this epoch's first step: no epoch to log
                 break
-            val_loss, val_dice = evaluate(run.net, criterion, run.cache, run.val_rows, device,
-                                          mixed_precision=config.mixed_precision)
+            val_loss, val_dice = evaluate(
+                run.net, criterion, run.cache, run.val_rows, device, mixed_precision=config.mixed_precision
+            )
             save_epoch(run, train_loss, val_loss, val_dice, progress)
             if out_of_time:
                 break
@@ -103,8 +125,16 @@ def train(data_dir, run_dir, config: TrainConfig, device: str = "auto", resume: 
     return run_dir / "best.pt"
 
 
-def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, resume: bool = False,
-          cache_dir=None, workers: int | None = None, progress: bool = True) -> Run:
+def setup(
+    data_dir,
+    run_dir: Path,
+    config: TrainConfig,
+    device: torch.device,
+    resume: bool = False,
+    cache_dir=None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Run:
     """Split by car (split.json), build or open the input cache, and make the
     model and its optimizer, continued from `last.pt` when resuming."""
     main, world = distributed.is_main(), distributed.world_size()
@@ -119,9 +149,16 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
         split = json.dumps({"train": train_cars, "val": val_cars}, indent=1)
         atomic_write(run_dir / "split.json", lambda tmp: tmp.write_text(split))
     # Rank 0 builds the cache; the others then find it on disk and open it.
-    cache = distributed.main_first(lambda: build_cache(
-        {c: cars[c] for c in train_cars + val_cars}, config.spec,
-        Path(cache_dir or run_dir / "cache"), workers=workers, progress=progress, device=device))
+    cache = distributed.main_first(
+        lambda: build_cache(
+            {c: cars[c] for c in train_cars + val_cars},
+            config.spec,
+            Path(cache_dir or run_dir / "cache"),
+            workers=workers,
+            progress=progress,
+            device=device,
+        )
+    )
     in_val = np.isin(cache.cars, val_cars)
     train_rows, val_rows = np.flatnonzero(~in_val), np.flatnonzero(in_val)
     if len(train_rows) == 0:
@@ -134,13 +171,20 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
         net = net.to(memory_format=torch.channels_last)
         cache.keep_on(device)  # the whole cache in GPU memory where it fits
     model = distributed.wrap(net, device)  # DDP under torchrun: gradients averaged over processes
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=device.type == "cuda")  # one kernel per step on a GPU
-    meta = {"arch": config.arch, "train_cars": len(train_cars), "val_cars": len(val_cars),
-            "train_images": int(len(train_rows)), "val_images": int(len(val_rows)),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "processes": world, "config": {k: v for k, v in asdict(config).items() if k != "spec"},
-            "skipped": len(cache.skipped)}
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda"
+    )  # one kernel per step on a GPU
+    meta = {
+        "arch": config.arch,
+        "train_cars": len(train_cars),
+        "val_cars": len(val_cars),
+        "train_images": int(len(train_rows)),
+        "val_images": int(len(val_rows)),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processes": world,
+        "config": {k: v for k, v in asdict(config).items() if k != "spec"},
+        "skipped": len(cache.skipped),
+    }
     run = Run(config, run_dir, device, cache, train_rows, val_rows, net, model, optimizer, meta)
     if resume and (run_dir / "last.pt").exists():
         _resume(run, run_dir / "last.pt")
@@ -149,19 +193,33 @@ def setup(data_dir, run_dir: Path, config: TrainConfig, device: torch.device, re
         run.log.write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n")
     elif main:  # a run stopped between an epoch's row and its last.pt: that epoch is trained again
         lines = run.log.read_text().splitlines(keepends=True) if run.log.exists() else []
-        kept = lines[:1] + [line for line in lines[1:] if line.split(",", 1)[0].isdigit()
-                            and int(line.split(",", 1)[0]) <= run.epoch]
+        kept = lines[:1] + [
+            line for line in lines[1:] if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= run.epoch
+        ]
         if kept != lines:
             atomic_write(run.log, lambda tmp: tmp.write_text("".join(kept)))
     return run
 
 
-def train_one_epoch(model: nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer,
-                    cache: InputCache, rows: np.ndarray, device: torch.device, generator: torch.Generator,
-                    *, epoch: int, epochs: int, batch_size: int, lr_at: Callable[[float], float],
-                    augment_spec: InputSpec | None = None, mixed_precision: bool = True,
-                    budget: float | None = None, elapsed: float = 0.0,
-                    progress: bool = False) -> tuple[float | None, bool, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion: Callable,
+    optimizer: torch.optim.Optimizer,
+    cache: InputCache,
+    rows: np.ndarray,
+    device: torch.device,
+    generator: torch.Generator,
+    *,
+    epoch: int,
+    epochs: int,
+    batch_size: int,
+    lr_at: Callable[[float], float],
+    augment_spec: InputSpec | None = None,
+    mixed_precision: bool = True,
+    budget: float | None = None,
+    elapsed: float = 0.0,
+    progress: bool = False,
+) -> tuple[float | None, bool, float]:
     """One pass over the training `rows` of `cache` in a fresh order drawn
     from `generator`, or less when the time budget runs out: `budget` seconds
     of training of which `elapsed` are spent (else the schedule follows epoch
@@ -176,11 +234,11 @@ def train_one_epoch(model: nn.Module, criterion: Callable, optimizer: torch.opti
     # The loss sum stays on the device: reading it each step would make the CPU wait for the GPU.
     total, seen, out_of_time = torch.zeros((), dtype=torch.float64, device=device), 0, False
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-               disable=None if progress else True)  # None: on a terminal only
+    bar = tqdm(
+        range(steps), desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=None if progress else True
+    )  # None: on a terminal only
     for step in bar:
-        done = (elapsed + time.perf_counter() - t0) / budget if budget else \
-            (epoch * steps + step) / (epochs * steps)
+        done = (elapsed + time.perf_counter() - t0) / budget if budget else (epoch * steps + step) / (epochs * steps)
         if budget:  # each process's clock reads differently: all follow rank 0, and stop together
             done = distributed.from_main(done, device)
         if done >= 1:
@@ -189,7 +247,7 @@ def train_one_epoch(model: nn.Module, criterion: Callable, optimizer: torch.opti
         for group in optimizer.param_groups:
             group["lr"] = lr_at(done)
         # The batch one process would take; under torchrun this process takes its share.
-        batch = np.sort(rows[order[step * batch_size:(step + 1) * batch_size]])
+        batch = np.sort(rows[order[step * batch_size : (step + 1) * batch_size]])
         x, y = cache.batch(distributed.share(batch), device)
         if augment_spec is not None:
             x, y = augment(x, y, augment_spec, generator, part=(rank, world))
@@ -210,19 +268,26 @@ def train_one_epoch(model: nn.Module, criterion: Callable, optimizer: torch.opti
 
 
 @torch.no_grad()
-def evaluate(model, criterion: Callable, cache: InputCache, rows: np.ndarray, device,
-             mixed_precision: bool = True, batch_size: int = 64) -> tuple[float, float]:
+def evaluate(
+    model,
+    criterion: Callable,
+    cache: InputCache,
+    rows: np.ndarray,
+    device,
+    mixed_precision: bool = True,
+    batch_size: int = 64,
+) -> tuple[float, float]:
     """Mean loss (`criterion(logits, targets)`) and mean per-image dice of `model` on cache rows.
 
     Under torchrun each process scores every n-th row and the sums are added
     up: every process gets the figures one process would compute on all rows.
     """
     model.eval()
-    rows = rows[distributed.rank()::distributed.world_size()]
+    rows = rows[distributed.rank() :: distributed.world_size()]
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     dice_sum = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(rows), batch_size):
-        x, y = cache.batch(rows[start:start + batch_size], device)
+        x, y = cache.batch(rows[start : start + batch_size], device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, mixed_precision):
@@ -235,8 +300,7 @@ def evaluate(model, criterion: Callable, cache: InputCache, rows: np.ndarray, de
     return loss_sum / count, dice_sum / count
 
 
-def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float,
-               progress: bool = False) -> None:
+def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float, progress: bool = False) -> None:
     """An epoch is done: a metrics.csv row, best.pt when validation dice
     improved, model.pt (this epoch) and last.pt (to resume); rank 0 writes."""
     run.epoch += 1
@@ -248,19 +312,28 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float,
         return
     lr = run.optimizer.param_groups[0]["lr"]
     with open(run.log, "a", newline="") as f:
-        csv.writer(f).writerow([run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}",
-                                f"{lr:.2e}", f"{run.elapsed:.1f}"])
+        csv.writer(f).writerow(
+            [run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}", f"{lr:.2e}", f"{run.elapsed:.1f}"]
+        )
     if progress:
         figures = f"val loss {val_loss:.4f}  val dice {val_dice:.4f}" if validated else "no validation cars"
-        tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  {figures}  ({run.elapsed:.0f}s)",
-                   file=sys.stderr)
-    meta = {**run.meta, "epochs": run.epoch, "train_seconds": round(run.elapsed, 1),
-            "val_dice": round(val_dice, 5) if validated else None}
+        tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  {figures}  ({run.elapsed:.0f}s)", file=sys.stderr)
+    meta = {
+        **run.meta,
+        "epochs": run.epoch,
+        "train_seconds": round(run.elapsed, 1),
+        "val_dice": round(val_dice, 5) if validated else None,
+    }
     if improved:
         models.save(run.net, run.run_dir / "best.pt", meta)
     models.save(run.net, run.run_dir / "model.pt", meta)
-    state = {"model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
-             "epoch": run.epoch, "best_dice": run.best_dice, "elapsed": run.elapsed}
+    state = {
+        "model": run.net.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "epoch": run.epoch,
+        "best_dice": run.best_dice,
+        "elapsed": run.elapsed,
+    }
     atomic_write(run.run_dir / "last.pt", lambda tmp: torch.save(state, tmp))
 
 
@@ -271,12 +344,15 @@ def _resume(run: Run, last: Path) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
         run.epoch, run.best_dice, run.elapsed = state["epoch"], state["best_dice"], state["elapsed"]
     except Exception as exc:  # another run's file, a truncated one, another recipe's shapes
-        raise ValueError(f"{last}: cannot resume from it ({str(exc).splitlines()[0]}); "
-                         f"train into a new folder, or delete it to start afresh") from None
+        raise ValueError(
+            f"{last}: cannot resume from it ({str(exc).splitlines()[0]}); "
+            f"train into a new folder, or delete it to start afresh"
+        ) from None
 
 
-def held_out(cars: list[str], val_cars: list[str] | None, val_fraction: float,
-             seed: int) -> tuple[list[str], list[str]]:
+def held_out(
+    cars: list[str], val_cars: list[str] | None, val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
     """(training cars, validation cars): `val_cars` where given, else a split by car."""
     if val_cars is None:
         return split_by_car(cars, val_fraction, seed)
@@ -284,8 +360,9 @@ def held_out(cars: list[str], val_cars: list[str] | None, val_fraction: float,
     return sorted(set(cars) - val), sorted(set(cars) & val)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.0,
-            edge_weight: float = 0.0) -> torch.Tensor:
+def loss_fn(
+    logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 0.0, edge_weight: float = 0.0
+) -> torch.Tensor:
     """BCE, with `edge_weight` more on pixels near the car's edge, plus
     `dice_weight` times the soft-dice loss."""
     weight = None

@@ -6,6 +6,7 @@ architecture and input have none and must be named. Every recipe, the
 seed write-up's included, is written whole in `carmask.recipes.RECIPES`,
 which imports this module and not the training loop.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ from carmask.inputs.spec import InputSpec
 @dataclass(kw_only=True)
 class TrainConfig:
     """One training run's settings (the recipes: `carmask.recipes`)."""
-    arch: str                  # a name of carmask.models' registry
+
+    arch: str  # a name of carmask.models' registry
     arch_kwargs: dict = field(default_factory=dict)
-    spec: InputSpec            # what the network sees
+    spec: InputSpec  # what the network sees
     epochs: int = 1
     batch_size: int = 16
     lr: float = 1e-3
@@ -26,8 +28,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     val_cars: list[str] | None = None  # hold out exactly these cars instead (e.g. another run's split)
     seed: int = 0
-    dice_weight: float = 0.0   # 0: plain BCE; >0 adds soft-dice loss
-    edge_weight: float = 0.0   # extra BCE weight on pixels near the car's edge
+    dice_weight: float = 0.0  # 0: plain BCE; >0 adds soft-dice loss
+    edge_weight: float = 0.0  # extra BCE weight on pixels near the car's edge
     augment: bool = False
     schedule: str = "constant"  # or "cosine" (warm-up, then cosine decay)
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on the CPU
@@ -37,27 +39,28 @@ class TrainConfig:
 @dataclass
 class RefinerConfig:
     """One refiner training run's settings (see `carmask.recipes`)."""
+
     # (coarse model: a shipped name or a checkpoint path, studio: "set", the views' median where
     # they show it, or "photo", the single-photo estimate); one refiner learns them all
     sources: tuple[tuple[str, str], ...] = (("multiview-fast", "set"), ("rgb-fast", "photo"))
-    shape: str = "points"            # "points": EdgeRefiner (MLP on band pixels' patches);
-                                     # "tiles": TileRefiner (dilated CNN on band tiles)
-    radius: int = 3                  # points: the patch and its ring, the MLP's widths
+    shape: str = "points"  # "points": EdgeRefiner (MLP on band pixels' patches);
+    # "tiles": TileRefiner (dilated CNN on band tiles)
+    radius: int = 3  # points: the patch and its ring, the MLP's widths
     ring: int = 8
     hidden: tuple[int, ...] = (64, 32)
-    channels: int = 32               # tiles: the CNN's width, its dilations, the tiles' side
+    channels: int = 32  # tiles: the CNN's width, its dilations, the tiles' side
     dilations: tuple[int, ...] = (1, 1, 2, 4, 8, 1)
     tile: int = 64
-    low: float = 0.05                # the band: low < coarse probability < 1 - low
-    perturb: int = 2                 # perturbed coarse copies per photo of the coarse model's training cars
-    batch_size: int = 8192           # band pixels per step (tiles: tiles per step)
-    buffer: int = 64                 # photos held in memory; `refresh` of them replaced each step
+    low: float = 0.05  # the band: low < coarse probability < 1 - low
+    perturb: int = 2  # perturbed coarse copies per photo of the coarse model's training cars
+    batch_size: int = 8192  # band pixels per step (tiles: tiles per step)
+    buffer: int = 64  # photos held in memory; `refresh` of them replaced each step
     refresh: int = 2
     steps_per_epoch: int = 2000
     epochs: int = 10_000
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    jitter: float = 0.15             # colour gain and offset of the patches (photo and studio alike)
+    jitter: float = 0.15  # colour gain and offset of the patches (photo and studio alike)
     schedule: str = "cosine"
     val_fraction: float = 0.15
     val_cars: list[str] | None = None

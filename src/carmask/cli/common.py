@@ -20,6 +20,7 @@ Every verb should:
   them too; a verb that says more ("run it again to continue") calls
   `interrupted(exc, advice)`.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,6 +53,7 @@ _VERBOSITY = "carmask.verbosity"
 # -- exit status and errors ------------------------------------------------------
 class InputError(click.ClickException):
     """Exit 2 with a sentence: the command cannot run on what it was given."""
+
     exit_code = 2
 
     def show(self, file=None) -> None:
@@ -109,10 +111,16 @@ def default_signals():
     """Python's own handling of Ctrl-C, SIGTERM and SIGHUP inside a verb, for a
     server that takes the signals itself (uvicorn: the first drains, a second
     quits) and re-raises them when it stops. A signal ignored stays ignored."""
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
-                signal.SIGHUP: signal.SIG_DFL}
-    previous = {signum: signal.signal(signum, handler) for signum, handler in defaults.items()
-                if signal.getsignal(signum) is not signal.SIG_IGN}
+    defaults = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+        signal.SIGHUP: signal.SIG_DFL,
+    }
+    previous = {
+        signum: signal.signal(signum, handler)
+        for signum, handler in defaults.items()
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:
@@ -152,15 +160,28 @@ def _setter(level):
     def callback(ctx, param, value):
         if value:
             ctx.meta[_VERBOSITY] = level
+
     return callback
 
 
 def verbosity_options(command):
     """-q/--quiet and -v/--verbose, for the group and for any verb."""
-    command = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_setter(VERBOSE),
-                           help="Say more: the model, the device, the sets, the speed.")(command)
-    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_setter(QUIET),
-                        help="Only errors and skipped inputs on stderr; no progress bar.")(command)
+    command = click.option(
+        "-v",
+        "--verbose",
+        is_flag=True,
+        expose_value=False,
+        callback=_setter(VERBOSE),
+        help="Say more: the model, the device, the sets, the speed.",
+    )(command)
+    return click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_setter(QUIET),
+        help="Only errors and skipped inputs on stderr; no progress bar.",
+    )(command)
 
 
 def _say(text: str) -> None:
@@ -169,6 +190,7 @@ def _say(text: str) -> None:
     2>/dev/full) loses the line, never the run; and the line never goes to
     stdout, tqdm's fallback, where a submission may be going."""
     from tqdm import tqdm
+
     if sys.stderr is None:
         return
     try:
@@ -190,8 +212,9 @@ def _undecoded_bytes_shown(text: str) -> str:
 def shown(path) -> str:
     """A path in a message, on one line: its bytes that are no UTF-8 as \\xe9,
     a line break or other control character as its escape (a\\nb.jpg)."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
-                   for ch in _undecoded_bytes_shown(str(path)))
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in _undecoded_bytes_shown(str(path))
+    )
 
 
 def fail(message: str) -> None:
@@ -220,6 +243,7 @@ def detail(message: str) -> None:
 def progress(total: int, desc: str, unit: str = "photo"):
     """A tqdm bar on stderr, shown only on a terminal and without --quiet."""
     from tqdm import tqdm
+
     shown = verbosity() >= NORMAL and getattr(sys.stderr, "isatty", lambda: False)()
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not shown, dynamic_ncols=True)
 
@@ -229,6 +253,7 @@ def find_inputs(inputs, recursive: bool = False) -> list[Path]:
     """The photos named on the command line: files, folders and globs (`-r`: in
     sub-folders too). A name that is nothing, or no photo at all, is an InputError."""
     from carmask.io import find_photos
+
     missing = [str(i) for i in inputs if not any(ch in str(i) for ch in "*?[") and not os.path.lexists(i)]
     if missing:
         raise InputError(f"no such file or folder: {', '.join(missing)}")
@@ -284,8 +309,7 @@ def refuse_replacing_inputs(targets: dict[Path, Path]) -> None:
     input, or cut-outs into the inputs' folder): `targets` maps photos to outputs."""
     for photo, target in targets.items():
         if target.exists() and photo.exists() and os.path.samefile(photo, target):
-            raise InputError(f"{target} is one of the input photos: the output would replace it; "
-                             f"choose another -o")
+            raise InputError(f"{target} is one of the input photos: the output would replace it; choose another -o")
 
 
 @contextmanager
@@ -320,19 +344,24 @@ def result(text: str) -> None:
     """A result line on stdout; a stdout that cannot take it (a full disk, a
     closed pipe, none: >&-) is a sentence, not a traceback nor silence."""
     from carmask.files import binary_stdout
+
     with writing("-"):
         binary_stdout()  # click.echo says nothing where there is no stdout
         click.echo(text)
         sys.stdout.flush()
 
 
-@click.group(cls=Carmask, epilog=EXIT_STATUS, context_settings={"help_option_names": ["-h", "--help"]},
-             help=f"""Remove the studio background from car photos.
+@click.group(
+    cls=Carmask,
+    epilog=EXIT_STATUS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help=f"""Remove the studio background from car photos.
 
     Photos named <car>_<NN>.jpg (Kaggle Carvana layout) are grouped by car:
     a set of at least {MIN_VIEWS} views that share a studio is predicted with the car's
     median background, other photos one by one (--sets).
-    """)
+    """,
+)
 @click.version_option(__version__, prog_name="carmask")
 @verbosity_options
 def main():

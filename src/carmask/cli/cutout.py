@@ -1,4 +1,5 @@
 """`carmask cutout`: transparent PNGs, masks or the car over a background."""
+
 from __future__ import annotations
 
 import errno
@@ -10,11 +11,28 @@ from pathlib import Path
 import click
 
 from carmask import __version__
-from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, main,
-                                refuse_replacing_inputs, shown, verbosity_options, writing)
+from carmask.cli.common import (
+    InputError,
+    cannot_write,
+    check_output,
+    detail,
+    find_inputs,
+    info,
+    main,
+    refuse_replacing_inputs,
+    shown,
+    verbosity_options,
+    writing,
+)
 from carmask.cli.loop import Run
-from carmask.cli.options import (check_model, check_refiner, describe_predictor, make_predictor, prediction_options,
-                                 recursive_option)
+from carmask.cli.options import (
+    check_model,
+    check_refiner,
+    describe_predictor,
+    make_predictor,
+    prediction_options,
+    recursive_option,
+)
 from carmask.cli.outcomes import Skips, some
 from carmask.inputs.spec import MIN_VIEWS
 from carmask.io import WRITTEN_SUFFIXES
@@ -40,19 +58,30 @@ HELP = f"""Cut cars out of photos: files, folders or globs (INPUTS), or - for
 
 @main.command(short_help="Cut cars out of photos: PNGs, masks or the car over a background.", help=HELP)
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True,
-              help="Output folder, an image file name for a single input, or - for standard output.")
-@click.option("--bg", "background", default="transparent", show_default=True,
-              help="transparent (RGBA PNG), mask (<name>_mask.png), a colour (green, #00b900, 0,185,0) "
-                   "or an image file.")
-@click.option("--refine/--no-refine", default=True, show_default=True,
-              help="Re-decide the edges at the photo's own resolution, from the studio behind the car.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    help="Output folder, an image file name for a single input, or - for standard output.",
+)
+@click.option(
+    "--bg",
+    "background",
+    default="transparent",
+    show_default=True,
+    help="transparent (RGBA PNG), mask (<name>_mask.png), a colour (green, #00b900, 0,185,0) or an image file.",
+)
+@click.option(
+    "--refine/--no-refine",
+    default=True,
+    show_default=True,
+    help="Re-decide the edges at the photo's own resolution, from the studio behind the car.",
+)
 @recursive_option
 @prediction_options
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (default: keep them).")
 @verbosity_options
-def cutout(inputs, output, background, refine, sets, recursive, tta, model, refiner, device, batch_size,
-           overwrite):
+def cutout(inputs, output, background, refine, sets, recursive, tta, model, refiner, device, batch_size, overwrite):
     """`carmask cutout` (its help: HELP, built from MIN_VIEWS)."""
     from carmask.cutout import parse_background
 
@@ -65,8 +94,11 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, refi
         raise click.UsageError("- (standard input) is one photo: give it alone")
     photos = [Path("-")] if stdin else _less_earlier_outputs(find_inputs(inputs, recursive), output, back)
     single_file = _check_output(output, photos, back, stdin)
-    targets = {photo: Path(output) for photo in photos} if to_stdout or single_file else \
-        output_names(photos, Path(output), back)
+    targets = (
+        {photo: Path(output) for photo in photos}
+        if to_stdout or single_file
+        else output_names(photos, Path(output), back)
+    )
     if not to_stdout:
         refuse_replacing_inputs(targets)
         _remove_stale_temporaries({target.parent for target in targets.values()})
@@ -76,11 +108,11 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, refi
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, refiner=refiner)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
     run, write = Run("cutting out"), _Writer(targets, to_stdout, overwrite)
-    results = (r for r in _cutouts(photos, todo, stdin, predictor, back, refine)
-               if r.path in todo)  # the others: views kept from an earlier run, for their set's background
+    results = (
+        r for r in _cutouts(photos, todo, stdin, predictor, back, refine) if r.path in todo
+    )  # the others: views kept from an earlier run, for their set's background
     run.over(results, len(todo), lambda cut: write(cut, run.skips))
-    info(summary(write.written, len(photos) - len(todo) + write.raced,
-                 "standard output" if to_stdout else output))
+    info(summary(write.written, len(photos) - len(todo) + write.raced, "standard output" if to_stdout else output))
     run.end()
 
 
@@ -91,24 +123,30 @@ def _check_output(output: str, photos: list[Path], back, stdin: bool) -> bool:
     _check_image_suffix(output)
     single_file = len(photos) == 1 and _names_image(output)
     if len(photos) > 1 and _names_image(output) and not Path(output).is_dir():
-        raise click.UsageError(f"-o {output} names one image, but {len(photos)} photos were given: "
-                               f"name a folder")
+        raise click.UsageError(f"-o {output} names one image, but {len(photos)} photos were given: name a folder")
     if to_stdout and len(photos) > 1:
         raise click.UsageError(f"-o - (standard output) takes one photo, not {len(photos)}")
     if stdin and not (to_stdout or single_file):
         raise click.UsageError("a photo from standard input needs -o FILE.png or -o -")
     if stdin and _is_terminal(sys.stdin):  # it would wait there for a photo, silently
-        raise click.UsageError("- reads a photo from standard input, which is a terminal: redirect a photo "
-                               "into it (< car.jpg)")
+        raise click.UsageError(
+            "- reads a photo from standard input, which is a terminal: redirect a photo into it (< car.jpg)"
+        )
     if to_stdout and _is_terminal(sys.stdout):
-        raise click.UsageError("-o - would write a PNG to the terminal: redirect standard output (> car.png), "
-                               "or name -o FILE.png")
+        raise click.UsageError(
+            "-o - would write a PNG to the terminal: redirect standard output (> car.png), or name -o FILE.png"
+        )
     if not to_stdout:
         check_output(output, folder=not single_file, overwrite=True)  # existing cut-outs are kept, not refused
-    if single_file and isinstance(back, str) and back == "transparent" \
-            and Path(output).suffix.lower() in (".jpg", ".jpeg"):
-        raise click.BadParameter(f"{output}: JPEG has no transparency; name a .png or .webp file, or pass "
-                                 f"--bg COLOUR", param_hint="-o")
+    if (
+        single_file
+        and isinstance(back, str)
+        and back == "transparent"
+        and Path(output).suffix.lower() in (".jpg", ".jpeg")
+    ):
+        raise click.BadParameter(
+            f"{output}: JPEG has no transparency; name a .png or .webp file, or pass --bg COLOUR", param_hint="-o"
+        )
     return single_file
 
 
@@ -136,10 +174,14 @@ class _Writer:
             self.raced += 1
         except OSError as exc:
             if exc.errno in PLACE_FAILED:  # every next cut-out would fail the same way
-                raise InputError(f"{cannot_write(exc, target)}; the {self.written} cut-out(s) written are kept: "
-                                 f"run the same command again to continue") from None
-            skips.add(ImageError(cut.path, f"not written ({exc.strerror or exc})", Problem.NOT_WRITTEN),
-                      said=f"{cut.path}: cannot write {target} ({exc.strerror or exc})")
+                raise InputError(
+                    f"{cannot_write(exc, target)}; the {self.written} cut-out(s) written are kept: "
+                    f"run the same command again to continue"
+                ) from None
+            skips.add(
+                ImageError(cut.path, f"not written ({exc.strerror or exc})", Problem.NOT_WRITTEN),
+                said=f"{cut.path}: cannot write {target} ({exc.strerror or exc})",
+            )
 
 
 def _is_terminal(stream) -> bool:
@@ -149,6 +191,7 @@ def _is_terminal(stream) -> bool:
 def _remove_stale_temporaries(folders) -> None:
     """Temporary files that a killed run (SIGKILL) left where this one writes."""
     from carmask.files import remove_stale_temporaries
+
     for folder in sorted(folders):
         removed = remove_stale_temporaries(folder)
         if removed:
@@ -159,6 +202,7 @@ def _cutouts(photos, todo, stdin, predictor, back, refine):
     """Every cut-out of the sets that hold a photo to do, streamed."""
     from carmask.cutout import remove_set, remove_sets
     from carmask.kaggle import group_by_car
+
     if stdin:
         return remove_set([("-", click.get_binary_stream("stdin").read())], predictor, back, refine=refine)
     sets = [s for s in group_by_car(photos) if any(p in todo for p in s.paths)]
@@ -173,10 +217,13 @@ def _names_image(output: str) -> bool:
 def _check_image_suffix(output: str) -> None:
     """-o out.gif (or .tif, .bmp) named an image that cutout does not write: it became a folder of that name."""
     from PIL import Image
+
     suffix = "" if output.endswith(("/", os.sep)) else Path(output).suffix.lower()
     if suffix in Image.registered_extensions() and suffix not in WRITTEN_SUFFIXES and not Path(output).is_dir():
-        raise click.BadParameter(f"{output}: cut-outs are written as {', '.join(WRITTEN_SUFFIXES)}; name such a "
-                                 f"file, or a folder", param_hint="-o")
+        raise click.BadParameter(
+            f"{output}: cut-outs are written as {', '.join(WRITTEN_SUFFIXES)}; name such a file, or a folder",
+            param_hint="-o",
+        )
 
 
 def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[Path]:
@@ -191,11 +238,18 @@ def _less_earlier_outputs(photos: list[Path], output: str, background) -> list[P
     own = {photo: {photo.stem + suffix, photo.name + suffix} for photo in photos}
     made = Counter(name for names in own.values() for name in names)
     here = folder.resolve()
-    earlier = {p for p in photos if made[p.name] > (p.name in own[p])  # the cheap test first
-               and _within(p.parent.resolve(), here) and _made_here(p)}
+    earlier = {
+        p
+        for p in photos
+        if made[p.name] > (p.name in own[p])  # the cheap test first
+        and _within(p.parent.resolve(), here)
+        and _made_here(p)
+    }
     if earlier:
-        info(f"left out {len(earlier)} image(s) in {output} made by an earlier run: "
-             f"{some(sorted(shown(p.name) for p in earlier))}")
+        info(
+            f"left out {len(earlier)} image(s) in {output} made by an earlier run: "
+            f"{some(sorted(shown(p.name) for p in earlier))}"
+        )
     return [p for p in photos if p not in earlier]
 
 
@@ -205,8 +259,13 @@ def _within(folder: Path, top: Path) -> bool:
 
 def _suffix(background) -> str:
     """Of an output: _mask.png for masks, .png for transparent, .jpg over a colour or an image."""
-    return "_mask.png" if isinstance(background, str) and background == "mask" else \
-        ".png" if isinstance(background, str) else ".jpg"
+    return (
+        "_mask.png"
+        if isinstance(background, str) and background == "mask"
+        else ".png"
+        if isinstance(background, str)
+        else ".jpg"
+    )
 
 
 def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Path]:
@@ -230,14 +289,16 @@ def output_names(photos: list[Path], folder: Path, background) -> dict[Path, Pat
 
 
 def summary(written: int, kept: int, where) -> str:
-    return f"wrote {written} cut-out(s) to {where}" + (f"; kept {kept} existing (--overwrite replaces them)"
-                                                       if kept else "")
+    return f"wrote {written} cut-out(s) to {where}" + (
+        f"; kept {kept} existing (--overwrite replaces them)" if kept else ""
+    )
 
 
 def _save(path: Path, image, replace: bool) -> None:
     """A cut-out, marked as carmask's; an existing file is replaced only if
     `replace` (else FileExistsError: another run wrote it meanwhile)."""
     from carmask.io import save_image
+
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(path, image, replace=replace, exif=_mark())
 
@@ -245,6 +306,7 @@ def _save(path: Path, image, replace: bool) -> None:
 def _mark():
     """EXIF Software = carmask: what tells a cut-out from a photo (PNG, JPEG, WebP alike)."""
     from PIL import Image
+
     exif = Image.Exif()
     exif[SOFTWARE_TAG] = SOFTWARE
     return exif
@@ -253,6 +315,7 @@ def _mark():
 def _made_here(path: Path) -> bool:
     """Whether carmask made the image at `path` (its mark, read from the header)."""
     from PIL import Image
+
     try:
         with Image.open(path) as image:
             return str(image.getexif().get(SOFTWARE_TAG, "")).startswith("carmask")
@@ -263,6 +326,7 @@ def _made_here(path: Path) -> bool:
 def _write_stdout(image) -> None:
     from carmask.files import binary_stdout, write_all
     from carmask.io import image_bytes
+
     data = image_bytes(image, "png", exif=_mark())
     stream = binary_stdout()
     write_all(stream, data)

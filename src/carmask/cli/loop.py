@@ -13,11 +13,12 @@ score) and the line that says so. An outcome is anything with `.path`,
 `.error` (an ImageError, or None) and `.note` (a Note, or None): a
 `Prediction` or a `Cutout`.
 """
+
 from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from carmask.cli.common import detail, fail, progress, warn
 from carmask.cli.outcomes import PredictionNotes, Skips
@@ -47,8 +48,10 @@ class Run:
                 else:
                     each(outcome)
         self.seconds = time.perf_counter() - start
-        detail(f"{total} photo{'s' * (total != 1)} in {self.seconds:.1f} s "
-               f"({total / max(self.seconds, 1e-9):.1f} photos/s)")
+        detail(
+            f"{total} photo{'s' * (total != 1)} in {self.seconds:.1f} s "
+            f"({total / max(self.seconds, 1e-9):.1f} photos/s)"
+        )
 
     def summary(self, *warnings: str | None, nothing: str | None = None) -> int:
         """The cars noted (by treatment), `warnings` of the verb's own (None:

@@ -1,4 +1,5 @@
 """`carmask models`: the shipped models, what each takes, and what it measured."""
+
 from __future__ import annotations
 
 from carmask.cli.common import InputError, main, result, verbosity_options
@@ -9,8 +10,9 @@ from carmask.io import MiB
 def describe_input(spec) -> str:
     """A model's input in a few words, e.g. `photo + median & mean diffs at 256x256, cropped, 128x128`."""
     diffs = [c.removesuffix("_diff") for c in spec.channels if c.endswith("_diff")]
-    text = " + ".join(["photo"] * ("rgb" in spec.channels) +
-                      [f"{' & '.join(diffs)} diff{'s' * (len(diffs) > 1)}"] * bool(diffs))
+    text = " + ".join(
+        ["photo"] * ("rgb" in spec.channels) + [f"{' & '.join(diffs)} diff{'s' * (len(diffs) > 1)}"] * bool(diffs)
+    )
     if spec.frame != spec.size or spec.crop:
         text += f" at {'x'.join(map(str, spec.frame))}"
     if spec.crop:
@@ -30,19 +32,21 @@ def rows() -> list[dict[str, str]]:
         figures = catalog.get(name, {})
         size = models.resolve(name).stat().st_size
 
-        def number(key, digits):
+        def number(key, digits, figures=figures):
             return f"{figures[key]:.{digits}f}" if key in figures else "-"
 
-        table.append({
-            "name": name,
-            "photos": f"sets of {MIN_VIEWS}+ views" if model.spec.needs_views else "any photo",
-            "input": describe_input(model.spec),
-            "size": f"{size / MiB:.1f} MiB",
-            "dice 512": number("dice_512", 4),
-            "dice 1918": number("dice_1918", 4),
-            "CPU s/photo": number("cpu_s_per_photo", 3),
-            "default for": defaults.get(name, "-"),
-        })
+        table.append(
+            {
+                "name": name,
+                "photos": f"sets of {MIN_VIEWS}+ views" if model.spec.needs_views else "any photo",
+                "input": describe_input(model.spec),
+                "size": f"{size / MiB:.1f} MiB",
+                "dice 512": number("dice_512", 4),
+                "dice 1918": number("dice_1918", 4),
+                "CPU s/photo": number("cpu_s_per_photo", 3),
+                "default for": defaults.get(name, "-"),
+            }
+        )
     return table
 
 
@@ -57,21 +61,23 @@ def refiner_rows() -> list[dict[str, str]]:
         refiner.load(name)  # a damaged file: a sentence, as for the models
         figures = catalog.get(name, {})
 
-        def change(key):
+        def change(key, figures=figures):
             before, after = figures.get(f"{key}_before"), figures.get(key)
             return f"{before:.4f} -> {after:.4f}" if before is not None and after is not None else "-"
 
         seconds = figures.get("cpu_s_per_photo")
-        table.append({
-            "refiner": name,
-            "tier": figures.get("tier", "-"),
-            "after": ", ".join(figures.get("after", [])) or "-",
-            "size": f"{refiner.resolve(name).stat().st_size / 2**20:.1f} MiB",
-            "dice 512, sets": change("dice_512_sets"),
-            "dice 512, single": change("dice_512_single"),
-            "CPU s/photo": f"+{seconds:.3f}" if seconds is not None else "-",
-            "default for": figures.get("default_for", "-"),
-        })
+        table.append(
+            {
+                "refiner": name,
+                "tier": figures.get("tier", "-"),
+                "after": ", ".join(figures.get("after", [])) or "-",
+                "size": f"{refiner.resolve(name).stat().st_size / 2**20:.1f} MiB",
+                "dice 512, sets": change("dice_512_sets"),
+                "dice 512, single": change("dice_512_single"),
+                "CPU s/photo": f"+{seconds:.3f}" if seconds is not None else "-",
+                "default for": figures.get("default_for", "-"),
+            }
+        )
     return table
 
 

@@ -2,9 +2,10 @@
 from the constants they describe (the set modes and studio thresholds, the
 views a set needs), so that they never go stale; `LateHelp` builds, only when
 --help is shown, a help from a table whose module loads torch (the recipes)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
@@ -35,6 +36,7 @@ def size_callback(ctx, param, value):
 
 def make_predictor(model, device, batch_size, compile=False, tta=False, **options):
     from carmask.predict import Predictor
+
     try:
         return Predictor(model, device=device, batch_size=batch_size, compile=compile, tta=tta, **options)
     except ValueError as exc:
@@ -45,6 +47,7 @@ def check_model(model):
     """Fail early, before any work, on a model that is not there or not whole
     (a sentence naming it, exit 2)."""
     from carmask import models
+
     try:
         models.check(model)
     except (FileNotFoundError, ValueError) as exc:
@@ -56,6 +59,7 @@ def check_refiner(refiner):
     if refiner is None:
         return
     from carmask.models import refiner as rf
+
     try:
         rf.load(refiner)
     except (FileNotFoundError, ValueError) as exc:
@@ -67,35 +71,54 @@ def describe_predictor(model, device, tta=False) -> str:
     return f"model {model or 'the shipped defaults'} on {device}" + (" with tta" if tta else "")
 
 
-model_option = click.option("--model", help="A tier (accurate, fast), a shipped model (multiview-fast, "
-                                            "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
-                                            "mean their best tier) or a checkpoint path. Default: the most "
-                                            f"accurate tier shipped, multi-view for sets of {MIN_VIEWS}+ views.")
-refiner_option = click.option("--refiner", metavar="NAME",
-                               help="A learned edge refiner (`carmask models` lists the shipped ones) or its "
-                                    "checkpoint: re-decides every mask's outline at 512x512 after the model. "
-                                    "Default: none, the model's own outline.")
-size_option = click.option("--output-size", callback=size_callback, metavar="WxH",
-                           help="Mask size, e.g. 1918x1280. Default: each photo's own size.")
-device_option = click.option("--device", default="auto", show_default=True,
-                             type=click.Choice(["auto", "cpu", "cuda"]),
-                             help="Where the model runs: auto (a CUDA GPU where there is one, else the CPU), "
-                                  "cpu or cuda.")
-batch_option = click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
-                            help="Photos per model batch.")
-tta_option = click.option("--tta", is_flag=True,
-                          help="Also predict each photo mirrored and average: twice the model work.")
+model_option = click.option(
+    "--model",
+    help="A tier (accurate, fast), a shipped model (multiview-fast, "
+    "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
+    "mean their best tier) or a checkpoint path. Default: the most "
+    f"accurate tier shipped, multi-view for sets of {MIN_VIEWS}+ views.",
+)
+refiner_option = click.option(
+    "--refiner",
+    metavar="NAME",
+    help="A learned edge refiner (`carmask models` lists the shipped ones) or its "
+    "checkpoint: re-decides every mask's outline at 512x512 after the model. "
+    "Default: none, the model's own outline.",
+)
+size_option = click.option(
+    "--output-size",
+    callback=size_callback,
+    metavar="WxH",
+    help="Mask size, e.g. 1918x1280. Default: each photo's own size.",
+)
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="Where the model runs: auto (a CUDA GPU where there is one, else the CPU), cpu or cuda.",
+)
+batch_option = click.option(
+    "--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Photos per model batch."
+)
+tta_option = click.option(
+    "--tta", is_flag=True, help="Also predict each photo mirrored and average: twice the model work."
+)
 recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
 AUTO, ALWAYS, NEVER = SETS
 sets_option = click.option(
-    "--sets", default=AUTO, show_default=True, type=click.Choice(SETS),
+    "--sets",
+    default=AUTO,
+    show_default=True,
+    type=click.Choice(SETS),
     help=f"How photos named <car>_<NN> are grouped. {AUTO}: a car's views are predicted as a set (with its "
-         f"median background) only when they share a studio: at least {MIN_VIEWS} readable views of one size, "
-         f"each differing from their median background over at most {STUDIO_DIFFERING:.0%} of the frame (the "
-         f"car and its shadow) and at least {STUDIO_SAME:.0%} (not copies of one photo); other views are "
-         f"predicted photo by photo, with a warning naming them. This tells studios apart, not cars: photos "
-         f"of different cars shot in one studio and named as one car's views pass it (use {NEVER}). "
-         f"{ALWAYS}: trust the names. {NEVER}: every photo alone.")
+    f"median background) only when they share a studio: at least {MIN_VIEWS} readable views of one size, "
+    f"each differing from their median background over at most {STUDIO_DIFFERING:.0%} of the frame (the "
+    f"car and its shadow) and at least {STUDIO_SAME:.0%} (not copies of one photo); other views are "
+    f"predicted photo by photo, with a warning naming them. This tells studios apart, not cars: photos "
+    f"of different cars shot in one studio and named as one car's views pass it (use {NEVER}). "
+    f"{ALWAYS}: trust the names. {NEVER}: every photo alone.",
+)
 
 
 def prediction_options(command):

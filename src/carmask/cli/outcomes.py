@@ -9,6 +9,7 @@ here, at the edge, from the values; nothing reads a sentence back.
                    views predicted photo by photo: a, b, c')
     some           'a, b, c, d, e, ... 3 more'
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,6 +56,7 @@ class PredictionNotes:
         if note is None:
             return
         from carmask.kaggle import parse_view_name
+
         path = Path(prediction.path)
         car = (path.parent, (parse_view_name(path) or (path.name,))[0])
         if (car, note) not in self._said:
@@ -65,5 +67,4 @@ class PredictionNotes:
     def summary(self) -> None:
         """'3 cars with views predicted photo by photo: a, b, c' for each treatment."""
         for treatment, cars in self.cars.items():
-            warn(f"{len(cars)} car{'s' if len(cars) > 1 else ''} with views {treatment.value}: "
-                 f"{some(cars.values())}")
+            warn(f"{len(cars)} car{'s' if len(cars) > 1 else ''} with views {treatment.value}: {some(cars.values())}")

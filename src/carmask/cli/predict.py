@@ -1,4 +1,5 @@
 """`carmask predict`: a Kaggle submission CSV for photos."""
+
 from __future__ import annotations
 
 import threading
@@ -7,11 +8,30 @@ from pathlib import Path
 
 import click
 
-from carmask.cli.common import (InputError, cannot_write, check_output, detail, find_inputs, info, interrupted,
-                                main, refuse_replacing_inputs, shown, verbosity_options, writing)
+from carmask.cli.common import (
+    InputError,
+    cannot_write,
+    check_output,
+    detail,
+    find_inputs,
+    info,
+    interrupted,
+    main,
+    refuse_replacing_inputs,
+    shown,
+    verbosity_options,
+    writing,
+)
 from carmask.cli.loop import Run
-from carmask.cli.options import (check_model, check_refiner, describe_predictor, make_predictor, prediction_options,
-                                 recursive_option, size_option)
+from carmask.cli.options import (
+    check_model,
+    check_refiner,
+    describe_predictor,
+    make_predictor,
+    prediction_options,
+    recursive_option,
+    size_option,
+)
 from carmask.cli.outcomes import some
 from carmask.files import remove_stale_temporaries
 from carmask.outcomes import ImageError, Problem
@@ -19,24 +39,61 @@ from carmask.outcomes import ImageError, Problem
 
 @main.command(short_help="Write a Kaggle submission CSV for photos.")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, metavar="FILE",
-              help="Submission CSV to write (img,rle_mask), or - for stdout (then not resumable).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help="Submission CSV to write (img,rle_mask), or - for stdout (then not resumable).",
+)
 @recursive_option
 @prediction_options
 @size_option
-@click.option("--overwrite", is_flag=True, help="Replace an existing output, and start afresh instead of "
-                                                "continuing an interrupted run.")
-@click.option("--compile", "compile_model", is_flag=True,
-              help="torch.compile the model (CUDA graphs on a GPU): slower start, faster on large runs.")
-@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
-              help="local: this process; ray: a pool of actors on a Ray cluster (carmask[ray]).")
-@click.option("--ray-address", envvar="RAY_ADDRESS", metavar="ADDRESS",
-              help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance).")
-@click.option("--actors", type=click.IntRange(min=1),
-              help="Ray actors, one model each (default: one per GPU, else one per CPU).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output, and start afresh instead of continuing an interrupted run.",
+)
+@click.option(
+    "--compile",
+    "compile_model",
+    is_flag=True,
+    help="torch.compile the model (CUDA graphs on a GPU): slower start, faster on large runs.",
+)
+@click.option(
+    "--engine",
+    default="local",
+    show_default=True,
+    type=click.Choice(["local", "ray"]),
+    help="local: this process; ray: a pool of actors on a Ray cluster (carmask[ray]).",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    metavar="ADDRESS",
+    help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance).",
+)
+@click.option(
+    "--actors", type=click.IntRange(min=1), help="Ray actors, one model each (default: one per GPU, else one per CPU)."
+)
 @verbosity_options
-def predict(inputs, output, recursive, model, refiner, output_size, tta, sets, device, batch_size, overwrite,
-            compile_model, engine, ray_address, actors):
+def predict(
+    inputs,
+    output,
+    recursive,
+    model,
+    refiner,
+    output_size,
+    tta,
+    sets,
+    device,
+    batch_size,
+    overwrite,
+    compile_model,
+    engine,
+    ray_address,
+    actors,
+):
     """Predict a mask for every photo in INPUTS (files, folders, globs) and
     write a Kaggle submission CSV.
 
@@ -68,11 +125,21 @@ def predict(inputs, output, recursive, model, refiner, output_size, tta, sets, d
     else:
         predictor = make_predictor(model, device, batch_size, compile_model, **options)
     from carmask.predict import network_batch
+
     with predictor:  # either engine: its threads, or the Ray instance it started, end with the run
         # The writer before any work: a refusal (output there, in use, another run's) comes first.
-        writer = _open_writer(output, overwrite, photos, model, output_size=output_size, tta=tta, sets=sets, refiner=refiner,
-                              device=predictor.device.type,
-                              network_batch=network_batch(predictor.device, batch_size))
+        writer = _open_writer(
+            output,
+            overwrite,
+            photos,
+            model,
+            output_size=output_size,
+            tta=tta,
+            sets=sets,
+            refiner=refiner,
+            device=predictor.device.type,
+            network_batch=network_batch(predictor.device, batch_size),
+        )
         try:
             _write_submission(predictor, writer, photos, output, output_size, model, tta, nameless)
         except KeyboardInterrupt as exc:
@@ -92,8 +159,11 @@ def _how_to_continue(writer, overwrite: bool) -> str | None:
     which would start afresh), when rows were kept for it."""
     if writer.path is None or not writer.done:
         return None
-    return (f"{_rows(len(writer.done))} kept in {writer.partial}; run the same command again"
-            + (" without --overwrite" if overwrite else "") + " to continue")
+    return (
+        f"{_rows(len(writer.done))} kept in {writer.partial}; run the same command again"
+        + (" without --overwrite" if overwrite else "")
+        + " to continue"
+    )
 
 
 def _rows(count: int) -> str:
@@ -103,6 +173,7 @@ def _rows(count: int) -> str:
 def _open_writer(output, overwrite, photos, model, **options):
     """The submission's writer; `options`: what changes rows, recorded for a resume."""
     from carmask.submission import OtherRun, OutputInUse, SubmissionWriter, run_record
+
     run = run_record(photos, model, **options)
     with writing(output):
         try:
@@ -137,15 +208,17 @@ def _refuse_shared_names(photos: list[Path]) -> None:
     counts = Counter(p.name for p in photos)
     for name, count in counts.items():
         if count > 1:
-            raise InputError(f"{count} photos named {name}: {some(str(p) for p in photos if p.name == name)} "
-                             f"(a submission row is named by the file name alone)")
+            raise InputError(
+                f"{count} photos named {name}: {some(str(p) for p in photos if p.name == name)} "
+                f"(a submission row is named by the file name alone)"
+            )
 
 
 def _ray_predictor(model, device, batch_size, actors, address, **options):
     try:
         from carmask.ray_engine import RayPredictor
-        return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address,
-                            **options)
+
+        return RayPredictor(model, device=device, batch_size=batch_size, actors=actors, address=address, **options)
     except (ImportError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -157,24 +230,30 @@ def _write_submission(predictor, writer, photos, output, output_size, model, tta
 
     run = Run("predicting")
     for photo, why in nameless.items():
-        run.skips.add(ImageError(shown(photo), f"{why.value}, which a submission row cannot hold (rename the photo)",
-                                 why))
+        run.skips.add(
+            ImageError(shown(photo), f"{why.value}, which a submission row cannot hold (rename the photo)", why)
+        )
     sets = [s for s in group_by_car(photos) if not all(p.name in writer.done for p in s.paths)]
     todo = sum(len(s.paths) for s in sets)
-    detail(f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
-           f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict")
+    detail(
+        f"{describe_predictor(model, predictor.device, tta)}; {todo} photo{'s' * (todo != 1)} "
+        f"in {len(sets)} set{'s' * (len(sets) != 1)} to predict"
+    )
     turned = _TurnedPhotos(photos)  # beside the prediction, in a thread of its own
 
     def write(prediction) -> None:
         if prediction.path.name not in writer.done:
             writer.write(prediction.path.name, prediction.runs)
+
     run.over(predictor.predict_sets(sets, output_size=output_size, encode=True), todo, write)
     writer.flush()
     if writer.done:
         writer.finish()
         kept = f", {writer.kept} kept from the interrupted run" if writer.kept else ""
-        info(f"wrote {'stdout' if output == '-' else output}: {_rows(len(writer.done))} "
-             f"({writer.written} predicted now{kept})")
+        info(
+            f"wrote {'stdout' if output == '-' else output}: {_rows(len(writer.done))} "
+            f"({writer.written} predicted now{kept})"
+        )
     else:
         writer.discard()
     run.end(turned.report(), nothing=None if writer.done else "no photo could be predicted: nothing written")
@@ -194,6 +273,7 @@ class _TurnedPhotos(threading.Thread):
         from PIL import Image
 
         from carmask.io import orientation
+
         for path in self.photos:
             if not path.is_file():  # opening a pipe would wait forever; its prediction names it
                 continue
@@ -211,6 +291,8 @@ class _TurnedPhotos(threading.Thread):
         if not self.turned:
             return None
         named = some(f"{name}: {orientation}" for name, orientation in self.turned.items())
-        return (f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
-                f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
-                f"the photos")
+        return (
+            f"{len(self.turned)} photo(s) with an EXIF orientation that turns them ({named}): predicted "
+            f"upright, their masks are on the stored pixel grid, as Kaggle's, not turned as viewers show "
+            f"the photos"
+        )

@@ -11,11 +11,13 @@ the car. For all the cars of a batch at once:
    channels); they give the crop box (`crop_boxes`) and tell whether a set
    shares one studio (the share of the frame that differs).
 """
+
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,10 +27,10 @@ from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
 
 class Backgrounds(NamedTuple):
     median: torch.Tensor  # uint8 K x 3 x H x W, one per car
-    mean: torch.Tensor    # uint8 K x 3 x H x W
+    mean: torch.Tensor  # uint8 K x 3 x H x W
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _median_network(n: int) -> tuple[tuple[int, int], ...]:
     """Compare-exchange pairs that put the two middle values of n in place:
     Batcher's merge-exchange sorting network (Knuth 5.2.2 M), less the pairs
@@ -71,14 +73,13 @@ def backgrounds(frames: torch.Tensor, counts: Sequence[int]) -> Backgrounds:
     the cars one after another, `counts[k]` views of car k. Cars with the same
     count are computed together."""
     if min(counts, default=MIN_VIEWS) < MIN_VIEWS:
-        raise NotEnoughViews(
-            f"a background needs at least {MIN_VIEWS} views of the same car, got {min(counts)}")
+        raise NotEnoughViews(f"a background needs at least {MIN_VIEWS} views of the same car, got {min(counts)}")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
     medians = frames.new_empty((len(counts), *frames.shape[1:]))
     means = frames.new_empty((len(counts), *frames.shape[1:]))
     for count in sorted(set(counts)):
         cars = [k for k, c in enumerate(counts) if c == count]
-        views = torch.stack([frames[starts[k]:starts[k] + count] for k in cars])  # cars x count x 3 x h x w
+        views = torch.stack([frames[starts[k] : starts[k] + count] for k in cars])  # cars x count x 3 x h x w
         medians[cars] = median(list(views.unbind(1)))
         means[cars] = _mean(views)
     return Backgrounds(medians, means)
@@ -106,7 +107,14 @@ def crop_boxes(differ: torch.Tensor, margin: float) -> torch.Tensor:
     left = cols.to(torch.uint8).argmax(dim=1)
     right = width - cols.flip(1).to(torch.uint8).argmax(dim=1)
     dx, dy = round(margin * width), round(margin * height)
-    boxes = torch.stack([(left - dx).clamp(min=0), (top - dy).clamp(min=0),
-                         (right + dx).clamp(max=width), (bottom + dy).clamp(max=height)], dim=1)
+    boxes = torch.stack(
+        [
+            (left - dx).clamp(min=0),
+            (top - dy).clamp(min=0),
+            (right + dx).clamp(max=width),
+            (bottom + dy).clamp(max=height),
+        ],
+        dim=1,
+    )
     whole = torch.tensor([0, 0, width, height], device=differ.device)
     return torch.where(rows.any(dim=1, keepdim=True), boxes, whole)

@@ -10,10 +10,11 @@ From full-resolution photos (3 x H x W uint8, see `decode`), for the cars of a b
 3. `crop_resize`: each photo's channels cropped to its box and resized
    (antialiased bilinear) to the network's size.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -25,8 +26,9 @@ from carmask.inputs.spec import MIN_VIEWS, Box, InputSpec, NotEnoughViews
 @dataclass
 class Inputs:
     """What the network gets for a batch of photos, and what was learned on the way."""
-    x: torch.Tensor               # N x C x H x W uint8 at `spec.size`
-    boxes: list[Box]              # the crop box of each photo, in frame pixels
+
+    x: torch.Tensor  # N x C x H x W uint8 at `spec.size`
+    boxes: list[Box]  # the crop box of each photo, in frame pixels
     differing: list[float] | None  # per photo: share of the frame that differs from its car's median
 
 
@@ -36,14 +38,18 @@ def model_inputs(frames: torch.Tensor, counts: Sequence[int], spec: InputSpec) -
     builds inputs, for training and prediction alike. A model that compares
     photos with their car's views needs every count >= MIN_VIEWS."""
     if spec.needs_views and min(counts, default=MIN_VIEWS) < MIN_VIEWS:
-        raise NotEnoughViews(f"this model compares each photo with its car's other views: "
-                             f"it needs a set of at least {MIN_VIEWS} views")
+        raise NotEnoughViews(
+            f"this model compares each photo with its car's other views: it needs a set of at least {MIN_VIEWS} views"
+        )
     height, width = frames.shape[-2:]
     planes = {"rgb": frames}
     share, boxes = None, torch.tensor([[0, 0, width, height]] * len(frames))
     if spec.needs_views:
-        car = torch.repeat_interleave(torch.arange(len(counts), device=frames.device),
-                                      torch.tensor(counts, device=frames.device), output_size=len(frames))
+        car = torch.repeat_interleave(
+            torch.arange(len(counts), device=frames.device),
+            torch.tensor(counts, device=frames.device),
+            output_size=len(frames),
+        )
         background = backgrounds(frames, counts)
         planes["median_diff"] = absdiff(frames, background.median[car])
         planes["mean_diff"] = absdiff(frames, background.mean[car])
@@ -63,5 +69,4 @@ def car_inputs(photos: Sequence[torch.Tensor], spec: InputSpec) -> Inputs:
     """The inputs for the full-resolution photos of one car (all of them one
     set), or of one photo: what the training cache stores and what
     `Predictor.model_inputs` shows."""
-    return model_inputs(frames(photos, spec.frame), [len(photos)] if spec.needs_views else [1] * len(photos),
-                        spec)
+    return model_inputs(frames(photos, spec.frame), [len(photos)] if spec.needs_views else [1] * len(photos), spec)

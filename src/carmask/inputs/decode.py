@@ -15,6 +15,7 @@ grey or CMYK, truncated, not JPEG) and any batch that nvjpeg refuses are
 decoded by Pillow instead. CPU-decoded photos reach a GPU through pinned
 memory, copied without blocking.
 """
+
 from __future__ import annotations
 
 import io as _io
@@ -22,11 +23,11 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from carmask.io import MAX_PIXELS, ImageError, orientation, read_photo, read_tur
 class Source:
     """One photo to decode: `data` is a path, bytes, a numpy array or a PIL
     image; `name` labels it in predictions and error messages."""
+
     name: Path
     data: object
 
@@ -47,6 +49,7 @@ class Source:
 @dataclass
 class _Encoded:
     """A JPEG file's bytes, left for nvjpeg."""
+
     data: bytes
     name: str
 
@@ -59,6 +62,7 @@ class Decoded:
     photo may then be dropped (`photo` None) to save memory. `orientation`:
     the EXIF orientation it was turned upright from (1: none), which
     `stored_grid` undoes."""
+
     photo: torch.Tensor | None
     size: tuple[int, int]
     frame: torch.Tensor | None = None
@@ -118,8 +122,14 @@ class Decoder:
     while nvjpeg decodes; whoever else queues work on the device from another
     thread holds it too (see `_nvjpeg_decoder`)."""
 
-    def __init__(self, device: torch.device, workers: int, upright: bool = True, nvjpeg="auto",
-                 lock: threading.Lock | None = None):
+    def __init__(
+        self,
+        device: torch.device,
+        workers: int,
+        upright: bool = True,
+        nvjpeg="auto",
+        lock: threading.Lock | None = None,
+    ):
         self.device, self.upright, self.lock = torch.device(device), upright, lock or threading.Lock()
         self._pin = self.device.type == "cuda"
         if callable(nvjpeg):  # a stand-in batch decoder (tests)
@@ -179,8 +189,9 @@ class Decoder:
         if encoded:
             start = time.perf_counter()
             for i, photo in zip(encoded, self._decode_jpegs([out[i] for i in encoded])):
-                out[i] = Decoded(photo, (photo.shape[-1], photo.shape[-2])) if isinstance(photo, torch.Tensor) \
-                    else photo
+                out[i] = (
+                    Decoded(photo, (photo.shape[-1], photo.shape[-2])) if isinstance(photo, torch.Tensor) else photo
+                )
             self._count(start)
         for item in out:
             if isinstance(item, Decoded) and item.photo is not None:
@@ -204,7 +215,7 @@ class Decoder:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "Decoder":
+    def __enter__(self) -> Decoder:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -229,8 +240,13 @@ def _jpeg_for_nvjpeg(source: Source, upright: bool) -> bytes | None:
         return None  # not a JPEG, or truncated
     try:
         with Image.open(_io.BytesIO(data)) as image:  # reads the header only
-            if (image.format != "JPEG" or image.mode != "RGB" or image.info.get("progressive")
-                    or image.info.get("progression") or image.width * image.height > MAX_PIXELS):
+            if (
+                image.format != "JPEG"
+                or image.mode != "RGB"
+                or image.info.get("progressive")
+                or image.info.get("progression")
+                or image.width * image.height > MAX_PIXELS
+            ):
                 return None
             if upright and orientation(image) != 1:
                 return None
@@ -279,7 +295,6 @@ def _batch_decoder(device: torch.device):
         return photos
 
     return decode
-
 
 
 @contextmanager

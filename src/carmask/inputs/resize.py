@@ -4,9 +4,10 @@
 each photo's planes to its box and resizes them to the network's size;
 `resize` does the same resizes for numpy callers outside the pipeline.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -58,8 +59,9 @@ def frames(photos: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tenso
     `size` are taken as they are) -> N x 3 x h x w uint8 at the frame `size`
     (width, height), channels last."""
     width, height = size
-    out = torch.empty((len(photos), height, width, 3), dtype=torch.uint8,
-                      device=photos[0].device if photos else "cpu").permute(0, 3, 1, 2)
+    out = torch.empty(
+        (len(photos), height, width, 3), dtype=torch.uint8, device=photos[0].device if photos else "cpu"
+    ).permute(0, 3, 1, 2)
     for i, photo in enumerate(photos):
         out[i] = resize_image(photo[None], size)[0]
     return out
@@ -73,5 +75,11 @@ def crop_resize(planes: Sequence[torch.Tensor], boxes: Sequence[Box], size: tupl
         planes = [torch.cat(list(planes), dim=1)]  # a GPU resizes all channels in one kernel
     if not boxes:
         return planes[0].new_empty((0, sum(p.shape[1] for p in planes), size[1], size[0]))
-    return torch.cat([torch.cat([resize_image(p[i:i + 1, :, box.top:box.bottom, box.left:box.right], size)
-                                 for p in planes], dim=1) for i, box in enumerate(boxes)])
+    return torch.cat(
+        [
+            torch.cat(
+                [resize_image(p[i : i + 1, :, box.top : box.bottom, box.left : box.right], size) for p in planes], dim=1
+            )
+            for i, box in enumerate(boxes)
+        ]
+    )

@@ -1,4 +1,5 @@
 """What a model sees (`InputSpec`), and the few facts about views that go with it; no torch here."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ class NotEnoughViews(ValueError):
 
 class Box(NamedTuple):
     """A crop box in frame pixels: left, top, right, bottom (exclusive)."""
+
     left: int
     top: int
     right: int
@@ -38,6 +40,7 @@ class InputSpec:
     `frame` is the size at which photos are compared with their background
     (and cropped, for the seed); `size` is the network's input size.
     """
+
     channels: tuple[str, ...] = ("rgb", "median_diff")
     size: tuple[int, int] = (100, 100)
     frame: tuple[int, int] | None = None
@@ -65,5 +68,5 @@ class InputSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InputSpec":
+    def from_dict(cls, data: dict) -> InputSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})

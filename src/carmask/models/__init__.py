@@ -14,11 +14,12 @@ architecture is checked against bounds and against the shapes of its weights
 on the meta device before anything is allocated. Weights may be stored in
 half precision (`save(..., half=True)`); they are computed in float32.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -33,8 +34,8 @@ ARCHITECTURES = {"seed": SeedCNN, "unet": UNet}
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CATALOG = WEIGHTS_DIR / "catalog.json"  # measured figures of the shipped models (`carmask models`)
 FORMAT = "carmask-checkpoint-1"
-KINDS = ("multiview", "rgb")   # for a set of views, in order of preference
-TIERS = ("accurate", "fast")   # most accurate first
+KINDS = ("multiview", "rgb")  # for a set of views, in order of preference
+TIERS = ("accurate", "fast")  # most accurate first
 # Bounds on what a checkpoint may ask for, checked before anything is built.
 ARCH_LIMITS = {"seed": {}, "unet": {"width": (1, 256), "depth": (1, 7)}}
 MAX_PARAMETERS = 100_000_000
@@ -45,8 +46,14 @@ class Segmenter(nn.Module):
     """Normalise uint8-range input with the training set's statistics, then
     run the network. Input N x C x H x W in [0, 255]; output logits N x 1 x H x W."""
 
-    def __init__(self, arch: str, spec: InputSpec, arch_kwargs: dict | None = None,
-                 mean: list[float] | None = None, std: list[float] | None = None):
+    def __init__(
+        self,
+        arch: str,
+        spec: InputSpec,
+        arch_kwargs: dict | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ):
         super().__init__()
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
@@ -83,6 +90,7 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
 
 # -- names --------------------------------------------------------------------------------------
 
+
 def shipped() -> list[str]:
     """Names of the shipped models (files in weights/)."""
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.pt"))
@@ -110,8 +118,10 @@ def default_for(views: int, tier: str | None = None) -> str:
     which = f"{tier} " if tier else ""
     if views >= MIN_VIEWS:
         raise ValueError(f"no {which}model is shipped; shipped: {', '.join(available) or 'none'}")
-    raise NotEnoughViews(f"no shipped {which}single-photo model: give a set of at least {MIN_VIEWS} "
-                         f"views of the car (named <car>_<NN>.jpg), or name a model")
+    raise NotEnoughViews(
+        f"no shipped {which}single-photo model: give a set of at least {MIN_VIEWS} "
+        f"views of the car (named <car>_<NN>.jpg), or name a model"
+    )
 
 
 def resolve(name_or_path) -> Path:
@@ -121,14 +131,17 @@ def resolve(name_or_path) -> Path:
     if path.suffix == "" and not path.exists():
         name = str(name_or_path)
         if name in TIERS:
-            raise ValueError(f"{name!r} is a tier: it picks a model for each photo's kind "
-                             f"(Predictor(model={name!r}) or --model {name}); name a model to load one")
+            raise ValueError(
+                f"{name!r} is a tier: it picks a model for each photo's kind "
+                f"(Predictor(model={name!r}) or --model {name}); name a model to load one"
+            )
         if name in KINDS:
             name = next((f"{name}-{t}" for t in TIERS if f"{name}-{t}" in shipped()), name)
         path = WEIGHTS_DIR / f"{name}.pt"
         if not path.exists():
-            raise FileNotFoundError(f"no shipped model named {name_or_path!r}; "
-                                    f"shipped: {', '.join(shipped()) or 'none'}")
+            raise FileNotFoundError(
+                f"no shipped model named {name_or_path!r}; shipped: {', '.join(shipped()) or 'none'}"
+            )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     return path
@@ -152,6 +165,7 @@ def catalog() -> dict[str, dict]:
 
 # -- checkpoints --------------------------------------------------------------------------------
 
+
 def save(model: Segmenter, path, meta: dict | None = None, half: bool = False) -> None:
     """Write a checkpoint atomically (model card facts go in `meta`). `half`:
     store the weights in float16 (half the bytes; `load` computes in float32),
@@ -164,9 +178,15 @@ def save(model: Segmenter, path, meta: dict | None = None, half: bool = False) -
             if torch.isfinite(small).all() or not torch.isfinite(value).all():
                 value = small
         state[key] = value
-    payload = {"format": FORMAT, "arch": model.arch, "arch_kwargs": model.arch_kwargs,
-               "spec": model.spec.to_dict(), "state_dict": state, "meta": dict(meta or {}),
-               "dtype": "float16" if half else "float32"}
+    payload = {
+        "format": FORMAT,
+        "arch": model.arch,
+        "arch_kwargs": model.arch_kwargs,
+        "spec": model.spec.to_dict(),
+        "state_dict": state,
+        "meta": dict(meta or {}),
+        "dtype": "float16" if half else "float32",
+    }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -175,13 +195,15 @@ def load(name_or_path, map_location="cpu") -> tuple[Segmenter, dict]:
     path = resolve(name_or_path)
     if _is_onnx(path):  # an export: run by onnxruntime (carmask[onnx])
         from carmask.onnx_runtime import OnnxSegmenter
+
         model = OnnxSegmenter(path)
         return model, model.meta
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # pickle errors, truncation, a non-checkpoint file: torch's words run to paragraphs
-        raise ValueError(f"{path}: not a loadable carmask checkpoint (not a PyTorch file of plain tensors, "
-                         f"or a damaged one)") from None
+        raise ValueError(
+            f"{path}: not a loadable carmask checkpoint (not a PyTorch file of plain tensors, or a damaged one)"
+        ) from None
     arch, spec, arch_kwargs, state = _checked(path, payload)
     model = Segmenter(arch, spec, arch_kwargs)
     model.load_state_dict(state)  # float16 weights are copied into float32 parameters
@@ -200,7 +222,8 @@ def _is_onnx(path: Path) -> bool:
         return False
 
 
-def _checked(path: Path, payload) -> tuple[str, InputSpec, dict, dict]:
+# A checklist of an untrusted file, each check its own sentence: one place to read them all.
+def _checked(path: Path, payload) -> tuple[str, InputSpec, dict, dict]:  # noqa: C901
     """A checkpoint's architecture, input spec and weights, checked against the
     bounds above and against each other before anything real is allocated."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -213,8 +236,9 @@ def _checked(path: Path, payload) -> tuple[str, InputSpec, dict, dict]:
         raise ValueError(f"{path}: unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     limits = ARCH_LIMITS[arch]
     if not isinstance(arch_kwargs, dict) or set(arch_kwargs) - set(limits):
-        raise ValueError(f"{path}: {arch} takes {', '.join(limits) or 'no options'}, "
-                         f"the checkpoint gives {arch_kwargs!r}")
+        raise ValueError(
+            f"{path}: {arch} takes {', '.join(limits) or 'no options'}, the checkpoint gives {arch_kwargs!r}"
+        )
     for key, value in arch_kwargs.items():
         low, high = limits[key]
         if not isinstance(value, int) or not low <= value <= high:
@@ -230,19 +254,25 @@ def _checked(path: Path, payload) -> tuple[str, InputSpec, dict, dict]:
         skeleton = Segmenter(arch, spec, arch_kwargs)
     parameters = sum(p.numel() for p in skeleton.parameters())
     if parameters > MAX_PARAMETERS:
-        raise ValueError(f"{path}: {arch} {arch_kwargs} has {parameters:,} parameters, "
-                         f"over the limit of {MAX_PARAMETERS:,}")
+        raise ValueError(
+            f"{path}: {arch} {arch_kwargs} has {parameters:,} parameters, over the limit of {MAX_PARAMETERS:,}"
+        )
     want = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: its weights are not a dict of tensors")
     got = {key: tuple(value.shape) for key, value in state.items()}
     problems = [f"no {key}" for key in want if key not in got]
     problems += [f"unexpected {key}" for key in got if key not in want]
-    problems += [f"{key} is {'x'.join(map(str, got[key]))}, expected {'x'.join(map(str, want[key]))}"
-                 for key in want if key in got and got[key] != want[key]]
+    problems += [
+        f"{key} is {'x'.join(map(str, got[key]))}, expected {'x'.join(map(str, want[key]))}"
+        for key in want
+        if key in got and got[key] != want[key]
+    ]
     if problems:
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         network = f"{arch} {arch_kwargs}" if arch_kwargs else arch
-        raise ValueError(f"{path}: its weights do not fit a {network} on {spec.in_channels} "
-                         f"input channels ({'; '.join(problems[:3])}{more})")
+        raise ValueError(
+            f"{path}: its weights do not fit a {network} on {spec.in_channels} "
+            f"input channels ({'; '.join(problems[:3])}{more})"
+        )
     return arch, spec, arch_kwargs, state

@@ -1,4 +1,5 @@
 """The seed write-up's CNN: three 'same'-padded convolutions, no pooling."""
+
 from torch import nn
 
 
@@ -8,7 +9,10 @@ class SeedCNN(nn.Sequential):
     def __init__(self, in_channels: int = 6):
         super().__init__(
             # 'same' padding for an even kernel, spelled out (PyTorch pads 4 before, 5 after).
-            nn.ZeroPad2d((4, 5, 4, 5)), nn.Conv2d(in_channels, 16, 10), nn.ReLU(inplace=True),
-            nn.Conv2d(16, 32, 5, padding="same"), nn.ReLU(inplace=True),
+            nn.ZeroPad2d((4, 5, 4, 5)),
+            nn.Conv2d(in_channels, 16, 10),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 5, padding="same"),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 1, 5, padding="same"),
         )

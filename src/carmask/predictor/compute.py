@@ -2,6 +2,7 @@
 photos grouped into sets or single photos and the sets' studio checked (as
 `setpolicy` decides), the model inputs (frames, each set's background, crop
 boxes), the runner's call."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from carmask.predictor.stages import Stages
 @dataclass
 class Unit:
     """Photos predicted together by one model: a car's set, or one photo."""
+
     slots: list[Slot]
     note: Note | None = None
     check: bool = False  # test that the set shares one studio
@@ -33,6 +35,7 @@ class Run:
     """One model's share of a batch: its photos, their inputs, and the
     network's N x h x w probabilities (crops at the network's size, each in
     its box of the frame `model.spec.frame`)."""
+
     model: Segmenter
     slots: list[Slot]
     inputs: Inputs
@@ -68,16 +71,29 @@ class Compute:
 
     def frames(self, slots: list[Slot], size: tuple[int, int]) -> torch.Tensor:
         """The slots' photos at the frame `size`: made by the decoding workers, or here."""
-        return frames([s.frame if s.frame is not None and s.frame.shape[-1] == size[0]
-                       and s.frame.shape[-2] == size[1] else s.full_photo(self.runner.device) for s in slots], size)
+        return frames(
+            [
+                s.frame
+                if s.frame is not None and s.frame.shape[-1] == size[0] and s.frame.shape[-2] == size[1]
+                else s.full_photo(self.runner.device)
+                for s in slots
+            ],
+            size,
+        )
 
     def _group(self, car: Car) -> list[Unit]:
         """A car's readable photos as units predicted together: its set, or
         single photos (with a note where the set was not used), as the set
         policy groups them."""
         readable = [slot for slot in car.slots if slot.error is None]
-        groups = group(_names(readable), [slot.size for slot in readable], car.name, self.sets,
-                       lambda views: self.runner.model_for(views).spec.needs_views, self.runner.defaults)
+        groups = group(
+            _names(readable),
+            [slot.size for slot in readable],
+            car.name,
+            self.sets,
+            lambda views: self.runner.model_for(views).spec.needs_views,
+            self.runner.defaults,
+        )
         return [Unit([readable[i] for i in g.photos], g.note, g.check, car.name) for g in groups]
 
     def _inputs(self, units: list[Unit]) -> list[tuple[Segmenter, list[Unit], Inputs]]:
@@ -98,11 +114,12 @@ class Compute:
         and the photos of sets that do not share a studio, as single photos."""
         model = self.runner.model_for(MIN_VIEWS)
         alone = not self.runner.model_for(1).spec.needs_views  # else a failed check keeps the set
-        inputs = model_inputs(self.frames([s for u in sets for s in u.slots], model.spec.frame),
-                              [len(u.slots) for u in sets], model.spec)
+        inputs = model_inputs(
+            self.frames([s for u in sets for s in u.slots], model.spec.frame), [len(u.slots) for u in sets], model.spec
+        )
         kept, singles, rows, start = [], [], [], 0
         for unit in sets:
-            shares = inputs.differing[start:start + len(unit.slots)]
+            shares = inputs.differing[start : start + len(unit.slots)]
             note = studio(_names(unit.slots), shares, unit.car, alone) if unit.check else None
             if note is not None and alone:
                 singles += [Unit([slot], note) for slot in unit.slots]
@@ -123,8 +140,10 @@ class Compute:
         """Single photos' inputs with the single-photo model; none if that model needs a set."""
         model = self.runner.model_for(1)
         if model.spec.needs_views:
-            error = NotEnoughViews(f"this model compares each photo with its car's other views: "
-                                   f"it needs a set of at least {MIN_VIEWS} views")
+            error = NotEnoughViews(
+                f"this model compares each photo with its car's other views: "
+                f"it needs a set of at least {MIN_VIEWS} views"
+            )
             for unit in singles:
                 unit.slots[0].fail(error, unit.note)
             return []
@@ -132,6 +151,7 @@ class Compute:
             unit.slots[0].note = unit.note
         photos = self.frames([u.slots[0] for u in singles], model.spec.frame)
         return [(model, singles, model_inputs(photos, [1] * len(singles), model.spec))]
+
 
 def _names(slots: Sequence[Slot]) -> tuple[str, ...]:
     return tuple(slot.path.name for slot in slots)

@@ -1,6 +1,7 @@
 """Photos on their way through the predictor: a car as the caller gave it
 (`Car`), one photo through a model batch (`Slot`), and what the caller gets
 back for it (`Prediction`)."""
+
 from __future__ import annotations
 
 from concurrent.futures import Future
@@ -26,6 +27,7 @@ class Prediction:
     know (e.g. taken out of its set), the same `Note` on every photo it
     concerns; `warning` is its sentence. `exception` is the one behind `error`
     (e.g. `NotEnoughViews`)."""
+
     path: Path
     probs: np.ndarray | None = None
     error: ImageError | None = None
@@ -52,6 +54,7 @@ class Prediction:
 @dataclass
 class Car:
     """One car's photos (or one photo) as the caller gave them."""
+
     name: str | None
     sources: list[Source]
     futures: list[Future] = field(default_factory=list)
@@ -93,5 +96,6 @@ class Slot:
     def prediction(self) -> Prediction:
         if self.error is not None:
             return Prediction(self.path, error=skip(self.path, self.error), note=self.note, exception=self.error)
-        return Prediction(self.path, probs=self.probs, runs=self.runs, note=self.note,
-                          alpha=self.alpha, foreground=self.foreground)
+        return Prediction(
+            self.path, probs=self.probs, runs=self.runs, note=self.note, alpha=self.alpha, foreground=self.foreground
+        )

@@ -5,6 +5,7 @@ Every model meets one protocol, `Segmenter`: torch's (`models.Segmenter`) and
 an ONNX export run by onnxruntime (`onnx_runtime.OnnxSegmenter`) alike, so
 nothing here asks which one it holds.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ from carmask.inputs.spec import InputSpec
 @runtime_checkable
 class Segmenter(Protocol):
     """What the runner asks of a model."""
+
     spec: InputSpec
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +56,14 @@ class Runner:
     start-up on large runs; calls are padded to `network_batch` photos, so it
     compiles once."""
 
-    def __init__(self, model: str | os.PathLike | None, device: torch.device, batch_size: int,
-                 tta: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        model: str | os.PathLike | None,
+        device: torch.device,
+        batch_size: int,
+        tta: bool = False,
+        compile: bool = False,
+    ):
         self.name, self.device, self.batch_size, self.tta, self.compile = model, device, batch_size, tta, compile
         self._models: dict[str, Segmenter] = {}
         self._forwards: dict[int, Callable] = {}
@@ -83,7 +91,7 @@ class Runner:
         """N x C x H x W uint8 inputs on the device -> N x H x W float32 probabilities there."""
         out, step = [], network_batch(self.device, self.batch_size)
         for start in range(0, len(inputs), step):
-            batch = inputs[start:start + step].float()
+            batch = inputs[start : start + step].float()
             probs = self._run(model, batch)
             if self.tta:
                 probs = (probs + self._run(model, batch.flip(-1)).flip(-1)) / 2

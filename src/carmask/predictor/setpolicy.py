@@ -4,6 +4,7 @@ sizes and measured shares: no model, no tensors, no photos. The set modes
 and the studio thresholds it applies (`SETS`, `STUDIO_DIFFERING`,
 `STUDIO_SAME`) are defined beside `MIN_VIEWS` in `inputs.spec`, where the
 CLI's help reads them too."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -18,13 +19,20 @@ class Group:
     """Photos predicted together, as indices into the photos given: a set (its
     studio still to be checked when `check`), or one photo; `note`: why they
     were not predicted as their names suggest, on every photo it concerns."""
+
     photos: tuple[int, ...]
     note: Note | None = None
     check: bool = False
 
 
-def group(names: Sequence[str], sizes: Sequence[tuple[int, int]], car: str | None, sets: str,
-          compares_views: Callable[[int], bool], defaults: bool) -> list[Group]:
+def group(
+    names: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    car: str | None,
+    sets: str,
+    compares_views: Callable[[int], bool],
+    defaults: bool,
+) -> list[Group]:
     """A car's readable photos (their file names and (width, height) sizes, in
     order) as groups: a set first, then the photos predicted alone. `car`: the
     car's name (None: uploads, which come without one); `sets` as
@@ -47,8 +55,9 @@ def group(names: Sequence[str], sizes: Sequence[tuple[int, int]], car: str | Non
     if len(members) >= MIN_VIEWS:
         return [Group(tuple(members), check=sets == "auto")] + odd
     if defaults:  # a default model for each case
-        note = Note(NoteKind.TOO_FEW_VIEWS, _names(names, members), Treatment.SINGLE_PHOTO_MODEL, car,
-                    views=len(members))
+        note = Note(
+            NoteKind.TOO_FEW_VIEWS, _names(names, members), Treatment.SINGLE_PHOTO_MODEL, car, views=len(members)
+        )
         return [Group((i,), note) for i in members] + odd
     return [Group((i,)) for i in members] + odd  # the named model says what it needs
 
@@ -62,9 +71,13 @@ def studio(names: Sequence[str], shares: Sequence[float], car: str | None, alone
     if STUDIO_SAME <= min(shares) and max(shares) <= STUDIO_DIFFERING:
         return None
     apart = max(shares) > STUDIO_DIFFERING
-    return Note(NoteKind.NOT_ONE_STUDIO if apart else NoteKind.ONE_PHOTO, tuple(names),
-                Treatment.PHOTO_BY_PHOTO if alone else Treatment.AS_A_SET, car=car,
-                share=float(max(shares) if apart else min(shares)))
+    return Note(
+        NoteKind.NOT_ONE_STUDIO if apart else NoteKind.ONE_PHOTO,
+        tuple(names),
+        Treatment.PHOTO_BY_PHOTO if alone else Treatment.AS_A_SET,
+        car=car,
+        share=float(max(shares) if apart else min(shares)),
+    )
 
 
 def _names(names: Sequence[str], members: Sequence[int]) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
 """The stages a model batch goes through, and their timing when profiling."""
+
 from __future__ import annotations
 
 import time

@@ -39,6 +39,7 @@ The modules, one concern each:
     pages               the web page, /docs and /redoc
     server              run (`carmask serve`) under uvicorn
 """
+
 from carmask.serve.app import create_app
 from carmask.serve.server import run
 

@@ -10,6 +10,7 @@ come from the error's type, never from its text.
                             photos (`ImageError`: status and code by its kind, `IMAGE_ANSWERS`),
                             validation, bugs
 """
+
 from __future__ import annotations
 
 import re
@@ -34,6 +35,7 @@ class Refusal(HTTPException):
     """A request the service refuses: the class says the status and remove.bg's
     code, the text why. An HTTPException, so that FastAPI lets one raised while
     it reads a body through (the guard's 408 and 413)."""
+
     status = 400
     code = "invalid_parameters"
 
@@ -103,8 +105,9 @@ def install(app: FastAPI) -> None:
 def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Every HTTP error (refusals, and the framework's 404, 405 and form-parsing 400s) in the endpoint's shape."""
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
-    return error_response(request.url.path, exc.status_code, detail, getattr(exc, "code", None),
-                          headers=getattr(exc, "headers", None))
+    return error_response(
+        request.url.path, exc.status_code, detail, getattr(exc, "code", None), headers=getattr(exc, "headers", None)
+    )
 
 
 def _image_error(request: Request, exc: ImageError) -> JSONResponse:
@@ -120,15 +123,22 @@ def _image_error(request: Request, exc: ImageError) -> JSONResponse:
 
 def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     """A bug: a 500 in the endpoint's shape, no internals (the traceback goes to the server's log)."""
-    return error_response(request.url.path, 500, "internal error: the server could not answer this request "
-                                                 "(its log has the details)", "internal_error")
+    return error_response(
+        request.url.path,
+        500,
+        "internal error: the server could not answer this request (its log has the details)",
+        "internal_error",
+    )
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each field and what was wrong, never the value's repr."""
     route = request.scope.get("route")
-    files = {field.name for field in getattr(getattr(route, "dependant", None), "body_params", ())
-             if isinstance(field.field_info, params.File)}  # the route's file fields
+    files = {
+        field.name
+        for field in getattr(getattr(route, "dependant", None), "body_params", ())
+        if isinstance(field.field_info, params.File)
+    }  # the route's file fields
     problems = [_problem(error, files) for error in exc.errors()]
     return error_response(request.url.path, 422, "; ".join(problems) or "the request is not valid")
 

@@ -12,6 +12,7 @@ Why not Starlette's `TrustedHostMiddleware` for the Host check: it cannot
 serve every IP address without serving every name ("*"), and it refuses in
 plain text, not in the endpoint's error shape (a test pins both).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,12 +22,12 @@ import re
 import time
 from urllib.parse import urlsplit
 
-from carmask.serve.errors import Forbidden, Refusal, Timeout, TooLarge, WrongKey, error_response, removebg_path
 from carmask.io import MiB
+from carmask.serve.errors import Forbidden, Refusal, Timeout, TooLarge, WrongKey, error_response, removebg_path
 from carmask.serve.limits import MULTIPART_SLACK
 
-DRAIN_BYTES = 256 * MiB               # an oversized body is read and dropped up to this, then answered
-BODY_TIMEOUT = 60.0                   # seconds for a client to send a request's body
+DRAIN_BYTES = 256 * MiB  # an oversized body is read and dropped up to this, then answered
+BODY_TIMEOUT = 60.0  # seconds for a client to send a request's body
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -38,10 +39,18 @@ SECURITY_HEADERS = [
 def policy(scripts: tuple[str, ...] = (), styles: tuple[str, ...] = ()) -> str:
     """The Content-Security-Policy: scripts and styles from this server's files only,
     plus the given sources (the API pages' inline blocks, by hash)."""
-    return "; ".join([
-        "default-src 'self'", "img-src 'self' blob: data:", " ".join(["style-src 'self'", *styles]),
-        " ".join(["script-src 'self'", *scripts]), "connect-src 'self'", "frame-ancestors 'none'",
-        "base-uri 'none'", "form-action 'self'"])
+    return "; ".join(
+        [
+            "default-src 'self'",
+            "img-src 'self' blob: data:",
+            " ".join(["style-src 'self'", *styles]),
+            " ".join(["script-src 'self'", *scripts]),
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+        ]
+    )
 
 
 CSP = (b"content-security-policy", policy().encode())
@@ -53,10 +62,19 @@ def origin(text: str) -> str:
     a ValueError naming the text for anything else, '*' included (any web page
     could then drive the server)."""
     parts = urlsplit(text.strip())
-    if text.strip() == "*" or parts.scheme not in ("http", "https") or not parts.hostname \
-            or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(f"{text[:80]!r} is not an origin: give scheme://host[:port] of one site, e.g. "
-                         "https://studio.example (repeat the option for more; '*' is not allowed)")
+    if (
+        text.strip() == "*"
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        raise ValueError(
+            f"{text[:80]!r} is not an origin: give scheme://host[:port] of one site, e.g. "
+            "https://studio.example (repeat the option for more; '*' is not allowed)"
+        )
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     default = {"http": 80, "https": 443}[parts.scheme]
     try:
@@ -73,9 +91,16 @@ class Guard:
     and dropping them (up to DRAIN_BYTES, so that the client sees the answer);
     a body that takes longer than `body_timeout` answered 408."""
 
-    def __init__(self, app, max_body: int, hosts: set[str] | None, origins: set[str],
-                 body_timeout: float = BODY_TIMEOUT, api_key: str | None = None,
-                 max_removebg_body: int | None = None):
+    def __init__(
+        self,
+        app,
+        max_body: int,
+        hosts: set[str] | None,
+        origins: set[str],
+        body_timeout: float = BODY_TIMEOUT,
+        api_key: str | None = None,
+        max_removebg_body: int | None = None,
+    ):
         self.app, self.max_body, self.hosts, self.origins = app, max_body, hosts, origins
         self.api_key = api_key
         self.body_timeout = body_timeout
@@ -101,8 +126,9 @@ class Guard:
         if length is not None and length.isdigit() and int(length) > limit:
             # Read and dropped first, so the client sees the answer; not a body
             # that would never fit the bound (the answer would wait for the timeout).
-            return await self._refuse(scope, receive, send_secure, TooLarge(self._too_large(limit)),
-                                      drain=int(length) <= DRAIN_BYTES)
+            return await self._refuse(
+                scope, receive, send_secure, TooLarge(self._too_large(limit)), drain=int(length) <= DRAIN_BYTES
+            )
         return await self.app(scope, self._bounded(receive, limit), send_secure)
 
     def _refusal(self, scope, headers: dict[str, str]) -> Refusal | None:
@@ -111,10 +137,14 @@ class Guard:
         if self.hosts is not None and not served(host, self.hosts):
             return Forbidden(f"host {host[:80]!r} is not served here (carmask serve --allow-host NAME adds a name)")
         if origin and post and origin != f"{scope.get('scheme', 'http')}://{host}" and origin not in self.origins:
-            return Forbidden(f"requests from pages of {origin[:80]} are not allowed "
-                             "(carmask serve --allow-origin adds an origin)")
-        if self.api_key is not None and post and \
-                not hmac.compare_digest(headers.get("x-api-key", "").encode("latin-1"), self.api_key.encode()):
+            return Forbidden(
+                f"requests from pages of {origin[:80]} are not allowed (carmask serve --allow-origin adds an origin)"
+            )
+        if (
+            self.api_key is not None
+            and post
+            and not hmac.compare_digest(headers.get("x-api-key", "").encode("latin-1"), self.api_key.encode())
+        ):
             return WrongKey("missing or wrong API key: this server needs it as the X-Api-Key header")
         return None
 
@@ -127,9 +157,10 @@ class Guard:
             nonlocal seen
             try:
                 message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise Timeout(f"the request body took longer than {self.body_timeout:.0f} s",
-                              headers={"Connection": "close"}) from None
+            except TimeoutError:
+                raise Timeout(
+                    f"the request body took longer than {self.body_timeout:.0f} s", headers={"Connection": "close"}
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
@@ -141,8 +172,10 @@ class Guard:
     def _too_large(self, limit: int) -> str:
         upload = self.max_body - MULTIPART_SLACK
         if limit != self.max_body:
-            return f"the request is larger than the limit of {limit:,} bytes (a photo of up to {upload:,} bytes, " \
-                   "as a file or as base64)"
+            return (
+                f"the request is larger than the limit of {limit:,} bytes (a photo of up to {upload:,} bytes, "
+                "as a file or as base64)"
+            )
         return f"upload is larger than the limit of {upload:,} bytes ({upload / MiB:.1f} MiB)"
 
     async def _refuse(self, scope, receive, send, refusal: Refusal, drain: bool | None = None):
@@ -150,8 +183,9 @@ class Guard:
         first (default: for methods that have one)."""
         if scope["method"] not in ("GET", "HEAD") if drain is None else drain:
             await _drain(receive, self.body_timeout)
-        await error_response(scope["path"], refusal.status_code, refusal.detail, refusal.code,
-                             headers={"Connection": "close"})(scope, receive, send)
+        await error_response(
+            scope["path"], refusal.status_code, refusal.detail, refusal.code, headers={"Connection": "close"}
+        )(scope, receive, send)
 
 
 async def _drain(receive, timeout: float) -> None:
@@ -160,7 +194,7 @@ async def _drain(receive, timeout: float) -> None:
     while dropped <= DRAIN_BYTES:
         try:
             message = await asyncio.wait_for(receive(), max(0.01, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         if message["type"] != "http.request":
             return
@@ -172,7 +206,7 @@ async def _drain(receive, timeout: float) -> None:
 def _hostname(host: str) -> str:
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -201,6 +235,8 @@ def host_name(text: str) -> str:
     """A name for --allow-host (studio.example), lower case, else a ValueError naming it."""
     name = text.strip().lower().rstrip(".")
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", name):
-        raise ValueError(f"{text[:80]!r} is not a host name: give a name as clients write it in their URLs, "
-                         "like studio.example (no scheme, port or wildcard; repeat the option for more)")
+        raise ValueError(
+            f"{text[:80]!r} is not a host name: give a name as clients write it in their URLs, "
+            "like studio.example (no scheme, port or wildcard; repeat the option for more)"
+        )
     return name

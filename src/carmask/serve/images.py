@@ -4,6 +4,7 @@
 
 The answers are written by carmask's one encoder, `io.image_bytes`.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,4 +31,3 @@ def open_photo(data: bytes, label: str) -> Image.Image:
         raise TooLarge(f"{label}: image has too many pixels") from None
     except Exception:  # noqa: BLE001 - whatever Pillow raises for what is no photo of these formats
         raise ImageError(label, "not a readable JPEG, PNG, WebP, TIFF or BMP image", Problem.UNREADABLE) from None
-

@@ -1,18 +1,19 @@
 """Admission: how much work the service takes on at once, and the memory it gives back after.
 
-    Admission       a few requests at work (`job()`), a fixed number of decoded pixels (`pixels(n)`)
-    trim_memory     what runs once the server is idle: freed memory back to the system
-    server_malloc   glibc set for a long-lived server (`carmask serve`)
-    MULTIPART_SLACK
+Admission       a few requests at work (`job()`), a fixed number of decoded pixels (`pixels(n)`)
+trim_memory     what runs once the server is idle: freed memory back to the system
+server_malloc   glibc set for a long-lived server (`carmask serve`)
+MULTIPART_SLACK
 """
+
 from __future__ import annotations
 
 import ctypes
 import gc
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 from PIL import Image
 
@@ -31,8 +32,14 @@ class Admission:
     memory otherwise, and the server would stay at its peak size). `pause`
     waits those seconds: tests give their own, and nothing sleeps."""
 
-    def __init__(self, jobs: int, pixels: int, on_idle: Callable[[], None] | None = None,
-                 idle_seconds: float = IDLE_SECONDS, pause: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        jobs: int,
+        pixels: int,
+        on_idle: Callable[[], None] | None = None,
+        idle_seconds: float = IDLE_SECONDS,
+        pause: Callable[[float], None] = time.sleep,
+    ):
         self.max_jobs, self.max_pixels = jobs, pixels
         self._on_idle, self._idle_seconds, self._pause = on_idle or trim_memory, idle_seconds, pause
         self._busy_jobs = self._busy_pixels = 0
@@ -94,7 +101,7 @@ def server_malloc(arenas: int = 2, mmap_from: int = 4 * MiB) -> None:
     at its peak size after a burst of requests."""
     try:
         libc = ctypes.CDLL(None)
-        libc.mallopt(-8, arenas)     # M_ARENA_MAX
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
         libc.mallopt(-3, mmap_from)  # M_MMAP_THRESHOLD (also stops glibc from raising it)
     except (OSError, AttributeError):
         pass

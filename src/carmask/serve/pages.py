@@ -1,5 +1,6 @@
 """The pages: the web page at / (static/index.html, page.js, page.css) and the API's pages,
 /docs (Swagger UI) and /redoc, their files from the fastapi-offline wheel (MIT), never a CDN."""
+
 from __future__ import annotations
 
 import base64
@@ -18,14 +19,18 @@ from carmask.serve.errors import NotFound
 from carmask.serve.guard import policy
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DOCS_URL = "/docs-assets"             # Swagger UI's and ReDoc's files
-NO_DOCS = "the API pages need the fastapi-offline package (pip install 'carmask[serve]'); " \
-          "the schema is at /openapi.json"
+DOCS_URL = "/docs-assets"  # Swagger UI's and ReDoc's files
+NO_DOCS = (
+    "the API pages need the fastapi-offline package (pip install 'carmask[serve]'); the schema is at /openapi.json"
+)
 
 router = APIRouter(include_in_schema=False)
 
-_PAGE = (STATIC_DIR / "index.html").read_text(encoding="utf-8") if (STATIC_DIR / "index.html").is_file() \
+_PAGE = (
+    (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    if (STATIC_DIR / "index.html").is_file()
     else "<!doctype html><title>carmask</title><p>The web page is not installed; see /openapi.json.</p>"
+)
 
 
 def _docs_assets() -> Path | None:
@@ -56,10 +61,16 @@ async def index() -> HTMLResponse:
 async def docs() -> HTMLResponse:
     if DOCS_ASSETS is None:
         raise NotFound(NO_DOCS)
-    return _own_blocks_only(get_swagger_ui_html(
-        openapi_url="/openapi.json", title="carmask API", swagger_js_url=f"{DOCS_URL}/swagger-ui-bundle.js",
-        swagger_css_url=f"{DOCS_URL}/swagger-ui.css", swagger_favicon_url=f"{DOCS_URL}/favicon.png",
-        swagger_ui_parameters={"validatorUrl": None}))  # else a badge from swagger.io
+    return _own_blocks_only(
+        get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="carmask API",
+            swagger_js_url=f"{DOCS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+    )  # else a badge from swagger.io
 
 
 @router.get(f"{DOCS_URL}/redoc.standalone.js")  # a route: before the mount of DOCS_URL
@@ -80,9 +91,16 @@ def _redoc_script() -> bytes:
 async def redoc() -> HTMLResponse:
     if DOCS_ASSETS is None:
         raise NotFound(NO_DOCS)
-    return _own_blocks_only(get_redoc_html(
-        openapi_url="/openapi.json", title="carmask API", redoc_js_url=f"{DOCS_URL}/redoc.standalone.js",
-        redoc_favicon_url=f"{DOCS_URL}/favicon.png", with_google_fonts=False), styles_at_run_time=True)
+    return _own_blocks_only(
+        get_redoc_html(
+            openapi_url="/openapi.json",
+            title="carmask API",
+            redoc_js_url=f"{DOCS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_URL}/favicon.png",
+            with_google_fonts=False,
+        ),
+        styles_at_run_time=True,
+    )
 
 
 def _own_blocks_only(page: HTMLResponse, styles_at_run_time: bool = False) -> HTMLResponse:
@@ -92,8 +110,11 @@ def _own_blocks_only(page: HTMLResponse, styles_at_run_time: bool = False) -> HT
     renders, which no hash can name: inline styles are allowed there, scripts never."""
     html = page.body.decode()
     scripts = tuple(_source(block) for block in re.findall(r"<script>(.*?)</script>", html, re.S))
-    styles = ("'unsafe-inline'",) if styles_at_run_time else \
-        tuple(_source(block) for block in re.findall(r"<style>(.*?)</style>", html, re.S))
+    styles = (
+        ("'unsafe-inline'",)
+        if styles_at_run_time
+        else tuple(_source(block) for block in re.findall(r"<style>(.*?)</style>", html, re.S))
+    )
     page.headers["Content-Security-Policy"] = policy(scripts, styles)
     return page
 

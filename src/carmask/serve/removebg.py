@@ -5,30 +5,41 @@
     shape(rgba, options)        roi, size, crop, crop_margin, scale and position over a cut-out
     render(rgba, back, options) the answer's bytes and media type (format, channels, bg_color, bg_image_file)
 
-The fields, the OpenAPI schema of /v1.0/removebg and the compatibility table in
-docs/SERVICE.md are one list (`FIELDS`); a test keeps that table in step.
+The fields, the OpenAPI schema of /v1.0/removebg (`removebg_endpoint.openapi`)
+and the compatibility table in docs/SERVICE.md are one list (`FIELDS`); a test
+keeps that table in step.
 """
+
 from __future__ import annotations
 
 import io
 import re
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from PIL import Image, ImageColor
 
 from carmask.cutout import compose
-from carmask.serve.errors import RemoveBgError
 from carmask.io import image_bytes
+from carmask.serve.errors import RemoveBgError
 from carmask.serve.images import MEDIA
 
-WHITE = (255, 255, 255)   # remove.bg's JPEG background when none is given
-FOREGROUND_ALPHA = 32     # alpha counted in the car's box (X-Foreground-*): not a faint haze
-MARGIN_CAP_PX = 500       # remove.bg: a margin is at most 50% of the car's size and 500 px
-SIZES = {"preview": 0.25e6, "small": 0.25e6, "regular": 0.25e6, "medium": 1.5e6, "hd": 4e6,
-         "full": None, "4k": None, "50mp": None, "auto": None}   # most pixels; None: the photo's own
+WHITE = (255, 255, 255)  # remove.bg's JPEG background when none is given
+FOREGROUND_ALPHA = 32  # alpha counted in the car's box (X-Foreground-*): not a faint haze
+MARGIN_CAP_PX = 500  # remove.bg: a margin is at most 50% of the car's size and 500 px
+SIZES = {
+    "preview": 0.25e6,
+    "small": 0.25e6,
+    "regular": 0.25e6,
+    "medium": 1.5e6,
+    "hd": 4e6,
+    "full": None,
+    "4k": None,
+    "50mp": None,
+    "auto": None,
+}  # most pixels; None: the photo's own
 FORMATS = ("auto", "png", "jpg", "webp", "zip")
 FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -36,6 +47,7 @@ FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no":
 @dataclass(frozen=True)
 class Field:
     """One remove.bg field. `kind`: text, flag, file or url; `carmask`: what is done with it."""
+
     kind: str
     carmask: str
     default: str | None = None
@@ -46,28 +58,50 @@ FIELDS: dict[str, Field] = {
     "image_file": Field("file", "The photo (JPEG, PNG, WebP, TIFF or BMP)."),
     "image_file_b64": Field("text", "The photo as base64, as large as a file may be."),
     "image_url": Field("url", "Refused (400): this server fetches nothing; send image_file or image_file_b64."),
-    "size": Field("text", "The most pixels of the result (preview 0.25 Mpx, medium 1.5, hd 4; full, 4k, 50mp "
-                          "and auto: the photo's own, within this server's pixel limit). Default preview, "
-                          "as remove.bg's.", "preview", tuple(SIZES)),
-    "type": Field("text", "Checked, then ignored: every photo is cut out as a car.", "auto",
-                  ("auto", "person", "product", "car", "animal", "graphic", "transportation")),
+    "size": Field(
+        "text",
+        "The most pixels of the result (preview 0.25 Mpx, medium 1.5, hd 4; full, 4k, 50mp "
+        "and auto: the photo's own, within this server's pixel limit). Default preview, "
+        "as remove.bg's.",
+        "preview",
+        tuple(SIZES),
+    ),
+    "type": Field(
+        "text",
+        "Checked, then ignored: every photo is cut out as a car.",
+        "auto",
+        ("auto", "person", "product", "car", "animal", "graphic", "transportation"),
+    ),
     "type_level": Field("text", "none: no X-Type header; else X-Type is car.", "1", ("none", "1", "2", "latest")),
-    "format": Field("text", "auto (JPEG over an opaque background, else PNG), png, jpg, webp, or zip "
-                            "(color.jpg and alpha.png).", "auto", FORMATS),
+    "format": Field(
+        "text",
+        "auto (JPEG over an opaque background, else PNG), png, jpg, webp, or zip (color.jpg and alpha.png).",
+        "auto",
+        FORMATS,
+    ),
     "roi": Field("text", "Honoured: the car is looked for only in 'x1 y1 x2 y2' (px or %).", "0% 0% 100% 100%"),
     "crop": Field("flag", "Honoured: the result trimmed to the car.", "false"),
-    "crop_margin": Field("text", "Honoured with crop: 1, 2 or 4 values, px or % of the car's size (at most 50% "
-                                 "and 500 px a side).", "0"),
-    "scale": Field("text", "Honoured: the car scaled to 10%-100% of the image (then centred unless position "
-                           "is given), or original.", "original"),
+    "crop_margin": Field(
+        "text", "Honoured with crop: 1, 2 or 4 values, px or % of the car's size (at most 50% and 500 px a side).", "0"
+    ),
+    "scale": Field(
+        "text",
+        "Honoured: the car scaled to 10%-100% of the image (then centred unless position is given), or original.",
+        "original",
+    ),
     "position": Field("text", "Honoured: original, center, or 'x%' / 'x% y%' of the free space.", "original"),
-    "channels": Field("text", "rgba: the cut-out; alpha: the matte alone, in the asked format (png, jpg, webp).",
-                      "rgba", ("rgba", "alpha")),
+    "channels": Field(
+        "text",
+        "rgba: the cut-out; alpha: the matte alone, in the asked format (png, jpg, webp).",
+        "rgba",
+        ("rgba", "alpha"),
+    ),
     "add_shadow": Field("flag", "Checked, then ignored: no shadow is drawn.", "false"),
     "shadow_type": Field("text", "Ignored: no shadow is drawn.", "none"),
     "shadow_opacity": Field("text", "Ignored: no shadow is drawn."),
-    "semitransparency": Field("flag", "Checked, then ignored: the car's edges are soft, its windows are not "
-                                      "made see-through.", "true"),
+    "semitransparency": Field(
+        "flag", "Checked, then ignored: the car's edges are soft, its windows are not made see-through.", "true"
+    ),
     "bg_color": Field("text", "Honoured: hex (81d4fa, fff, with alpha 81d4fa77 or fff7) or a colour name."),
     "bg_image_url": Field("url", "Refused (400): this server fetches nothing; send bg_image_file."),
     "bg_image_file": Field("file", "Honoured: the background image, scaled to cover."),
@@ -80,15 +114,16 @@ BACKGROUNDS = ("bg_color", "bg_image_file", "bg_image_url")
 @dataclass(frozen=True)
 class Options:
     """A remove.bg request, checked. Lengths are (value, unit) with unit 'px' or '%' (a fraction)."""
+
     source: str = "image_file"
     size: float | None = SIZES["preview"]
     format: str = "auto"
     channels: str = "rgba"
     roi: tuple | None = None
     crop: bool = False
-    crop_margin: tuple = ((0.0, "px"),) * 4        # top, right, bottom, left
-    scale: float | None = None                     # a fraction of the image, or None: original
-    position: tuple[float, float] | None = None    # fractions of the free space, or None: original
+    crop_margin: tuple = ((0.0, "px"),) * 4  # top, right, bottom, left
+    scale: float | None = None  # a fraction of the image, or None: original
+    position: tuple[float, float] | None = None  # fractions of the free space, or None: original
     bg_color: tuple[int, int, int, int] | None = None
     bg_image: bool = False
     x_type: bool = True
@@ -105,10 +140,14 @@ def parse(fields: Mapping[str, str], files: set[str]) -> Options:
             raise RemoveBgError("No image given: send image_file or image_file_b64", "missing_image")
     for name, instead in URLS.items():
         if name in given:
-            raise RemoveBgError(f"{name} is not supported: this server fetches nothing; send {instead}",
-                                "url_not_supported")
-    text = {name: fields.get(name, "").strip() for name, field in FIELDS.items()
-            if field.kind in ("text", "flag") and name not in SOURCES}  # not the photo's base64: no copy
+            raise RemoveBgError(
+                f"{name} is not supported: this server fetches nothing; send {instead}", "url_not_supported"
+            )
+    text = {
+        name: fields.get(name, "").strip()
+        for name, field in FIELDS.items()
+        if field.kind in ("text", "flag") and name not in SOURCES
+    }  # not the photo's base64: no copy
     for name, value in text.items():
         field = FIELDS[name]
         if field.choices and value and value.lower() not in field.choices:
@@ -117,11 +156,20 @@ def parse(fields: Mapping[str, str], files: set[str]) -> Options:
             raise RemoveBgError(f"{name} {value[:40]!r}: use true or false")
     choice = lambda name: (text[name] or FIELDS[name].default).lower()  # noqa: E731
     scale = _scale(text["scale"])
-    return Options(source=next(name for name in SOURCES if name in given), size=SIZES[choice("size")],
-                   format=choice("format"), channels=choice("channels"), roi=_roi(text["roi"]),
-                   crop=FLAGS[choice("crop")], crop_margin=_margin(text["crop_margin"]), scale=scale,
-                   position=_position(text["position"], scale), bg_color=_colour(text["bg_color"]),
-                   bg_image="bg_image_file" in given, x_type=choice("type_level") != "none")
+    return Options(
+        source=next(name for name in SOURCES if name in given),
+        size=SIZES[choice("size")],
+        format=choice("format"),
+        channels=choice("channels"),
+        roi=_roi(text["roi"]),
+        crop=FLAGS[choice("crop")],
+        crop_margin=_margin(text["crop_margin"]),
+        scale=scale,
+        position=_position(text["position"], scale),
+        bg_color=_colour(text["bg_color"]),
+        bg_image="bg_image_file" in given,
+        x_type=choice("type_level") != "none",
+    )
 
 
 # -- the text of lengths, boxes and colours ---------------------------------------------------------
@@ -135,8 +183,9 @@ def _lengths(name: str, text: str, counts: tuple[int, ...], units=("px", "%")) -
     if len(parts) not in counts or not all(values) or any((m[2] or "px") not in units for m in values):
         how = " or ".join(str(c) for c in counts)
         unit = "px or %" if len(units) == 2 else "%"
-        raise RemoveBgError(f"{name} {text[:60]!r}: give {how} values in {unit}, like "
-                                 f"{'30px' if 'px' in units else '50%'}")
+        raise RemoveBgError(
+            f"{name} {text[:60]!r}: give {how} values in {unit}, like {'30px' if 'px' in units else '50%'}"
+        )
     return [(float(m[1]) / 100, "%") if m[2] == "%" else (float(m[1]), "px") for m in values]
 
 
@@ -185,11 +234,14 @@ def _colour(text: str) -> tuple[int, int, int, int] | None:
     try:
         return tuple(ImageColor.getcolor(spec, "RGBA"))
     except ValueError:
-        raise RemoveBgError(f"bg_color {text[:40]!r} is not a colour: give hex like 81d4fa, fff or 81d4fa77 "
-                                 "(with alpha), or a name like green") from None
+        raise RemoveBgError(
+            f"bg_color {text[:40]!r} is not a colour: give hex like 81d4fa, fff or 81d4fa77 "
+            "(with alpha), or a name like green"
+        ) from None
 
 
 # -- geometry ---------------------------------------------------------------------------------------
+
 
 def shape(rgba: np.ndarray, options: Options) -> np.ndarray:
     """The cut-out (H x W x 4 at the photo's resolution) as remove.bg shapes it:
@@ -210,8 +262,12 @@ def foreground_box(alpha: np.ndarray) -> dict[str, int]:
     rows, cols = np.flatnonzero(car.any(axis=1)), np.flatnonzero(car.any(axis=0))
     if not len(rows):
         return {"top": 0, "left": 0, "width": 0, "height": 0}
-    return {"top": int(rows[0]), "left": int(cols[0]),
-            "width": int(cols[-1] - cols[0] + 1), "height": int(rows[-1] - rows[0] + 1)}
+    return {
+        "top": int(rows[0]),
+        "left": int(cols[0]),
+        "width": int(cols[-1] - cols[0] + 1),
+        "height": int(rows[-1] - rows[0] + 1),
+    }
 
 
 def _pixels(length: tuple[float, str], whole: int) -> int:
@@ -249,17 +305,18 @@ def _car(rgba: np.ndarray) -> np.ndarray:
     box = foreground_box(rgba[..., 3])
     if not box["width"]:
         raise RemoveBgError("no car was found to crop, scale or position", "unknown_foreground")
-    return rgba[box["top"]:box["top"] + box["height"], box["left"]:box["left"] + box["width"]]
+    return rgba[box["top"] : box["top"] + box["height"], box["left"] : box["left"] + box["width"]]
 
 
 def _crop(rgba: np.ndarray, margin) -> np.ndarray:
     """Trimmed to the car, with a transparent margin (top, right, bottom, left)."""
     car = _car(rgba)
     height, width = car.shape[:2]
-    top, right, bottom, left = (min(_pixels(m, whole), whole // 2, MARGIN_CAP_PX)
-                                for m, whole in zip(margin, (height, width, height, width)))
+    top, right, bottom, left = (
+        min(_pixels(m, whole), whole // 2, MARGIN_CAP_PX) for m, whole in zip(margin, (height, width, height, width))
+    )
     out = np.zeros((height + top + bottom, width + left + right, 4), np.uint8)
-    out[top:top + height, left:left + width] = car
+    out[top : top + height, left : left + width] = car
     return out
 
 
@@ -271,8 +328,9 @@ def _place(rgba: np.ndarray, scale: float | None, position: tuple[float, float] 
     car = _car(rgba)
     if scale is not None:
         factor = scale * min(width / car.shape[1], height / car.shape[0])
-        car = _resized(car, (max(1, min(width, round(car.shape[1] * factor))),
-                             max(1, min(height, round(car.shape[0] * factor)))))
+        car = _resized(
+            car, (max(1, min(width, round(car.shape[1] * factor))), max(1, min(height, round(car.shape[0] * factor))))
+        )
     h, w = car.shape[:2]
     if position is None:  # where it was (its centre kept when it was scaled)
         top = min(max(0, box["top"] + (box["height"] - h) // 2), height - h)
@@ -280,11 +338,12 @@ def _place(rgba: np.ndarray, scale: float | None, position: tuple[float, float] 
     else:
         left, top = round((width - w) * position[0]), round((height - h) * position[1])
     out = np.zeros_like(rgba)
-    out[top:top + h, left:left + w] = car
+    out[top : top + h, left : left + w] = car
     return out
 
 
 # -- the answer -------------------------------------------------------------------------------------
+
 
 def render(rgba: np.ndarray, background: np.ndarray | None, options: Options) -> tuple[bytes, str]:
     """The result's bytes and media type. `background`: the decoded bg_image_file, if any."""
@@ -313,53 +372,8 @@ def _over(rgba: np.ndarray, background: np.ndarray | None, colour, flat: bool) -
         return compose(photo, alpha, WHITE) if flat else rgba
     if colour[3] == 255:
         return compose(photo, alpha, colour[:3])
-    a, b = alpha[..., None] / 255.0, colour[3] / 255.0   # the car over a see-through colour
+    a, b = alpha[..., None] / 255.0, colour[3] / 255.0  # the car over a see-through colour
     out_a = a + b * (1 - a)
     rgb = (photo * a + np.array(colour[:3]) * b * (1 - a)) / np.maximum(out_a, 1e-6)
     layered = np.dstack([np.round(rgb), np.round(out_a * 255)]).astype(np.uint8)
     return compose(layered[..., :3], layered[..., 3], WHITE) if flat else layered
-
-
-# -- the schema of the endpoint ---------------------------------------------------------------------
-
-def openapi() -> dict:
-    """/v1.0/removebg's request and answers for /openapi.json: the form, the JSON body, 400 {"errors": [...]}."""
-    def prop(name: str, field: Field, files: bool) -> dict:
-        schema = {"type": "string", "format": "binary"} if field.kind == "file" and files else \
-            {"type": "boolean"} if field.kind == "flag" else {"type": "string"}
-        if field.choices:
-            schema["enum"] = list(field.choices)
-        if field.default is not None:
-            schema["default"] = FLAGS[field.default] if field.kind == "flag" else field.default
-        return {**schema, "description": field.carmask}
-
-    form = {"type": "object", "properties": {n: prop(n, f, True) for n, f in FIELDS.items()}}
-    body = {"type": "object", "properties": {n: prop(n, f, False) for n, f in FIELDS.items() if f.kind != "file"}}
-    errors = {"type": "object", "required": ["errors"], "properties": {"errors": {"type": "array", "items": {
-        "type": "object", "required": ["title", "code"],
-        "properties": {"title": {"type": "string"}, "code": {"type": "string"}}}}}}
-    error = lambda text: {"description": text, "content": {"application/json": {"schema": errors}}}  # noqa: E731
-    header = lambda text: {"description": text, "schema": {"type": "string"}}  # noqa: E731
-    box = {f"foreground_{k}": {"type": "integer"} for k in ("top", "left", "width", "height")}
-    return {
-        "requestBody": {"required": True, "content": {
-            "multipart/form-data": {"schema": form},
-            "application/x-www-form-urlencoded": {"schema": body},
-            "application/json": {"schema": body}}},
-        "responses": {
-            "200": {"description": "The result: an image or a zip; with `Accept: application/json`, "
-                                   "`{\"data\": {\"result_b64\", \"foreground_top\", ...}}`.",
-                    "headers": {"X-Width": header("The result's width."), "X-Height": header("The result's height."),
-                                "X-Type": header("car (absent with type_level=none)."),
-                                "X-Credits-Charged": header("Always 0."),
-                                **{f"X-Foreground-{k}": header(f"The car's box in the result: {k.lower()}.")
-                                   for k in ("Top", "Left", "Width", "Height")}},
-                    "content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "application/zip": {},
-                                "application/json": {"schema": {"type": "object", "properties": {"data": {
-                                    "type": "object", "properties": {"result_b64": {"type": "string"}, **box}}}}}}},
-            "400": error("A bad field, named in the title (conflicting fields, a URL, an unreadable photo...)."),
-            "403": error("A wrong or missing X-Api-Key (code auth_failed), another host or another origin."),
-            "413": error("Over the upload limit or the pixel limit."),
-            "500": error("A bug: the server's log has the details."),
-        },
-    }

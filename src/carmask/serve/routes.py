@@ -1,12 +1,13 @@
 """carmask's own endpoints: /health, /version, /api/cutout (one photo -> PNG) and
 /api/cutout-set (views of cars -> zip of PNGs). Each is a thin shell over `Service.cut`."""
+
 from __future__ import annotations
 
 import json
 import re
 import tempfile
 import zipfile
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile, params
@@ -23,8 +24,10 @@ from carmask.serve.errors import BadRequest, Unprocessable
 from carmask.serve.service import Service, service
 from carmask.serve.uploads import Budget, background_of, check_type, collect, decoded, read_image, stem
 
-PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The cut-out as a PNG: RGBA (transparent), "
-                                                            "L (mask) or RGB (over a colour or image)."}
+PNG_RESPONSE = {
+    "content": {"image/png": {}},
+    "description": "The cut-out as a PNG: RGBA (transparent), L (mask) or RGB (over a colour or image).",
+}
 ERRORS = {
     403: {"description": "A page of another origin, or a wrong or missing API key."},
     413: {"description": "Upload over the size limit, or images over the pixel budget."},
@@ -44,32 +47,52 @@ async def health() -> dict:
 @router.get("/version", tags=["meta"], summary="Version, models and limits")
 async def version(request: Request) -> dict:
     state = service(request)
-    return {"version": __version__, "models": state.model_names(), "device": str(state.predictor.device),
-            "max_upload_bytes": state.max_upload_bytes, "max_request_pixels": state.request_pixels,
-            "max_pixels": min(state.request_pixels, cio.MAX_PIXELS), "min_views": MIN_VIEWS,
-            "api_key": state.api_key is not None}
+    return {
+        "version": __version__,
+        "models": state.model_names(),
+        "device": str(state.predictor.device),
+        "max_upload_bytes": state.max_upload_bytes,
+        "max_request_pixels": state.request_pixels,
+        "max_pixels": min(state.request_pixels, cio.MAX_PIXELS),
+        "min_views": MIN_VIEWS,
+        "api_key": state.api_key is not None,
+    }
 
 
 def once(*names: str) -> params.Depends:
     """A dependency refusing a form that repeats any of `names` (FastAPI would use one silently)."""
+
     async def check(request: Request) -> None:
         form = await request.form()  # the form FastAPI parsed, not parsed again
         for name in names:
             if len(form.getlist(name)) > 1:
-                raise BadRequest(f"field {name!r} was sent {len(form.getlist(name))} times: send it once"
-                                 + (" (several photos go to /api/cutout-set)" if name == "file" else ""))
+                raise BadRequest(
+                    f"field {name!r} was sent {len(form.getlist(name))} times: send it once"
+                    + (" (several photos go to /api/cutout-set)" if name == "file" else "")
+                )
+
     return Depends(check)
 
 
-@router.post("/api/cutout", tags=["cutout"], summary="Cut the car out of one photo",
-             response_class=Response, responses={200: PNG_RESPONSE, **ERRORS},
-             dependencies=[once("file", "bg", "background")])
-def cutout(request: Request,
-           file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, TIFF or BMP)."),
-           bg: str = Form("transparent", description="transparent (RGBA PNG), mask (L PNG), or a "
-                                                     "colour: green, #00b900, 0,185,0 (RGB PNG)."),
-           background: UploadFile | None = File(None, description="Optional background image "
-                                                                    "(scaled to cover); wins over bg.")):
+@router.post(
+    "/api/cutout",
+    tags=["cutout"],
+    summary="Cut the car out of one photo",
+    response_class=Response,
+    responses={200: PNG_RESPONSE, **ERRORS},
+    dependencies=[once("file", "bg", "background")],
+)
+def cutout(
+    request: Request,
+    file: UploadFile = File(..., description="The photo (JPEG, PNG, WebP, TIFF or BMP)."),
+    bg: str = Form(
+        "transparent",
+        description="transparent (RGBA PNG), mask (L PNG), or a colour: green, #00b900, 0,185,0 (RGB PNG).",
+    ),
+    background: UploadFile | None = File(
+        None, description="Optional background image (scaled to cover); wins over bg."
+    ),
+):
     state = service(request)
     with state.admission.job():  # a few requests at once from here: their uploads in memory
         budget = state.budget()
@@ -80,27 +103,39 @@ def cutout(request: Request,
             if result.error:
                 raise result.error
             body = image_bytes(result.image)
-    return Response(body, media_type="image/png", headers={
-        "Content-Disposition": disposition("inline", f"{stem(photo.label)}.png"), **warning_header(result)})
+    return Response(
+        body,
+        media_type="image/png",
+        headers={"Content-Disposition": disposition("inline", f"{stem(photo.label)}.png"), **warning_header(result)},
+    )
 
 
-@router.post("/api/cutout-set", tags=["cutout"], summary="Cut out sets of views of cars (zip of PNGs)",
-             response_class=Response,
-             responses={200: {"content": {"application/zip": {}},
-                              "description": "A zip of `<stem>.png` (`<stem>_mask.png` for masks), plus "
-                                             "`errors.txt` naming every skipped file and why, and "
-                                             "`warnings.txt` saying how some were cut out (e.g. taken out "
-                                             "of a set whose views do not share a studio), and "
-                                             "`manifest.json` (with either): the same as values (`skipped`: "
-                                             "photo, kind, reason, text; `notes`: kind, photos, treatment, "
-                                             "text...)."},
-                              **ERRORS},
-             dependencies=[once("bg", "background")])
-def cutout_set(request: Request,
-               files: list[UploadFile] = File(..., description="Photos named <car>_<NN>.jpg "
-                                                               "(or one zip of them)."),
-               bg: str = Form("transparent", description="As for /api/cutout."),
-               background: UploadFile | None = File(None, description="Optional background image.")):
+@router.post(
+    "/api/cutout-set",
+    tags=["cutout"],
+    summary="Cut out sets of views of cars (zip of PNGs)",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/zip": {}},
+            "description": "A zip of `<stem>.png` (`<stem>_mask.png` for masks), plus "
+            "`errors.txt` naming every skipped file and why, and "
+            "`warnings.txt` saying how some were cut out (e.g. taken out "
+            "of a set whose views do not share a studio), and "
+            "`manifest.json` (with either): the same as values (`skipped`: "
+            "photo, kind, reason, text; `notes`: kind, photos, treatment, "
+            "text...).",
+        },
+        **ERRORS,
+    },
+    dependencies=[once("bg", "background")],
+)
+def cutout_set(
+    request: Request,
+    files: list[UploadFile] = File(..., description="Photos named <car>_<NN>.jpg (or one zip of them)."),
+    bg: str = Form("transparent", description="As for /api/cutout."),
+    background: UploadFile | None = File(None, description="Optional background image."),
+):
     state = service(request)
     with state.admission.job():  # a few at once from here: uploads and unpacked zips in memory
         for upload in files:
@@ -124,10 +159,16 @@ def cutout_set(request: Request,
             raise
     size = out.tell()
     out.seek(0)
-    return StreamingResponse(_chunks(out), media_type="application/zip",
-                             headers={"Content-Disposition": 'attachment; filename="cutouts.zip"',
-                                      "Content-Length": str(size), "X-Carmask-Cutouts": str(written),
-                                      "X-Carmask-Skipped": str(len(errors))})
+    return StreamingResponse(
+        _chunks(out),
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": 'attachment; filename="cutouts.zip"',
+            "Content-Length": str(size),
+            "X-Carmask-Cutouts": str(written),
+            "X-Carmask-Skipped": str(len(errors)),
+        },
+    )
 
 
 def _zip_cutouts(out, photos: dict, back, state: Service, budget: Budget, errors: list[ImageError]) -> int:
@@ -159,8 +200,11 @@ def _zip_cutouts(out, photos: dict, back, state: Service, budget: Budget, errors
 def manifest(written: int, errors: list[ImageError], notes: list[Note]) -> dict:
     """What a zip of cut-outs holds, as values: how many were `written`, the
     `skipped` photos and the `notes`, each as its dict with its sentence (`text`)."""
-    return {"written": written, "skipped": [{**error.as_dict(), "text": str(error)} for error in errors],
-            "notes": [{**note.as_dict(), "text": str(note)} for note in notes]}
+    return {
+        "written": written,
+        "skipped": [{**error.as_dict(), "text": str(error)} for error in errors],
+        "notes": [{**note.as_dict(), "text": str(note)} for note in notes],
+    }
 
 
 def _chunks(spool, size: int = 256 * 1024) -> Iterator[bytes]:
@@ -185,5 +229,7 @@ def warning_header(result: Cutout) -> dict[str, str]:
     (made printable ASCII, as a header must be) and its kind."""
     if not result.note:
         return {}
-    return {"X-Carmask-Warning": re.sub(r"[^\x20-\x7e]", "?", str(result.note))[:1000],
-            "X-Carmask-Note": result.note.kind.name}
+    return {
+        "X-Carmask-Warning": re.sub(r"[^\x20-\x7e]", "?", str(result.note))[:1000],
+        "X-Carmask-Note": result.note.kind.name,
+    }

@@ -7,6 +7,7 @@ changes under them:
     timed_protocol   H11Protocol closing connections whose request headers are late
     Server           a second SIGTERM quits at once, as a second Ctrl+C does
 """
+
 from __future__ import annotations
 
 import os
@@ -17,24 +18,49 @@ from carmask.serve.guard import local_hosts, served
 from carmask.serve.limits import server_malloc
 from carmask.serve.service import DEFAULT_MAX_UPLOAD_BYTES
 
-HEADER_TIMEOUT = 10.0                 # seconds for a client to send a request's headers
-DRAIN_SECONDS = 30                    # on SIGTERM or Ctrl+C, requests in flight get this long to finish
+HEADER_TIMEOUT = 10.0  # seconds for a client to send a request's headers
+DRAIN_SECONDS = 30  # on SIGTERM or Ctrl+C, requests in flight get this long to finish
 
 
-def run(host: str = "127.0.0.1", port: int = 8000, model=None, device: str = "auto", refiner=None,
-        api_key: str | None = None, allow_origins=(), allow_hosts=(),
-        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrency: int | None = None,
-        drain_seconds: float = DRAIN_SECONDS) -> None:
+def run(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model=None,
+    device: str = "auto",
+    refiner=None,
+    api_key: str | None = None,
+    allow_origins=(),
+    allow_hosts=(),
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_concurrency: int | None = None,
+    drain_seconds: float = DRAIN_SECONDS,
+) -> None:
     """Serve the API and the page with uvicorn (the `carmask serve` verb)."""
     import uvicorn
+
     server_malloc()
     hosts = local_hosts(host, allow_hosts)
-    app = create_app(model=model, device=device, refiner=refiner, api_key=api_key, hosts=hosts,
-                     allow_origins=allow_origins, max_upload_bytes=max_upload_bytes,
-                     max_concurrency=max_concurrency)
+    app = create_app(
+        model=model,
+        device=device,
+        refiner=refiner,
+        api_key=api_key,
+        hosts=hosts,
+        allow_origins=allow_origins,
+        max_upload_bytes=max_upload_bytes,
+        max_concurrency=max_concurrency,
+    )
     print("\n".join(startup_lines(host, port, hosts, drain_seconds)), flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", http=timed_protocol(),
-                            timeout_keep_alive=5, limit_concurrency=512, timeout_graceful_shutdown=drain_seconds)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        http=timed_protocol(),
+        timeout_keep_alive=5,
+        limit_concurrency=512,
+        timeout_graceful_shutdown=drain_seconds,
+    )
     server_class()(config).run()
 
 
@@ -47,12 +73,14 @@ def page_url(host: str, port: int) -> str:
 def startup_lines(host: str, port: int, hosts: set[str], drain_seconds: float) -> list[str]:
     """What `carmask serve` says before it serves: where, which host names, how it stops."""
     names = sorted(name for name in hosts if not served(name, set()))  # IP addresses go without saying
-    return [f"carmask {__version__}: open {page_url(host, port)}",
-            f"Answers requests addressed to {', '.join(names)} or to an IP address; other host names "
-            "are refused (against DNS rebinding): add each name that clients use with --allow-host NAME "
-            "(repeatable).",
-            f"Ctrl+C or SIGTERM: requests in flight get up to {drain_seconds:g} s to finish; "
-            "a second signal quits at once."]
+    return [
+        f"carmask {__version__}: open {page_url(host, port)}",
+        f"Answers requests addressed to {', '.join(names)} or to an IP address; other host names "
+        "are refused (against DNS rebinding): add each name that clients use with --allow-host NAME "
+        "(repeatable).",
+        f"Ctrl+C or SIGTERM: requests in flight get up to {drain_seconds:g} s to finish; "
+        "a second signal quits at once.",
+    ]
 
 
 def server_class():

@@ -1,4 +1,5 @@
 """What the routes share (`app.state.service`): the predictor, the limits and the one cut-out path."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,19 +8,20 @@ from pathlib import Path
 from fastapi import Request
 
 from carmask.cutout import Cutout, remove_set
-from carmask.predict import Predictor
 from carmask.io import MiB
+from carmask.predict import Predictor
 from carmask.serve.limits import MULTIPART_SLACK, Admission
 from carmask.serve.uploads import Budget
 
 DEFAULT_MAX_UPLOAD_BYTES = 25 * MiB
-DEFAULT_REQUEST_PIXELS = 48_000_000   # every image of one request together (a 16-view 1918x1280 set: 39 Mpx)
-DEFAULT_PIXELS_AT_ONCE = 96_000_000   # decoded pixels in flight in the whole server
+DEFAULT_REQUEST_PIXELS = 48_000_000  # every image of one request together (a 16-view 1918x1280 set: 39 Mpx)
+DEFAULT_PIXELS_AT_ONCE = 96_000_000  # decoded pixels in flight in the whole server
 
 
 @dataclass
 class Service:
     """The app's state: the predictor, the limits, the admission of work."""
+
     predictor: Predictor
     admission: Admission
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -44,6 +46,7 @@ class Service:
 
     def model_names(self) -> list[str]:
         from carmask import models
+
         if self.predictor.model_name is not None:
             name = str(self.predictor.model_name)
             return [Path(name).stem if Path(name).suffix else name]

@@ -1,21 +1,22 @@
 """Uploads: what one request may bring in, counted before anything is decoded.
 
-    Budget          one request's bytes (each upload, and what its zips unpack to) and pixels
-                    (every image's, from its header)
-    Upload          an image opened and counted, decoded only inside the pixels it was admitted with
-    read_image      an uploaded image: type checked, bytes read, opened, counted
-    background_of   the composition target: a kind, a colour (never a path) or an uploaded image
-    collect         the photos of a set request, uploaded or in zips, labelled and placed by car
-    safe_label      a client's file name as a harmless label (it names outputs, never a path)
+Budget          one request's bytes (each upload, and what its zips unpack to) and pixels
+                (every image's, from its header)
+Upload          an image opened and counted, decoded only inside the pixels it was admitted with
+read_image      an uploaded image: type checked, bytes read, opened, counted
+background_of   the composition target: a kind, a colour (never a path) or an uploaded image
+collect         the photos of a set request, uploaded or in zips, labelled and placed by car
+safe_label      a client's file name as a harmless label (it names outputs, never a path)
 """
+
 from __future__ import annotations
 
 import io
 import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from fastapi import UploadFile
 from PIL import Image
@@ -26,8 +27,8 @@ from carmask.outcomes import ImageError, Problem
 from carmask.serve.errors import TooLarge, Unprocessable, WrongType
 from carmask.serve.images import open_photo
 
-MAX_SET_FILES = 64                    # photos in one /api/cutout-set request
-ZIP_EXPANSION = 4                     # a request's zips unpack to at most this many times the upload limit
+MAX_SET_FILES = 64  # photos in one /api/cutout-set request
+ZIP_EXPANSION = 4  # a request's zips unpack to at most this many times the upload limit
 IMAGE_TYPES_LOOSE = ("", "application/octet-stream", "binary/octet-stream")
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed", "application/x-zip", "multipart/x-zip")
 _LABEL_BAD = re.compile(r"[^\w.-]+")  # letters and digits of any script stay
@@ -56,8 +57,10 @@ class Budget:
 
     def check_bytes(self, count: int, what: str) -> None:
         if count > self.max_upload_bytes:
-            raise TooLarge(f"{what} is larger than the limit of {self.max_upload_bytes:,} bytes "
-                           f"({self.max_upload_bytes / cio.MiB:.1f} MiB)")
+            raise TooLarge(
+                f"{what} is larger than the limit of {self.max_upload_bytes:,} bytes "
+                f"({self.max_upload_bytes / cio.MiB:.1f} MiB)"
+            )
 
     def check_unzip(self, count: int, zip_label: str) -> None:
         """Whether `count` more bytes may be unpacked from this request's zips."""
@@ -77,14 +80,17 @@ class Budget:
             raise TooLarge(f"{label}: image has {pixels:,} pixels, over the limit of {most:,}")
         self.pixels += pixels
         if self.pixels > self.max_pixels:
-            raise TooLarge(f"the images of this request have more than {self.max_pixels:,} pixels "
-                           f"together ({label} passes the budget)")
+            raise TooLarge(
+                f"the images of this request have more than {self.max_pixels:,} pixels "
+                f"together ({label} passes the budget)"
+            )
         return image
 
 
 @dataclass
 class Upload:
     """An uploaded image, opened and counted in the budget, decoded only inside its pixels."""
+
     label: str
     image: Image.Image
 
@@ -140,6 +146,7 @@ def decoded(background):
 
 # -- sets: photos uploaded one by one or in zips -----------------------------------------------------
 
+
 class Labels:
     """The photos of one set request, as (unique label, bytes, place). The
     label names the output; the place groups views into cars: the photo's
@@ -182,8 +189,11 @@ def collect(files: list[UploadFile], budget: Budget, errors: list[ImageError]) -
 
 
 def _is_zip(upload: UploadFile, data: bytes) -> bool:
-    return data[:4] == b"PK\x03\x04" or media_type(upload.content_type) in ZIP_TYPES or \
-        (upload.filename or "").lower().endswith(".zip")
+    return (
+        data[:4] == b"PK\x03\x04"
+        or media_type(upload.content_type) in ZIP_TYPES
+        or (upload.filename or "").lower().endswith(".zip")
+    )
 
 
 def unzip(data: bytes, zip_label: str, budget: Budget, errors: list[ImageError]) -> Iterator[tuple[str, bytes, str]]:
