@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import interrupted_run, partial_of, run_cli, unrelated_photos
 
+from carmask.predictor.runner import CPU_NETWORK_BATCH
 from carmask.submission import SubmissionWriter, read_submission
 from carmask.synth import make_dataset
 
@@ -497,10 +498,10 @@ def test_a_rerun_with_another_network_batch_refuses_and_names_it(photos, tmp_pat
     out = tmp_path / "s.csv"
     interrupted_run(5, "predict", photos, "-o", out, *MODEL)
     record = out.with_name(out.name + ".partial.json")
-    assert json.loads(record.read_text())["network_batch"] == 1  # on the CPU, whatever --batch-size
-    record.write_text(record.read_text().replace('"network_batch": 1', '"network_batch": 16'))
+    assert json.loads(record.read_text())["network_batch"] == CPU_NETWORK_BATCH  # on the CPU, whatever --batch-size
+    record.write_text(record.read_text().replace(f'"network_batch": {CPU_NETWORK_BATCH}', '"network_batch": 16'))
     result = run_cli("predict", photos, "-o", out, *MODEL)
-    assert result.exit_code == 2 and "network batch was 16, now 1" in result.stderr
+    assert result.exit_code == 2 and f"network batch was 16, now {CPU_NETWORK_BATCH}" in result.stderr
 
 
 def test_a_resume_through_a_symlinked_folder_is_the_same_run(photos, full, tmp_path):
