@@ -10,7 +10,6 @@ recipes of the shipped models are in `carmask.recipes`.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -34,6 +33,7 @@ from carmask.inputs.spec import InputSpec
 from carmask.metrics import batch_dice
 from carmask.outcomes import ImageError
 from carmask.report import plot_curves
+from carmask.run_files import load_last, log_epoch, open_log, save_last
 from carmask.train_config import TrainConfig
 
 
@@ -187,17 +187,10 @@ def setup(
     }
     run = Run(config, run_dir, device, cache, train_rows, val_rows, net, model, optimizer, meta)
     if resume and (run_dir / "last.pt").exists():
-        _resume(run, run_dir / "last.pt")
+        run.epoch, run.best_dice, run.elapsed = load_last(run_dir / "last.pt", net, optimizer, device)
     run.generator.manual_seed(config.seed + run.epoch)
-    if main and run.epoch == 0:
-        run.log.write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n")
-    elif main:  # a run stopped between an epoch's row and its last.pt: that epoch is trained again
-        lines = run.log.read_text().splitlines(keepends=True) if run.log.exists() else []
-        kept = lines[:1] + [
-            line for line in lines[1:] if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= run.epoch
-        ]
-        if kept != lines:
-            atomic_write(run.log, lambda tmp: tmp.write_text("".join(kept)))
+    if main:
+        open_log(run.log, run.epoch)
     return run
 
 
@@ -310,11 +303,7 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float, pr
         run.best_dice = val_dice
     if not distributed.is_main():
         return
-    lr = run.optimizer.param_groups[0]["lr"]
-    with open(run.log, "a", newline="") as f:
-        csv.writer(f).writerow(
-            [run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}", f"{lr:.2e}", f"{run.elapsed:.1f}"]
-        )
+    log_epoch(run.log, run.epoch, train_loss, val_loss, val_dice, run.optimizer, run.elapsed)
     if progress:
         figures = f"val loss {val_loss:.4f}  val dice {val_dice:.4f}" if validated else "no validation cars"
         tqdm.write(f"epoch {run.epoch}: train loss {train_loss:.4f}  {figures}  ({run.elapsed:.0f}s)", file=sys.stderr)
@@ -327,27 +316,7 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, val_dice: float, pr
     if improved:
         models.save(run.net, run.run_dir / "best.pt", meta)
     models.save(run.net, run.run_dir / "model.pt", meta)
-    state = {
-        "model": run.net.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "epoch": run.epoch,
-        "best_dice": run.best_dice,
-        "elapsed": run.elapsed,
-    }
-    atomic_write(run.run_dir / "last.pt", lambda tmp: torch.save(state, tmp))
-
-
-def _resume(run: Run, last: Path) -> None:
-    try:
-        state = torch.load(last, map_location=run.device, weights_only=True)
-        run.net.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.epoch, run.best_dice, run.elapsed = state["epoch"], state["best_dice"], state["elapsed"]
-    except Exception as exc:  # another run's file, a truncated one, another recipe's shapes
-        raise ValueError(
-            f"{last}: cannot resume from it ({str(exc).splitlines()[0]}); "
-            f"train into a new folder, or delete it to start afresh"
-        ) from None
+    save_last(run.run_dir / "last.pt", run.net, run.optimizer, run.epoch, run.best_dice, run.elapsed)
 
 
 def held_out(

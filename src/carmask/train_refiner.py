@@ -25,7 +25,6 @@ last.pt (`--resume`).
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -44,6 +43,8 @@ from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
 from carmask.refiner_data import Buffer, CoarseCache, TileBuffer
 from carmask.report import plot_curves
+from carmask.run_files import load_last, log_epoch, open_log, save_last
+from carmask.train import held_out, learning_rate
 from carmask.train_config import RefinerConfig
 
 
@@ -119,7 +120,6 @@ def setup(
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     cars = discover(data_dir)
-    from carmask.train import held_out  # the split of every recipe: the coarse models' own
 
     coarse_train, val_cars = held_out(list(cars), config.val_cars, config.val_fraction, config.seed)
     extra = sorted(set(config.train_on_val) & set(val_cars))
@@ -162,10 +162,9 @@ def setup(
     }
     run = Run(config, run_dir, cache, train_items, val_rows, refiner, optimizer, meta)
     if resume and (run_dir / "last.pt").exists():
-        _resume(run, run_dir / "last.pt")
+        run.epoch, run.best_dice, run.elapsed = load_last(run_dir / "last.pt", refiner, optimizer, "cpu")
     run.generator.manual_seed(config.seed + run.epoch)
-    if run.epoch == 0:
-        run.log.write_text("epoch,train_loss,val_loss,val_dice,lr,seconds\n")
+    open_log(run.log, run.epoch)
     return run
 
 
@@ -202,8 +201,6 @@ def train_one_epoch(
     `elapsed` seconds are spent) runs out: (mean training loss, or None if no
     step was made; out of time; seconds this epoch took). `criterion(logits,
     targets)` scores the refined logits: the coarse logit plus the refiner's."""
-    from carmask.train import learning_rate
-
     budget = 60 * config.max_minutes if config.max_minutes else None
     refiner.train()
     total, seen, out_of_time, t0 = 0.0, 0, False, time.perf_counter()
@@ -267,11 +264,7 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, dices: list[float],
     improved = not run.val_rows.size or val_dice > run.best_dice
     if improved:
         run.best_dice = val_dice
-    lr = run.optimizer.param_groups[0]["lr"]
-    with open(run.log, "a", newline="") as f:
-        csv.writer(f).writerow(
-            [run.epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{val_dice:.5f}", f"{lr:.2e}", f"{run.elapsed:.1f}"]
-        )
+    log_epoch(run.log, run.epoch, train_loss, val_loss, val_dice, run.optimizer, run.elapsed)
     if progress:
         each = "  ".join(f"{model} {dice:.5f}" for (model, _), dice in zip(run.cache.sources, dices))
         tqdm.write(
@@ -290,31 +283,4 @@ def save_epoch(run: Run, train_loss: float, val_loss: float, dices: list[float],
     if improved:
         rf.save(run.refiner, run.run_dir / "best.pt", meta)
     rf.save(run.refiner, run.run_dir / "model.pt", meta)
-    state = {
-        "model": run.refiner.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "epoch": run.epoch,
-        "best_dice": run.best_dice,
-        "elapsed": run.elapsed,
-    }
-    atomic_write(run.run_dir / "last.pt", lambda tmp: torch.save(state, tmp))
-
-
-def _resume(run: Run, last: Path) -> None:
-    try:
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        run.refiner.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
-        run.epoch, run.best_dice, run.elapsed = state["epoch"], state["best_dice"], state["elapsed"]
-    except Exception as exc:  # another run's file, a truncated one, another recipe's shapes
-        raise ValueError(
-            f"{last}: cannot resume from it ({str(exc).splitlines()[0]}); "
-            f"train into a new folder, or delete it to start afresh"
-        ) from None
-    lines = run.log.read_text().splitlines(keepends=True) if run.log.exists() else []
-    kept = lines[:1] + [
-        line for line in lines[1:] if line.split(",", 1)[0].isdigit() and int(line.split(",", 1)[0]) <= run.epoch
-    ]
-    atomic_write(
-        run.log, lambda tmp: tmp.write_text("".join(kept) or "epoch,train_loss,val_loss,val_dice,lr,seconds\n")
-    )
+    save_last(run.run_dir / "last.pt", run.refiner, run.optimizer, run.epoch, run.best_dice, run.elapsed)

@@ -36,8 +36,8 @@ class Segmenter(Protocol):
 
 
 # Photos per network call on the CPU, whatever --batch-size: calls of 4 run the
-# pipeline 1.15x faster end to end than calls of 1 (2-core CPU, 640 test photos);
-# a single photo pays for 3 padded ones (a few ms at 128x128).
+# pipeline faster end to end than calls of 1 (docs/RESULTS.md, "Prediction speed
+# (CPU)"); a single photo pays for 3 padded ones.
 CPU_NETWORK_BATCH = 4
 
 
