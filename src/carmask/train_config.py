@@ -51,6 +51,7 @@ class RefinerConfig:
     channels: int = 32  # tiles: the CNN's width, its dilations, the tiles' side
     dilations: tuple[int, ...] = (1, 1, 2, 4, 8, 1)
     tile: int = 64
+    fine: int = 0  # tiles: > 0, two scales: this many channels at full resolution, the dilated ones at half
     low: float = 0.05  # the band: low < coarse probability < 1 - low
     perturb: int = 2  # perturbed coarse copies per photo of the coarse model's training cars
     batch_size: int = 8192  # band pixels per step (tiles: tiles per step)

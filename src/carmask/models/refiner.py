@@ -47,6 +47,7 @@ LIMITS = {
     "dilation": (1, 32),
     "conv_layers": (1, 12),
     "tile": (8, 512),
+    "fine": (1, 128),
 }
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / "refiners"
 
@@ -93,15 +94,24 @@ class TileRefiner(nn.Module):
     """A small dilated CNN on square tiles of the band: K x 8 x T x T pixel
     values (0..255, the planes of `packed`) -> K x T x T logit corrections.
 
-    The shape of the issue's quick experiment: 3x3 convolutions of `channels`
-    channels, one per entry of `dilations`, ReLU between them, a 1x1 head;
-    inputs photo, studio, their difference (each 3 channels) and the coarse
-    logit. `tile`: the side of the tiles it runs on (the 512 frame is cut
-    into a grid of them; only those holding band pixels run).
+    Inputs photo, studio, their difference (each 3 channels) and the coarse
+    logit. With `fine` 0, the shape of the issue's quick experiment: 3x3
+    convolutions of `channels` channels, one per entry of `dilations`, ReLU
+    between them, a 1x1 head. With `fine` > 0, two scales, for a third of the
+    cost: two 3x3 convolutions of `fine` channels at the tile's resolution,
+    the dilated ones (the context: where body, wheel and floor are) at half
+    of it, enlarged and joined to the fine features by one more 3x3
+    convolution before the head. `tile`: the side of the tiles it runs on
+    (the 512 frame is cut into a grid of them; only those holding band pixels run).
     """
 
     def __init__(
-        self, channels: int = 32, dilations: Sequence[int] = (1, 1, 2, 4, 8, 1), tile: int = 64, low: float = 0.05
+        self,
+        channels: int = 32,
+        dilations: Sequence[int] = (1, 1, 2, 4, 8, 1),
+        tile: int = 64,
+        low: float = 0.05,
+        fine: int = 0,
     ):
         super().__init__()
         self.config = {
@@ -111,12 +121,23 @@ class TileRefiner(nn.Module):
             "tile": int(tile),
             "low": float(low),
         }
-        self.low, self.tile = float(low), int(tile)
+        if fine:
+            self.config["fine"] = int(fine)
+        self.low, self.tile, self.fine = float(low), int(tile), int(fine)
         layers, width = [], 10
+        if fine:
+            self.near = nn.Sequential(
+                nn.Conv2d(10, fine, 3, padding=1), nn.ReLU(inplace=True),
+                nn.Conv2d(fine, fine, 3, padding=1), nn.ReLU(inplace=True),
+            )  # fmt: skip
+            layers, width = [nn.Conv2d(fine, channels, 3, stride=2, padding=1), nn.ReLU(inplace=True)], channels
         for d in dilations:
             layers += [nn.Conv2d(width, channels, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
             width = channels
         self.body = nn.Sequential(*layers)
+        if fine:
+            self.join = nn.Sequential(nn.Conv2d(fine + channels, fine, 3, padding=1), nn.ReLU(inplace=True))
+            width = fine
         self.head = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.head.weight)  # starts as the identity: the coarse logit unchanged
         nn.init.zeros_(self.head.bias)
@@ -126,7 +147,11 @@ class TileRefiner(nn.Module):
         photo, studio = x[:, 0:3], x[:, 3:6]
         p = x[:, 6:7].div(255).clamp(1e-3, 1 - 1e-3)
         inputs = torch.cat([(photo - 128) / 64, (studio - 128) / 64, (photo - studio) / 64, torch.logit(p) / 4], 1)
-        return self.head(self.body(inputs))[:, 0]
+        if not self.fine:
+            return self.head(self.body(inputs))[:, 0]
+        near = self.near(inputs)
+        far = F.interpolate(self.body(near), size=near.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(self.join(torch.cat([near, far], 1)))[:, 0]
 
 
 def patch_offsets(radius: int, ring: int = 0) -> torch.Tensor:
@@ -308,7 +333,8 @@ def _checked_config(config):
     if config.get("kind") == "tiles":
         dilations = config.get("dilations")
         if (
-            set(config) != {"kind", "channels", "dilations", "tile", "low"}
+            set(config) - {"fine"} != {"kind", "channels", "dilations", "tile", "low"}
+            or not within("fine", config.get("fine", 1))
             or not isinstance(dilations, list)
             or not LIMITS["conv_layers"][0] <= len(dilations) <= LIMITS["conv_layers"][1]
             or not all(within("dilation", d) for d in dilations)
@@ -316,7 +342,7 @@ def _checked_config(config):
             or not within("tile", config["tile"])
         ):
             return None
-        return lambda: TileRefiner(config["channels"], dilations, config["tile"], config["low"])
+        return lambda: TileRefiner(config["channels"], dilations, config["tile"], config["low"], config.get("fine", 0))
     hidden = config.get("hidden")
     if (
         set(config) != {"radius", "ring", "hidden", "low"}
