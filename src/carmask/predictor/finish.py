@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -105,7 +106,8 @@ class Finish:
         """Probabilities to the predictions of a batch's cars: holes, resize into
         the boxes, (refine,) threshold and run-boundary flags, or the cut-out
         pieces, on the device, copied to pinned host memory, read there."""
-        with self.lock, self.stages("postprocess"):
+        # on the CPU nothing is queued on a device: batches may finish side by side
+        with self.lock if self.device.type == "cuda" else nullcontext(), self.stages("postprocess"):
             read = self._on_device(self._placed(runs, output.size), output)
             ready = None
             if self.device.type == "cuda":
@@ -139,14 +141,17 @@ class Finish:
         the photo, the studio behind it (the set's, or the photo's own
         estimate) and the coarse probability, then placed at the output sizes."""
         frame, count = rf.SIZE, len(run.slots)
-        coarse = torch.stack(
-            [p.full() for p in place(run.probs, run.inputs.boxes, run.model.spec.frame, [frame] * count)]
-        )
+        placed = place(run.probs, run.inputs.boxes, run.model.spec.frame, [frame] * count)
         photos = torch.cat([refiner_frames.to_refiner_size(slot.full_photo(self.device)[None]) for slot in run.slots])
         index = {id(slot): i for i, slot in enumerate(run.slots)}
         views = [[index[id(v)] for v in slot.views if id(v) in index] or [i] for i, slot in enumerate(run.slots)]
-        refined = refiner_frames.refine_frames(self.refiner, photos, coarse, views)
-        return place(refined, [Box(0, 0, *frame)] * count, frame, sizes)
+        refined = refiner_frames.refine_frames(self.refiner, photos, torch.stack([p.full() for p in placed]), views)
+        # the refiner changes only the band, inside each coarse box: only that part is enlarged
+        boxes = [p.box for p in placed]
+        return [
+            place(r[None, b.top : b.bottom, b.left : b.right], [b], frame, [size])[0]
+            for r, b, size in zip(refined, boxes, sizes)
+        ]
 
     def _on_device(self, placed: list[tuple[Slot, Placed]], output: Output) -> Reader:
         """The device work of what `output` asks for, its copies to the host
