@@ -42,7 +42,7 @@ from carmask.io import read_mask
 from carmask.kaggle import group_by_car, mask_path
 from carmask.metrics import dice
 from carmask.models import refiner as rf
-from carmask.models import refiner_frames
+from carmask.models import refiner_frames as frames
 from carmask.predict import Predictor
 
 SHIPPED = Path(rf.__file__).resolve().parents[1] / "weights" / "refiners"
@@ -119,13 +119,13 @@ def cost(test_dir: Path, refiner: rf.EdgeRefiner, repeats: int) -> dict:
     out = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        photos = refiner_frames.to_refiner_size(full)
-        studios = refiner_frames.set_studios(photos, [n], coarse)
+        photos = frames.to_refiner_size(full)
+        studios = frames.set_studios(photos, [n], coarse)
         row = {
-            "set studio, 512": median_seconds(lambda: refiner_frames.set_studios(photos, [n], coarse), repeats),
-            "single-photo studio, 512": median_seconds(lambda: refiner_frames.photo_studio(photos, coarse), repeats),
-            "refiner, 512": median_seconds(lambda: rf.refine_batch(refiner, photos, studios, coarse), repeats),
-            "photo to 512": median_seconds(lambda: refiner_frames.to_refiner_size(full), repeats),
+            "set studio, 512": median_seconds(lambda: frames.set_studios(photos, [n], coarse), repeats),
+            "single-photo studio, 512": median_seconds(lambda: frames.photo_studio(photos, coarse), repeats),
+            "refiner, 512": median_seconds(lambda: frames.refine_batch(refiner, photos, studios, coarse), repeats),
+            "photo to 512": median_seconds(lambda: frames.to_refiner_size(full), repeats),
             "refined 512 to 1918x1280": median_seconds(lambda: resize_map(coarse[:, None], (width, height)), repeats),
         }
         row = {k: round(1000 * v / n, 2) for k, v in row.items()}
@@ -135,7 +135,7 @@ def cost(test_dir: Path, refiner: rf.EdgeRefiner, repeats: int) -> dict:
             row["photo to 512"] + row["per 512x512 photo, set"] + row["refined 512 to 1918x1280"], 2
         )
         out[f"{threads} thread{'s' * (threads > 1)}"] = row
-    out["band pixels per photo"] = int(len(rf.band(coarse, refiner.low)) / n)
+    out["band pixels per photo"] = int(len(frames.band(coarse, refiner.low)) / n)
     return out
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
-from carmask.models import refiner_frames
+from carmask.models import refiner_frames as frames
 from carmask.refiner_data import Buffer, TileBuffer, coarse_probs
 from carmask.synth import random_car, render_view, studio_background
 from carmask.train_config import RefinerConfig
@@ -36,7 +36,7 @@ def turntable():
             masks.append(mask)
     photos = torch.from_numpy(np.stack(photos)).permute(0, 3, 1, 2).contiguous()
     masks = torch.from_numpy(np.stack(masks).astype(np.uint8))
-    studios = refiner_frames.set_studios(photos, [8, 8])
+    studios = frames.set_studios(photos, [8, 8])
     generator = torch.Generator().manual_seed(0)
     truth = masks[:, None].float()
     low = F.interpolate(truth, size=(SIZE[1] // 4, SIZE[0] // 4), mode="bilinear", antialias=True)
@@ -58,7 +58,7 @@ def test_the_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     config = RefinerConfig(
         batch_size=2048, buffer=6, refresh=1, steps_per_epoch=150, epochs=1, lr=1e-2, max_minutes=None
     )
-    coarse_u8 = rf._to_uint8(coarse)
+    coarse_u8 = frames.to_uint8(coarse)
 
     def fetch(items):  # the first car trains, the second one is measured
         return photos[items], studios[items], coarse_u8[items], masks[items]
@@ -71,7 +71,7 @@ def test_the_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     assert loss is not None and not out_of_time
     refiner.eval()
     before = _dice(coarse[8:], masks[8:])
-    after = _dice(rf.refine_batch(refiner, photos[8:], studios[8:], coarse[8:]), masks[8:])
+    after = _dice(frames.refine_batch(refiner, photos[8:], studios[8:], coarse[8:]), masks[8:])
     assert after > before + 0.003, (before, after)  # on the car it never saw
 
 
@@ -90,7 +90,7 @@ def test_the_tile_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
         lr=1e-2,
         max_minutes=None,
     )
-    coarse_u8 = rf._to_uint8(coarse)
+    coarse_u8 = frames.to_uint8(coarse)
 
     def fetch(items):  # the first car trains, the second one is measured
         return photos[items], studios[items], coarse_u8[items], masks[items]
@@ -103,7 +103,7 @@ def test_the_tile_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     assert loss is not None and not out_of_time
     refiner.eval()
     before = _dice(coarse[8:], masks[8:])
-    after = _dice(rf.refine_batch(refiner, photos[8:], studios[8:], coarse[8:]), masks[8:])
+    after = _dice(frames.refine_batch(refiner, photos[8:], studios[8:], coarse[8:]), masks[8:])
     assert after > before + 0.003, (before, after)  # on the car it never saw
 
 
@@ -113,17 +113,20 @@ def test_tile_inference_is_the_cnn_on_each_tile_and_leaves_the_rest_alone(turnta
     torch.manual_seed(4)
     refiner = rf.TileRefiner(channels=8, dilations=(1, 2), tile=tile).eval()
     torch.nn.init.normal_(refiner.head.weight, std=0.5)  # a fresh one starts as the identity
-    whole = rf.refine_batch(refiner, photos, studios, coarse)
+    whole = frames.refine_batch(refiner, photos, studios, coarse)
     ones = torch.cat(
-        [rf.refine_batch(refiner, photos[i : i + 1], studios[i : i + 1], coarse[i : i + 1]) for i in range(len(photos))]
+        [
+            frames.refine_batch(refiner, photos[i : i + 1], studios[i : i + 1], coarse[i : i + 1])
+            for i in range(len(photos))
+        ]
     )
-    chunked = rf.refine_batch(refiner, photos, studios, coarse, chunk=1024)  # one tile a call
+    chunked = frames.refine_batch(refiner, photos, studios, coarse, chunk=1024)  # one tile a call
     assert whole.shape == coarse.shape and whole.dtype == torch.float32
     assert torch.allclose(whole, ones, atol=1e-6) and torch.allclose(whole, chunked, atol=1e-6)
     inside = (coarse > 0.05) & (coarse < 0.95)
     assert torch.equal(whole[~inside], coarse[~inside]) and not torch.equal(whole, coarse)
     # the first tile by hand: the CNN on its planes, added to the coarse logit at the band's pixels
-    table = rf.packed(photos[:1], studios[:1], coarse[:1])
+    table = frames.packed(photos[:1], studios[:1], coarse[:1])
     planes = table[..., None].view(torch.uint8).permute(0, 3, 1, 2)[:, :, :tile, :tile]
     with torch.no_grad():
         by_hand = torch.sigmoid(torch.logit(coarse[0, :tile, :tile].clamp(1e-4, 1 - 1e-4)) + refiner(planes)[0])
@@ -138,11 +141,11 @@ def test_refine_frames_finds_each_photos_studio(turntable):
     refiner = rf.TileRefiner(channels=8, dilations=(1, 2), tile=32).eval()
     torch.nn.init.normal_(refiner.head.weight, std=0.5)
     views = [list(range(8))] * 8 + [[i] for i in range(8, 16)]  # the first car as a set, the second's alone
-    out = refiner_frames.refine_frames(refiner, photos, coarse, views)
-    as_set = rf.refine_batch(refiner, photos[:8], refiner_frames.set_studios(photos[:8], [8], coarse[:8]), coarse[:8])
-    alone = rf.refine_batch(refiner, photos[8:], refiner_frames.photo_studio(photos[8:], coarse[8:]), coarse[8:])
+    out = frames.refine_frames(refiner, photos, coarse, views)
+    as_set = frames.refine_batch(refiner, photos[:8], frames.set_studios(photos[:8], [8], coarse[:8]), coarse[:8])
+    alone = frames.refine_batch(refiner, photos[8:], frames.photo_studio(photos[8:], coarse[8:]), coarse[8:])
     assert torch.allclose(out, torch.cat([as_set, alone]), atol=1e-6)  # batched convolutions: float order
-    assert torch.allclose(refiner_frames.refine_frames(refiner, photos[8:9], coarse[8:9], [[0]]), alone[:1], atol=1e-6)
+    assert torch.allclose(frames.refine_frames(refiner, photos[8:9], coarse[8:9], [[0]]), alone[:1], atol=1e-6)
 
 
 def test_tile_checkpoints_load_safely(tmp_path):
@@ -170,18 +173,21 @@ def test_inference_is_the_same_for_any_batch_and_leaves_the_rest_alone(turntable
     photos, studios, coarse, _ = turntable
     torch.manual_seed(1)
     refiner = rf.EdgeRefiner(radius=2, ring=4, hidden=(16,)).eval()
-    whole = rf.refine_batch(refiner, photos, studios, coarse)
+    whole = frames.refine_batch(refiner, photos, studios, coarse)
     ones = torch.cat(
-        [rf.refine_batch(refiner, photos[i : i + 1], studios[i : i + 1], coarse[i : i + 1]) for i in range(len(photos))]
+        [
+            frames.refine_batch(refiner, photos[i : i + 1], studios[i : i + 1], coarse[i : i + 1])
+            for i in range(len(photos))
+        ]
     )
-    chunked = rf.refine_batch(refiner, photos, studios, coarse, chunk=1000)
+    chunked = frames.refine_batch(refiner, photos, studios, coarse, chunk=1000)
     assert whole.shape == coarse.shape and whole.dtype == torch.float32
     assert torch.allclose(whole, ones, atol=1e-6) and torch.allclose(whole, chunked, atol=1e-6)
     outside = (coarse <= 0.05) | (coarse >= 0.95)
     assert torch.equal(whole[outside], coarse[outside])  # only the band is re-decided
     assert not torch.equal(whole, coarse)
     # channels-last photos (as the predictor holds them) give the same
-    cl = rf.refine_batch(refiner, photos.contiguous(memory_format=torch.channels_last), studios, coarse)
+    cl = frames.refine_batch(refiner, photos.contiguous(memory_format=torch.channels_last), studios, coarse)
     assert torch.equal(cl, whole)
 
 
@@ -193,17 +199,17 @@ def test_inference_runs_on_the_tensors_device(turntable, device):
     photos, studios, coarse, _ = turntable
     torch.manual_seed(2)
     refiner = rf.EdgeRefiner(radius=2, ring=4, hidden=(16,)).eval()
-    on_cpu = rf.refine_batch(refiner, photos, studios, coarse)
-    there = rf.refine_batch(refiner.to(device), photos.to(device), studios.to(device), coarse.to(device))
+    on_cpu = frames.refine_batch(refiner, photos, studios, coarse)
+    there = frames.refine_batch(refiner.to(device), photos.to(device), studios.to(device), coarse.to(device))
     assert there.device.type == device
     assert torch.allclose(there.cpu(), on_cpu, atol=1e-4)
-    single = refiner_frames.photo_studio(photos[:2].to(device), coarse[:2].to(device))
+    single = frames.photo_studio(photos[:2].to(device), coarse[:2].to(device))
     assert single.shape == photos[:2].shape and single.dtype == torch.uint8 and single.device.type == device
 
 
 def test_the_single_photo_studio_is_near_the_real_one(turntable):
     photos, studios, coarse, masks = turntable
-    estimate = refiner_frames.photo_studio(photos, coarse).float()
+    estimate = frames.photo_studio(photos, coarse).float()
     studio = torch.from_numpy(studio_background(*SIZE, seed=3)).permute(2, 0, 1).float()
     near_edge = (coarse > 0.05) & (coarse < 0.95)
     error = (estimate - studio).abs().mean(1)[near_edge]

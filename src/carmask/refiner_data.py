@@ -32,7 +32,6 @@ from carmask.inputs.build import car_inputs
 from carmask.inputs.decode import decode
 from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
 from carmask.io import read_mask
-from carmask.models import refiner as rf
 from carmask.models import refiner_frames
 from carmask.outcomes import ImageError
 from carmask.postprocess import place
@@ -212,7 +211,7 @@ def coarse_probs(
     placed = place(probs, inputs.boxes, model.spec.frame, [(width, height)] * len(photos))
     out = torch.stack([p.full() for p in placed])
     out = out.flip(-1) if flip else out
-    return rf._to_uint8(_moved(out[:, None], -dy, -dx)[:, 0])
+    return refiner_frames.to_uint8(_moved(out[:, None], -dy, -dx)[:, 0])
 
 
 def _moved(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -246,13 +245,13 @@ class Buffer:
     def load(self, slots: list[int]) -> None:
         pick = torch.randint(len(self.items), (len(slots),), generator=self.generator).tolist()
         photos, studios, coarse, masks = self.fetch([self.items[i] for i in pick])
-        tables = rf.packed(photos, studios, coarse, int(self.offsets.abs().max()))
+        tables = refiner_frames.packed(photos, studios, coarse, int(self.offsets.abs().max()))
         if self.tables is None:
             self.tables = tables.new_zeros((self.config.buffer, *tables.shape[1:]))
             self.frame = coarse[0].numel()  # pixels of a photo, inside the table's border
         for i, slot in enumerate(slots):
             self.tables[slot] = tables[i]
-            self.bands[slot] = rf.band(coarse[i], self.config.low)
+            self.bands[slot] = refiner_frames.band(coarse[i], self.config.low)
             self.truth[slot] = masks[i].reshape(-1)[self.bands[slot]].float()
         # each photo's colour jitter, photo and studio alike: gain, offset
         self.colour[slots] = (torch.rand((len(slots), 2), generator=self.generator) * 2 - 1) * self.config.jitter
@@ -264,7 +263,7 @@ class Buffer:
         """(K x k x 8 patches as floats, recoloured and half of them mirrored;
         the coarse logits of their pixels; the masks' values there)."""
         pick = torch.randint(len(self.index), (count,), generator=self.generator)
-        x = rf.patches(self.tables, self.index[pick], self.offsets).float()
+        x = refiner_frames.patches(self.tables, self.index[pick], self.offsets).float()
         colour = self.colour[self.owner[pick]]
         gain, offset = (1 + colour[:, 0])[:, None, None], (128 * colour[:, 1])[:, None, None]
         x[..., :6] = x[..., :6].mul_(gain).add_(offset).clamp_(0, 255)
@@ -296,7 +295,7 @@ class TileBuffer:
     def load(self, slots: list[int]) -> None:
         pick = torch.randint(len(self.items), (len(slots),), generator=self.generator).tolist()
         photos, studios, coarse, masks = self.fetch([self.items[i] for i in pick])
-        tables = rf.packed(photos, studios, coarse)
+        tables = refiner_frames.packed(photos, studios, coarse)
         if self.tables is None:
             self.tables = tables.new_zeros((self.config.buffer, *tables.shape[1:]))
             self.masks = masks.new_zeros((self.config.buffer, *masks.shape[1:]))
@@ -304,7 +303,7 @@ class TileBuffer:
         for i, slot in enumerate(slots):
             self.tables[slot] = tables[i]
             self.masks[slot] = masks[i]
-            self.bands[slot] = rf.band(coarse[i], self.config.low)
+            self.bands[slot] = refiner_frames.band(coarse[i], self.config.low)
         self.colour[slots] = (torch.rand((len(slots), 2), generator=self.generator) * 2 - 1) * self.config.jitter
         self.index = torch.cat([b + slot * self.frame for slot, b in enumerate(self.bands)])
 

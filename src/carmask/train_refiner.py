@@ -41,6 +41,7 @@ from carmask.devices import pick_device
 from carmask.files import atomic_write
 from carmask.metrics import batch_dice
 from carmask.models import refiner as rf
+from carmask.models import refiner_frames
 from carmask.refiner_data import Buffer, CoarseCache, TileBuffer
 from carmask.report import plot_curves
 from carmask.run_files import load_last, log_epoch, open_log, save_last
@@ -247,8 +248,8 @@ def evaluate(
         found = []
         for start in range(0, len(rows), batch):
             photos, studios, coarse, truth = cache.fetch([(r, source, 0) for r in rows[start : start + batch]])
-            refined = rf.refine_batch(refiner, photos, studios, coarse.float() / 255)
-            band = rf.band(coarse, config.low)
+            refined = refiner_frames.refine_batch(refiner, photos, studios, coarse.float() / 255)
+            band = refiner_frames.band(coarse, config.low)
             p = refined.reshape(-1)[band].clamp(1e-6, 1 - 1e-6)
             losses.append(F.binary_cross_entropy(p, truth.reshape(-1)[band].float()).item())
             found += batch_dice(refined > 0.5, truth.bool()).tolist()

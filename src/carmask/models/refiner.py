@@ -141,12 +141,15 @@ class TileRefiner(nn.Module):
         self.head = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.head.weight)  # starts as the identity: the coarse logit unchanged
         nn.init.zeros_(self.head.bias)
+        # channels last: on the CPU its convolutions and enlarging take half the time
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, planes: torch.Tensor) -> torch.Tensor:
         x = planes.to(self.head.weight.dtype)
         photo, studio = x[:, 0:3], x[:, 3:6]
         p = x[:, 6:7].div(255).clamp(1e-3, 1 - 1e-3)
         inputs = torch.cat([(photo - 128) / 64, (studio - 128) / 64, (photo - studio) / 64, torch.logit(p) / 4], 1)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
         if not self.fine:
             return self.head(self.body(inputs))[:, 0]
         near = self.near(inputs)
@@ -166,116 +169,6 @@ def patch_offsets(radius: int, ring: int = 0) -> torch.Tensor:
         side.append(torch.stack([torch.full_like(steps, -ring), -steps], 1))  # top, going left
         offsets = torch.cat([offsets, *side])
     return offsets
-
-
-# -- the inference ---------------------------------------------------------------------------------
-
-
-def band(coarse: torch.Tensor, low: float) -> torch.Tensor:
-    """Flat indices into N x H x W `coarse` probabilities (float 0..1, or uint8
-    0..255) of the pixels the refiner re-decides."""
-    if coarse.dtype == torch.uint8:
-        lo, hi = round(low * 255), round((1 - low) * 255)
-    else:
-        lo, hi = low, 1 - low
-    flat = coarse.reshape(-1)
-    return ((flat > lo) & (flat < hi)).nonzero()[:, 0]
-
-
-def packed(photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, pad: int = 0) -> torch.Tensor:
-    """N x (H + 2 pad) x (W + 2 pad) int64: each pixel's 8 planes (photo RGB,
-    studio RGB, coarse probability x 255, |photo - studio| in its largest
-    channel) packed into 8 bytes, so that one gather pulls all of them; a
-    border of `pad` zeros, so that a patch never needs clamping."""
-    n, _, height, width = photos.shape
-    out = torch.zeros((n, height + 2 * pad, width + 2 * pad, 8), dtype=torch.uint8, device=photos.device)
-    inner = out[:, pad : pad + height, pad : pad + width]
-    inner[..., 0:3] = photos.permute(0, 2, 3, 1)
-    inner[..., 3:6] = studios.permute(0, 2, 3, 1)
-    inner[..., 6] = coarse if coarse.dtype == torch.uint8 else _to_uint8(coarse)
-    inner[..., 7] = (torch.maximum(photos, studios) - torch.minimum(photos, studios)).amax(1)
-    return out.view(torch.int64)[..., 0]
-
-
-def patches(table: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """K x k x 8 uint8: the pixels of a packed table (see `packed`, its border
-    at least as wide as the largest offset) around the pixels at flat indices
-    `index` into the N x H x W frames inside the border, moved by each of the
-    k `offsets` (dy, dx)."""
-    pad = int(offsets.abs().max()) if len(offsets) else 0
-    n, padded_height, padded_width = table.shape
-    height, width = padded_height - 2 * pad, padded_width - 2 * pad
-    image, pixel = index.div(height * width, rounding_mode="floor"), index.remainder(height * width)
-    row, col = pixel.div(width, rounding_mode="floor"), pixel.remainder(width)
-    centre = (image * padded_height + row + pad) * padded_width + col + pad
-    at = centre[:, None] + (offsets[:, 0] * padded_width + offsets[:, 1])[None, :]
-    # index_select of a flat index: several times as fast as advanced indexing on the CPU
-    return table.reshape(-1).index_select(0, at.reshape(-1)).view(torch.uint8).view(len(index), len(offsets), 8)
-
-
-@torch.inference_mode()
-def refine_batch(
-    refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32768
-) -> torch.Tensor:
-    """Refined probabilities: N x H x W float32, on the tensors' device.
-
-    `photos`: N x 3 x H x W uint8, the photos at the refiner's size (512x512
-    for the shipped ones: squash a 1918x1280 photo to it as the coarse
-    models do); `studios`: N x 3 x H x W uint8, the studio behind each photo
-    (`set_studios` for a car's views, `photo_studio` for a photo alone);
-    `coarse`: N x H x W, the coarse model's probabilities at that size
-    (float 0..1). Outside the band the coarse probabilities are returned as
-    they are; `chunk`: band pixels per MLP call (bounds memory).
-    """
-    if isinstance(refiner, TileRefiner):
-        return _refine_tiles(refiner, photos, studios, coarse.float(), chunk=max(1, chunk // 1024))
-    coarse = coarse.float()
-    out = coarse.clone()
-    index = band(coarse, refiner.low)
-    if index.numel() == 0:
-        return out
-    offsets = refiner.offsets.to(photos.device)
-    table = packed(photos, studios, coarse, refiner.reach)
-    p = coarse.reshape(-1)[index].clamp(1e-4, 1 - 1e-4)
-    logits = torch.logit(p)
-    for start in range(0, len(index), chunk):
-        part = slice(start, start + chunk)
-        logits[part] += refiner(patches(table, index[part], offsets))
-    out.view(-1)[index] = torch.sigmoid(logits)
-    return out
-
-
-def _refine_tiles(
-    refiner: TileRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32
-) -> torch.Tensor:
-    """`refine_batch` for a TileRefiner: the frame cut into T x T tiles, the
-    CNN run on those holding band pixels, its correction added to the coarse
-    logit at the band's pixels."""
-    out = coarse.clone()
-    n, height, width = coarse.shape
-    t = refiner.tile
-    inside = (coarse > refiner.low) & (coarse < 1 - refiner.low)
-    if not inside.any():
-        return out
-    pad_h, pad_w = -height % t, -width % t
-    table = packed(photos, studios, coarse)  # N x H x W int64: the 8 planes of each pixel
-    if pad_h or pad_w:
-        table = F.pad(table, (0, pad_w, 0, pad_h))
-        inside = F.pad(inside, (0, pad_w, 0, pad_h))
-    gh, gw = table.shape[1] // t, table.shape[2] // t
-    grid = table.view(n, gh, t, gw, t).permute(0, 1, 3, 2, 4)  # N x gh x gw x T x T
-    busy = inside.view(n, gh, t, gw, t).any(4).any(2)  # N x gh x gw: tiles holding band pixels
-    which = busy.nonzero()
-    correction = torch.zeros((n, gh, gw, t, t), device=coarse.device)
-    for start in range(0, len(which), chunk):
-        at = which[start : start + chunk].unbind(1)
-        tiles = grid[at].contiguous().view(torch.uint8).view(-1, t, t, 8).permute(0, 3, 1, 2)
-        correction[at] = refiner(tiles).float()
-    correction = correction.permute(0, 1, 3, 2, 4).reshape(n, gh * t, gw * t)[:, :height, :width]
-    inside = inside[:, :height, :width]
-    p = coarse[inside].clamp(1e-4, 1 - 1e-4)
-    out[inside] = torch.sigmoid(torch.logit(p) + correction[inside])
-    return out
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -399,7 +292,3 @@ def catalog() -> dict[str, dict]:
     name -> {recipe, after, dice_512_before, dice_512, cpu_s_per_photo, ...}."""
     path = SHIPPED_DIR / "catalog.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _to_uint8(probs: torch.Tensor) -> torch.Tensor:
-    return probs.mul(255).round_().clamp_(0, 255).to(torch.uint8)

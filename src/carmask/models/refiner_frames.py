@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from carmask.inputs.background import backgrounds, median
+from carmask.inputs.background import median
 from carmask.inputs.resize import resize_image, resize_map
-from carmask.inputs.spec import MIN_VIEWS
-from carmask.models.refiner import SIZE, STUDIO_BELOW, EdgeRefiner, TileRefiner, refine_batch
+from carmask.inputs.spec import MIN_VIEWS, NotEnoughViews
+from carmask.models.refiner import SIZE, STUDIO_BELOW, EdgeRefiner, TileRefiner
 
 
 def set_studios(photos: torch.Tensor, counts: Sequence[int], coarse: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,15 +29,20 @@ def set_studios(photos: torch.Tensor, counts: Sequence[int], coarse: torch.Tenso
     out = torch.empty_like(photos)
     for start, count in zip(starts, counts):
         views = photos[start : start + count]
-        studio = backgrounds(views, [count]).median
-        if coarse is not None:
-            hidden = (coarse[start : start + count] >= STUDIO_BELOW)[:, None].expand_as(views)
-            # views that show the car are set alternately to 0 and 255: the median of all
-            # is then that of the others (within one rank), by the uint8 sorting network
-            filler = (hidden.cumsum(0, dtype=torch.int16) % 2 == 0).to(torch.uint8).mul_(255)
-            masked = median(list(torch.where(hidden, filler, views).unbind(0)))
-            enough = (~hidden[:, :1]).sum(0, dtype=torch.int16) >= MIN_VIEWS
-            studio = torch.where(enough, masked, studio[0])[None]
+        if count < MIN_VIEWS:
+            raise NotEnoughViews(f"a studio needs at least {MIN_VIEWS} views of the same car, got {count}")
+        if coarse is None:
+            out[start : start + count] = median(list(views.unbind(0)))
+            continue
+        hidden = (coarse[start : start + count] >= STUDIO_BELOW)[:, None]  # count x 1 x H x W
+        # views that show the car are set alternately to 0 and 255: the median of all
+        # is then that of the others (within one rank), by the uint8 sorting network
+        filler = (hidden.cumsum(0, dtype=torch.int16) % 2 == 0).to(torch.uint8).mul_(255)
+        studio = median(list(torch.where(hidden, filler, views).unbind(0)))
+        # where fewer than MIN_VIEWS show the studio, the median of all views (only there: it is costly)
+        lacking = (~hidden).sum(0, dtype=torch.int16)[0] < MIN_VIEWS  # H x W
+        if lacking.any():
+            studio[:, lacking] = median(list(views[:, :, lacking].unbind(0)))
         out[start : start + count] = studio
     return out
 
@@ -105,3 +110,121 @@ def refine_frames(
     if alone:
         studios[alone] = photo_studio(photos[alone], probs[alone])
     return refine_batch(refiner.to(photos.device), photos, studios, probs)
+
+
+# -- the refiner on band pixels and tiles ----------------------------------------------------------------
+
+
+def band(coarse: torch.Tensor, low: float) -> torch.Tensor:
+    """Flat indices into N x H x W `coarse` probabilities (float 0..1, or uint8
+    0..255) of the pixels the refiner re-decides."""
+    if coarse.dtype == torch.uint8:
+        lo, hi = round(low * 255), round((1 - low) * 255)
+    else:
+        lo, hi = low, 1 - low
+    flat = coarse.reshape(-1)
+    return ((flat > lo) & (flat < hi)).nonzero()[:, 0]
+
+
+def packed(photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """N x (H + 2 pad) x (W + 2 pad) int64: each pixel's 8 planes (photo RGB,
+    studio RGB, coarse probability x 255, |photo - studio| in its largest
+    channel) packed into 8 bytes, so that one gather pulls all of them; a
+    border of `pad` zeros, so that a patch never needs clamping."""
+    n, _, height, width = photos.shape
+    out = torch.zeros((n, height + 2 * pad, width + 2 * pad, 8), dtype=torch.uint8, device=photos.device)
+    inner = out[:, pad : pad + height, pad : pad + width]
+    inner[..., 0:3] = photos.permute(0, 2, 3, 1)
+    inner[..., 3:6] = studios.permute(0, 2, 3, 1)
+    inner[..., 6] = coarse if coarse.dtype == torch.uint8 else to_uint8(coarse)
+    inner[..., 7] = (torch.maximum(photos, studios) - torch.minimum(photos, studios)).amax(1)
+    return out.view(torch.int64)[..., 0]
+
+
+def patches(table: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """K x k x 8 uint8: the pixels of a packed table (see `packed`, its border
+    at least as wide as the largest offset) around the pixels at flat indices
+    `index` into the N x H x W frames inside the border, moved by each of the
+    k `offsets` (dy, dx)."""
+    pad = int(offsets.abs().max()) if len(offsets) else 0
+    n, padded_height, padded_width = table.shape
+    height, width = padded_height - 2 * pad, padded_width - 2 * pad
+    image, pixel = index.div(height * width, rounding_mode="floor"), index.remainder(height * width)
+    row, col = pixel.div(width, rounding_mode="floor"), pixel.remainder(width)
+    centre = (image * padded_height + row + pad) * padded_width + col + pad
+    at = centre[:, None] + (offsets[:, 0] * padded_width + offsets[:, 1])[None, :]
+    # index_select of a flat index: several times as fast as advanced indexing on the CPU
+    return table.reshape(-1).index_select(0, at.reshape(-1)).view(torch.uint8).view(len(index), len(offsets), 8)
+
+
+@torch.inference_mode()
+def refine_batch(
+    refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32768
+) -> torch.Tensor:
+    """Refined probabilities: N x H x W float32, on the tensors' device.
+
+    `photos`: N x 3 x H x W uint8, the photos at the refiner's size (512x512
+    for the shipped ones: squash a 1918x1280 photo to it as the coarse
+    models do); `studios`: N x 3 x H x W uint8, the studio behind each photo
+    (`set_studios` for a car's views, `photo_studio` for a photo alone);
+    `coarse`: N x H x W, the coarse model's probabilities at that size
+    (float 0..1). Outside the band the coarse probabilities are returned as
+    they are; `chunk`: band pixels per MLP call (bounds memory).
+    """
+    if isinstance(refiner, TileRefiner):
+        return _refine_tiles(refiner, photos, studios, coarse.float(), chunk=max(1, chunk // 1024))
+    coarse = coarse.float()
+    out = coarse.clone()
+    index = band(coarse, refiner.low)
+    if index.numel() == 0:
+        return out
+    offsets = refiner.offsets.to(photos.device)
+    table = packed(photos, studios, coarse, refiner.reach)
+    p = coarse.reshape(-1)[index].clamp(1e-4, 1 - 1e-4)
+    logits = torch.logit(p)
+    for start in range(0, len(index), chunk):
+        part = slice(start, start + chunk)
+        logits[part] += refiner(patches(table, index[part], offsets))
+    out.view(-1)[index] = torch.sigmoid(logits)
+    return out
+
+
+def _refine_tiles(
+    refiner: TileRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32
+) -> torch.Tensor:
+    """`refine_batch` for a TileRefiner: the frame cut into T x T tiles, the
+    CNN run on those holding band pixels (cut straight from the photos, the
+    studios and the coarse probabilities), its correction added to the
+    coarse logit at the band's pixels."""
+    out = coarse.clone()
+    n, height, width = coarse.shape
+    t = refiner.tile
+    inside = (coarse > refiner.low) & (coarse < 1 - refiner.low)
+    if not inside.any():
+        return out
+    pad = (0, -width % t, 0, -height % t)
+    gh, gw = (height + pad[3]) // t, (width + pad[1]) // t
+
+    def tiles(planes: torch.Tensor) -> torch.Tensor:  # N x C x H x W -> N x gh x gw x C x T x T (a view)
+        planes = F.pad(planes, pad) if any(pad) else planes
+        return planes.reshape(n, -1, gh, t, gw, t).permute(0, 2, 4, 1, 3, 5)
+
+    scaled = to_uint8(coarse)[:, None]  # as the refiner was trained
+    grids = [tiles(photos), tiles(studios), tiles(scaled)]
+    busy = tiles(inside[:, None]).flatten(3).any(3)  # N x gh x gw: tiles holding band pixels
+    which = busy.nonzero()
+    grid_out, grid_inside, grid_coarse = tiles(out[:, None]), tiles(inside[:, None]), tiles(coarse[:, None])
+    for start in range(0, len(which), chunk):
+        at = which[start : start + chunk].unbind(1)
+        planes = torch.cat([g[at] for g in grids], 1)  # K x 7 x T x T uint8
+        p = grid_coarse[at].clamp(1e-4, 1 - 1e-4)
+        refined = torch.sigmoid(torch.logit(p) + refiner(planes).float()[:, None])
+        grid_out[at] = torch.where(grid_inside[at], refined, grid_coarse[at])
+    if any(pad):
+        return grid_out.permute(0, 3, 1, 4, 2, 5).reshape(n, height + pad[3], width + pad[1])[:, :height, :width]
+    return out
+
+
+def to_uint8(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities 0..1 as 0..255 (the planes the refiners read)."""
+    return probs.mul(255).round_().clamp_(0, 255).to(torch.uint8)
