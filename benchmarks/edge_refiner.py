@@ -14,7 +14,8 @@ Cost on the CPU (a test car of 16 photos at 1918x1280, warm, median of
 `--repeats`): `refine_batch` and the studio per 512x512 photo, and per
 1918x1280 photo what the refiner adds to a prediction: the photo taken to
 512x512, the studio, the refiner, and the refined 512x512 probabilities
-resized to 1918x1280; for 1 and 2 torch threads. And `carmask predict`'s
+resized to 1918x1280; for 1 and 2 torch threads; one warm cut-out of a
+1918x1280 photo (`remove`), without and with the refiner. And `carmask predict`'s
 speed at 1918x1280 on the 640 test photos, without and with the refiner,
 alternately (`--rounds`).
 
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from carmask.cutout import remove
 from carmask.data import discover, split_by_car
 from carmask.evaluate import scored_sets
 from carmask.inputs.decode import decode
@@ -156,10 +158,26 @@ def predict_speed(test_dir: Path, refiner: Path, rounds: int) -> dict:
     return {"photos": photos, "photos_per_s": out}
 
 
+def cutout_latency(test_dir: Path, refiner: Path, repeats: int) -> dict:
+    """Seconds of one warm cut-out of a 1918x1280 test photo (`remove`, the
+    photo alone), without and with the refiner, alternately; median of `repeats`."""
+    photo = sorted(test_dir.glob(f"{COST_CAR}_*.jpg"))[0]
+    predictors = {"without": Predictor(device="cpu"), "with": Predictor(device="cpu", refiner=refiner)}
+    times: dict[str, list[float]] = {name: [] for name in predictors}
+    for predictor in predictors.values():
+        remove(photo, predictor)  # warm-up: the models loaded, first allocations
+    for _ in range(repeats):
+        for name, predictor in predictors.items():
+            start = time.perf_counter()
+            remove(photo, predictor)
+            times[name].append(time.perf_counter() - start)
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--refiner", type=Path, default=SHIPPED / "edge-refiner-tiles.pt")
+    parser.add_argument("--refiner", type=Path, default=SHIPPED / "edge-refiner-fast.pt")
     parser.add_argument("--rgb-refiner", type=Path, help="for single photos (default: --refiner)")
     parser.add_argument("--skip", default="", help="comma-separated: sets, single, tta, cost, speed")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the predict speed comparison")
@@ -194,6 +212,8 @@ def main() -> None:
             print(name, json.dumps(figures[name]), flush=True)
     if "cost" not in skip:
         figures["cost ms per photo"] = cost(args.data / "carvana-test-1918" / "test", refiner, args.repeats)
+        figures["cut-out seconds"] = cutout_latency(args.data / "carvana-test-1918" / "test", args.refiner, 7)
+        print("one warm 1918x1280 cut-out, s:", json.dumps(figures["cut-out seconds"]), flush=True)
     if "speed" not in skip:
         figures["predict at 1918x1280"] = predict_speed(
             args.data / "carvana-test-1918" / "test", args.refiner, args.rounds

@@ -12,11 +12,10 @@ frame), so only those pixels are re-decided, PointRend-like:
               photo is from the studio (the largest channel's difference), uint8
     logit   = logit(coarse) + MLP(patches)        (a correction of the coarse logit)
 
-The gather pulls the 8 planes of a pixel as one int64, so
-the cost grows with the band's pixels (about 8k a photo), not the frame's.
-Everything is torch on the tensors' device; `refine_batch` is the one entry
-point. The studio behind the car, and the refiner on whole frames as the
-predictor runs it: `carmask.models.refiner_frames`.
+The other shape, `TileRefiner`, a small CNN on the band's tiles, ships
+(`edge-refiner-fast`). This module holds the models and their files; running
+them on frames (the band, the tiles or patches, `refine_batch`, the studio
+behind the car, the predictor's join) is `carmask.models.refiner_frames`.
 Checkpoints are plain tensors loaded with `weights_only=True`, weights
 stored in half precision. Measurements and the alternatives tried:
 docs/RESULTS.md, "Learned edge refiner".
