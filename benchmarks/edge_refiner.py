@@ -141,7 +141,7 @@ def cost(test_dir: Path, refiner: rf.EdgeRefiner, repeats: int) -> dict:
     return out
 
 
-def predict_speed(test_dir: Path, refiner: Path, rounds: int) -> dict:
+def predict_speed(test_dir: Path, refiner: Path, rounds: int, tta: bool = False) -> dict:
     """photos/s of the whole predictor, JPEG files to run boundaries at 1918x1280
     (as `carmask predict` computes them), without and with the refiner
     (`Predictor(refiner=...)`), alternately."""
@@ -150,12 +150,12 @@ def predict_speed(test_dir: Path, refiner: Path, rounds: int) -> dict:
     out: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(rounds):
         for name, path in (("without", None), ("with", refiner)):
-            with Predictor(device="cpu", upright=False, refiner=path) as predictor:
+            with Predictor(device="cpu", upright=False, refiner=path, tta=tta) as predictor:
                 start = time.perf_counter()
                 for prediction in predictor.predict_sets(sets, encode=True):
                     assert prediction.error is None, prediction.error
                 out[name].append(round(photos / (time.perf_counter() - start), 1))
-    return {"photos": photos, "photos_per_s": out}
+    return {"photos": photos, "tta": tta, "photos_per_s": out}
 
 
 def cutout_latency(test_dir: Path, refiner: Path, repeats: int) -> dict:
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: sets, single, tta, cost, speed")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the predict speed comparison")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--speed-tta", action="store_true", help="the predict speed comparison with hflip TTA")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     skip = set(args.skip.split(","))
@@ -216,7 +217,7 @@ def main() -> None:
         print("one warm 1918x1280 cut-out, s:", json.dumps(figures["cut-out seconds"]), flush=True)
     if "speed" not in skip:
         figures["predict at 1918x1280"] = predict_speed(
-            args.data / "carvana-test-1918" / "test", args.refiner, args.rounds
+            args.data / "carvana-test-1918" / "test", args.refiner, args.rounds, args.speed_tta
         )
         print(json.dumps(figures["predict at 1918x1280"]), flush=True)
     figures["load average after"] = os.getloadavg()

@@ -134,6 +134,24 @@ def test_tile_inference_is_the_cnn_on_each_tile_and_leaves_the_rest_alone(turnta
     assert torch.allclose(whole[0, :tile, :tile][band], by_hand[band], atol=1e-5)
 
 
+@pytest.mark.parametrize("fine", [0, 8])
+def test_tile_tta_makes_the_refiner_see_a_mirrored_photo_as_the_photo(turntable, fine):
+    photos, studios, coarse, _ = turntable  # 192 wide: whole 32x32 tiles, the grid its own mirror image
+    torch.manual_seed(5)
+    refiner = rf.TileRefiner(channels=8, dilations=(1, 2), tile=32, fine=fine).eval()
+    torch.nn.init.normal_(refiner.head.weight, std=0.5)
+
+    def mirrored(tta):
+        out = frames.refine_batch(refiner, photos.flip(-1), studios.flip(-1), coarse.flip(-1), tta=tta)
+        return out.flip(-1)
+
+    plain, tta = (frames.refine_batch(refiner, photos, studios, coarse, tta=t) for t in (False, True))
+    assert not torch.allclose(plain, mirrored(False), atol=1e-4)  # the CNN alone is not symmetric
+    assert torch.allclose(tta, mirrored(True), atol=1e-5)
+    inside = (coarse > 0.05) & (coarse < 0.95)
+    assert torch.equal(tta[~inside], coarse[~inside])
+
+
 def test_refine_frames_finds_each_photos_studio(turntable):
     """The join's seam: a set's views get the set's studio, a photo alone its own estimate."""
     photos, _, coarse, _ = turntable

@@ -56,17 +56,18 @@ def test_the_refiner_sees_a_set_whole_and_a_photo_alone(refiner_file, synth_data
     set (whose studio it takes) or alone (its own estimate of the studio)."""
     seen, real = [], refiner_frames.refine_frames
 
-    def spy(refiner, photos, probs, views):
-        seen.append((tuple(photos.shape), tuple(probs.shape), views))
-        return real(refiner, photos, probs, views)
+    def spy(refiner, photos, probs, views, tta=False):
+        seen.append((tuple(photos.shape), tuple(probs.shape), views, tta))
+        return real(refiner, photos, probs, views, tta)
 
     monkeypatch.setattr(refiner_frames, "refine_frames", spy)
     views = sorted((synth_data / "train").glob("*.jpg"))[:8]
-    with Predictor(device="cpu", refiner=refiner_file, sets=sets) as predictor:  # the shipped fast tier
-        out = predictor.predict_views([(p.name, p) for p in views])
-    assert all(p.error is None and p.probs.shape == (128, 192) for p in out)
+    for tta in (False, True):  # the shipped fast tier; with TTA the refiner mirrors its tiles too
+        with Predictor(device="cpu", refiner=refiner_file, sets=sets, tta=tta) as predictor:
+            out = predictor.predict_views([(p.name, p) for p in views])
+        assert all(p.error is None and p.probs.shape == (128, 192) for p in out)
     together = [list(range(8))] * 8 if sets == "auto" else [[i] for i in range(8)]
-    assert seen == [((8, 3, 512, 512), (8, 512, 512), together)]
+    assert seen == [((8, 3, 512, 512), (8, 512, 512), together, tta) for tta in (False, True)]
 
 
 def test_predict_writes_the_refined_masks_and_a_resume_knows_the_refiner(refined, refiner_file, synth_view, tmp_path):

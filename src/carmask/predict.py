@@ -85,7 +85,8 @@ class Predictor:
     it too, or `refine.edges` when there is none. `refiner`: a learned edge
     refiner (a shipped name of `carmask models`' refiners, or a checkpoint)
     that re-decides the outline of every prediction at 512x512 before any
-    resize, hook or cut-out (None: the network's own outline). `profile`: time each stage (the
+    resize, hook or cut-out (None: the network's own outline); with `tta` the
+    refiner's correction, too, is averaged with the mirrored photo's. `profile`: time each stage (the
     device is synchronised between stages, so the stages no longer overlap)
     into `stage_seconds`. `close()` (or `with Predictor(...) as predictor:`)
     shuts its decoding threads down.
@@ -121,7 +122,7 @@ class Predictor:
         # decoding thread, and while nvjpeg decodes (which must find nothing queued).
         self.refiner = refiner
         edge_refiner = rf.load(refiner)[0].to(self.device) if refiner is not None else None
-        self._finish = Finish(self.device, upright, refine, threading.Lock(), self._stages, edge_refiner)
+        self._finish = Finish(self.device, upright, refine, threading.Lock(), self._stages, edge_refiner, tta)
         self._stream = Stream(self._compute, self._finish, self._stages, batch_size, workers, nvjpeg)
 
     # -- what it was made with ------------------------------------------------

@@ -102,7 +102,9 @@ batch_option = click.option(
     "--batch-size", default=16, show_default=True, type=click.IntRange(min=1), help="Photos per model batch."
 )
 tta_option = click.option(
-    "--tta", is_flag=True, help="Also predict each photo mirrored and average: twice the model work."
+    "--tta",
+    is_flag=True,
+    help="Also predict each photo mirrored and average: twice the model work (and the refiner's, with --refiner).",
 )
 recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
 AUTO, ALWAYS, NEVER = SETS

@@ -75,7 +75,11 @@ def to_refiner_size(images: torch.Tensor, size: tuple[int, int] = SIZE) -> torch
 
 @torch.inference_mode()
 def refine_frames(
-    refiner: EdgeRefiner | TileRefiner, photos: torch.Tensor, probs: torch.Tensor, views: Sequence[Sequence[int]]
+    refiner: EdgeRefiner | TileRefiner,
+    photos: torch.Tensor,
+    probs: torch.Tensor,
+    views: Sequence[Sequence[int]],
+    tta: bool = False,
 ) -> torch.Tensor:
     """The predictor's join: a batch's coarse probabilities at 512x512 refined,
     the studio behind each photo found here. N x 512 x 512 float32 on the
@@ -109,7 +113,7 @@ def refine_frames(
         studios[members] = set_studios(photos[members], [len(members)], probs[members])
     if alone:
         studios[alone] = photo_studio(photos[alone], probs[alone])
-    return refine_batch(refiner.to(photos.device), photos, studios, probs)
+    return refine_batch(refiner.to(photos.device), photos, studios, probs, tta=tta)
 
 
 # -- the refiner on band pixels and tiles ----------------------------------------------------------------
@@ -159,7 +163,12 @@ def patches(table: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor) -> 
 
 @torch.inference_mode()
 def refine_batch(
-    refiner: EdgeRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32768
+    refiner: EdgeRefiner | TileRefiner,
+    photos: torch.Tensor,
+    studios: torch.Tensor,
+    coarse: torch.Tensor,
+    chunk: int = 32768,
+    tta: bool = False,
 ) -> torch.Tensor:
     """Refined probabilities: N x H x W float32, on the tensors' device.
 
@@ -169,10 +178,12 @@ def refine_batch(
     (`set_studios` for a car's views, `photo_studio` for a photo alone);
     `coarse`: N x H x W, the coarse model's probabilities at that size
     (float 0..1). Outside the band the coarse probabilities are returned as
-    they are; `chunk`: band pixels per MLP call (bounds memory).
+    they are; `chunk`: band pixels per MLP call (bounds memory). `tta`: a
+    TileRefiner's correction averaged with that of each tile mirrored (the
+    point head has none).
     """
     if isinstance(refiner, TileRefiner):
-        return _refine_tiles(refiner, photos, studios, coarse.float(), chunk=max(1, chunk // 1024))
+        return _refine_tiles(refiner, photos, studios, coarse.float(), chunk=max(1, chunk // 1024), tta=tta)
     coarse = coarse.float()
     out = coarse.clone()
     index = band(coarse, refiner.low)
@@ -190,7 +201,12 @@ def refine_batch(
 
 
 def _refine_tiles(
-    refiner: TileRefiner, photos: torch.Tensor, studios: torch.Tensor, coarse: torch.Tensor, chunk: int = 32
+    refiner: TileRefiner,
+    photos: torch.Tensor,
+    studios: torch.Tensor,
+    coarse: torch.Tensor,
+    chunk: int = 32,
+    tta: bool = False,
 ) -> torch.Tensor:
     """`refine_batch` for a TileRefiner: the frame cut into T x T tiles, the
     CNN run on those holding band pixels (cut straight from the photos, the
@@ -218,7 +234,10 @@ def _refine_tiles(
         at = which[start : start + chunk].unbind(1)
         planes = torch.cat([g[at] for g in grids], 1)  # K x 7 x T x T uint8
         p = grid_coarse[at].clamp(1e-4, 1 - 1e-4)
-        refined = torch.sigmoid(torch.logit(p) + refiner(planes).float()[:, None])
+        correction = refiner(planes).float()
+        if tta:  # the mirrored tile's correction, mirrored back (the refiner trained on mirrored tiles)
+            correction = (correction + refiner(planes.flip(-1)).float().flip(-1)) / 2
+        refined = torch.sigmoid(torch.logit(p) + correction[:, None])
         grid_out[at] = torch.where(grid_inside[at], refined, grid_coarse[at])
     if any(pad):
         return grid_out.permute(0, 3, 1, 4, 2, 5).reshape(n, height + pad[3], width + pad[1])[:, :height, :width]

@@ -74,7 +74,8 @@ Reader = Callable[[], None]
 class Finish:
     """Finishes model batches on `device`: results `upright` or on the stored
     grid, through the learned edge `refiner` (a module of
-    `carmask.models.refiner`, or None) and the `refine` hook (see
+    `carmask.models.refiner`, or None; `tta`: its mirrored correction
+    averaged in) and the `refine` hook (see
     `Predictor`); `lock` held while work is queued on the device (nvjpeg must
     find none)."""
 
@@ -86,9 +87,10 @@ class Finish:
         lock: threading.Lock,
         stages: Stages,
         refiner: torch.nn.Module | None = None,
+        tta: bool = False,
     ):
         self.device, self.upright, self.refine, self.lock, self.stages = device, upright, refine, lock, stages
-        self.refiner = refiner
+        self.refiner, self.tta = refiner, tta
 
     def output(self, size, encode: bool, cutout: str | None) -> Output:
         """What a stream is asked for, checked."""
@@ -145,7 +147,8 @@ class Finish:
         photos = torch.cat([refiner_frames.to_refiner_size(slot.full_photo(self.device)[None]) for slot in run.slots])
         index = {id(slot): i for i, slot in enumerate(run.slots)}
         views = [[index[id(v)] for v in slot.views if id(v) in index] or [i] for i, slot in enumerate(run.slots)]
-        refined = refiner_frames.refine_frames(self.refiner, photos, torch.stack([p.full() for p in placed]), views)
+        coarse = torch.stack([p.full() for p in placed])
+        refined = refiner_frames.refine_frames(self.refiner, photos, coarse, views, tta=self.tta)
         # the refiner changes only the band, inside each coarse box: only that part is enlarged
         boxes = [p.box for p in placed]
         return [
