@@ -96,8 +96,8 @@ class TileRefiner(nn.Module):
     Inputs photo, studio, their difference (each 3 channels) and the coarse
     logit. With `fine` 0, the shape of the issue's quick experiment: 3x3
     convolutions of `channels` channels, one per entry of `dilations`, ReLU
-    between them, a 1x1 head. With `fine` > 0, two scales, for a third of the
-    cost: two 3x3 convolutions of `fine` channels at the tile's resolution,
+    between them, a 1x1 head. With `fine` > 0, two scales, for half the
+    cost on the same tiles: two 3x3 convolutions of `fine` channels at the tile's resolution,
     the dilated ones (the context: where body, wheel and floor are) at half
     of it, enlarged and joined to the fine features by one more 3x3
     convolution before the head. `tile`: the side of the tiles it runs on

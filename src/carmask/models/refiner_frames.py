@@ -221,15 +221,16 @@ def _refine_tiles(
     pad = (0, -width % t, 0, -height % t)
     gh, gw = (height + pad[3]) // t, (width + pad[1]) // t
 
-    def tiles(planes: torch.Tensor) -> torch.Tensor:  # N x C x H x W -> N x gh x gw x C x T x T (a view)
+    # N x C x H x W -> N x gh x gw x C x T x T: a view of contiguous planes (so `out`'s tiles write into
+    # it), else a copy (padded or channels-last ones, which are only read)
+    def tiles(planes: torch.Tensor) -> torch.Tensor:
         planes = F.pad(planes, pad) if any(pad) else planes
         return planes.reshape(n, -1, gh, t, gw, t).permute(0, 2, 4, 1, 3, 5)
 
     scaled = to_uint8(coarse)[:, None]  # as the refiner was trained
     grids = [tiles(photos), tiles(studios), tiles(scaled)]
-    busy = tiles(inside[:, None]).flatten(3).any(3)  # N x gh x gw: tiles holding band pixels
-    which = busy.nonzero()
     grid_out, grid_inside, grid_coarse = tiles(out[:, None]), tiles(inside[:, None]), tiles(coarse[:, None])
+    which = grid_inside.flatten(3).any(3).nonzero()  # the tiles holding band pixels
     for start in range(0, len(which), chunk):
         at = which[start : start + chunk].unbind(1)
         planes = torch.cat([g[at] for g in grids], 1)  # K x 7 x T x T uint8
