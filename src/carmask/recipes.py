@@ -101,7 +101,8 @@ RECIPES: dict[str, TrainConfig | RefinerConfig] = {
         max_minutes=65,
     ),
     # For speed: two scales (16 channels at full resolution, the dilated 32 at half) on 32x32
-    # tiles, a quarter of the tiles' CPU time; as many pixels a step (64 tiles).
+    # tiles, a quarter of the tiles' CPU time; as many pixels a step (64 tiles). It runs on 64x64
+    # tiles: fewer tile borders cut its context (held-out sets 0.99481 -> 0.99509, for 1.6x the work).
     "edge-refiner-fast": RefinerConfig(
         sources=(("multiview-fast", "set"), ("rgb-fast", "photo")),
         shape="tiles",
@@ -109,6 +110,7 @@ RECIPES: dict[str, TrainConfig | RefinerConfig] = {
         dilations=(1, 2, 4),
         fine=16,
         tile=32,
+        run_tile=64,
         batch_size=64,
         steps_per_epoch=1000,
         lr=3e-3,

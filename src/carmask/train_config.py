@@ -52,6 +52,9 @@ class RefinerConfig:
     dilations: tuple[int, ...] = (1, 1, 2, 4, 8, 1)
     tile: int = 64
     fine: int = 0  # tiles: > 0, two scales: this many channels at full resolution, the dilated ones at half
+    # tiles: the side of the tiles it runs on in the predictor (0: `tile`, the training tiles'); larger
+    # ones cut its context at fewer tile borders (the network is convolutional: any side works)
+    run_tile: int = 0
     low: float = 0.05  # the band: low < coarse probability < 1 - low
     perturb: int = 2  # perturbed coarse copies per photo of the coarse model's training cars
     batch_size: int = 8192  # band pixels per step (tiles: tiles per step)

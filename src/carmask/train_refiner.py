@@ -174,7 +174,8 @@ def make_refiner(config: RefinerConfig):
     if config.shape == "points":
         return rf.EdgeRefiner(config.radius, config.ring, config.hidden, config.low)
     if config.shape == "tiles":
-        return rf.TileRefiner(config.channels, config.dilations, config.tile, config.low, config.fine)
+        tile = config.run_tile or config.tile  # the side it runs on; training draws config.tile
+        return rf.TileRefiner(config.channels, config.dilations, tile, config.low, config.fine)
     raise ValueError(f"refiner shape {config.shape!r}: points or tiles")
 
 
