@@ -58,7 +58,8 @@ class _Encoded:
 class Decoded:
     """A decoded photo of `size` (width, height): at full resolution, 3 x H x W
     uint8 on the device (to be read, never written), and on the CPU also
-    reduced to a frame by the worker that decoded it; the full-resolution
+    reduced to a frame by the worker that decoded it, and when asked also
+    to `small`, a copy at the edge refiner's size; the full-resolution
     photo may then be dropped (`photo` None) to save memory. `orientation`:
     the EXIF orientation it was turned upright from (1: none), which
     `stored_grid` undoes."""
@@ -67,6 +68,7 @@ class Decoded:
     size: tuple[int, int]
     frame: torch.Tensor | None = None
     orientation: int = 1
+    small: torch.Tensor | None = None
 
 
 def to_tensor(photo: np.ndarray, pin: bool = False) -> torch.Tensor:
@@ -148,14 +150,24 @@ class Decoder:
     def uses_nvjpeg(self) -> bool:
         return self._nvjpeg is not None
 
-    def submit(self, source: Source, frame: tuple[int, int] | None = None, keep: bool = True) -> Future:
+    def submit(
+        self,
+        source: Source,
+        frame: tuple[int, int] | None = None,
+        keep: bool = True,
+        small: tuple[int, int] | None = None,
+    ) -> Future:
         """Decode `source` in a worker. On the CPU the worker also reduces it
         to `frame` (width, height), so that this work spreads over the cores,
-        and keeps the full-resolution photo only if `keep`."""
+        and keeps the full-resolution photo only if `keep`; with `small`
+        (width, height: the edge refiner's size) it makes that copy too, and
+        the frame from it: one resize of the full photo, not two (and the
+        frame as the coarse models' 512x512 training photos gave theirs)."""
         on_cpu = self.device.type == "cpu"
-        return self._pool.submit(self._work, source, frame if on_cpu else None, keep or not frame or not on_cpu)
+        keep = keep or not frame or not on_cpu
+        return self._pool.submit(self._work, source, frame if on_cpu else None, keep, small if on_cpu else None)
 
-    def _work(self, source: Source, frame, keep: bool):
+    def _work(self, source: Source, frame, keep: bool, small=None):
         start = time.perf_counter()
         try:
             if self._nvjpeg is not None:
@@ -163,8 +175,9 @@ class Decoder:
                 if data is not None:
                     return _Encoded(data, str(source.name))
             photo, orientation = self._cpu(source.data, str(source.name))
-            reduced = resize_image(photo[None], frame)[0] if frame else None
-            return Decoded(photo if keep else None, (photo.shape[-1], photo.shape[-2]), reduced, orientation)
+            small = resize_image(photo[None], small)[0] if small else None
+            reduced = resize_image((photo if small is None else small)[None], frame)[0] if frame else None
+            return Decoded(photo if keep else None, (photo.shape[-1], photo.shape[-2]), reduced, orientation, small)
         finally:
             self._count(start)
 

@@ -75,6 +75,8 @@ class Compute:
             [
                 s.frame
                 if s.frame is not None and s.frame.shape[-1] == size[0] and s.frame.shape[-2] == size[1]
+                else s.small
+                if s.small is not None  # the refiner's copy: the workers made the frame from it
                 else s.full_photo(self.runner.device)
                 for s in slots
             ],

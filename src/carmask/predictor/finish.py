@@ -58,12 +58,14 @@ class Output:
     """What a stream returns: probabilities at `size` (None: each photo's
     own), or only run boundaries (`encode`), or cut-out pieces made by the
     hook `cutout`. `full_photos`: a hook sees the photos at full resolution,
-    so the decoding workers keep them."""
+    so the decoding workers keep them. `small`: the edge refiner's size, at
+    which the decoding workers also copy each photo (None: no refiner)."""
 
     size: tuple[int, int] | None
     encode: bool
     cutout: Callable[[Batch], list[Edges]] | None
     full_photos: bool
+    small: tuple[int, int] | None = None
 
 
 # Pieces read on the host once the device is done: a batch's results copied
@@ -95,13 +97,14 @@ class Finish:
     def output(self, size, encode: bool, cutout: str | None) -> Output:
         """What a stream is asked for, checked."""
         size = None if size is None else check_size(size)
+        small = rf.SIZE if self.refiner is not None else None
         if cutout is None:
-            return Output(size, encode, None, self.refine is not None or self.refiner is not None)
+            return Output(size, encode, None, self.refine is not None, small)
         if cutout not in CUTOUTS:
             raise ValueError(f"cutout must be one of {', '.join(CUTOUTS)}, not {cutout!r}")
         if size is not None or encode:
             raise ValueError("cut-outs are made at each photo's own size, as pieces, not encoded")
-        return Output(None, False, plain if cutout == "plain" else self.refine or edges, True)
+        return Output(None, False, plain if cutout == "plain" else self.refine or edges, True, small)
 
     @torch.inference_mode()
     def __call__(self, cars: list[Car], runs: list[Run], output: Output) -> list[Prediction]:
@@ -144,7 +147,7 @@ class Finish:
         estimate) and the coarse probability, then placed at the output sizes."""
         frame, count = rf.SIZE, len(run.slots)
         placed = place(run.probs, run.inputs.boxes, run.model.spec.frame, [frame] * count)
-        photos = torch.cat([refiner_frames.to_refiner_size(slot.full_photo(self.device)[None]) for slot in run.slots])
+        photos = torch.stack([slot.small_photo(self.device, frame) for slot in run.slots])
         index = {id(slot): i for i, slot in enumerate(run.slots)}
         views = [[index[id(v)] for v in slot.views if id(v) in index] or [i] for i, slot in enumerate(run.slots)]
         coarse = torch.stack([p.full() for p in placed])
@@ -229,7 +232,7 @@ class Finish:
 def _release(placed: list[tuple[Slot, Placed]]) -> None:
     """Only the results travel on: the photos, frames and sets let go."""
     for slot, _ in placed:
-        slot.photo, slot.frame, slot.views = None, None, []
+        slot.photo, slot.frame, slot.small, slot.views = None, None, None, []
 
 
 def _on_grid(placed: Placed, orientation: int) -> Placed:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from carmask.inputs.decode import Decoded, Source, decode
+from carmask.inputs.resize import resize_image
 from carmask.outcomes import ImageError, Note, skip
 from carmask.postprocess import THRESHOLD
 from carmask.rle import encode, encode_boundaries
@@ -69,11 +70,11 @@ class Slot:
         self.note: Note | None = None
         self.alpha = self.foreground = None
         self.error: Exception | None = decoded if isinstance(decoded, Exception) else None
-        self.photo = self.frame = self.size = None
+        self.photo = self.frame = self.small = self.size = None
         self.orientation = 1  # the EXIF orientation it was turned upright from
         self.views: list[Slot] = []  # the slots of its set, when predicted as one
         if self.error is None:
-            self.photo, self.frame, self.size = decoded.photo, decoded.frame, decoded.size
+            self.photo, self.frame, self.size, self.small = decoded.photo, decoded.frame, decoded.size, decoded.small
             self.orientation = decoded.orientation
 
     def upright_size(self, size: tuple[int, int] | None, upright: bool) -> tuple[int, int]:
@@ -90,8 +91,15 @@ class Slot:
             self.photo = decode(self.source.data, name=str(self.path), device=device)
         return self.photo
 
+    def small_photo(self, device: torch.device, size: tuple[int, int]) -> torch.Tensor:
+        """The photo at `size` (width, height: the edge refiner's): the copy the
+        decoding worker made, or made here from the full-resolution photo."""
+        if self.small is None or (self.small.shape[-1], self.small.shape[-2]) != size:
+            self.small = resize_image(self.full_photo(device)[None], size)[0]
+        return self.small
+
     def fail(self, error: Exception, note: Note | None = None) -> None:
-        self.error, self.note, self.photo = error, note, None
+        self.error, self.note, self.photo, self.small = error, note, None, None
 
     def prediction(self) -> Prediction:
         if self.error is not None:

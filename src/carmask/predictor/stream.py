@@ -21,6 +21,8 @@ from carmask.predictor.finish import Finish, Output
 from carmask.predictor.photos import Car, Prediction, Slot
 from carmask.predictor.stages import Stages
 
+FINISHING = "carmask-finish"  # the finishing threads' names begin so
+
 
 class Stream:
     """Streams cars through `compute` and `finish`; owns the decoding threads
@@ -66,7 +68,9 @@ class Stream:
                 if car is None:
                     return
                 frame = self.compute.expected_frame(len(car.sources))
-                car.futures = [decoder.submit(source, frame, output.full_photos) for source in car.sources]
+                car.futures = [
+                    decoder.submit(source, frame, output.full_photos, output.small) for source in car.sources
+                ]
                 pending.append(car)
 
         # Postprocessing and reading back run in a thread of their own, one
@@ -121,7 +125,7 @@ class Finisher:
         self._work, self._threaded, self._threads = work, threaded, max(1, threads)
         self._pending: deque[Future] = deque()  # in the batches' order
         self._finished: deque = deque()
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="carmask-finish") if threaded else None
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=FINISHING) if threaded else None
 
     def put(self, batch) -> None:
         self._collect()
@@ -160,7 +164,9 @@ class Finisher:
 
     def _shutdown(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            # a stream dropped and collected in a finishing thread cannot wait for that thread
+            inside = threading.current_thread().name.startswith(FINISHING)
+            self._pool.shutdown(wait=not inside)
             self._pool = None
 
 
