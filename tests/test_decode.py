@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from carmask.inputs.decode import Decoder, Source, _batch_decoder, _jpeg_for_nvjpeg, to_tensor
+from carmask.inputs.decode import Decoder, Source, _batch_decoder, _jpeg_for_nvjpeg, decode, to_tensor
+from carmask.inputs.resize import resize_image
 from carmask.io import ImageError, find_photos, read_photo
 from carmask.kaggle import group_by_car
 from carmask.predict import Predictor
@@ -125,6 +126,17 @@ def test_decoder_names_unreadable_photos(tmp_path):
     assert decoded.frame.shape == (3, 4, 4) and decoded.size == (8, 8)  # on the CPU, the worker made the frame
     assert decoder.gather([decoder.submit(Source(good, good), frame=(4, 4), keep=False)])[0].photo is None
     assert "a_02.jpg" in str(error) and "not a readable image" in str(error)
+    decoder.close()
+
+
+def test_for_the_edge_refiner_the_worker_copies_the_photo_and_makes_the_frame_from_the_copy(tmp_path):
+    path = tmp_path / "a_01.jpg"
+    path.write_bytes(jpeg(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)))
+    decoder = Decoder(torch.device("cpu"), workers=1)
+    [decoded] = decoder.gather([decoder.submit(Source(path, path), frame=(8, 8), keep=False, small=(16, 16))])
+    full = decode(path)
+    assert decoded.photo is None and torch.equal(decoded.small, resize_image(full[None], (16, 16))[0])
+    assert torch.equal(decoded.frame, resize_image(decoded.small[None], (8, 8))[0])
     decoder.close()
 
 
