@@ -111,7 +111,7 @@ def cost(test_dir: Path, refiner: rf.EdgeRefiner, repeats: int) -> dict:
         np.stack(
             [
                 p.probs
-                for p in Predictor("multiview-fast", device="cpu").predict_sets(
+                for p in Predictor("multiview-fast", device="cpu", refiner=None).predict_sets(
                     group_by_car(paths), output_size=rf.SIZE
                 )
             ]
@@ -162,7 +162,7 @@ def cutout_latency(test_dir: Path, refiner: Path, repeats: int) -> dict:
     """Seconds of one warm cut-out of a 1918x1280 test photo (`remove`, the
     photo alone), without and with the refiner, alternately; median of `repeats`."""
     photo = sorted(test_dir.glob(f"{COST_CAR}_*.jpg"))[0]
-    predictors = {"without": Predictor(device="cpu"), "with": Predictor(device="cpu", refiner=refiner)}
+    predictors = {"without": Predictor(device="cpu", refiner=None), "with": Predictor(device="cpu", refiner=refiner)}
     times: dict[str, list[float]] = {name: [] for name in predictors}
     for predictor in predictors.values():
         remove(photo, predictor)  # warm-up: the models loaded, first allocations

@@ -31,7 +31,7 @@ def score(data: Path, names: list[str], device: str) -> dict:
     full_cars = [s.car for s in scored_sets(train_dir, full_masks, val_cars)[0]]
     rows = {}
     for name in names:
-        predictor = Predictor(name, device=device)
+        predictor = Predictor(name, device=device, refiner=None)  # the model alone
         start = time.perf_counter()
         at_512 = evaluate(predictor, train_dir, cars=val_cars)
         at_1918 = evaluate(predictor, train_dir, full_masks, (1918, 1280), cars=full_cars)

@@ -37,7 +37,7 @@ from ablation import held_out_cars, score  # noqa: E402
 
 
 def cpu_seconds_per_photo(name: str, sets, repeats: int = 1) -> float:
-    predictor = Predictor(name, device="cpu")
+    predictor = Predictor(name, device="cpu", refiner=None)  # the model alone
     for _ in predictor.predict_sets(sets[:1], encode=True):  # warm-up: load, first calls
         pass
     photos = sum(len(s.paths) for s in sets[1:]) * repeats

@@ -64,7 +64,9 @@ def repeated(photo_dir: Path, times: int, into: Path) -> Path:
     return into
 
 
-def child_run(photo_dir: Path, out: Path, device: str, batch_size: int, model, compile: bool, nvjpeg) -> dict:
+def child_run(
+    photo_dir: Path, out: Path, device: str, batch_size: int, model, compile: bool, nvjpeg, refiner=None
+) -> dict:
     """What `carmask predict PHOTO_DIR -o OUT` does, timed from inside: the
     predictor's rows into the submission writer. Runs in the child process;
     keeps to the API that the baseline commits share."""
@@ -75,7 +77,8 @@ def child_run(photo_dir: Path, out: Path, device: str, batch_size: int, model, c
     start = time.perf_counter()
     # as `carmask predict`: the stored pixel grid; options an older commit lacks are left out
     known = inspect.signature(Predictor).parameters
-    options = {k: v for k, v in {"upright": False, "nvjpeg": NVJPEG[nvjpeg]}.items() if k in known}
+    options = {"upright": False, "nvjpeg": NVJPEG[nvjpeg], **({"refiner": refiner} if refiner else {})}
+    options = {k: v for k, v in options.items() if k in known}
     predictor = Predictor(model, device=device, batch_size=batch_size, compile=compile, **options)
     writer = SubmissionWriter(out, overwrite=True)
     sets = group_by_car(find_photos([photo_dir]))
@@ -124,6 +127,7 @@ def end_to_end(photo_dir: Path, args, nvjpeg="auto", src: Path | None = None) ->
         ]
         command += ["--model", args.model] if args.model else []
         command += ["--compile"] if args.compile else []
+        command += ["--refiner", args.refiner] if args.refiner and not src else []
         start = time.perf_counter()
         child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -166,6 +170,7 @@ def breakdown(photo_sets, args, nvjpeg="auto") -> dict:
         upright=False,
         nvjpeg=NVJPEG[nvjpeg],
         profile=True,
+        **refiner_option(args),
     )
     list(predictor.predict_sets(photo_sets[:1], encode=True))  # warm-up: model load, compilation, kernels
     predictor.stage_seconds = dict.fromkeys(predictor.stage_seconds, 0.0)
@@ -210,6 +215,11 @@ def single_cutout(path: Path, predictor: Predictor, repeats: int = 10) -> dict:
     return {"photo": f"{width}x{height}", "median_s": round(float(np.median(times)), 3), "min_s": round(min(times), 3)}
 
 
+def refiner_option(args) -> dict:
+    """`refiner=` for this commit's Predictor, when --refiner names one."""
+    return {"refiner": args.refiner} if args.refiner else {}
+
+
 def machine(device: torch.device) -> dict:
     return {
         "cpu": platform.processor() or platform.machine(),
@@ -225,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", help="default: the shipped models (multiview for sets, rgb for single photos)")
+    p.add_argument(
+        "--refiner", help="this commit's edge refiner: a name, a checkpoint or none (default: its default, auto)"
+    )
     p.add_argument("--breakdown-sets", type=int, default=10, help="car sets timed stage by stage (0: none)")
     p.add_argument(
         "--rounds",
@@ -270,7 +283,12 @@ def measure(args) -> dict:
     variants = ["on", "off"] if args.nvjpeg == "both" else [args.nvjpeg]
     figures = {
         "machine": machine(device),
-        "settings": {"batch_size": args.batch_size, "repeat": args.repeat, "model": args.model or "shipped defaults"},
+        "settings": {
+            "batch_size": args.batch_size,
+            "repeat": args.repeat,
+            "model": args.model or "shipped defaults",
+            "refiner": args.refiner or "auto",
+        },
     }
     if args.baseline:
         from baseline import describe, worktree  # beside this script
@@ -290,7 +308,8 @@ def measure(args) -> dict:
     if args.breakdown_sets:
         figures["breakdown"] = {v: breakdown(sets[: args.breakdown_sets], args, v) for v in variants}
     if not args.no_cutout:
-        figures["single_cutout"] = single_cutout(sets[0].paths[0], Predictor(args.model, device=args.device))
+        predictor = Predictor(args.model, device=args.device, **refiner_option(args))
+        figures["single_cutout"] = single_cutout(sets[0].paths[0], predictor)
     return figures
 
 
@@ -307,6 +326,7 @@ def main() -> None:
                     args.model,
                     args.compile,
                     args.nvjpeg,
+                    args.refiner,
                 )
             )
         )

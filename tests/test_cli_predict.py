@@ -73,6 +73,7 @@ def test_a_resumed_run_gives_the_uninterrupted_file_and_says_what_it_kept(photos
         (("--tta",), "tta was off, now on"),
         (("--model", "rgb"), "model was seed, now rgb"),
         (("--sets", "never"), "sets was auto, now never"),
+        (("--refiner", "edge-refiner-fast"), "refiner was none, now edge-refiner-fast (sha256 "),
     ],
 )
 def test_a_rerun_with_other_settings_refuses_and_names_them(photos, tmp_path, change, expected):

@@ -44,7 +44,7 @@ def test_the_refiner_moves_the_outline_and_one_photo_gives_one_mask(refined, syn
     array = np.asarray(Image.open(path).convert("RGB"))
     probs = [refined.predict_photo(source) for source in (path, path.read_bytes(), array, Image.open(path))]
     assert all(np.array_equal(probs[0], p) for p in probs[1:])
-    plain = Predictor(MODEL, device="cpu").predict_photo(path)
+    plain = Predictor(MODEL, device="cpu", refiner="none").predict_photo(path)
     assert probs[0].shape == plain.shape
     changed = (probs[0] > 0.5) != (plain > 0.5)
     assert changed.any() and changed.mean() < 0.05  # the band around the outline only
@@ -90,7 +90,7 @@ def test_cutout_and_the_service_use_the_refiner(refined, refiner_file, synth_vie
     path, _ = synth_view
     source = tmp_path / "car_05.jpg"
     source.write_bytes(path.read_bytes())
-    for out, refiner in (("plain", []), ("refined", ["--refiner", refiner_file])):
+    for out, refiner in (("plain", ["--refiner", "none"]), ("refined", ["--refiner", refiner_file])):
         result = run_cli("cutout", source, "-o", tmp_path / out, "--model", MODEL, *refiner, "--device", "cpu")
         assert result.exit_code == 0, result.output
     written = np.asarray(Image.open(tmp_path / "refined" / "car_05.png"))
@@ -108,3 +108,21 @@ def test_a_refiner_that_is_not_there_is_one_sentence(synth_view, tmp_path):
         assert result.exit_code == 2 and "no shipped refiner named 'no-such-refiner'" in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "out").exists()
+
+
+def test_the_shipped_refiner_runs_by_default_after_the_fast_tier_and_none_turns_it_off(synth_view, tmp_path):
+    assert Predictor(device="cpu").refiner == "edge-refiner-fast"  # the shipped defaults: the fast tier
+    assert Predictor("multiview", device="cpu").refiner == "edge-refiner-fast"
+    assert Predictor("seed", device="cpu").refiner is None  # made for no other model
+    assert Predictor(MODEL, device="cpu", refiner="none").refiner is None
+    path, _ = synth_view
+    rows = {}
+    options = {"default": [], "named": ["--refiner", "edge-refiner-fast"], "none": ["--refiner", "none"]}
+    for label, option in options.items():
+        out = tmp_path / f"{label}.csv"
+        result = run_cli("predict", path, "-o", out, "--model", MODEL, *option, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        [row] = list(csv.DictReader(out.open()))
+        rows[label] = row["rle_mask"]
+    plain = Predictor(MODEL, device="cpu", refiner=None).predict_photo(path)
+    assert rows["default"] == rows["named"] != rows["none"] == rle.encode(plain > 0.5)

@@ -85,7 +85,9 @@ class Predictor:
     it too, or `refine.edges` when there is none. `refiner`: a learned edge
     refiner (a shipped name of `carmask models`' refiners, or a checkpoint)
     that re-decides the outline of every prediction at 512x512 before any
-    resize, hook or cut-out (None: the network's own outline); with `tta` the
+    resize, hook or cut-out; "auto": the shipped one made for the model
+    (`models.refiner.chosen`: edge-refiner-fast after the fast tier, none
+    after a checkpoint); None or "none": the network's own outline; with `tta` the
     refiner's correction, too, is averaged with the mirrored photo's. `profile`: time each stage (the
     device is synchronised between stages, so the stages no longer overlap)
     into `stage_seconds`. `close()` (or `with Predictor(...) as predictor:`)
@@ -104,7 +106,7 @@ class Predictor:
         sets: str = "auto",
         nvjpeg="auto",
         refine: Hook | None = None,
-        refiner: str | os.PathLike | None = None,
+        refiner: str | os.PathLike | None = "auto",
         profile: bool = False,
     ):
         if sets not in SETS:
@@ -120,8 +122,8 @@ class Predictor:
         self._compute = Compute(self._runner, sets, self._stages)
         # The lock is held while work is queued on the device outside the
         # decoding thread, and while nvjpeg decodes (which must find nothing queued).
-        self.refiner = refiner
-        edge_refiner = rf.load(refiner)[0].to(self.device) if refiner is not None else None
+        self.refiner = rf.chosen(refiner, model)  # a name or path, or None
+        edge_refiner = rf.load(self.refiner)[0].to(self.device) if self.refiner is not None else None
         self._finish = Finish(self.device, upright, refine, threading.Lock(), self._stages, edge_refiner, tta)
         self._stream = Stream(self._compute, self._finish, self._stages, batch_size, workers, nvjpeg)
 

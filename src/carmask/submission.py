@@ -295,6 +295,17 @@ def _model_record(model) -> dict:
     return {"name": label, "sha256": digest.hexdigest()}
 
 
+def refiner_record(refiner, model=None) -> str | None:
+    """The edge refiner of a run (`refiner` as `--refiner` gives it, after
+    `model`) by name and content, for the comparison; None for none."""
+    from carmask.models import refiner as rf
+
+    chosen = rf.chosen(refiner, model)
+    if chosen is None:
+        return None
+    return f"{chosen} (sha256 {hashlib.sha256(rf.resolve(chosen).read_bytes()).hexdigest()[:12]})"
+
+
 def differences(before: dict, now: dict) -> list[str]:
     """What differs between two run records, in words."""
     changes = []
@@ -323,6 +334,8 @@ def differences(before: dict, now: dict) -> list[str]:
 
 
 def _word(key: str, value) -> str:
+    if key == "refiner":
+        return value or "none"
     if key == "output_size":
         return f"{value[0]}x{value[1]}" if value else "each photo's own"
     if isinstance(value, bool):

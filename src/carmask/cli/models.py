@@ -53,9 +53,17 @@ def rows() -> list[dict[str, str]]:
 def refiner_rows() -> list[dict[str, str]]:
     """One row of text per shipped edge refiner (weights/refiners/): it runs
     after a fast-tier coarse model, re-deciding the outline at 512x512."""
+    from carmask import models
     from carmask.models import refiner
 
     catalog = refiner.catalog()
+    # after the default model of each case, the refiner that runs by default (`refiner.chosen`)
+    defaults = {}
+    for views, case in ((MIN_VIEWS, "sets of views"), (1, "single photos")):
+        try:
+            defaults.setdefault(refiner.chosen("auto", models.default_for(views)), []).append(case)
+        except ValueError:  # no model shipped for that case
+            pass
     table = []
     for name in refiner.shipped():
         refiner.load(name)  # a damaged file: a sentence, as for the models
@@ -75,7 +83,7 @@ def refiner_rows() -> list[dict[str, str]]:
                 "dice 512, sets": change("dice_512_sets"),
                 "dice 512, single": change("dice_512_single"),
                 "CPU s/photo": f"+{seconds:.3f}" if seconds is not None else "-",
-                "default for": figures.get("default_for", "-"),
+                "default for": ", ".join(defaults.get(name, [])) or "-",
             }
         )
     return table
@@ -102,10 +110,10 @@ HELP = f"""List the shipped models: the photos each takes, its input, size on di
     most accurate tier shipped: the multiview model in a set, rgb alone.
 
     Then the edge refiners (weights/refiners/): each re-decides the outline of
-    the fast tier's masks at 512x512 (dice on the same 40 cars before ->
-    after, and the CPU seconds it adds per photo). None is a default yet,
-    and the predictor does not run them yet (docs/RESULTS.md, "Learned edge
-    refiner").
+    a coarse model's masks at 512x512 (dice on the same 40 cars before ->
+    after, and the CPU seconds it adds per photo). edge-refiner-fast runs by
+    default after the fast tier (--refiner auto); --refiner none leaves the
+    model's own outline (docs/RESULTS.md, "Learned edge refiner").
     """
 
 

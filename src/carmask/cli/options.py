@@ -54,12 +54,14 @@ def check_model(model):
         raise InputError(str(exc)) from None
 
 
-def check_refiner(refiner):
-    """Fail early on a refiner that is not there or not whole (a sentence naming it, exit 2)."""
-    if refiner is None:
-        return
+def check_refiner(refiner, model=None):
+    """Fail early on a refiner (as `--refiner` names it, after `model`) that is
+    not there or not whole (a sentence naming it, exit 2)."""
     from carmask.models import refiner as rf
 
+    refiner = rf.chosen(refiner, model)
+    if refiner is None:
+        return
     try:
         rf.load(refiner)
     except (FileNotFoundError, ValueError) as exc:
@@ -81,9 +83,13 @@ model_option = click.option(
 refiner_option = click.option(
     "--refiner",
     metavar="NAME",
+    default="auto",
+    show_default=True,
     help="A learned edge refiner (`carmask models` lists the shipped ones) or its "
     "checkpoint: re-decides every mask's outline at 512x512 after the model. "
-    "Default: none, the model's own outline.",
+    "auto: the shipped one made for the model (edge-refiner-fast after the fast tier, the "
+    "default models; none after a checkpoint); none: the model's own outline (the fast tier alone, "
+    "2.5x the photos/s on a CPU).",
 )
 size_option = click.option(
     "--output-size",
@@ -104,7 +110,7 @@ batch_option = click.option(
 tta_option = click.option(
     "--tta",
     is_flag=True,
-    help="Also predict each photo mirrored and average: twice the model work (and the refiner's, with --refiner).",
+    help="Also predict each photo mirrored and average: twice the model work (and the edge refiner's).",
 )
 recursive_option = click.option("-r", "--recursive", is_flag=True, help="Also take photos in sub-folders.")
 AUTO, ALWAYS, NEVER = SETS

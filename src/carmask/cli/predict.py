@@ -117,7 +117,7 @@ def predict(
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
         remove_stale_temporaries(Path(output).parent)  # of a run record a killed run was writing
     check_model(model)
-    check_refiner(refiner)
+    check_refiner(refiner, model)
     # Masks on the stored pixel grid (Kaggle's convention); the network sees the photos upright.
     options = dict(tta=tta, sets=sets, upright=False, refiner=refiner)
     if engine == "ray":
@@ -125,6 +125,7 @@ def predict(
     else:
         predictor = make_predictor(model, device, batch_size, compile_model, **options)
     from carmask.predict import network_batch
+    from carmask.submission import refiner_record
 
     with predictor:  # either engine: its threads, or the Ray instance it started, end with the run
         # The writer before any work: a refusal (output there, in use, another run's) comes first.
@@ -136,7 +137,7 @@ def predict(
             output_size=output_size,
             tta=tta,
             sets=sets,
-            refiner=refiner,
+            refiner=refiner_record(refiner, model),
             device=predictor.device.type,
             network_batch=network_batch(predictor.device, batch_size),
         )

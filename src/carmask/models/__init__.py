@@ -158,6 +158,25 @@ def check(model) -> None:
         load(model)
 
 
+def stands_for(model) -> list[str]:
+    """The shipped models that a predictor's `model` runs: for None or a tier,
+    the ones for sets and for single photos (`default_for`); a shipped name's
+    (or kind's) own; none for a checkpoint, or a name that is not there."""
+    if model is None or str(model) in TIERS:
+        names = []
+        for views in (MIN_VIEWS, 1):
+            try:
+                names.append(default_for(views, tier=None if model is None else str(model)))
+            except ValueError:  # none shipped for that case
+                pass
+        return names
+    try:
+        path = resolve(model)
+    except (FileNotFoundError, ValueError):
+        return []
+    return [path.stem] if path.parent == WEIGHTS_DIR else []
+
+
 def catalog() -> dict[str, dict]:
     """Measured figures of the shipped models: name -> {recipe, dice_512, cpu_s_per_photo, ...}."""
     return json.loads(CATALOG.read_text()) if CATALOG.exists() else {}

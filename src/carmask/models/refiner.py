@@ -286,6 +286,25 @@ def is_refiner(name_or_path) -> bool:
     return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
+def chosen(refiner, model=None):
+    """What a predictor's `refiner` stands for: None for None or "none"; for
+    "auto" the shipped refiner made the default after the coarse models that
+    `model` runs (`models.stands_for`: for None, the shipped defaults), or None
+    where there is none (a checkpoint, the seed); else the name or path given."""
+    if refiner is None or str(refiner) == "none":
+        return None
+    if str(refiner) != "auto":
+        return refiner
+    from carmask import models
+
+    coarse = set(models.stands_for(model))
+    for name in shipped():
+        figures = catalog().get(name, {})
+        if coarse and figures.get("default") and coarse <= set(figures.get("after", [])):
+            return name
+    return None
+
+
 def catalog() -> dict[str, dict]:
     """Measured figures of the shipped refiners (weights/refiners/catalog.json):
     name -> {recipe, after, dice_512_before, dice_512, cpu_s_per_photo, ...}."""

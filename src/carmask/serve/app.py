@@ -40,7 +40,7 @@ def create_app(
     predictor: Predictor | None = None,
     model=None,
     device: str = "auto",
-    refiner=None,
+    refiner="auto",
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_pixels: int = DEFAULT_REQUEST_PIXELS,
     max_concurrency: int | None = None,
@@ -53,7 +53,7 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app. `predictor`: use this one; else one is made from `model`
     (a shipped name, a checkpoint path, or None for the shipped defaults),
-    `device` and `refiner` (a learned edge refiner, or None). `max_pixels`:
+    `device` and `refiner` (a learned edge refiner; "auto", as `Predictor`, or None). `max_pixels`:
     every image of one request together. `hosts`: the Host names served
     besides IP addresses (`guard.local_hosts`; None: any, for tests and
     proxies that check). `allow_origins`: other origins whose pages

@@ -27,7 +27,7 @@ def run(
     port: int = 8000,
     model=None,
     device: str = "auto",
-    refiner=None,
+    refiner="auto",
     api_key: str | None = None,
     allow_origins=(),
     allow_hosts=(),
