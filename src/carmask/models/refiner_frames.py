@@ -213,8 +213,8 @@ def _refine_tiles(
 ) -> torch.Tensor:
     """`refine_batch` for a TileRefiner: the frame cut into T x T tiles, the
     CNN run on those holding band pixels (cut straight from the photos, the
-    studios and the coarse probabilities), its correction added to the
-    coarse logit at the band's pixels."""
+    studios and the coarse probabilities) in calls of `chunk` tiles, its
+    correction added to the coarse logit at the band's pixels."""
     out = coarse.clone()
     n, height, width = coarse.shape
     t = refiner.tile
@@ -238,14 +238,26 @@ def _refine_tiles(
         at = which[start : start + chunk].unbind(1)
         planes = torch.cat([g[at] for g in grids], 1)  # K x 7 x T x T uint8
         p = grid_coarse[at].clamp(1e-4, 1 - 1e-4)
-        correction = refiner(planes).float()
-        if tta:  # the mirrored tile's correction, mirrored back (the refiner trained on mirrored tiles)
-            correction = (correction + refiner(planes.flip(-1)).float().flip(-1)) / 2
+        correction = _corrections(refiner, planes, chunk, tta)
         refined = torch.sigmoid(torch.logit(p) + correction[:, None])
         grid_out[at] = torch.where(grid_inside[at], refined, grid_coarse[at])
     if any(pad):
         return grid_out.permute(0, 3, 1, 4, 2, 5).reshape(n, height + pad[3], width + pad[1])[:, :height, :width]
     return out
+
+
+def _corrections(refiner: TileRefiner, planes: torch.Tensor, size: int, tta: bool) -> torch.Tensor:
+    """The CNN's corrections of K <= `size` tiles (K x 7 x T x T planes), K x
+    T x T, from a call of exactly `size` tiles (padded with empty ones): a
+    convolution's result depends on its call's batch size, and so a photo's
+    would on the other photos of its batch (up to 2e-4)."""
+    count = len(planes)
+    if count < size:
+        planes = torch.cat([planes, planes.new_zeros((size - count, *planes.shape[1:]))])
+    correction = refiner(planes).float()
+    if tta:  # the mirrored tile's correction, mirrored back (the refiner trained on mirrored tiles)
+        correction = (correction + refiner(planes.flip(-1)).float().flip(-1)) / 2
+    return correction[:count]
 
 
 def to_uint8(probs: torch.Tensor) -> torch.Tensor:
