@@ -107,6 +107,23 @@ def test_the_tile_refiner_learns_to_sharpen_a_blurred_coarse_mask(turntable):
     assert after > before + 0.003, (before, after)  # on the car it never saw
 
 
+def test_a_photos_refined_result_does_not_depend_on_the_rest_of_its_batch(turntable):
+    """The CNN runs in calls of one size (a convolution's result depends on
+    its call's size), so a resumed run or a photo alone gives the same."""
+    photos, studios, coarse, _ = turntable
+    torch.manual_seed(5)
+    refiner = rf.TileRefiner(channels=32, dilations=(1, 2, 4), tile=64, fine=16).eval()  # the shipped shape
+    torch.nn.init.normal_(refiner.head.weight, std=0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the predictor's streams run torch (and where the call's size shows)
+    try:
+        whole = frames.refine_batch(refiner, photos, studios, coarse)
+        alone = [frames.refine_batch(refiner, *(x[i : i + 1] for x in (photos, studios, coarse)))[0] for i in range(16)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(whole[i], alone[i]) for i in range(16))
+
+
 @pytest.mark.parametrize("tile", [32, 48])  # 48: the frame (192x128) is not a whole number of tiles
 def test_tile_inference_is_the_cnn_on_each_tile_and_leaves_the_rest_alone(turntable, tile):
     photos, studios, coarse, _ = turntable
