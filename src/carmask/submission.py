@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from carmask.files import atomic_write, binary_stdout, sibling, write_all
-from carmask.inputs.spec import MIN_VIEWS
 from carmask.rle import encode_boundaries
 
 try:
@@ -281,13 +280,7 @@ def _model_record(model) -> dict:
     if model is not None and str(model) not in models.TIERS:
         names, label = [model], str(model)
     else:
-        names = []
-        for views in (MIN_VIEWS, 1):
-            try:
-                names.append(models.default_for(views, tier=model))
-            except ValueError:
-                pass
-        names = list(dict.fromkeys(names))
+        names = list(dict.fromkeys(models.stands_for(model)))
         label = f"{model or 'the shipped defaults'} ({', '.join(names) or 'none shipped'})"
     digest = hashlib.sha256()
     for name in names:

@@ -297,9 +297,9 @@ def chosen(refiner, model=None):
         return refiner
     from carmask import models
 
-    coarse = set(models.stands_for(model))
+    coarse, figures_of = set(models.stands_for(model)), catalog()
     for name in shipped():
-        figures = catalog().get(name, {})
+        figures = figures_of.get(name, {})
         if coarse and figures.get("default") and coarse <= set(figures.get("after", [])):
             return name
     return None

@@ -208,7 +208,7 @@ def _refine_tiles(
     photos: torch.Tensor,
     studios: torch.Tensor,
     coarse: torch.Tensor,
-    chunk: int = 32,
+    chunk: int,
     tta: bool = False,
 ) -> torch.Tensor:
     """`refine_batch` for a TileRefiner: the frame cut into T x T tiles, the
