@@ -131,24 +131,64 @@ def fake_weights(folder, names):
     return folder
 
 
+ALL = ["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"]
+
+
 @pytest.mark.parametrize(
-    "shipped, views, tier, want",
+    "shipped, views, tier, device, want",
     [
-        # The most accurate tier shipped, then the kind that fits the photo.
-        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 16, None, "multiview-accurate"),
-        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 1, None, "rgb-accurate"),
-        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 16, "fast", "multiview-fast"),
-        (["multiview-fast", "rgb-fast", "multiview-accurate", "rgb-accurate"], 2, "fast", "rgb-fast"),
-        (["multiview-fast", "rgb-fast", "seed"], 16, None, "multiview-fast"),
-        (["multiview-fast", "rgb-fast", "seed"], 1, None, "rgb-fast"),
-        # An accurate single-photo model beats a fast multi-view one.
-        (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, None, "rgb-accurate"),
-        (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, "fast", "multiview-fast"),
+        # On a GPU the most accurate tier shipped, then the kind that fits the photo.
+        (ALL, 16, None, "cuda", "multiview-accurate"),
+        (ALL, 1, None, "cuda", "rgb-accurate"),
+        # On the CPU the fast tier: an accurate network is tens of times slower there.
+        (ALL, 16, None, "cpu", "multiview-fast"),
+        (ALL, 1, None, "cpu", "rgb-fast"),
+        (["multiview-accurate", "rgb-accurate"], 16, None, "cpu", "multiview-accurate"),  # where no fast one ships
+        # A named tier, whatever the device.
+        (ALL, 16, "fast", "cuda", "multiview-fast"),
+        (ALL, 2, "fast", "cuda", "rgb-fast"),
+        (ALL, 16, "accurate", "cpu", "multiview-accurate"),
+        (["multiview-fast", "rgb-fast", "seed"], 16, None, "cuda", "multiview-fast"),
+        (["multiview-fast", "rgb-fast", "seed"], 1, None, "cpu", "rgb-fast"),
+        # An accurate single-photo model beats a fast multi-view one on a GPU.
+        (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, None, "cuda", "rgb-accurate"),
+        (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, None, "cpu", "multiview-fast"),
+        (["multiview-fast", "rgb-fast", "rgb-accurate"], 16, "fast", "cuda", "multiview-fast"),
     ],
 )
-def test_default_rule(shipped, views, tier, want, tmp_path, monkeypatch):
+def test_default_rule(shipped, views, tier, device, want, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "WEIGHTS_DIR", fake_weights(tmp_path, shipped))
-    assert models.default_for(views, tier=tier) == want
+    assert models.default_for(views, tier=tier, device=device) == want
+
+
+def test_with_accurate_models_shipped_the_cpu_keeps_the_fast_tier_and_its_refiner(tmp_path, monkeypatch):
+    """Shipping the GPU-trained accurate models makes them the default on a GPU
+    only: a CPU predictor, its run record and `carmask models` keep the fast
+    tier and its edge refiner."""
+    from helpers import run_cli
+
+    from carmask.models import refiner as rf
+    from carmask.predict import Predictor
+    from carmask.submission import _model_record, refiner_record
+
+    monkeypatch.setattr(models, "WEIGHTS_DIR", fake_weights(tmp_path, ALL))
+    with Predictor(device="cpu") as predictor:
+        runner = predictor._runner
+        assert predictor.model_for(16) is runner.load("multiview-fast")
+        assert predictor.model_for(1) is runner.load("rgb-fast")
+        assert predictor.refiner == "edge-refiner-fast"
+    assert models.stands_for(None, "cuda") == ["multiview-accurate", "rgb-accurate"]
+    assert rf.chosen("auto", None, "cuda") is None  # none is made for the accurate tier
+    assert "multiview-fast, rgb-fast" in _model_record(None, "cpu")["name"]
+    assert "multiview-accurate, rgb-accurate" in _model_record(None, "cuda")["name"]
+    assert refiner_record("auto", None, "cpu").startswith("edge-refiner-fast")
+    assert refiner_record("auto", None, "cuda") is None
+
+    listed = {line.split()[0]: line for line in run_cli("models").output.splitlines() if line.strip()}
+    assert listed["multiview-accurate"].endswith("sets of views on a GPU")
+    assert listed["multiview-fast"].endswith("sets of views on the CPU")
+    assert listed["rgb-accurate"].endswith("single photos on a GPU")
+    assert listed["edge-refiner-fast"].endswith("sets of views, single photos on the CPU")
 
 
 def test_kinds_tiers_and_names_resolve(tmp_path, monkeypatch):

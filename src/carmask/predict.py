@@ -68,7 +68,8 @@ class Predictor:
     """Photos to probabilities with one model, or the shipped defaults.
 
     `model`: a shipped name, a checkpoint path, a tier (`fast`, `accurate`) or
-    None for the most accurate tier shipped; with a tier or None, each photo
+    None for the shipped defaults (on a GPU the most accurate tier shipped, on
+    the CPU the fast one: `models.tiers_for`); with a tier or None, each photo
     gets the multi-view model of that tier in a set of at least 3 views of a
     car, the single-photo one otherwise (`models.default_for`).
     `output_size` (width, height) defaults to each photo's own. The network
@@ -122,7 +123,7 @@ class Predictor:
         self._compute = Compute(self._runner, sets, self._stages)
         # The lock is held while work is queued on the device outside the
         # decoding thread, and while nvjpeg decodes (which must find nothing queued).
-        self.refiner = rf.chosen(refiner, model)  # a name or path, or None
+        self.refiner = rf.chosen(refiner, model, self.device)  # a name or path, or None
         edge_refiner = rf.load(self.refiner)[0].to(self.device) if self.refiner is not None else None
         self._finish = Finish(self.device, upright, refine, threading.Lock(), self._stages, edge_refiner, tta)
         self._stream = Stream(self._compute, self._finish, self._stages, batch_size, workers, nvjpeg)

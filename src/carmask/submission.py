@@ -268,19 +268,20 @@ def run_record(photos: Iterable[Path], model=None, **options) -> dict:
         except OSError:
             stats[key] = None  # skipped when it is read
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-    return {"format": RECORD_FORMAT, "photos": stats, "model": _model_record(model), **options}
+    model = _model_record(model, options.get("device", "cpu"))
+    return {"format": RECORD_FORMAT, "photos": stats, "model": model, **options}
 
 
-def _model_record(model) -> dict:
+def _model_record(model, device) -> dict:
     """The model by name (for messages) and by content (for the comparison);
-    for no model or a tier, the shipped models it picks for sets and for
-    single photos, named."""
+    for no model or a tier, the shipped models it picks on `device` for sets
+    and for single photos, named."""
     from carmask import models
 
     if model is not None and str(model) not in models.TIERS:
         names, label = [model], str(model)
     else:
-        names = list(dict.fromkeys(models.stands_for(model)))
+        names = list(dict.fromkeys(models.stands_for(model, device)))
         label = f"{model or 'the shipped defaults'} ({', '.join(names) or 'none shipped'})"
     digest = hashlib.sha256()
     for name in names:
@@ -288,12 +289,12 @@ def _model_record(model) -> dict:
     return {"name": label, "sha256": digest.hexdigest()}
 
 
-def refiner_record(refiner, model=None) -> str | None:
+def refiner_record(refiner, model=None, device="cpu") -> str | None:
     """The edge refiner of a run (`refiner` as `--refiner` gives it, after
-    `model`) by name and content, for the comparison; None for none."""
+    `model` on `device`) by name and content, for the comparison; None for none."""
     from carmask.models import refiner as rf
 
-    chosen = rf.chosen(refiner, model)
+    chosen = rf.chosen(refiner, model, device)
     if chosen is None:
         return None
     return f"{chosen} (sha256 {hashlib.sha256(rf.resolve(chosen).read_bytes()).hexdigest()[:12]})"

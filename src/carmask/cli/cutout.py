@@ -104,7 +104,7 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, refi
         _remove_stale_temporaries({target.parent for target in targets.values()})
     todo = {p for p in photos if to_stdout or overwrite or not targets[p].exists()}
     check_model(model)
-    check_refiner(refiner, model)
+    check_refiner(refiner, model, device)
     predictor = make_predictor(model, device, batch_size, tta=tta, sets=sets, refiner=refiner)
     detail(describe_predictor(model, predictor.device, tta) + ("" if refine else ", edges not refined"))
     run, write = Run("cutting out"), _Writer(targets, to_stdout, overwrite)

@@ -85,7 +85,7 @@ def evaluate(
     if resize_loss:
         _resize_loss(photo_sets, masks_dir, resize_loss)
     check_model(model)
-    check_refiner(refiner, model)
+    check_refiner(refiner, model, device)
     predictor = make_predictor(
         model, device, batch_size, tta=tta, sets=sets, upright=False, refiner=refiner
     )  # the masks' grid

@@ -20,12 +20,31 @@ def describe_input(spec) -> str:
     return f"{text}, {'x'.join(map(str, spec.size))}"
 
 
+def default_cases(pick) -> dict[str, str]:
+    """What each name that `pick(views, device)` gives is the default for:
+    "sets of views, single photos", followed by "on the CPU" or "on a GPU"
+    where the two devices' defaults differ (None or a ValueError: none)."""
+    cases: dict[str, dict[str, list[str]]] = {}  # name -> where -> cases
+    for views, case in ((MIN_VIEWS, "sets of views"), (1, "single photos")):
+        picked = {}
+        for device in ("cpu", "cuda"):
+            try:
+                picked[device] = pick(views, device)
+            except ValueError:  # no model shipped for that case
+                picked[device] = None
+        for device, name in picked.items():
+            where = "" if len(set(picked.values())) == 1 else " on a GPU" if device == "cuda" else " on the CPU"
+            said = cases.setdefault(name, {}).setdefault(where, [])
+            said += [case] if case not in said else []
+    return {name: "; ".join(", ".join(c) + w for w, c in by.items()) for name, by in cases.items() if name}
+
+
 def rows() -> list[dict[str, str]]:
     """One row of text per shipped model, for `carmask models` and the README."""
     from carmask import models
 
     catalog = models.catalog()
-    defaults = {models.default_for(MIN_VIEWS): "sets of views", models.default_for(1): "single photos"}
+    defaults = default_cases(lambda views, device: models.default_for(views, device=device))
     table = []
     for name in models.shipped():
         model, _ = models.load(name)
@@ -58,12 +77,7 @@ def refiner_rows() -> list[dict[str, str]]:
 
     catalog = refiner.catalog()
     # after the default model of each case, the refiner that runs by default (`refiner.chosen`)
-    defaults = {}
-    for views, case in ((MIN_VIEWS, "sets of views"), (1, "single photos")):
-        try:
-            defaults.setdefault(refiner.chosen("auto", models.default_for(views)), []).append(case)
-        except ValueError:  # no model shipped for that case
-            pass
+    defaults = default_cases(lambda views, device: refiner.chosen("auto", models.default_for(views, device=device)))
     table = []
     for name in refiner.shipped():
         refiner.load(name)  # a damaged file: a sentence, as for the models
@@ -83,7 +97,7 @@ def refiner_rows() -> list[dict[str, str]]:
                 "dice 512, sets": change("dice_512_sets"),
                 "dice 512, single": change("dice_512_single"),
                 "CPU s/photo": f"+{seconds:.3f}" if seconds is not None else "-",
-                "default for": ", ".join(defaults.get(name, [])) or "-",
+                "default for": defaults.get(name, "-"),
             }
         )
     return table
@@ -106,8 +120,9 @@ HELP = f"""List the shipped models: the photos each takes, its input, size on di
     car) or rgb (any photo), tier accurate (best dice, 512x512, slow on a CPU)
     or fast (128x128, for CPU batch work); seed is the write-up's CNN.
     --model takes a name, a kind (its most accurate tier shipped) or a tier
-    (that tier for each photo's kind). With no --model, every photo gets the
-    most accurate tier shipped: the multiview model in a set, rgb alone.
+    (that tier for each photo's kind). With no --model, every photo gets a
+    model of its kind (the multiview model in a set, rgb alone): on a GPU of
+    the most accurate tier shipped, on the CPU of the fast tier.
 
     Then the edge refiners (weights/refiners/): each re-decides the outline of
     a coarse model's masks at 512x512 (dice on the same 40 cars before ->

@@ -54,12 +54,16 @@ def check_model(model):
         raise InputError(str(exc)) from None
 
 
-def check_refiner(refiner, model=None):
-    """Fail early on a refiner (as `--refiner` names it, after `model`) that is
-    not there or not whole (a sentence naming it, exit 2)."""
+def check_refiner(refiner, model=None, device="auto"):
+    """Fail early on a refiner (as `--refiner` names it, after `model` on
+    `device`) that is not there or not whole (a sentence naming it, exit 2)."""
+    from carmask.devices import pick_device
     from carmask.models import refiner as rf
 
-    refiner = rf.chosen(refiner, model)
+    try:
+        refiner = rf.chosen(refiner, model, pick_device(device))
+    except ValueError:  # the device: make_predictor says so
+        return
     if refiner is None:
         return
     try:
@@ -77,8 +81,9 @@ model_option = click.option(
     "--model",
     help="A tier (accurate, fast), a shipped model (multiview-fast, "
     "rgb-fast, seed; `carmask models` lists them; multiview and rgb "
-    "mean their best tier) or a checkpoint path. Default: the most "
-    f"accurate tier shipped, multi-view for sets of {MIN_VIEWS}+ views.",
+    "mean their best tier) or a checkpoint path. Default: on a GPU the most "
+    "accurate tier shipped, on the CPU the fast one; multi-view for sets of "
+    f"{MIN_VIEWS}+ views.",
 )
 refiner_option = click.option(
     "--refiner",

@@ -117,7 +117,7 @@ def predict(
         check_output(output, overwrite=True)  # whether it may be replaced: the writer decides, locked
         remove_stale_temporaries(Path(output).parent)  # of a run record a killed run was writing
     check_model(model)
-    check_refiner(refiner, model)
+    check_refiner(refiner, model, device)
     # Masks on the stored pixel grid (Kaggle's convention); the network sees the photos upright.
     options = dict(tta=tta, sets=sets, upright=False, refiner=refiner)
     if engine == "ray":
@@ -137,7 +137,7 @@ def predict(
             output_size=output_size,
             tta=tta,
             sets=sets,
-            refiner=refiner_record(refiner, model),
+            refiner=refiner_record(refiner, model, predictor.device),
             device=predictor.device.type,
             network_batch=network_batch(predictor.device, batch_size),
         )

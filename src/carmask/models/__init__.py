@@ -6,7 +6,8 @@ Shipped models are named `<kind>-<tier>`: kind `multiview` (a set of at least
 slow on a CPU) or `fast` (small, for CPU batch work); `seed` is the write-up's
 CNN. A kind alone (`multiview`) means its most accurate tier shipped; a tier
 alone (`fast`) means that tier for each photo's kind. With no name, every
-photo gets the most accurate tier shipped, of its kind (`default_for`).
+photo gets a model of its kind (`default_for`): on a GPU of the most accurate
+tier shipped; on the CPU of the fast tier where one is shipped (`tiers_for`).
 
 A checkpoint is a plain dict of tensors, numbers and strings, loaded with
 `weights_only=True`: a model file handed in by a user never runs code. Its
@@ -102,16 +103,25 @@ def split_name(name: str) -> tuple[str, str | None]:
     return (kind, tier) if kind and tier in TIERS else (name, None)
 
 
-def default_for(views: int, tier: str | None = None) -> str:
+def tiers_for(device="cpu") -> tuple[str, ...]:
+    """The tiers in the order that the defaults take them on `device`: on a
+    GPU the most accurate first; on the CPU the fast one first, since an
+    accurate network works at 512x512, tens of times slower there (about 0.6
+    photos/s on a 2-core CPU; the fast tier with its edge refiner 21:
+    docs/RESULTS.md)."""
+    return TIERS if torch.device(device).type != "cpu" else TIERS[::-1]
+
+
+def default_for(views: int, tier: str | None = None, device="cpu") -> str:
     """The shipped model for a photo that comes with `views` views of its car
-    (counting itself): of `tier`, or else of the most accurate tier shipped;
-    within a tier the multi-view model for a set of at least MIN_VIEWS views,
-    the single-photo model otherwise."""
+    (counting itself): of `tier`, or else of the first tier shipped in the
+    order of `tiers_for(device)`; within a tier the multi-view model for a set
+    of at least MIN_VIEWS views, the single-photo model otherwise."""
     if tier is not None and tier not in TIERS:
         raise ValueError(f"unknown tier {tier!r}; tiers: {', '.join(TIERS)}")
     available = shipped()
     kinds = KINDS if views >= MIN_VIEWS else ("rgb",)
-    for each in (tier,) if tier else TIERS:
+    for each in (tier,) if tier else tiers_for(device):
         for kind in kinds:
             if f"{kind}-{each}" in available:
                 return f"{kind}-{each}"
@@ -158,15 +168,16 @@ def check(model) -> None:
         load(model)
 
 
-def stands_for(model) -> list[str]:
-    """The shipped models that a predictor's `model` runs: for None or a tier,
-    the ones for sets and for single photos (`default_for`); a shipped name's
-    (or kind's) own; none for a checkpoint, or a name that is not there."""
+def stands_for(model, device="cpu") -> list[str]:
+    """The shipped models that a predictor's `model` runs on `device`: for
+    None or a tier, the ones for sets and for single photos (`default_for`); a
+    shipped name's (or kind's) own; none for a checkpoint, or a name that is
+    not there."""
     if model is None or str(model) in TIERS:
         names = []
         for views in (MIN_VIEWS, 1):
             try:
-                names.append(default_for(views, tier=None if model is None else str(model)))
+                names.append(default_for(views, None if model is None else str(model), device))
             except ValueError:  # none shipped for that case
                 pass
         return names

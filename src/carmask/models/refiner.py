@@ -286,18 +286,19 @@ def is_refiner(name_or_path) -> bool:
     return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 
-def chosen(refiner, model=None):
+def chosen(refiner, model=None, device="cpu"):
     """What a predictor's `refiner` stands for: None for None or "none"; for
     "auto" the shipped refiner made the default after the coarse models that
-    `model` runs (`models.stands_for`: for None, the shipped defaults), or None
-    where there is none (a checkpoint, the seed); else the name or path given."""
+    `model` runs on `device` (`models.stands_for`: for None, the shipped
+    defaults there), or None where there is none (a checkpoint, the seed, the
+    accurate tier); else the name or path given."""
     if refiner is None or str(refiner) == "none":
         return None
     if str(refiner) != "auto":
         return refiner
     from carmask import models
 
-    coarse, figures_of = set(models.stands_for(model)), catalog()
+    coarse, figures_of = set(models.stands_for(model, device)), catalog()
     for name in shipped():
         figures = figures_of.get(name, {})
         if coarse and figures.get("default") and coarse <= set(figures.get("after", [])):

@@ -90,7 +90,7 @@ class Runner:
         """The model for a photo that comes with `views` views of its car."""
         if not self.defaults:
             return self.load(self.name)
-        return self.load(models.default_for(views, tier=self.name))  # None: best tier shipped
+        return self.load(models.default_for(views, self.name, self.device))  # None: the device's first tier shipped
 
     @torch.inference_mode()
     def probabilities(self, model: Segmenter, inputs: torch.Tensor) -> torch.Tensor:
