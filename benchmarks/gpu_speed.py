@@ -3,7 +3,9 @@
 From JPEG files to the submission CSV on one GPU: >= 9,600 photos of
 1918x1280 end to end (a small folder predicted `--repeat` times over, as new
 cars), with and without nvjpeg decoding, the per-stage breakdown, peak GPU
-memory and a single cut-out's latency. The figures go to `$OUT/gpu_speed.json`
+memory and a single cut-out's latency; first, the Pillow decoding path alone
+in 1, 4, 8 and 16 threads (where the end-to-end run's CPU decoding went 10
+times slower per photo than on a 2-core CPU). The figures go to `$OUT/gpu_speed.json`
 (or `--json`) after each step, so a run stopped by its time limit still
 leaves what it measured; a short table is printed last.
 
@@ -63,6 +65,37 @@ def prepare(source: Path, cars: int) -> None:
         shutil.copy2(photo, FOLDER / photo.name)
     size = sum(p.stat().st_size for p in FOLDER.iterdir())
     print(f"{FOLDER}: {len(sets)} cars, {sum(len(s.paths) for s in sets)} photos, {size / 2**20:.1f} MiB")
+
+
+def decoding(paths: list[Path], device, workers: int) -> dict:
+    """Pillow's decoding alone in `workers` threads, twice: as the predictor's
+    decoder does it on `device` (the photo copied into pinned memory, then
+    onto the GPU), and bare (`read_photo`: the array Pillow gives). Photos/s,
+    and ms a photo summed over the threads: how it scales, what the copies add."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from carmask.inputs.decode import Decoder, Source
+    from carmask.io import read_photo
+
+    out, warm = {}, paths[: max(8, workers)]  # threads started, files cached, Pillow's blocks kept
+    with Decoder(torch.device(device), workers, nvjpeg=False) as decoder:
+        decoder.gather([decoder.submit(Source(p, p)) for p in warm])
+        decoder.seconds, start = 0.0, time.perf_counter()
+        decoder.gather([decoder.submit(Source(p, p)) for p in paths])
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        out["decoder"] = time.perf_counter() - start
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(read_photo, warm))
+        start = time.perf_counter()
+        list(pool.map(read_photo, paths))
+        out["bare"] = time.perf_counter() - start
+    return {
+        **{f"{k}_photos_per_s": round(len(paths) / v, 1) for k, v in out.items()},
+        "decoder_ms_per_photo_summed": round(1000 * decoder.seconds / len(paths), 2),
+    }
 
 
 def untrained(recipe_name: str, folder: Path) -> Path:
@@ -131,6 +164,7 @@ def main() -> None:
     figures = {
         "machine": predict_speed.machine(device),
         "settings": {"photos_in_folder": photos, "repeat": args.repeat, "batch_size": args.batch_size},
+        "decoding": {},
         "end_to_end": {},
         "breakdown": {},
     }
@@ -148,6 +182,9 @@ def main() -> None:
         save()
         print(f"[{time.perf_counter() - started:.0f} s] {kind} {key}: {figures[kind][key]}", file=sys.stderr)
 
+    paths = [p for s in sets for p in s.paths]
+    for workers in sorted({1, 4, 8, 16, os.cpu_count() or 1}):
+        run("decoding", f"{workers} threads", lambda: decoding(paths, device, workers))
     for v in variants:  # a failure in one variant (e.g. no torchvision) leaves the others
         run("breakdown", v, lambda: predict_speed.breakdown(sets, speed, v))
         run("end_to_end", v, lambda: predict_speed.end_to_end(folder, speed, v))
@@ -180,6 +217,12 @@ def main() -> None:
         print(
             f"{key} (nvjpeg auto): {e.get('photos_per_s', e.get('error'))} photos/s end to end, "
             f"{e.get('predicting_photos_per_s', '-')} predicting, {e.get('photos', '-')} photos"
+        )
+    for key, d in figures["decoding"].items():
+        print(
+            f"decoding alone, {key}: {d.get('bare_photos_per_s', d.get('error'))} photos/s bare, "
+            f"{d.get('decoder_photos_per_s', '-')} through the decoder "
+            f"({d.get('decoder_ms_per_photo_summed', '-')} ms a photo summed over threads)"
         )
     print(f"single cut-out: median {figures['single_cutout']['median_s']} s")
 
