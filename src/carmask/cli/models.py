@@ -27,16 +27,17 @@ def default_cases(pick) -> dict[str, str]:
     cases: dict[str, dict[str, list[str]]] = {}  # name -> where -> cases
     for views, case in ((MIN_VIEWS, "sets of views"), (1, "single photos")):
         picked = {}
-        for device in ("cpu", "cuda"):
+        for device, where in (("cpu", " on the CPU"), ("cuda", " on a GPU")):
             try:
-                picked[device] = pick(views, device)
+                picked[where] = pick(views, device)
             except ValueError:  # no model shipped for that case
-                picked[device] = None
-        for device, name in picked.items():
-            where = "" if len(set(picked.values())) == 1 else " on a GPU" if device == "cuda" else " on the CPU"
-            said = cases.setdefault(name, {}).setdefault(where, [])
-            said += [case] if case not in said else []
-    return {name: "; ".join(", ".join(c) + w for w, c in by.items()) for name, by in cases.items() if name}
+                picked[where] = None
+        if len(set(picked.values())) == 1:  # the same on both: said once, without where
+            picked = {"": picked[" on the CPU"]}
+        for where, name in picked.items():
+            if name is not None:
+                cases.setdefault(name, {}).setdefault(where, []).append(case)
+    return {name: "; ".join(", ".join(c) + w for w, c in by.items()) for name, by in cases.items()}
 
 
 def rows() -> list[dict[str, str]]:

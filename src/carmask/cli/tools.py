@@ -57,7 +57,7 @@ def serve(host, port, model, refiner, device, api_key, allow_origin, allow_host,
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=option) from None
     check_model(model)
-    check_refiner(refiner, model)
+    check_refiner(refiner, model, device)
     from carmask.serve import run
 
     with default_signals():  # uvicorn's: the first drains the requests in flight, a second quits
