@@ -233,14 +233,25 @@ def _slow_upload(port):
 
 
 def _stop_listening(port, process):
-    """Until the server has taken the first signal: it stops accepting connections."""
+    """Until the server has taken the first signal: it stops accepting connections. A connection
+    caught in the closing listener's queue is reset rather than refused; both mean it stopped."""
     while True:
         try:
             socket.create_connection(("127.0.0.1", port)).close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             return
         assert process.poll() is None
         time.sleep(0.05)
+
+
+def _closed_unanswered(slow):
+    """The server closed the connection without a word. A process that quits with the upload's
+    bytes unread closes it with a reset rather than an end of stream; either is no answer."""
+    slow.settimeout(30)
+    try:
+        return slow.recv(1024) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_a_second_sigterm_quits_at_once(rgb_model):
@@ -251,8 +262,7 @@ def test_a_second_sigterm_quits_at_once(rgb_model):
         assert process.poll() is None  # draining: the slow upload holds it
         process.send_signal(signal.SIGTERM)
         assert process.wait(120) == -signal.SIGTERM
-        slow.settimeout(30)
-        assert slow.recv(1024) == b""  # closed unanswered: no 408, the drain was cut short
+        assert _closed_unanswered(slow)  # no 408: the drain was cut short
     assert "a second signal: quitting now" in process.stderr.read()
 
 
@@ -261,6 +271,5 @@ def test_the_drain_is_bounded(rgb_model):
     with _slow_upload(port) as slow:
         process.send_signal(signal.SIGTERM)
         assert process.wait(120) == -signal.SIGTERM
-        slow.settimeout(30)
-        assert slow.recv(1024) == b""  # no 408: the drain ended before the body timeout
+        assert _closed_unanswered(slow)  # no 408: the drain ended before the body timeout
     assert "timeout graceful shutdown exceeded" in process.stderr.read()
