@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from helpers import partial_of, run_cli, signalled_run
@@ -141,10 +142,13 @@ def test_a_full_disk_without_a_tmpfs_stops_the_cutouts_too(photos, tmp_path, mon
         save(path, image, replace)
 
     monkeypatch.setattr(cutout, "_save", filling)
+    before = set(threading.enumerate())
     result = run_cli("cutout", photos, "-o", tmp_path / "cut", *MODEL)
     assert result.exit_code == 2 and "skipped" not in result.stderr
     assert "No space left on device; the 3 cut-out(s) written are kept" in result.stderr
     assert len(list((tmp_path / "cut").iterdir())) == 3
+    # the stopped run's decoding and finishing threads ended with it (its traceback kept them alive)
+    assert not [t.name for t in set(threading.enumerate()) - before if t.name.startswith("carmask-")]
 
 
 def test_nohup_keeps_sighup_ignored(photos, full, tmp_path):

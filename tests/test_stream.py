@@ -62,11 +62,13 @@ def test_an_error_comes_where_its_batch_would_have():
 
 
 def test_stop_finishes_what_is_in_hand_and_ends_the_threads():
+    before = set(threading.enumerate())
     finisher = Finisher(slow_square, threads=2)
     for batch in range(3):
         finisher.put(batch)
+    assert set(threading.enumerate()) - before  # its threads (others may run beside the test)
     finisher.stop()
-    assert not [t for t in threading.enumerate() if t.name.startswith("carmask-finish")]
+    assert not set(threading.enumerate()) - before
 
 
 def test_inline():

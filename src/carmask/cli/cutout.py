@@ -111,7 +111,8 @@ def cutout(inputs, output, background, refine, sets, recursive, tta, model, refi
     results = (
         r for r in _cutouts(photos, todo, stdin, predictor, back, refine) if r.path in todo
     )  # the others: views kept from an earlier run, for their set's background
-    run.over(results, len(todo), lambda cut: write(cut, run.skips))
+    with predictor:  # its decoding threads end with the run
+        run.over(results, len(todo), lambda cut: write(cut, run.skips))
     info(summary(write.written, len(photos) - len(todo) + write.raced, "standard output" if to_stdout else output))
     run.end()
 

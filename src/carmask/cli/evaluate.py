@@ -98,7 +98,8 @@ def evaluate(
         if unusable:
             run.skips.add(unusable)
 
-    run.over(predictor.predict_sets(photo_sets, output_size=output_size), todo, score)
+    with predictor:  # its decoding threads end with the run
+        run.over(predictor.predict_sets(photo_sets, output_size=output_size), todo, score)
     if scores.dice:
         result(f"mean dice {scores.mean:.5f} over {len(scores.dice)} images")
     if scores.unscored:

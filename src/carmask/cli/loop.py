@@ -38,15 +38,20 @@ class Run:
     def over(self, outcomes: Iterable, total: int, each: Callable[[object], None]) -> None:
         """Every outcome (`total` of them, for the bar): its note said, a skip
         said and counted, any other handed to `each`. Then the speed (-v)."""
-        start = time.perf_counter()
-        with progress(total, self.doing) as bar:
-            for outcome in outcomes:
-                bar.update()
-                self.notes.add(outcome)
-                if outcome.error:
-                    self.skips.add(outcome.error)
-                else:
-                    each(outcome)
+        start, outcomes = time.perf_counter(), iter(outcomes)
+        try:
+            with progress(total, self.doing) as bar:
+                for outcome in outcomes:
+                    bar.update()
+                    self.notes.add(outcome)
+                    if outcome.error:
+                        self.skips.add(outcome.error)
+                    else:
+                        each(outcome)
+        finally:
+            # stopped early (a full disk, Ctrl-C): the stream's threads end now,
+            # not whenever its generator is collected
+            getattr(outcomes, "close", lambda: None)()
         self.seconds = time.perf_counter() - start
         detail(
             f"{total} photo{'s' * (total != 1)} in {self.seconds:.1f} s "
